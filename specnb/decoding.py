@@ -1,0 +1,339 @@
+"""Autoregressive and speculative decoding, batch size 1.
+
+Both loops are built from the same pieces: :func:`forward` (one model call on a KV cache,
+used for prefill, a decode step, a draft step and a verification alike), :func:`pick`
+(greedy or sampled choice of a token) and :func:`warp` (temperature / top-k / top-p).
+
+Speculative decoding (Leviathan et al. 2023; Chen et al. 2023), one round:
+
+1. the edge model drafts ``gamma`` tokens one by one from its own KV cache;
+2. the cloud model scores the last accepted token plus the ``gamma`` drafts in ONE forward
+   call, giving ``gamma + 1`` next-token distributions;
+3. a verification rule keeps a prefix of the draft and adds one token of the cloud's own
+   (a correction at the first rejection, or a bonus token after a fully accepted draft);
+4. both KV caches are cropped back to the tokens that survived; the edge catches up on the
+   cloud's token (and on the last draft, which it never fed itself) in its next round.
+
+Both caches always hold ``seq[:-1]`` or less, where ``seq`` is prompt + emitted tokens: the
+last token of ``seq`` is the first input of the next round.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
+from .models import LoadedModel, check_pair, thread_cap
+
+VERIFY_RULES = ("greedy", "sample", "rank")
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+def forward(m: LoadedModel, ids: torch.Tensor, cache, keep: int, vocab: int) -> torch.Tensor:
+    """Run ``ids`` (shape [1, S]) through ``m`` on top of ``cache``; logits of the last ``keep`` positions.
+
+    Returns [keep, vocab]: logits past ``vocab`` (padding of the output layer) are cut off.
+    """
+    out = m.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
+    return out.logits[0, -keep:, :vocab]
+
+
+def warp(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Probabilities (float32, last dim) after temperature, then top-k, then top-p (nucleus) filtering."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k, top_p, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Choose the next token from ``logits`` [V]: argmax when temperature is 0, else a sample.
+
+    Returns the token as a 1-element tensor (left on the device: no host sync) and the
+    probabilities it was drawn from (None for greedy).
+    """
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True), None
+    probs = warp(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator), probs
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def _ids(tokens: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor([tokens], dtype=torch.long, device=device)
+
+
+# ---------------------------------------------------------------------------- verification rules
+
+def accept_greedy(draft: list[int], target: list[int]) -> tuple[int, int]:
+    """Longest prefix of ``draft`` equal to the cloud's argmax ``target`` (len(draft)+1), then the cloud's token."""
+    n = 0
+    while n < len(draft) and draft[n] == target[n]:
+        n += 1
+    return n, target[n]
+
+
+def accept_rank(draft: list[int], logits: torch.Tensor, k: int) -> tuple[int, int]:
+    """Accept draft tokens while each is within the cloud's top-``k`` at its position (lossy on purpose);
+    then add the cloud's argmax. ``k = 1`` is the greedy rule."""
+    g = len(draft)
+    if g:
+        top = torch.topk(logits[:g], min(k, logits.shape[-1]), dim=-1).indices
+        hits = (top == torch.tensor(draft, device=logits.device)[:, None]).any(-1).tolist()
+    else:
+        hits = []
+    n = 0
+    while n < g and hits[n]:
+        n += 1
+    return n, int(logits[n].argmax())
+
+
+def accept_sample(draft: list[int], p: torch.Tensor, q: torch.Tensor, generator) -> tuple[int, int]:
+    """Speculative sampling: exact in distribution to sampling from the cloud.
+
+    p: cloud probabilities [g+1, V]; q: edge probabilities the drafts were drawn from [g, V].
+    Accept draft x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection,
+    sample from normalize(max(0, p_i - q_i)); after a full acceptance, sample the bonus
+    token from p_g.
+    """
+    g = len(draft)
+    n = 0
+    if g:
+        idx = torch.arange(g, device=p.device)
+        x = torch.tensor(draft, device=p.device)
+        ratio = p[idx, x] / q[idx, x]
+        u = torch.rand(g, generator=generator, device=p.device)
+        accepted = (u < ratio).tolist()  # u < ratio  <=>  accepted with probability min(1, ratio)
+        while n < g and accepted[n]:
+            n += 1
+    if n < g:
+        residual = (p[n] - q[n]).clamp_min(0.0)
+        total = residual.sum()
+        dist = residual / total if total > 0 else p[n]
+    else:
+        dist = p[g]
+    return n, int(torch.multinomial(dist, 1, generator=generator))
+
+
+# ---------------------------------------------------------------------------- argument checks
+
+def _check_common(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def _check_speculative(gamma: int, verify: str, rank_k: int, temperature: float) -> None:
+    if not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
+    if verify not in VERIFY_RULES:
+        raise ValueError(f"unknown verify rule {verify!r}; use one of {', '.join(VERIFY_RULES)}")
+    if verify == "sample" and temperature == 0:
+        raise ValueError("verify='sample' needs temperature > 0; for temperature 0 use verify='greedy'")
+    if verify in ("greedy", "rank") and temperature != 0:
+        raise ValueError(f"verify={verify!r} decodes greedily; set temperature=0, or use verify='sample' to sample")
+    if verify == "rank" and (not isinstance(rank_k, int) or rank_k < 1):
+        raise ValueError(f"rank_k must be a positive integer, got {rank_k!r}")
+
+
+# ---------------------------------------------------------------------------- autoregressive
+
+def autoregressive(
+    model: LoadedModel,
+    prompt: str | list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    optimized: bool = False,
+) -> Generation:
+    """Decode one token per forward call (batch size 1); greedy when ``temperature`` is 0.
+
+    ``optimized=False`` is the plain baseline: a :class:`~transformers.DynamicCache` that
+    grows each step. ``optimized=True`` is the strongest honest set-up for the device, see
+    :func:`optimized_step`; its one-off set-up time is reported as ``compile_s``, apart from
+    ``wall_s``. Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``.
+    """
+    _check_common(max_new_tokens, temperature, top_k, top_p)
+    ids = model.encode(prompt)
+    vocab = model.vocab_size
+    dev = model.device
+    gen = make_generator(seed, dev)
+    eos = model.eos_ids
+    compile_s = 0.0
+    with thread_cap(model.spec.threads), torch.inference_mode():
+        if optimized:
+            cache, step, compile_s = optimized_step(model, len(ids) + max_new_tokens)
+        else:
+            cache = DynamicCache(config=model.model.config)
+            step = forward
+        reset_peak_memory(dev)
+        clock = Stopwatch(dev)
+        with clock:
+            logits = forward(model, _ids(ids, dev), cache, 1, vocab)[-1]
+            tok, _ = pick(logits, temperature, top_k, top_p, gen)
+            out = [int(tok)]
+        ttft = clock.total
+        with clock:
+            while len(out) < max_new_tokens and out[-1] not in eos:
+                logits = step(model, tok.view(1, 1), cache, 1, vocab)[-1]
+                tok, _ = pick(logits, temperature, top_k, top_p, gen)
+                out.append(int(tok))
+    metrics = summarize(
+        new_tokens=len(out), wall_s=clock.total, ttft_s=ttft, cloud_calls=len(out),
+        peak_mem_bytes=peak_memory_bytes(dev), compile_s=compile_s,
+    )
+    return Generation(tokens=out, text=model.decode(out), metrics=metrics)
+
+
+def optimized_step(model: LoadedModel, max_len: int) -> tuple[StaticCache, Callable, float]:
+    """Static KV cache (no per-step allocation, fixed shapes) for the autoregressive baseline.
+
+    Returns the cache, the decode-step function and the set-up time in seconds.
+    """
+    t0 = time.perf_counter()
+    cache = StaticCache(config=model.model.config, max_cache_len=max_len)
+    return cache, forward, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- speculative
+
+def speculative(
+    edge: LoadedModel,
+    cloud: LoadedModel,
+    prompt: str | list[int],
+    max_new_tokens: int,
+    *,
+    gamma: int = 4,
+    verify: str = "greedy",
+    rank_k: int = 5,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Generation:
+    """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
+
+    ``verify``: ``greedy`` (output token-identical to the cloud's greedy decoding),
+    ``sample`` (output distributed exactly as the cloud's sampling at ``temperature`` /
+    ``top_k`` / ``top_p``) or ``rank`` (accept a draft within the cloud's top-``rank_k``;
+    lossy). The two models may sit on different devices: only token ids, and for ``sample``
+    the edge's draft probabilities, move between them. The edge's forward calls run under its
+    thread cap. Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``.
+    Metric definitions: :class:`specnb.metrics.Generation`.
+    """
+    _check_common(max_new_tokens, temperature, top_k, top_p)
+    _check_speculative(gamma, verify, rank_k, temperature)
+    vocab = check_pair(edge, cloud)
+    ids = cloud.encode(prompt)
+    eos = cloud.eos_ids
+    e_dev, c_dev = edge.device, cloud.device
+    e_gen, c_gen = make_generator(seed, e_dev), make_generator(None if seed is None else seed + 1, c_dev)
+    e_temp = temperature if verify == "sample" else 0.0
+
+    e_cache = DynamicCache(config=edge.model.config)
+    c_cache = DynamicCache(config=cloud.model.config)
+    seq = list(ids)
+    out: list[int] = []
+    trace: list[int] = []
+    edge_calls = cloud_calls = drafted = 0
+    draft_clock, verify_clock, clock = Stopwatch(e_dev), Stopwatch(c_dev), Stopwatch(e_dev, c_dev)
+    ttft = None
+
+    with torch.inference_mode():
+        reset_peak_memory(e_dev, c_dev)
+        with clock:
+            if len(ids) > 1:  # prefill: both caches take all prompt tokens but the last
+                with draft_clock, thread_cap(edge.spec.threads):
+                    forward(edge, _ids(ids[:-1], e_dev), e_cache, 1, vocab)
+                with verify_clock:
+                    forward(cloud, _ids(ids[:-1], c_dev), c_cache, 1, vocab)
+                edge_calls += 1
+                cloud_calls += 1
+            e_len = len(ids) - 1  # tokens in the edge cache
+
+        while len(out) < max_new_tokens and not (out and out[-1] in eos):
+            with clock:
+                g = min(gamma, max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
+                # 1. draft g tokens; the first call also feeds tokens the edge has not seen yet
+                drafts, qs = [], []
+                with draft_clock, thread_cap(edge.spec.threads):
+                    inp = _ids(seq[e_len:], e_dev)
+                    for _ in range(g):
+                        logits = forward(edge, inp, e_cache, 1, vocab)[-1]
+                        tok, q = pick(logits, e_temp, top_k, top_p, e_gen)
+                        drafts.append(tok)
+                        qs.append(q)
+                        inp = tok.view(1, 1)
+                    draft = torch.cat(drafts).tolist() if g else []
+                edge_calls += g
+                # 2. the cloud scores the last token + the draft in one call: g + 1 distributions
+                with verify_clock:
+                    logits = forward(cloud, _ids(seq[-1:] + draft, c_dev), c_cache, g + 1, vocab)
+                    if verify == "greedy":
+                        n, nxt = accept_greedy(draft, logits.argmax(-1).tolist())
+                    elif verify == "rank":
+                        n, nxt = accept_rank(draft, logits, rank_k)
+                    else:
+                        p = warp(logits, temperature, top_k, top_p)
+                        q = torch.stack(qs).to(c_dev) if g else p[:0]
+                        n, nxt = accept_sample(draft, p, q, c_gen)
+                cloud_calls += 1
+                # 3. emit, stopping at EOS
+                emitted = draft[:n] + [nxt]
+                for i, t in enumerate(emitted):
+                    if t in eos:
+                        emitted = emitted[: i + 1]
+                        break
+                n_used = min(n, len(emitted))
+                # 4. crop both caches back to the surviving tokens (negative n = tokens to drop)
+                if g > n:
+                    c_cache.crop(-(g - n))
+                if g:
+                    keep = min(n, g - 1)  # the edge fed seq + draft[:g-1]
+                    if g - 1 > keep:
+                        e_cache.crop(-(g - 1 - keep))
+                    e_len = len(seq) + keep
+                seq.extend(emitted)
+                out.extend(emitted)
+                drafted += g
+                trace.append(n_used)
+            if ttft is None:
+                ttft = clock.total
+
+    accepted = sum(trace)
+    metrics = summarize(
+        new_tokens=len(out), wall_s=clock.total, ttft_s=ttft or 0.0, rounds=len(trace),
+        drafted=drafted, accepted=accepted, cloud_calls=cloud_calls, edge_calls=edge_calls,
+        draft_s=draft_clock.total, verify_s=verify_clock.total,
+        peak_mem_bytes=peak_memory_bytes(e_dev, c_dev),
+    )
+    return Generation(tokens=out, text=cloud.decode(out), metrics=metrics, trace=trace)

@@ -1,0 +1,75 @@
+"""Hugging Face assisted generation (``generate(assistant_model=...)``): the peer reference."""
+
+from __future__ import annotations
+
+import torch
+
+from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
+from .models import LoadedModel, check_pair, thread_cap
+
+
+def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    box = [0]
+
+    def hook(*_):
+        box[0] += 1
+
+    return box, module.register_forward_pre_hook(hook)
+
+
+def hf_assisted(
+    edge: LoadedModel,
+    cloud: LoadedModel,
+    prompt: str | list[int],
+    max_new_tokens: int,
+    *,
+    gamma: int = 4,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> Generation:
+    """``cloud.model.generate(assistant_model=edge.model)`` with a constant draft length ``gamma``.
+
+    The assistant's generation config gets ``num_assistant_tokens=gamma``,
+    ``num_assistant_tokens_schedule="constant"`` and ``assistant_confidence_threshold=0``
+    (HF's default threshold would end drafts early, so "the same gamma" would not hold).
+    Hugging Face returns no acceptance statistics, so they are derived from forward-call
+    counts: each cloud call verifies one round (``rounds = cloud_calls``), each edge call
+    drafts one token (``drafted = edge_calls``), and every round emits its accepted drafts plus
+    one cloud token (``accepted = new_tokens - rounds``). The edge's thread cap applies to the
+    whole call (HF interleaves both models in one loop). Batch size 1; ``ttft_s`` is None
+    (``generate`` does not expose it).
+    """
+    if not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
+    check_pair(edge, cloud)
+    ids = torch.tensor([cloud.encode(prompt)], device=cloud.device)
+    cfg = edge.model.generation_config
+    cfg.num_assistant_tokens = gamma
+    cfg.num_assistant_tokens_schedule = "constant"
+    cfg.assistant_confidence_threshold = 0.0
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if temperature > 0 else {"do_sample": False}
+    if seed is not None:
+        torch.manual_seed(seed)
+    eos = sorted(cloud.eos_ids) or None
+    cloud_box, c_hook = _count_calls(cloud.model)
+    edge_box, e_hook = _count_calls(edge.model)
+    clock = Stopwatch(edge.device, cloud.device)
+    try:
+        reset_peak_memory(edge.device, cloud.device)
+        with torch.inference_mode(), thread_cap(edge.spec.threads), clock:
+            out = cloud.model.generate(
+                ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
+                max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
+                pad_token_id=eos[0] if eos else None, **sampling,
+            )
+    finally:
+        c_hook.remove()
+        e_hook.remove()
+    new = out[0, ids.shape[1]:].tolist()
+    rounds = cloud_box[0]
+    metrics = summarize(
+        new_tokens=len(new), wall_s=clock.total, ttft_s=None, rounds=rounds, drafted=edge_box[0],
+        accepted=max(0, len(new) - rounds), cloud_calls=rounds, edge_calls=edge_box[0],
+        peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
+    )
+    return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)
