@@ -1,0 +1,57 @@
+"""``specnb`` command line: each subcommand lives in its own module.
+
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is
+imported only when its subcommand runs, so ``specnb --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    # name: (module, one-line help)
+    "grid": ("specnb.grid", "run a params YAML grid of notebooks with papermill, then the summary and audit"),
+    "bench": ("specnb.bench", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
+    "demo": ("specnb.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
+}
+GROUPS = {
+    "zoo": {"build": ("specnb.zoo.build", "rebuild the embedded edge/cloud pair reproducibly")},
+}
+
+
+def _add(sub: argparse._SubParsersAction, name: str, module: str, help_: str) -> None:
+    parser = sub.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(_module=module)
+    try:
+        importlib.import_module(module).add_arguments(parser)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        parser.set_defaults(_missing=f"'{name}' is not available in this version of specnb")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specnb", description="Edge-cloud speculative decoding study tool")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in SUBCOMMANDS.items():
+        _add(sub, name, module, help_)
+    for group, commands in GROUPS.items():
+        gparser = sub.add_parser(group, help=f"{group} commands")
+        gsub = gparser.add_subparsers(dest="subcommand", required=True)
+        for name, (module, help_) in commands.items():
+            _add(gsub, name, module, help_)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"specnb: {args._missing}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
