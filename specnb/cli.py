@@ -1,7 +1,7 @@
 """``specnb`` command line: each subcommand lives in its own module.
 
-A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is
-imported only when its subcommand runs, so ``specnb --help`` stays fast.
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; a module
+that is missing leaves its subcommand in the help with a clear message when run.
 """
 
 from __future__ import annotations

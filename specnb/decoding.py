@@ -307,13 +307,13 @@ def speculative(
                         q = torch.stack(qs).to(c_dev) if g else p[:0]
                         n, nxt = accept_sample(draft, p, q, c_gen)
                 cloud_calls += 1
-                # 3. emit, stopping at EOS
+                # 3. emit, stopping at EOS (drafts the cloud accepted past an EOS still count
+                #    as accepted: the acceptance rate measures agreement, not output length)
                 emitted = draft[:n] + [nxt]
                 for i, t in enumerate(emitted):
                     if t in eos:
                         emitted = emitted[: i + 1]
                         break
-                n_used = min(n, len(emitted))
                 # 4. crop both caches back to the surviving tokens (negative n = tokens to drop)
                 if g > n:
                     c_cache.crop(-(g - n))
@@ -325,7 +325,7 @@ def speculative(
                 seq.extend(emitted)
                 out.extend(emitted)
                 drafted += g
-                trace.append(n_used)
+                trace.append(n)
             if ttft is None:
                 ttft = clock.total
 
