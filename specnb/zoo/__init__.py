@@ -27,7 +27,7 @@ def resolve(name: str) -> Path:
     if not (folder / "config.json").is_file():
         names = ", ".join(PREFIX + n for n in available()) or "none are built yet"
         raise ValueError(
-            f"unknown zoo model {PREFIX}{bare!r}; the embedded zoo has: {names}. "
+            f"unknown zoo model '{PREFIX}{bare}'; the embedded zoo has: {names}. "
             f"Rebuild it with `specnb zoo build`, or pass a local model folder instead."
         )
     return folder
