@@ -1,0 +1,135 @@
+"""Run grid cells locally: up to ``jobs`` at once, each in its own process (and process group).
+
+A worker that dies (out of memory, a signal) or runs past its time limit leaves no ok result;
+the executor then writes a failed result with the reason and the log's tail, and goes on with
+the other cells. Ctrl-C or SIGTERM kills the running cells' process groups; finished cells
+keep their results, so ``--resume`` picks up from there.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+from .grid import Cell, read_result, run_cell, write_failed_result
+
+GRACE_S = 60  # beyond the per-notebook-cell timeout, for kernel start-up and clean-up
+
+
+def _worker(cell: Cell, env: dict[str, str]) -> None:
+    """Process entry point: own process group (so the kernel dies with us), then run the cell."""
+    os.setsid()
+    _die_with_parent()
+    os.environ.update(env)
+    run_cell(cell)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the grid process dies (even by SIGKILL); its kernel then
+    exits too (ipykernel polls its parent). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _why_dead(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (out of memory? the kernel OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"the cell's worker process was killed by {name}{hint}"
+    return f"the cell's worker process exited with code {exitcode} without writing a result"
+
+
+def _kill(proc: mp.process.BaseProcess) -> None:
+    """Kill the worker and everything it started (its kernel)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.join(5)
+
+
+class LocalExecutor:
+    """Process pool of ``jobs`` workers; each cell runs :func:`specnb.grid.run_cell` in a fresh process.
+
+    ``threads_per_job`` caps torch's default CPU threads in each cell (OMP_NUM_THREADS), so that
+    parallel cells do not oversubscribe the cores; by default cores // jobs.
+    """
+
+    def __init__(self, jobs: int = 1, threads_per_job: int | None = None, poll_s: float = 0.2):
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+        self.threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+        self.poll_s = poll_s
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        self._ctx = mp.get_context(method)
+
+    def _env(self) -> dict[str, str]:
+        from .runinfo import REPO_ROOT
+
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {"PYTHONPATH": path, "TQDM_DISABLE": "1"}
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def run(self, cells: list[Cell], on_done: Callable[[Cell, dict], None]) -> None:
+        """Run every cell; call ``on_done(cell, result)`` as each one ends (ok or failed)."""
+        pending = list(reversed(cells))
+        running: dict[str, tuple[Cell, mp.process.BaseProcess, float]] = {}
+        previous = _on_sigterm(_raise_interrupt)
+        try:
+            while pending or running:
+                while pending and len(running) < self.jobs:
+                    cell = pending.pop()
+                    cell.result_path.unlink(missing_ok=True)
+                    proc = self._ctx.Process(target=_worker, args=(cell, self._env()), name=cell.cell_id)
+                    proc.start()
+                    running[cell.cell_id] = (cell, proc, time.monotonic())
+                for cid, (cell, proc, start) in list(running.items()):
+                    limit = None if cell.timeout_s is None else cell.timeout_s + GRACE_S
+                    if proc.is_alive() and (limit is None or time.monotonic() - start < limit):
+                        continue
+                    if proc.is_alive():
+                        _kill(proc)
+                        write_failed_result(cell, f"timeout: the cell ran past {cell.timeout_s} s (+{GRACE_S} s grace)")
+                    proc.join()
+                    del running[cid]
+                    on_done(cell, self._finish(cell, proc.exitcode))
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            for _, proc, _ in running.values():
+                _kill(proc)
+            raise
+        finally:
+            _on_sigterm(previous)
+
+    @staticmethod
+    def _finish(cell: Cell, exitcode: int | None) -> dict:
+        res = read_result(cell)
+        if res is None:
+            write_failed_result(cell, _why_dead(exitcode))
+            res = read_result(cell) or {"status": "failed", "error": _why_dead(exitcode)}
+        return res
+
+
+def _on_sigterm(handler: object) -> object:
+    """Install a SIGTERM handler when we can (main thread only); return the previous one."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):
+        return None
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,146 @@
+"""The grid runner on fake notebooks: expansion, failure isolation, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from specnb.grid import Cell, cell_is_ok, expand, read_result, run_cell, write_failed_result
+from specnb.params import load_grid_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params_file(tmp_path: Path, models: dict[str, str], methods: list[str], dtypes: list[str], **extra) -> Path:
+    data = {
+        "models": {"edge": {"model": models["edge"], "device": "cpu", "threads": 1},
+                   "cloud": {"model": models["cloud"], "device": "cpu"}},
+        "prompts": "builtin:mixed",
+        "grid": {"method": methods, "dtype": dtypes, **extra},
+        "runner": {"jobs": 1, "timeout_s": 120, "analysis": False},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_grid(params: Path, out: Path, notebooks: Path, *extra: str, env: dict | None = None,
+             wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    cmd = [sys.executable, "-m", "specnb.cli", "grid", str(params), "--out", str(out),
+           "--notebook-dir", str(notebooks), "--no-analysis", *extra]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+
+
+def test_expansion_product_dedup_and_ids(tmp_path, fake_models, fake_notebooks):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["edge", "cloud", "speculative"],
+                                      ["float32", "bfloat16"], gamma=[2, 4]))
+    cells = expand(gp, tmp_path / "run", fake_notebooks)
+    ids = [c.cell_id for c in cells]
+    # gamma does not change the baselines: 2 edge + 2 cloud + 2x2 speculative
+    assert ids == ["edge-float32", "edge-bfloat16", "cloud-float32", "cloud-bfloat16",
+                   "speculative-float32-g2", "speculative-float32-g4",
+                   "speculative-bfloat16-g2", "speculative-bfloat16-g4"]
+    spec = cells[-1]
+    assert spec.parameters["gamma"] == 4 and spec.parameters["dtype"] == "bfloat16"
+    assert spec.parameters["result_path"] == str(tmp_path / "run" / "cells" / spec.cell_id / "result.json")
+    assert spec.notebook == str(fake_notebooks / "speculative.ipynb")
+    assert Cell.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_run_cell_ok_then_failed_keeps_notebook(tmp_path, fake_models, fake_notebooks):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["cloud"], ["float32", "float16"]))
+    ok_cell, bad_cell = expand(gp, tmp_path / "run", fake_notebooks)
+    assert Path(run_cell(ok_cell)).is_file() and cell_is_ok(ok_cell)
+    assert read_result(ok_cell)["cell"]["cell_id"] == "cloud-float32"
+
+    run_cell(bad_cell)
+    res = read_result(bad_cell)
+    assert res["status"] == "failed" and "RuntimeError: boom in float16" in res["error"]
+    executed = nbformat.read(Path(bad_cell.cell_dir) / "executed.ipynb", as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["evalue"] == "boom in float16"
+    assert not cell_is_ok(bad_cell)
+
+
+def test_changed_parameters_are_not_ok(tmp_path, fake_models, fake_notebooks):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["cloud"], ["float32"]))
+    (cell,) = expand(gp, tmp_path / "run", fake_notebooks)
+    run_cell(cell)
+    assert cell_is_ok(cell)
+    assert not cell_is_ok(cell.model_copy(update={"parameters": {**cell.parameters, "max_new_tokens": 99}}))
+
+
+def test_write_failed_result_keeps_partial_record(tmp_path, fake_models, fake_notebooks):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["cloud"], ["float32"]))
+    (cell,) = expand(gp, tmp_path / "run", fake_notebooks)
+    run_cell(cell)
+    write_failed_result(cell, "TIMEOUT", slurm_state="TIMEOUT", log_tail="x")
+    res = read_result(cell)
+    assert (res["status"], res["error"], res["slurm_state"], res["method"]) == ("failed", "TIMEOUT", "TIMEOUT", "cloud")
+    assert "nonce" in res  # the notebook's partial record is kept
+
+
+def test_cli_failing_cell_isolated_and_manifest(tmp_path, fake_models, fake_notebooks):
+    params = params_file(tmp_path, fake_models, ["cloud", "speculative"], ["float32", "float16"])
+    out = tmp_path / "run"
+    proc = run_grid(params, out, fake_notebooks, "--jobs", "2")
+    assert proc.returncode == 1, proc.stderr
+    status = {d.name: json.loads((d / "result.json").read_text())["status"] for d in (out / "cells").iterdir()}
+    assert status == {"cloud-float32": "ok", "cloud-float16": "failed",
+                      "speculative-float32": "ok", "speculative-float16": "failed"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(c["cell_id"] for c in manifest["cells"]) == sorted(status)
+    assert manifest["params_text"] == params.read_text()
+    assert manifest["invocations"][-1]["ok"] == 2 and manifest["invocations"][-1]["failed"] == 2
+    assert "versions" in manifest and "git" in manifest and "machine" in manifest
+
+    # resume re-runs only the failed cells (now passing)
+    again = run_grid(params, out, fake_notebooks, env={"FAKE_FAIL_DTYPE": "none"})
+    assert again.returncode == 0, again.stderr
+    inv = json.loads((out / "manifest.json").read_text())["invocations"]
+    assert sorted(inv[-1]["cells_to_run"]) == ["cloud-float16", "speculative-float16"]
+
+
+def test_bad_yaml_fails_before_running(tmp_path, fake_models, fake_notebooks):
+    params = params_file(tmp_path, fake_models, ["cloud"], ["float32", "fp8"])
+    proc = run_grid(params, tmp_path / "run", fake_notebooks)
+    assert proc.returncode == 2 and "grid.dtype[1]" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_killed_run(tmp_path, fake_models, fake_notebooks):
+    params = params_file(tmp_path, fake_models, ["cloud"], ["float32", "bfloat16", "float16"])
+    out = tmp_path / "run"
+    env = {"FAKE_FAIL_DTYPE": "none", "FAKE_SLEEP_S": "1.5"}
+    proc = run_grid(params, out, fake_notebooks, env=env, wait=False)
+    first = out / "cells" / "cloud-float32" / "result.json"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.is_file(), proc.communicate()[1].decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the worker dies with its parent (PR_SET_PDEATHSIG)
+    nonce = json.loads(first.read_text())["nonce"]
+    missing = [d for d in ("bfloat16", "float16") if not (out / "cells" / f"cloud-{d}" / "result.json").is_file()]
+    assert missing, "the run was killed before finishing every cell"
+
+    again = run_grid(params, out, fake_notebooks, env={"FAKE_FAIL_DTYPE": "none"})
+    assert again.returncode == 0, again.stderr
+    assert json.loads(first.read_text())["nonce"] == nonce  # the finished cell was not re-run
+    for d in ("float32", "bfloat16", "float16"):
+        assert json.loads((out / "cells" / f"cloud-{d}" / "result.json").read_text())["status"] == "ok"
+    assert "cloud-float32" in json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_skipped_ok"]
