@@ -55,7 +55,7 @@ class MethodParams(BaseModel):
     cloud_device: str = "cpu"
     edge_threads: int | None = Field(1, ge=1)
     cloud_threads: int | None = Field(None, ge=1)
-    prompts: str = "builtin:mixed"
+    prompts: str = "builtin:code"
     num_prompts: int | None = Field(3, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     gamma: int = Field(4, ge=1)
@@ -235,6 +235,11 @@ def check_model_exists(name: str, where: str) -> None:
 def _check_prompts(source: str, where: str, base_dir: Path) -> str:
     """A prompt file must exist; relative paths are taken from the cwd, then the YAML's folder."""
     if source.startswith("builtin:"):
+        from .prompts import BUILTIN
+
+        if source.removeprefix("builtin:") not in BUILTIN:
+            known = ", ".join(f"builtin:{n}" for n in sorted(BUILTIN))
+            raise ParamsError(f"{where}: unknown built-in prompt set {source!r}; built-in sets: {known}, or a JSONL path")
         return source
     for candidate in (Path(source).expanduser(), base_dir / source):
         if candidate.is_file():
@@ -305,6 +310,10 @@ def load_grid_params(path: str | Path) -> GridParams:
     _check_models(gp)
     if gp.prompts is not None:
         gp.prompts = _check_prompts(gp.prompts, "prompts", path.parent)
+    if "prompts" in gp.parameters:
+        gp.parameters["prompts"] = _check_prompts(gp.parameters["prompts"], "parameters.prompts", path.parent)
+    for i, source in enumerate(gp.grid.get("prompts", [])):
+        gp.grid["prompts"][i] = _check_prompts(source, f"grid.prompts[{i}]", path.parent)
     return gp
 
 

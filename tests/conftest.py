@@ -56,3 +56,40 @@ def fake_models(tmp_path: Path) -> dict[str, str]:
         (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
         out[role] = str(folder)
     return out
+
+
+def _tiny_tokenizer():
+    """A byte-level BPE tokenizer (~300 tokens) trained on a few lines of Python."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = ["def read_config(path):\n    return open(path).read()\n", "class Queue:\n    def __init__(self):\n",
+            "for key, value in sorted(mapping.items()):\n        if value is None:\n"] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> dict[str, str]:
+    """Two tiny random Llama models (1 and 2 layers) sharing one tokenizer: folders by role."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    root = tmp_path_factory.mktemp("tiny_pair")
+    out = {}
+    for role, layers in (("edge", 1), ("cloud", 2)):
+        torch.manual_seed(layers)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                             max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=None, pad_token_id=None)
+        folder = root / role
+        LlamaForCausalLM(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        out[role] = str(folder)
+    return out

@@ -24,7 +24,7 @@ def params_file(tmp_path: Path, models: dict[str, str], methods: list[str], dtyp
     data = {
         "models": {"edge": {"model": models["edge"], "device": "cpu", "threads": 1},
                    "cloud": {"model": models["cloud"], "device": "cpu"}},
-        "prompts": "builtin:mixed",
+        "prompts": "builtin:code",
         "grid": {"method": methods, "dtype": dtypes, **extra},
         "runner": {"jobs": 1, "timeout_s": 120, "analysis": False},
     }

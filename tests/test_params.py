@@ -20,7 +20,7 @@ def base(models: dict[str, str]) -> dict:
     return {
         "models": {"edge": {"model": models["edge"], "device": "cpu", "threads": 1},
                    "cloud": {"model": models["cloud"], "device": "cpu"}},
-        "prompts": "builtin:mixed",
+        "prompts": "builtin:code",
         "parameters": {"max_new_tokens": 8, "gamma": 3},
         "grid": {"method": ["edge", "speculative"], "dtype": ["float32", "bf16"]},
     }
@@ -47,6 +47,8 @@ def test_good_yaml_loads_and_canonicalizes(tmp_path, fake_models):
     (lambda d: d["models"]["edge"].update(model="zoo:no-such-model"), "models.edge.model"),
     (lambda d: d["parameters"].update(dtype="float32"), "parameters.dtype"),  # also a grid axis
     (lambda d: d.update(prompts="missing.jsonl"), "prompts"),
+    (lambda d: d.update(prompts="builtin:nope"), "prompts"),
+    (lambda d: d["grid"].update(prompts=["builtin:code", "x.jsonl"]), "grid.prompts[1]"),
     (lambda d: d["parameters"].update(result_path="x.json"), "parameters.result_path"),
 ])
 def test_bad_yaml_names_the_field(tmp_path, fake_models, mutate, field):

@@ -1,0 +1,179 @@
+"""What a method notebook calls: validate its parameters, load the models, run the method over
+the prompts (after a warm-up), and write the result record atomically to ``result_path``.
+
+The record (DESIGN.md, "What every result records")::
+
+    {"schema", "status": "ok" | "failed", "error", "method", "settings": {every parameter, dtypes
+     resolved}, "edge": {model, dtype, device, device_class, device_name, threads} | None,
+     "cloud": {...} | None, "prompts": [per-prompt row: id, category, metrics, tokens, text,
+     trace], "aggregate": {metrics over all prompts}, "versions", "machine", "git", times}
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .metrics import Generation, summarize
+from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
+from .runinfo import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
+
+SCHEMA = "specnb.result/1"
+WARMUP_TOKENS = 8
+SUM_KEYS = ("new_tokens", "wall_s", "rounds", "drafted", "accepted", "cloud_calls", "edge_calls",
+            "draft_s", "verify_s")
+
+
+def uses(method: str, role: str) -> bool:
+    """Whether ``method`` loads the ``role`` ("edge" / "cloud") model."""
+    return f"{role}_model" in relevant_fields(method)
+
+
+def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
+    """The notebook's parameters (taken by name from ``namespace``, e.g. ``globals()``), validated.
+
+    Also checks, before any model loads, that the devices exist and support the dtypes, so a
+    bad value stops the notebook with one clear error.
+    """
+    from .dtypes import check_supported, resolve_device
+
+    if method not in METHODS:
+        raise ParamsError(f"method {method!r} unknown; methods: {', '.join(METHODS)}")
+    p = validate_method_params({k: namespace[k] for k in MethodParams.model_fields if k in namespace})
+    for role in ("edge", "cloud"):
+        if uses(method, role):
+            try:
+                check_supported(_dtype(p, role), resolve_device(getattr(p, f"{role}_device")))
+            except ValueError as err:
+                raise ParamsError(f"{role}_device / {role}_dtype: {err}") from None
+    return p
+
+
+def _dtype(p: MethodParams, role: str) -> str:
+    return p.resolved_edge_dtype if role == "edge" else p.resolved_cloud_dtype
+
+
+def dtype_label(method: str, p: MethodParams) -> str:
+    """``float32`` when the roles agree, ``edge-float32_cloud-float16`` when they do not."""
+    e, c = p.resolved_edge_dtype, p.resolved_cloud_dtype
+    if method == "edge" or e == c:
+        return e
+    return c if not uses(method, "edge") else f"edge-{e}_cloud-{c}"
+
+
+def default_result_path(method: str, p: MethodParams) -> Path:
+    """``outputs/adhoc/<method>-<dtype>.json`` under the checkout (else under the current folder)."""
+    root = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+    return root / "outputs" / "adhoc" / f"{method}-{dtype_label(method, p)}.json"
+
+
+def settings_dict(method: str, p: MethodParams) -> dict[str, Any]:
+    """Every parameter, with the dtype each role actually used."""
+    return p.model_dump() | {"method": method, "edge_dtype": p.resolved_edge_dtype,
+                              "cloud_dtype": p.resolved_cloud_dtype}
+
+
+def load_models(method: str, p: MethodParams) -> dict[str, Any]:
+    """The LoadedModel of each role the method needs (the pair checked to share a tokenizer)."""
+    from .models import ModelSpec, check_pair, load
+
+    out = {}
+    for role in ("edge", "cloud"):
+        if uses(method, role):
+            spec = ModelSpec(getattr(p, f"{role}_model"), dtype=_dtype(p, role),
+                             device=getattr(p, f"{role}_device"), threads=getattr(p, f"{role}_threads"))
+            out[role] = load(spec)
+    if len(out) == 2:
+        check_pair(out["edge"], out["cloud"])
+    return out
+
+
+def model_info(m: Any) -> dict[str, Any]:
+    """What the record says about one loaded model."""
+    from .dtypes import device_class, device_name, parse_dtype
+
+    return {"model": m.spec.name_or_path, "dtype": parse_dtype(m.dtype), "device": str(m.device),
+            "device_class": device_class(m.device), "device_name": device_name(m.device),
+            "threads": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters())}
+
+
+def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str, int], Generation]:
+    """``fn(prompt, max_new_tokens) -> Generation`` for the method."""
+    from . import decoding, peers
+
+    edge, cloud = models.get("edge"), models.get("cloud")
+    common = {"temperature": p.temperature, "seed": p.seed}
+    table: dict[str, Callable[[str, int], Generation]] = {
+        "edge": lambda s, n: decoding.autoregressive(edge, s, n, **common),
+        "cloud": lambda s, n: decoding.autoregressive(cloud, s, n, **common),
+        "cloud_optimized": lambda s, n: decoding.autoregressive(cloud, s, n, optimized=True, **common),
+        "speculative": lambda s, n: decoding.speculative(edge, cloud, s, n, gamma=p.gamma, verify=p.verify,
+                                                         rank_k=p.rank_k, **common),
+        "hf_assisted": lambda s, n: peers.hf_assisted(edge, cloud, s, n, gamma=p.gamma, **common),
+    }
+    return table[method]
+
+
+def prompt_row(prompt: Any, g: Generation) -> dict[str, Any]:
+    """One prompt's row: id, category, all metrics, and the output (tokens, text, trace)."""
+    return {"id": prompt.id, "category": prompt.category, **g.metrics,
+            "text": g.text, "tokens": list(g.tokens), "trace": list(g.trace)}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics over all prompts: counts and times summed, ratios of the sums (not means of
+    ratios: tokens/s = all tokens / all time), mean TTFT, peak memory the maximum."""
+    sums = {k: sum(r.get(k) or 0 for r in rows) for k in SUM_KEYS}
+    ttfts = [r["ttft_s"] for r in rows if r.get("ttft_s") is not None]
+    agg = summarize(**sums, ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
+                    peak_mem_bytes=max((r.get("peak_mem_bytes") or 0 for r in rows), default=0),
+                    compile_s=max((r.get("compile_s") or 0 for r in rows), default=0.0))
+    return agg | {"prompts": len(rows)}
+
+
+def new_record(method: str, p: MethodParams) -> dict[str, Any]:
+    """The record's frame before anything runs (written as is if loading fails)."""
+    return {"schema": SCHEMA, "status": "running", "error": None, "method": method,
+            "settings": settings_dict(method, p), "edge": None, "cloud": None, "prompts": [],
+            "aggregate": {}, "versions": versions(), "machine": machine(), "git": git_state(),
+            "started_at": now()}
+
+
+def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``method`` with parameters ``p``; write and return its result record.
+
+    ``warmup`` short generations on the first prompt come first (kernels, allocator, caches),
+    then every prompt once, measured. On any error the record is written with
+    ``status: failed`` and the traceback's last line, and the error is raised again.
+    """
+    import torch
+
+    from .prompts import load_prompts
+
+    path = Path(p.result_path) if p.result_path else default_result_path(method, p)
+    record = new_record(method, p)
+    record["settings"]["result_path"] = str(path)
+    t0 = time.perf_counter()
+    try:
+        prompts = load_prompts(p.prompts, p.num_prompts)
+        models = load_models(method, p)
+        record.update({role: model_info(m) for role, m in models.items()})
+        fn = decoder(method, models, p)
+        torch.manual_seed(p.seed)
+        for _ in range(p.warmup):
+            fn(prompts[0].text, min(WARMUP_TOKENS, p.max_new_tokens))
+        for prompt in prompts:
+            record["prompts"].append(prompt_row(prompt, fn(prompt.text, p.max_new_tokens)))
+            if log:
+                log(f"{prompt.id}: {record['prompts'][-1]['new_tokens']} tokens")
+        record.update(status="ok", aggregate=aggregate(record["prompts"]))
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=8))
+        raise
+    finally:
+        record.update(finished_at=now(), elapsed_s=round(time.perf_counter() - t0, 3))
+        write_json_atomic(path, record)
+    return record

@@ -1,0 +1,290 @@
+"""Results -> one DataFrame; fair speed-ups; the fairness audit; acceptance by dtype pair.
+
+The fairness rule (DESIGN.md): a speed-up is the ratio of two runs' tokens/s and is quoted
+only when the run and its reference (``cloud_optimized``) used the same cloud model, the same
+cloud dtype and the same device class, on the same workload (prompts, max new tokens,
+temperature). The edge baseline has no cloud model: its ratio is quoted when its dtype and
+device class match the reference's cloud, and labelled as a different model. Every compared
+pair is listed in the audit, flagged with what differs, in English and Chinese.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .runinfo import read_json
+
+REFERENCE = "cloud_optimized"
+METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optimized": "Cloud optimized",
+                "speculative": "Speculative", "hf_assisted": "HF assisted"}
+METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate",
+           "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
+           "peak_mem_bytes", "compile_s")
+WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
+ROLE_USE = {"edge": ("edge",), "cloud": ("cloud",), "cloud_optimized": ("cloud",),
+            "speculative": ("edge", "cloud"), "hf_assisted": ("edge", "cloud")}
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every result record of a run folder (``cells/*/result.json``) or of a folder of JSON files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} not found; pass the folder `specnb grid` printed")
+    files = sorted(run_dir.glob("cells/*/result.json")) or sorted(run_dir.glob("*.json"))
+    records = [r for r in (read_json(f) for f in files) if isinstance(r, dict) and "status" in r]
+    for rec, f in zip(records, files):
+        rec.setdefault("cell", {}).setdefault("cell_id", f.parent.name if f.name == "result.json" else f.stem)
+    return records
+
+
+def _device_class(device: str | None) -> str | None:
+    if device is None:
+        return None
+    kind = str(device).split(":", 1)[0]
+    return {"cpu": "CPU", "cuda": "GPU", "mps": "MPS"}.get(kind, kind)
+
+
+def _role(rec: dict[str, Any], role: str) -> dict[str, Any]:
+    """One role's model/dtype/device/class/threads, from the loaded-model info or the settings."""
+    if role not in ROLE_USE.get(rec.get("method", ""), ()):
+        return dict.fromkeys(("model", "dtype", "device", "class", "threads"))
+    info, s = rec.get(role) or {}, rec.get("settings") or {}
+    device = info.get("device", s.get(f"{role}_device"))
+    return {"model": info.get("model", s.get(f"{role}_model")),
+            "dtype": info.get("dtype", s.get(f"{role}_dtype") or s.get("dtype")),
+            "device": device, "class": info.get("device_class", _device_class(device)),
+            "threads": info.get("threads", s.get(f"{role}_threads"))}
+
+
+def record_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """The flat row of one record: identity, both roles, decoding settings, aggregate metrics."""
+    s, agg = rec.get("settings") or {}, rec.get("aggregate") or {}
+    row: dict[str, Any] = {"cell_id": rec["cell"]["cell_id"], "method": rec.get("method"), "status": rec.get("status"),
+                           "error": rec.get("error")}
+    for role in ("edge", "cloud"):
+        row.update({f"{role}_{k}": v for k, v in _role(rec, role).items()})
+    row.update({k: s.get(k) for k in ("gamma", "verify", "seed") + WORKLOAD})
+    row.update({k: agg.get(k) for k in METRICS})
+    row["num_prompts"] = agg.get("prompts", s.get("num_prompts"))
+    return row
+
+
+def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell (failed cells included, with their error), sorted by method and dtype."""
+    df = pd.DataFrame([record_row(r) for r in records])
+    if df.empty:
+        return df
+    df["dtype"] = df["cloud_dtype"].fillna(df["edge_dtype"])
+    df["peak_mem_mib"] = df["peak_mem_bytes"] / 2**20
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    return df.sort_values(["method", "dtype", "cell_id"], key=lambda c: c.map(order) if c.name == "method" else c,
+                          ignore_index=True)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    df.to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------------------- fairness
+
+def side(row: pd.Series | dict, role: str) -> str:
+    """``Edge float32+CPU``."""
+    return f"{role.capitalize()} {row[f'{role}_dtype']}+{row[f'{role}_class']}"
+
+
+def label(row: pd.Series | dict) -> str:
+    """``Speculative (Edge float32+CPU, Cloud float16+GPU)``."""
+    roles = ROLE_USE[row["method"]]
+    return f"{METHOD_NAMES[row['method']]} ({', '.join(side(row, r) for r in roles)})"
+
+
+def compared_role(row: pd.Series | dict) -> str:
+    """The role whose speed is compared with the reference's cloud: the cloud, or the edge alone."""
+    return "edge" if row["method"] == "edge" else "cloud"
+
+
+def differences(row: pd.Series | dict, ref: pd.Series | dict) -> list[tuple[str, str]]:
+    """What differs between a run's compared role and the reference's cloud, as (English, 中文)."""
+    r = compared_role(row)
+    out = []
+    if row[f"{r}_dtype"] != ref["cloud_dtype"]:
+        out.append((f"dtype {row[f'{r}_dtype']} vs {ref['cloud_dtype']}", f"精度 {row[f'{r}_dtype']} 与 {ref['cloud_dtype']} 不同"))
+    if row[f"{r}_class"] != ref["cloud_class"]:
+        out.append((f"device class {row[f'{r}_class']} vs {ref['cloud_class']}",
+                    f"设备类别 {row[f'{r}_class']} 与 {ref['cloud_class']} 不同"))
+    if r == "cloud" and row["cloud_model"] != ref["cloud_model"]:
+        out.append((f"cloud model {row['cloud_model']} vs {ref['cloud_model']}", "云端模型不同"))
+    if any(row[k] != ref[k] and not (pd.isna(row[k]) and pd.isna(ref[k])) for k in WORKLOAD):
+        out.append(("workload (prompts / max new tokens / temperature)", "工作负载（提示词/最大新词元/温度）不同"))
+    return out
+
+
+def _reference(row: pd.Series, refs: pd.DataFrame) -> tuple[pd.Series | None, list[tuple[str, str]]]:
+    """The fairest reference for ``row``: fewest differences, preferring the same dtype."""
+    best, best_diff = None, None
+    for _, ref in refs.iterrows():
+        diff = differences(row, ref)
+        if best_diff is None or len(diff) < len(best_diff):
+            best, best_diff = ref, diff
+    return best, best_diff or []
+
+
+def fairness_audit(df: pd.DataFrame) -> pd.DataFrame:
+    """Every pair the summary compares, flagged when dtype or device class (or model, workload) differ.
+
+    Kinds: ``speed-up`` (a run vs its ``cloud_optimized`` reference) and ``within run`` (the
+    edge and cloud of one speculative / HF-assisted run, when their dtype or device class
+    differ: the acceptance rate then also measures that mix).
+    """
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    refs = ok[ok["method"] == REFERENCE]
+    rows = []
+    for _, row in ok.iterrows():
+        if row["method"] != REFERENCE:
+            rows.append(_speedup_audit(row, refs))
+        if len(ROLE_USE[row["method"]]) == 2 and (row["edge_dtype"] != row["cloud_dtype"]
+                                                   or row["edge_class"] != row["cloud_class"]):
+            rows.append(_within_audit(row))
+    cols = ["kind", "cell_id", "reference", "comparison", "fair", "differs", "differs_zh", "verdict", "verdict_zh"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _speedup_audit(row: pd.Series, refs: pd.DataFrame) -> dict[str, Any]:
+    ref, diff = _reference(row, refs)
+    r = compared_role(row)
+    if ref is None:
+        return {"kind": "speed-up", "cell_id": row["cell_id"], "reference": None,
+                "comparison": f"{label(row)} vs (no {REFERENCE} run)", "fair": False,
+                "differs": "no reference run", "differs_zh": "没有参考运行",
+                "verdict": "speed-up not quoted: no cloud_optimized run", "verdict_zh": "未给出加速比：没有 cloud_optimized 参考运行"}
+    fair = not diff
+    pair = f"{side(row, r)} vs {side(ref, 'cloud')}"
+    note = " (edge model alone: a different, smaller model)" if r == "edge" else ""
+    note_zh = "（仅边缘模型：不同的、更小的模型）" if r == "edge" else ""
+    return {
+        "kind": "speed-up", "cell_id": row["cell_id"], "reference": ref["cell_id"],
+        "comparison": f"{label(row)} vs {label(ref)}", "fair": fair,
+        "differs": "; ".join(d[0] for d in diff) or "nothing",
+        "differs_zh": "；".join(d[1] for d in diff) or "无",
+        "verdict": (f"fair: {pair}{note}" if fair else f"UNFAIR: {pair}; speed-up not quoted"),
+        "verdict_zh": (f"公平：{pair}{note_zh}" if fair else f"不公平：{pair}；不给出加速比"),
+    }
+
+
+def _within_audit(row: pd.Series) -> dict[str, Any]:
+    pair = f"{side(row, 'edge')} vs {side(row, 'cloud')}"
+    diff = [d for d in (("dtype", "精度", row["edge_dtype"], row["cloud_dtype"]),
+                        ("device class", "设备类别", row["edge_class"], row["cloud_class"])) if d[2] != d[3]]
+    return {
+        "kind": "within run", "cell_id": row["cell_id"], "reference": None, "comparison": f"{label(row)}: {pair}",
+        "fair": False, "differs": "; ".join(f"{en} {a} vs {b}" for en, _, a, b in diff),
+        "differs_zh": "；".join(f"{zh} {a} 与 {b} 不同" for _, zh, a, b in diff),
+        "verdict": f"mixed set-up inside one run ({pair}): its acceptance rate reflects the mix",
+        "verdict_zh": f"同一运行内配置不一致（{pair}）：接受率受此影响",
+    }
+
+
+def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFrame:
+    """tokens/s of each run over its reference's, quoted only where the audit says fair (else NaN)."""
+    audit = fairness_audit(df) if audit is None else audit
+    pairs = audit[audit["kind"] == "speed-up"].set_index("cell_id")
+    tps = df.set_index("cell_id")["tokens_per_s"]
+    rows = []
+    for cid, a in pairs.iterrows():
+        ratio = tps[cid] / tps[a["reference"]] if a["fair"] and pd.notna(a["reference"]) else float("nan")
+        row = df[df["cell_id"] == cid].iloc[0]
+        rows.append({"cell_id": cid, "method": row["method"], "dtype": row["dtype"],
+                     "device": row[f"{compared_role(row)}_class"], "reference": a["reference"],
+                     "tokens_per_s": tps[cid], "reference_tokens_per_s": tps.get(a["reference"]),
+                     "speedup": ratio, "fair": a["fair"], "note": a["verdict"]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- tables
+
+def study_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The table the study started from: method | edge dtype | cloud dtype | edge device | cloud device | threads."""
+    ok = df[df["status"] == "ok"]
+    t = pd.DataFrame({
+        "method": ok["method"].map(METHOD_NAMES),
+        "edge dtype": ok["edge_dtype"].fillna("N/A"), "cloud dtype": ok["cloud_dtype"].fillna("N/A"),
+        "edge device": ok["edge_class"].fillna("N/A"), "cloud device": ok["cloud_class"].fillna("N/A"),
+        "threads": ok["edge_threads"].map(lambda t: "N/A" if pd.isna(t) else int(t)),
+    })
+    return t.drop_duplicates().reset_index(drop=True)
+
+
+def acceptance_by_dtype(df: pd.DataFrame, method: str = "speculative") -> pd.DataFrame:
+    """Acceptance rate of ``method`` for each (edge dtype, cloud dtype) pair present."""
+    ok = df[(df["status"] == "ok") & (df["method"] == method)]
+    if ok.empty:
+        return pd.DataFrame()
+    return ok.pivot_table(index="edge_dtype", columns="cloud_dtype", values="acceptance_rate", aggfunc="mean")
+
+
+def metric_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """``value`` for method (rows) x dtype (columns), ok cells only."""
+    ok = df[df["status"] == "ok"]
+    t = ok.pivot_table(index="method", columns="dtype", values=value, aggfunc="mean")
+    return t.reindex([m for m in METHOD_NAMES if m in t.index])
+
+
+def time_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Drafting vs verifying time of the speculative runs (share of the wall time)."""
+    ok = df[(df["status"] == "ok") & df["method"].isin(["speculative", "hf_assisted"])]
+    t = ok[["cell_id", "wall_s", "draft_s", "verify_s"]].copy()
+    t["draft_share"] = t["draft_s"] / t["wall_s"]
+    t["verify_share"] = t["verify_s"] / t["wall_s"]
+    return t.reset_index(drop=True)
+
+
+def failed_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Failed cells with their error (listed, never dropped silently)."""
+    return df[df["status"] != "ok"][["cell_id", "method", "dtype", "error"]].reset_index(drop=True)
+
+
+def accepted_lengths(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per speculative round: accepted drafts (the decoding trace) and the cell's dtype."""
+    rows = []
+    for rec in records:
+        if rec.get("status") == "ok" and rec.get("method") == "speculative":
+            dt = (rec.get("settings") or {}).get("cloud_dtype")
+            rows += [{"cell_id": rec["cell"]["cell_id"], "dtype": dt, "accepted": n}
+                     for p in rec.get("prompts", []) for n in p.get("trace", [])]
+    return pd.DataFrame(rows, columns=["cell_id", "dtype", "accepted"])
+
+
+# ---------------------------------------------------------------------------- one record
+
+def prompt_table(record: dict[str, Any], width: int = 60) -> pd.DataFrame:
+    """Deterministic per-prompt outputs of one run: tokens, acceptance, the text's start."""
+    rows = [{"prompt": p["id"], "new tokens": p["new_tokens"], "rounds": p.get("rounds"),
+             "accepted/drafted": f"{p.get('accepted', 0)}/{p.get('drafted', 0)}" if p.get("drafted") else "-",
+             "text": p["text"][:width].replace("\n", "\u21b5")} for p in record.get("prompts", [])]
+    return pd.DataFrame(rows)
+
+
+def timing_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Timing and memory of one run, per prompt and overall (varies run to run)."""
+    keys = ["new_tokens", "wall_s", "tokens_per_s", "ttft_s", "draft_s", "verify_s", "peak_mem_bytes"]
+    rows = [{"prompt": p["id"], **{k: p.get(k) for k in keys}} for p in record.get("prompts", [])]
+    rows.append({"prompt": "all", **{k: (record.get("aggregate") or {}).get(k) for k in keys}})
+    t = pd.DataFrame(rows)
+    t["peak_mem_mib"] = t.pop("peak_mem_bytes") / 2**20
+    return t
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.csv``, ``speedups.csv`` and ``audit.csv`` into the run folder."""
+    run_dir = Path(run_dir)
+    df = results_frame(load_results(run_dir))
+    audit = fairness_audit(df)
+    return {"results": write_csv(df, run_dir / "results.csv"), "audit": write_csv(audit, run_dir / "audit.csv"),
+            "speedups": write_csv(speedups(df, audit), run_dir / "speedups.csv")}

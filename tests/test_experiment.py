@@ -1,0 +1,72 @@
+"""experiment.run on a tiny random pair: the record, the methods, validation errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specnb import experiment
+from specnb.params import METHODS, MethodParams, ParamsError
+
+
+def params(tiny_pair, tmp_path, **kw) -> MethodParams:
+    base = dict(edge_model=tiny_pair["edge"], cloud_model=tiny_pair["cloud"], prompts="builtin:code",
+                num_prompts=2, max_new_tokens=6, warmup=1, result_path=str(tmp_path / "r.json"))
+    return MethodParams(**(base | kw))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_writes_a_complete_record(tiny_pair, tmp_path, method):
+    rec = experiment.run(method, params(tiny_pair, tmp_path))
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert on_disk["status"] == rec["status"] == "ok"
+    assert on_disk["method"] == method and len(on_disk["prompts"]) == 2
+    agg = on_disk["aggregate"]
+    assert agg["new_tokens"] == sum(r["new_tokens"] for r in on_disk["prompts"])
+    assert agg["tokens_per_s"] == pytest.approx(agg["new_tokens"] / agg["wall_s"])
+    assert (on_disk["edge"] is None) == (method in ("cloud", "cloud_optimized"))
+    assert (on_disk["cloud"] is None) == (method == "edge")
+    for key in ("versions", "machine", "git", "settings", "started_at", "finished_at"):
+        assert key in on_disk
+    role = on_disk["edge"] or on_disk["cloud"]
+    assert role["device_class"] == "CPU" and role["dtype"] == "float32"
+    if method in ("speculative", "hf_assisted"):
+        assert agg["drafted"] > 0 and 0 <= agg["acceptance_rate"] <= 1
+
+
+def test_greedy_speculative_matches_cloud(tiny_pair, tmp_path):
+    cloud = experiment.run("cloud", params(tiny_pair, tmp_path, result_path=str(tmp_path / "c.json")))
+    spec = experiment.run("speculative", params(tiny_pair, tmp_path, gamma=3))
+    assert [r["tokens"] for r in spec["prompts"]] == [r["tokens"] for r in cloud["prompts"]]
+
+
+def test_dtype_override_and_default_path(tiny_pair, tmp_path):
+    p = params(tiny_pair, tmp_path, dtype="bf16", cloud_dtype="float32", result_path=None)
+    assert experiment.dtype_label("speculative", p) == "edge-bfloat16_cloud-float32"
+    assert experiment.dtype_label("edge", p) == "bfloat16"
+    path = experiment.default_result_path("cloud", p)
+    assert path.parts[-3:] == ("outputs", "adhoc", "cloud-float32.json")
+
+
+def test_failure_writes_failed_record(tiny_pair, tmp_path):
+    p = params(tiny_pair, tmp_path, prompts=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(Exception):
+        experiment.run("cloud", p)
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["status"] == "failed" and "nope.jsonl" in rec["error"]
+
+
+def test_validate_names_the_bad_parameter(tiny_pair):
+    ns = {"dtype": "float32", "gamma": 0, "verify": "greedy", "junk": 1}
+    with pytest.raises(ParamsError, match="gamma"):
+        experiment.validate("speculative", ns)
+    with pytest.raises(ParamsError, match="cloud_device"):
+        experiment.validate("cloud", {"cloud_device": "cuda:0"} if not _has_cuda() else {"cloud_device": "cuda:99x"})
+    assert experiment.validate("edge", {"dtype": "fp16"}).dtype == "float16"
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

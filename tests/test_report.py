@@ -1,0 +1,117 @@
+"""The report on synthetic records: frame, fair speed-ups, the audit's flags, acceptance pivot."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from specnb import report
+
+
+def rec(cid, method, *, edge=None, cloud=None, tps=10.0, status="ok", acc=None, trace=(), **settings):
+    """A result record: edge/cloud given as (dtype, device)."""
+    s = {"prompts": "builtin:code", "num_prompts": 2, "max_new_tokens": 8, "temperature": 0.0, "gamma": 4,
+         "verify": "greedy", **settings}
+    r = {"status": status, "method": method, "cell": {"cell_id": cid}, "settings": s,
+         "aggregate": {"tokens_per_s": tps, "new_tokens": 16, "wall_s": 16 / tps, "acceptance_rate": acc,
+                       "drafted": 8 if acc is not None else 0, "accepted": 4 if acc is not None else 0,
+                       "peak_mem_bytes": 2**20, "prompts": 2},
+         "prompts": [{"trace": list(trace)}], "error": None if status == "ok" else "RuntimeError: boom"}
+    for role, spec in (("edge", edge), ("cloud", cloud)):
+        if spec:
+            dtype, device = spec
+            r[role] = {"model": f"zoo:tiny-{role}", "dtype": dtype, "device": device,
+                       "device_class": "GPU" if device.startswith("cuda") else "CPU", "threads": 2 if role == "edge" else None}
+            s[f"{role}_dtype"] = dtype
+    return r
+
+
+@pytest.fixture
+def study():
+    """The study's original mix: edge float32 on CPU, cloud float16 on GPU, plus a float32 reference."""
+    return [
+        rec("edge-float32", "edge", edge=("float32", "cpu"), tps=5),
+        rec("cloud-float16", "cloud", cloud=("float16", "cuda:0"), tps=40),
+        rec("cloud_optimized-float16", "cloud_optimized", cloud=("float16", "cuda:0"), tps=50),
+        rec("cloud_optimized-float32", "cloud_optimized", cloud=("float32", "cuda:0"), tps=25),
+        rec("speculative-mixed", "speculative", edge=("float32", "cpu"), cloud=("float16", "cuda:0"), tps=60, acc=0.5,
+            trace=[4, 0, 2]),
+        rec("speculative-float32", "speculative", edge=("float32", "cuda:0"), cloud=("float32", "cuda:0"), tps=30,
+            acc=0.75, trace=[4, 4]),
+        rec("cloud-bfloat16", "cloud", cloud=("bfloat16", "cuda:0"), status="failed"),
+    ]
+
+
+def test_frame_has_one_row_per_cell_with_roles(study):
+    df = report.results_frame(study)
+    assert len(df) == 7 and list(df["method"].unique()) == ["edge", "cloud", "cloud_optimized", "speculative"]
+    edge = df[df.cell_id == "edge-float32"].iloc[0]
+    assert (edge.edge_dtype, edge.edge_class) == ("float32", "CPU") and pd.isna(edge.cloud_dtype)
+    failed = report.failed_cells(df)
+    assert list(failed.cell_id) == ["cloud-bfloat16"] and "boom" in failed.error[0]
+
+
+def test_audit_flags_dtype_and_device_class(study):
+    df = report.results_frame(study)
+    audit = report.fairness_audit(df).set_index(["kind", "cell_id"])
+    edge = audit.loc[("speed-up", "edge-float32")]
+    # the edge baseline's fairest reference is the float32 cloud on GPU: the device class differs
+    assert not edge.fair and edge.reference == "cloud_optimized-float32"
+    assert "Edge float32+CPU vs Cloud float32+GPU" in edge.verdict and "device class CPU vs GPU" in edge.differs
+    assert "设备类别" in edge.differs_zh and "不公平" in edge.verdict_zh
+    cloud = audit.loc[("speed-up", "cloud-float16")]
+    assert cloud.fair and cloud.reference == "cloud_optimized-float16"
+    mixed = audit.loc[("within run", "speculative-mixed")]
+    assert not mixed.fair and "Edge float32+CPU vs Cloud float16+GPU" in mixed.comparison
+    assert "dtype float32 vs float16" in mixed.differs and "device class CPU vs GPU" in mixed.differs
+    assert ("within run", "speculative-float32") not in audit.index  # both roles float32 on GPU
+    assert ("speed-up", "cloud-bfloat16") not in audit.index  # failed cells are not compared
+
+
+def test_study_mix_edge_vs_float16_cloud_is_named():
+    df = report.results_frame([rec("edge-float32", "edge", edge=("float32", "cpu")),
+                               rec("cloud_optimized-float16", "cloud_optimized", cloud=("float16", "cuda"))])
+    a = report.fairness_audit(df).iloc[0]
+    assert not a.fair and "Edge float32+CPU vs Cloud float16+GPU" in a.verdict
+    assert "dtype float32 vs float16" in a.differs
+
+
+def test_speedups_only_when_fair(study):
+    df = report.results_frame(study)
+    sp = report.speedups(df).set_index("cell_id")
+    assert sp.loc["cloud-float16", "speedup"] == pytest.approx(40 / 50)
+    assert sp.loc["speculative-mixed", "speedup"] == pytest.approx(60 / 50)
+    assert sp.loc["speculative-float32", "speedup"] == pytest.approx(30 / 25)
+    assert math.isnan(sp.loc["edge-float32", "speedup"])
+
+
+def test_workload_difference_is_unfair(study):
+    study[1]["settings"]["max_new_tokens"] = 64
+    audit = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    assert not audit.loc[("speed-up", "cloud-float16")].fair
+    assert "workload" in audit.loc[("speed-up", "cloud-float16")].differs
+
+
+def test_no_reference_is_flagged():
+    df = report.results_frame([rec("cloud-float32", "cloud", cloud=("float32", "cpu"))])
+    a = report.fairness_audit(df).iloc[0]
+    assert not a.fair and pd.isna(a.reference) and math.isnan(report.speedups(df).speedup[0])
+
+
+def test_acceptance_pivot_and_lengths(study):
+    df = report.results_frame(study)
+    acc = report.acceptance_by_dtype(df)
+    assert acc.loc["float32", "float16"] == 0.5 and acc.loc["float32", "float32"] == 0.75
+    lengths = report.accepted_lengths(study)
+    assert sorted(lengths.accepted) == [0, 2, 4, 4, 4]
+
+
+def test_study_table_and_csv(study, tmp_path):
+    df = report.results_frame(study)
+    t = report.study_table(df)
+    first = t[t.method == "Edge baseline"].iloc[0]
+    assert (first["edge dtype"], first["cloud dtype"], first["edge device"], first["threads"]) == ("float32", "N/A", "CPU", 2)
+    back = pd.read_csv(report.write_csv(df, tmp_path / "r.csv"))
+    assert len(back) == len(df)
