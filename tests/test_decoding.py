@@ -198,3 +198,12 @@ def test_speculative_sampling_matches_cloud_sampling(pair):
     ref = torch.cat([p[top], (1 - p[top].sum()).view(1)])
     tv = 0.5 * (emp - ref).abs().sum().item()
     assert tv < 0.08, tv
+
+
+def test_compiled_optimized_step_matches_plain(pair):
+    """The torch.compile path of optimized=True (default on CUDA) gives the same greedy tokens on CPU."""
+    cloud = pair["cloud"]
+    want = autoregressive(cloud, PROMPTS[0], N).tokens
+    g = autoregressive(cloud, PROMPTS[0], N, optimized=True, compile=True)
+    assert g.tokens == want
+    assert g.metrics["compile_s"] > 0
