@@ -2,25 +2,164 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import submitit
 
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
+from specnb.grid import Cell, read_result
+from specnb.params import NOTEBOOKS
+from specnb.slurm import ENDED, SlurmExecutor, _parse_states, slurm_states
 
-pytestmark = pytest.mark.slurm
 
 
+@pytest.mark.slurm
 def test_cluster_runs_a_submitit_function(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """submitit pickles a function, Slurm runs it with this venv's python, the result comes back."""
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     ex.update_parameters(timeout_min=2, slurm_partition="debug")
     job = ex.submit(sum, [19, 23])
     assert job.result() == 42
-    info = submitit.SlurmJob(tmp_path / "submitit", job.job_id).get_info(mode="force")
-    assert info.get("State") == "COMPLETED", info
+    _wait_ended(job.job_id)
+    assert slurm_states([job.job_id]) == {job.job_id: "COMPLETED"}
     py = ex.submit(getattr, sys, "executable").result()
     assert py == sys.executable
     print(f"cluster start-up: {slurm_cluster.startup_s:.1f} s")
+
+
+# -- SlurmExecutor on the real cluster, with the fake method notebooks of conftest.py ---------
+
+def _cells(notebooks: Path, run_dir: Path, dtypes: list[str], method: str = "edge") -> list[Cell]:
+    out = []
+    for dtype in dtypes:
+        cell_dir = run_dir / "cells" / f"{method}-{dtype}"
+        out.append(Cell(cell_id=f"{method}-{dtype}", method=method, notebook=str(notebooks / NOTEBOOKS[method]),
+                        parameters={"dtype": dtype, "result_path": str(cell_dir / "result.json")},
+                        cell_dir=str(cell_dir)))
+    return out
+
+
+def _run(executor: SlurmExecutor, cells: list[Cell]) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    executor.run(cells, lambda cell, result: done.__setitem__(cell.cell_id, result))
+    return done
+
+
+def _jobs(run_dir: Path) -> dict[str, dict]:
+    return json.loads((run_dir / "slurm" / "jobs.json").read_text())["cells"]
+
+
+@pytest.mark.slurm
+def test_executor_runs_cells_as_one_array(slurm_cluster: SlurmCluster, fake_notebooks: Path, tmp_path: Path) -> None:
+    """Every cell ends: ok ones with their result, the notebook failure with its error and Slurm state."""
+    cells = _cells(fake_notebooks, tmp_path, ["float32", "bfloat16", "float16"])  # float16 raises
+    done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    assert sorted(done) == sorted(c.cell_id for c in cells)
+    for cell in cells[:2]:
+        assert done[cell.cell_id]["status"] == "ok", done[cell.cell_id]
+        assert read_result(cell) == done[cell.cell_id]
+    bad = done["edge-float16"]
+    assert bad["status"] == "failed" and "boom in float16" in bad["error"]
+    assert bad["slurm_state"] == "COMPLETED"  # the job ran fine, the notebook raised
+    jobs = _jobs(tmp_path)
+    assert len({rec["job_id"].split("_")[0] for rec in jobs.values()}) == 1  # one array
+    assert sorted(rec["job_id"] for rec in jobs.values()) == sorted(f"{jobs['edge-float32']['job_id'].split('_')[0]}_{i}" for i in range(3))
+    assert list((tmp_path / "slurm").glob("*_log.out")), "task logs land in the run folder"
+
+
+@pytest.mark.slurm
+def test_cancelled_job_becomes_a_failed_cell_with_its_state(slurm_cluster: SlurmCluster, fake_notebooks: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SLEEP_S", "120")
+    cells = _cells(fake_notebooks, tmp_path, ["float32"])
+    canceller = threading.Thread(target=_cancel_when_running, args=(slurm_cluster, tmp_path))
+    canceller.start()
+    done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    canceller.join()
+    res = done["edge-float32"]
+    assert res["status"] == "failed" and res["slurm_state"] == "CANCELLED", res
+    assert "CANCELLED" in res["error"] and res["slurm_job_id"] == _jobs(tmp_path)["edge-float32"]["job_id"]
+    assert "log_tail" in res and read_result(cells[0])["slurm_state"] == "CANCELLED"
+
+
+def _cancel_when_running(cluster: SlurmCluster, run_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "slurm" / "jobs.json").exists():
+            job_id = _jobs(run_dir)["edge-float32"]["job_id"]
+            if cluster.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False).strip() == "RUNNING":
+                cluster.cmd("scancel", job_id)
+                return
+        time.sleep(0.3)
+
+
+SUBMITTER = """
+import sys, pickle
+from specnb.slurm import SlurmExecutor
+run_dir, cells = pickle.load(open(sys.argv[1], "rb"))
+SlurmExecutor(run_dir, time_min=5, poll_s=0.5).run(cells, lambda c, r: None)
+"""
+
+
+@pytest.mark.slurm
+def test_resume_after_the_submitter_died_reattaches(slurm_cluster: SlurmCluster, fake_notebooks: Path,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kill -9 the submitting process while its jobs run; a new executor waits for the same jobs."""
+    monkeypatch.setenv("FAKE_SLEEP_S", "6")
+    cells = _cells(fake_notebooks, tmp_path, ["float32", "bfloat16"])
+    (tmp_path / "cells.pkl").write_bytes(pickle.dumps((tmp_path, cells)))
+    proc = subprocess.Popen([sys.executable, "-c", SUBMITTER, str(tmp_path / "cells.pkl")])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "slurm" / "jobs.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = _jobs(tmp_path)
+    assert sorted(before) == ["edge-bfloat16", "edge-float32"]
+    done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    assert {cid: r["status"] for cid, r in done.items()} == {"edge-float32": "ok", "edge-bfloat16": "ok"}
+    assert _jobs(tmp_path) == before, "re-attached, nothing submitted twice"
+
+
+@pytest.mark.slurm
+def test_ended_jobs_without_result_are_submitted_again(slurm_cluster: SlurmCluster, fake_notebooks: Path,
+                                                       tmp_path: Path) -> None:
+    """A cell whose recorded job ended without an ok result runs again; jobs.json keeps the old id."""
+    cells = _cells(fake_notebooks, tmp_path, ["float32"])
+    _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    first = _jobs(tmp_path)["edge-float32"]["job_id"]
+    _wait_ended(first)
+    Path(cells[0].result_path).unlink()  # as if the job had died before writing it
+    done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    rec = _jobs(tmp_path)["edge-float32"]
+    assert done["edge-float32"]["status"] == "ok" and rec["job_id"] != first and rec["previous"] == [first]
+
+
+def _wait_ended(job_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while slurm_states([job_id]).get(job_id) not in ENDED and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+
+def test_slurm_opts_map_to_submitit_parameters(tmp_path: Path) -> None:
+    ex = SlurmExecutor(tmp_path, partition="gpu", gpus_per_cell=1, time_min=30, mem_gb=64, max_parallel=4,
+                       slurm_opts={"account": "proj", "cpus_per_task": "8", "reservation": "r1"})
+    assert ex.params["slurm_partition"] == "gpu" and ex.params["gpus_per_node"] == 1
+    assert ex.params["timeout_min"] == 30 and ex.params["mem_gb"] == 64 and ex.params["slurm_array_parallelism"] == 4
+    assert ex.params["slurm_account"] == "proj" and ex.params["slurm_cpus_per_task"] == 8
+    assert ex.params["slurm_additional_parameters"] == {"reservation": "r1"}
+
+
+def test_state_parsing_expands_arrays_and_drops_reasons() -> None:
+    text = "12_0|COMPLETED\n12_1|CANCELLED by 0\n12_[2-3]|PENDING\n12_0.batch|COMPLETED\n13|TIMEOUT\n"
+    assert _parse_states(text) == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING",
+                                   "12_3": "PENDING", "13": "TIMEOUT"}
