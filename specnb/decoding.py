@@ -251,6 +251,20 @@ def optimized_step(model: LoadedModel, max_len: int, compile: bool | None = None
 
 # ---------------------------------------------------------------------------- speculative
 
+def thread_plan(edge: LoadedModel, cloud: LoadedModel) -> tuple[int | None, int | None]:
+    """CPU thread caps for a two-model run: (for the whole run, for the edge's calls inside it).
+
+    torch's thread count is process-wide and changing it rebuilds the thread pools (measured
+    on the 2-core CI machine: ~7 ms per switch and back, more than a small model's step). So
+    when the cloud runs on an accelerator the edge's cap holds for the whole run (the cloud's
+    host thread count hardly matters there) and nothing switches per round; only when both
+    models share the CPU with different caps does the count switch around each draft phase,
+    and that cost lands in ``draft_s`` where it belongs.
+    """
+    if cloud.device.type != "cpu":
+        return edge.spec.threads, None
+    return cloud.spec.threads, edge.spec.threads
+
 def speculative(
     edge: LoadedModel,
     cloud: LoadedModel,
@@ -272,7 +286,7 @@ def speculative(
     ``top_k`` / ``top_p``) or ``rank`` (accept a draft within the cloud's top-``rank_k``;
     lossy). The two models may sit on different devices: only token ids, and for ``sample``
     the edge's draft probabilities, move between them. The edge's forward calls run under its
-    thread cap. Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``.
+    thread cap (see :func:`thread_plan`). Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``.
     Metric definitions: :class:`specnb.metrics.Generation`.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
@@ -284,6 +298,7 @@ def speculative(
     e_gen, c_gen = make_generator(seed, e_dev), make_generator(None if seed is None else seed + 1, c_dev)
     e_temp = temperature if verify == "sample" else 0.0
 
+    outer, inner = thread_plan(edge, cloud)
     e_cache = DynamicCache(config=edge.model.config)
     c_cache = DynamicCache(config=cloud.model.config)
     seq = list(ids)
@@ -293,11 +308,11 @@ def speculative(
     draft_clock, verify_clock, clock = Stopwatch(e_dev), Stopwatch(c_dev), Stopwatch(e_dev, c_dev)
     ttft = None
 
-    with torch.inference_mode():
+    with torch.inference_mode(), thread_cap(outer):
         reset_peak_memory(e_dev, c_dev)
         with clock:
             if len(ids) > 1:  # prefill: both caches take all prompt tokens but the last
-                with draft_clock, thread_cap(edge.spec.threads):
+                with draft_clock, thread_cap(inner):
                     forward(edge, _ids(ids[:-1], e_dev), e_cache, 1, vocab)
                 with verify_clock:
                     forward(cloud, _ids(ids[:-1], c_dev), c_cache, 1, vocab)
@@ -310,7 +325,7 @@ def speculative(
                 g = min(gamma, max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
                 # 1. draft g tokens; the first call also feeds tokens the edge has not seen yet
                 drafts, qs = [], []
-                with draft_clock, thread_cap(edge.spec.threads):
+                with draft_clock, thread_cap(inner):
                     inp = _ids(seq[e_len:], e_dev)
                     for _ in range(g):
                         logits = forward(edge, inp, e_cache, 1, vocab)[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
+from .decoding import thread_plan
 from .models import LoadedModel, check_pair, thread_cap
 
 
@@ -35,8 +36,9 @@ def hf_assisted(
     Hugging Face returns no acceptance statistics, so they are derived from forward-call
     counts: each cloud call verifies one round (``rounds = cloud_calls``), each edge call
     drafts one token (``drafted = edge_calls``), and every round emits its accepted drafts plus
-    one cloud token (``accepted = new_tokens - rounds``). The edge's thread cap applies to the
-    whole call (HF interleaves both models in one loop). Batch size 1; ``ttft_s`` is None
+    one cloud token (``accepted = new_tokens - rounds``). HF interleaves both models in one
+    loop, so thread caps follow the run-level half of :func:`specnb.decoding.thread_plan`: the
+    edge's cap when the cloud is on an accelerator, the cloud's when both share the CPU. Batch size 1; ``ttft_s`` is None
     (``generate`` does not expose it).
     """
     if not isinstance(gamma, int) or gamma < 1:
@@ -56,7 +58,7 @@ def hf_assisted(
     clock = Stopwatch(edge.device, cloud.device)
     try:
         reset_peak_memory(edge.device, cloud.device)
-        with torch.inference_mode(), thread_cap(edge.spec.threads), clock:
+        with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
             out = cloud.model.generate(
                 ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,

@@ -125,3 +125,13 @@ def test_empty_prompt(folders):
     a = load(ModelSpec(str(folders / "a"), device="cpu"))
     with pytest.raises(ValueError, match="prompt is empty"):
         autoregressive(a, [], 4)
+
+
+def test_speculative_caps_only_the_edge_on_a_shared_cpu(folders):
+    edge = load(ModelSpec(str(folders / "b"), device="cpu", threads=1))
+    cloud = load(ModelSpec(str(folders / "a"), device="cpu", threads=2))
+    seen = {"edge": set(), "cloud": set()}
+    edge.model.register_forward_pre_hook(lambda *_: seen["edge"].add(torch.get_num_threads()))
+    cloud.model.register_forward_pre_hook(lambda *_: seen["cloud"].add(torch.get_num_threads()))
+    speculative(edge, cloud, "def f(x):", 6, gamma=2)
+    assert seen == {"edge": {1}, "cloud": {2}}
