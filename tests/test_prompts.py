@@ -1,0 +1,64 @@
+"""Prompt sets: the built-in code set and the Spec-Bench JSONL loader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specnb.prompts import Prompt, load_prompts
+
+
+def test_builtin_code_is_a_set_of_distinct_code_prompts():
+    prompts = load_prompts("builtin:code")
+    assert 12 <= len(prompts) <= 16
+    assert len({p.id for p in prompts}) == len(prompts)
+    assert len({p.text for p in prompts}) == len(prompts)
+    assert all(isinstance(p, Prompt) and p.text.strip() and p.category for p in prompts)
+    for p in prompts:  # every prompt is the start of Python source: it must not be empty code
+        assert any(word in p.text for word in ("def ", "class ", '"""', "for ", "try:"))
+
+
+def test_limit_takes_the_first_prompts_in_order():
+    every = load_prompts("builtin:code")
+    assert load_prompts("builtin:code", limit=3) == every[:3]
+    assert load_prompts("builtin:code", limit=1000) == every
+
+
+@pytest.mark.parametrize("limit", [0, -2])
+def test_limit_must_be_positive(limit):
+    with pytest.raises(ValueError, match="limit"):
+        load_prompts("builtin:code", limit=limit)
+
+
+def test_unknown_builtin_names_the_known_sets():
+    with pytest.raises(ValueError, match="builtin:code"):
+        load_prompts("builtin:nope")
+
+
+def test_jsonl_takes_first_turn_id_and_category(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"question_id": 7, "category": "math", "turns": ["What is 2+2?", "And 3+3?"]},
+            {"question_id": "x1", "turns": ["Hi"]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert load_prompts(str(path)) == [Prompt("7", "What is 2+2?", "math"),
+                                       Prompt("x1", "Hi", "unknown")]
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "turns": ["ok"]}) + "\n{not json}\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        load_prompts(str(path))
+    path.write_text(json.dumps({"question_id": 1, "turns": []}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        load_prompts(str(path))
+
+
+def test_missing_or_empty_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_prompts(str(tmp_path / "absent.jsonl"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(str(empty))
