@@ -28,6 +28,7 @@ from transformers import DynamicCache, StaticCache
 
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
 from .models import LoadedModel, check_pair, thread_cap
+from .schedule import Schedule
 
 VERIFY_RULES = ("greedy", "sample", "rank")
 
@@ -278,6 +279,7 @@ def speculative(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    schedule: str = "constant",
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -286,11 +288,14 @@ def speculative(
     ``top_k`` / ``top_p``) or ``rank`` (accept a draft within the cloud's top-``rank_k``;
     lossy). The two models may sit on different devices: only token ids, and for ``sample``
     the edge's draft probabilities, move between them. The edge's forward calls run under its
-    thread cap (see :func:`thread_plan`). Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``.
-    Metric definitions: :class:`specnb.metrics.Generation`.
+    thread cap (see :func:`thread_plan`). ``schedule`` sets the draft length per round
+    (:mod:`specnb.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
+    ``cost`` chooses up to ``gamma``). Stops after an EOS token (kept in ``tokens``) or exactly
+    ``max_new_tokens``. Metric definitions: :class:`specnb.metrics.Generation`.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
     _check_speculative(gamma, verify, rank_k, temperature)
+    plan = Schedule(schedule, gamma)
     vocab = check_pair(edge, cloud)
     ids = cloud.encode(prompt)
     eos = cloud.eos_ids
@@ -304,6 +309,7 @@ def speculative(
     seq = list(ids)
     out: list[int] = []
     trace: list[int] = []
+    drafts_trace: list[int] = []
     edge_calls = cloud_calls = drafted = 0
     draft_clock, verify_clock, clock = Stopwatch(e_dev), Stopwatch(c_dev), Stopwatch(e_dev, c_dev)
     ttft = None
@@ -322,7 +328,8 @@ def speculative(
 
         while len(out) < max_new_tokens and not (out and out[-1] in eos):
             with clock:
-                g = min(gamma, max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
+                g = min(plan.next(), max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
+                d0, v0 = draft_clock.total, verify_clock.total
                 # 1. draft g tokens; the first call also feeds tokens the edge has not seen yet
                 drafts, qs = [], []
                 with draft_clock, thread_cap(inner):
@@ -366,6 +373,8 @@ def speculative(
                 out.extend(emitted)
                 drafted += g
                 trace.append(n)
+                drafts_trace.append(g)
+                plan.update(g, n, draft_clock.total - d0, verify_clock.total - v0)
             if ttft is None:
                 ttft = clock.total
 
@@ -376,4 +385,4 @@ def speculative(
         draft_s=draft_clock.total, verify_s=verify_clock.total,
         peak_mem_bytes=peak_memory_bytes(e_dev, c_dev),
     )
-    return Generation(tokens=out, text=cloud.decode(out), metrics=metrics, trace=trace)
+    return Generation(tokens=out, text=cloud.decode(out), metrics=metrics, trace=trace, drafted_trace=drafts_trace)

@@ -66,7 +66,8 @@ class Generation:
     """One decoded continuation (batch size 1).
 
     ``tokens`` are the new token ids only; ``trace`` holds, per speculative round, how many
-    drafted tokens the cloud accepted (empty for autoregressive runs).
+    drafted tokens the cloud accepted, and ``drafted_trace`` how many the edge drafted (both
+    empty for autoregressive runs).
 
     Metrics (``metrics`` dict): ``new_tokens``; ``wall_s`` (whole call, prefill included);
     ``tokens_per_s`` = new_tokens / wall_s; ``ttft_s`` (time to the first new token);
@@ -91,6 +92,7 @@ class Generation:
     text: str
     metrics: dict[str, Any]
     trace: list[int] = field(default_factory=list)
+    drafted_trace: list[int] = field(default_factory=list)
 
 
 def summarize(

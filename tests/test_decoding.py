@@ -207,3 +207,14 @@ def test_compiled_optimized_step_matches_plain(pair):
     g = autoregressive(cloud, PROMPTS[0], N, optimized=True, compile=True)
     assert g.tokens == want
     assert g.metrics["compile_s"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["heuristic", "cost"])
+def test_adaptive_schedules_keep_greedy_output(pair, schedule):
+    cloud, edge = pair["cloud"], pair["related"]
+    for prompt in PROMPTS[:3]:
+        g = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule)
+        assert g.tokens == autoregressive(cloud, prompt, N).tokens
+        assert sum(g.drafted_trace) == g.metrics["drafted"]
+        if schedule == "cost":
+            assert max(g.drafted_trace) <= 4

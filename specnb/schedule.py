@@ -1,0 +1,72 @@
+"""Draft-length schedules: how many tokens the edge drafts in the next round.
+
+* ``constant``: always ``gamma``.
+* ``heuristic``: Hugging Face's rule for assisted generation: +2 after a fully accepted
+  draft, -1 otherwise (never below 1), starting from ``gamma``.
+* ``cost``: choose the draft length that maximizes expected tokens per second under the
+  i.i.d. acceptance model of Leviathan et al. (2023): a round drafting g tokens emits
+  E(g) = (1 - a^(g+1)) / (1 - a) tokens on average and costs g * t_draft + t_verify, with
+  the acceptance rate a and the step costs measured so far in this run; up to ``gamma``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULES = ("constant", "heuristic", "cost")
+MAX_GAMMA = 16
+
+
+def expected_tokens(alpha: float, g: int) -> float:
+    """Mean tokens emitted by a round of g drafts when each is accepted with probability alpha."""
+    if alpha >= 1.0:
+        return g + 1.0
+    return (1.0 - alpha ** (g + 1)) / (1.0 - alpha)
+
+
+def speedup_limit(alpha: float, gamma: int, c: float) -> float:
+    """S(alpha, gamma, c) = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)): Leviathan et al. 2023, Thm 3.8.
+
+    The expected wall-time speed-up over autoregressive decoding of the cloud, with c the cost
+    of one edge step relative to one cloud step.
+    """
+    return expected_tokens(alpha, gamma) / (gamma * c + 1.0)
+
+
+@dataclass
+class Schedule:
+    """Running state of a draft-length rule; ``next()`` proposes, ``update()`` learns from a round."""
+
+    rule: str
+    gamma: int
+    drafted: int = 0
+    accepted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in SCHEDULES:
+            raise ValueError(f"unknown draft schedule {self.rule!r}; use one of {', '.join(SCHEDULES)}")
+        self.current = self.gamma
+
+    def next(self) -> int:
+        if self.rule == "cost" and self.rounds and self.drafted:
+            self.current = self._best_by_cost()
+        return self.current
+
+    def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self.drafted += drafted
+        self.accepted += accepted
+        self.draft_s += draft_s
+        self.verify_s += verify_s
+        self.rounds += 1
+        if self.rule == "heuristic" and drafted:
+            step = 2 if accepted == drafted else -1
+            self.current = max(1, min(MAX_GAMMA, self.current + step))
+
+    def _best_by_cost(self) -> int:
+        alpha = (self.accepted + 1) / (self.drafted + 2)  # Laplace: never exactly 0 or 1
+        t_draft = self.draft_s / self.drafted
+        t_verify = self.verify_s / self.rounds
+        return max(range(1, self.gamma + 1), key=lambda g: expected_tokens(alpha, g) / (g * t_draft + t_verify))

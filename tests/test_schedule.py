@@ -1,0 +1,44 @@
+"""Draft-length schedules and the speed-up formula."""
+
+from __future__ import annotations
+
+import pytest
+
+from specnb.schedule import Schedule, expected_tokens, speedup_limit
+
+
+def test_expected_tokens_and_speedup_limit():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    # Leviathan et al. 2023, Thm 3.8 at alpha=0.8, gamma=4, c=0.05
+    assert speedup_limit(0.8, 4, 0.05) == pytest.approx((1 - 0.8**5) / (0.2 * 1.2))
+
+
+def test_heuristic_follows_hf_rule():
+    s = Schedule("heuristic", 4)
+    assert s.next() == 4
+    s.update(4, 4, 0.0, 0.0)
+    assert s.next() == 6
+    s.update(6, 2, 0.0, 0.0)
+    assert s.next() == 5
+    for _ in range(10):
+        s.update(s.next(), 0, 0.0, 0.0)
+    assert s.next() == 1
+
+
+def test_cost_rule_picks_long_drafts_when_cheap_and_accepted_and_short_otherwise():
+    cheap = Schedule("cost", 8)
+    cheap.update(8, 8, draft_s=8 * 0.001, verify_s=0.02)  # edge step 1 ms, verify 20 ms, all accepted
+    assert cheap.next() == 8
+    costly = Schedule("cost", 8)
+    costly.update(8, 1, draft_s=8 * 0.015, verify_s=0.02)  # edge step nearly a verify, few accepted
+    assert costly.next() == 1
+
+
+def test_constant_and_bad_name():
+    s = Schedule("constant", 3)
+    s.update(3, 0, 1.0, 1.0)
+    assert s.next() == 3
+    with pytest.raises(ValueError, match="unknown draft schedule 'fast'; use one of constant, heuristic, cost"):
+        Schedule("fast", 3)
