@@ -1,0 +1,230 @@
+"""``specnb bench``: one pair, one dtype, one prompt set; every method side by side in ONE process.
+
+Runs are interleaved (each repetition runs every method over all prompts, in a rotated order),
+after a warm-up run of each method, and the median tokens/s over repetitions is reported, so
+slow drifts of a shared machine hit every method alike. Printed ratios:
+
+* R1 = speculative / cloud_optimized tokens/s (best fixed gamma; and each adaptive schedule);
+* R2 = speculative / Hugging Face assisted tokens/s at the same gamma;
+* R3 = measured speed-up over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
+  of Leviathan et al. 2023 (Thm 3.8), with alpha and c = edge step / cloud step measured here;
+* loop overhead = share of wall time spent outside both models' forward calls (measured in one
+  extra, instrumented repetition, so the hooks never touch the timed ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import runinfo
+from .decoding import autoregressive, speculative
+from .metrics import Generation, synchronize
+from .models import LoadedModel, ModelSpec, load
+from .peers import hf_assisted
+from .prompts import load_prompts
+from .schedule import speedup_limit
+
+
+@dataclass
+class Method:
+    label: str
+    kind: str  # edge | cloud | cloud_optimized | speculative | hf_assisted
+    run: Callable[[str], Generation]
+    gamma: int | None = None
+    schedule: str | None = None
+    tokens_per_s: list[float] = field(default_factory=list)
+    accepted: int = 0
+    drafted: int = 0
+    model_share: float | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--edge", default="zoo:tiny-edge")
+    parser.add_argument("--cloud", default="zoo:tiny-cloud")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--edge-device", default="cpu")
+    parser.add_argument("--cloud-device", default="auto")
+    parser.add_argument("--edge-threads", type=int, default=None)
+    parser.add_argument("--prompts", default="builtin:code")
+    parser.add_argument("--limit", type=int, default=8, help="prompts used from the set")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gammas", default="1,2,3,4,6,8", help="comma-separated fixed draft lengths")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the record here")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, gammas 2,4, 1 rep")
+
+
+def _gammas(text: str) -> list[int]:
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise SystemExit(f"specnb bench: --gammas must be positive integers separated by commas, got {text!r}")
+    return out
+
+
+def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int]) -> list[Method]:
+    """Every method the benchmark compares, as closures over one prompt."""
+    out = [
+        Method("cloud", "cloud", lambda p: autoregressive(cloud, p, n)),
+        Method("cloud_optimized", "cloud_optimized", lambda p: autoregressive(cloud, p, n, optimized=True)),
+        Method("edge", "edge", lambda p: autoregressive(edge, p, n)),
+    ]
+    for g in gammas:
+        out.append(Method(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+        out.append(Method(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
+    top = max(gammas)
+    for rule in ("heuristic", "cost"):
+        start = 4 if rule == "heuristic" else max(top, 8)
+        run = lambda p, r=rule, s=start: speculative(edge, cloud, p, n, gamma=s, schedule=r)  # noqa: E731
+        out.append(Method(f"speculative {rule}", "speculative", run, start, rule))
+    return out
+
+
+def _timed_pass(m: Method, prompts: list[str]) -> None:
+    tokens = seconds = 0.0
+    for p in prompts:
+        g = m.run(p)
+        tokens += g.metrics["new_tokens"]
+        seconds += g.metrics["wall_s"]
+        m.accepted += g.metrics["accepted"]
+        m.drafted += g.metrics["drafted"]
+    m.tokens_per_s.append(tokens / seconds)
+
+
+class ForwardTimer:
+    """Wall time inside the forward calls of some models (hooks; synchronizes CUDA at both ends)."""
+
+    def __init__(self, models: list[LoadedModel]):
+        self.total = 0.0
+        self._t0 = 0.0
+        self._depth = 0
+        self._handles = []
+        self._devices = [m.device for m in models]
+        for m in models:
+            self._handles.append(m.model.register_forward_pre_hook(self._pre))
+            self._handles.append(m.model.register_forward_hook(self._post))
+
+    def _pre(self, *_: Any) -> None:
+        if self._depth == 0:
+            synchronize(*self._devices)
+            self._t0 = time.perf_counter()
+        self._depth += 1
+
+    def _post(self, *_: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            synchronize(*self._devices)
+            self.total += time.perf_counter() - self._t0
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _model_share(m: Method, models: list[LoadedModel], prompts: list[str]) -> float:
+    timer = ForwardTimer(models)
+    wall = 0.0
+    try:
+        for p in prompts:
+            wall += m.run(p).metrics["wall_s"]
+    finally:
+        timer.close()
+    return timer.total / wall if wall else float("nan")
+
+
+def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[str], n: int, gammas: list[int], reps: int) -> list[Method]:
+    """Warm up, then ``reps`` interleaved timed repetitions, then one instrumented repetition."""
+    ms = methods(edge, cloud, n, gammas)
+    for m in ms:  # warm-up: first-call allocations, compile, caches
+        m.run(prompts[0])
+    for rep in range(reps):
+        shift = rep % len(ms)
+        for m in ms[shift:] + ms[:shift]:
+            _timed_pass(m, prompts)
+    for m in ms:
+        m.model_share = _model_share(m, [edge, cloud], prompts)
+    return ms
+
+
+def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[str, Any]:
+    """R1, R2, R3 and the loop overhead from measured methods."""
+    med = {m.label: statistics.median(m.tokens_per_s) for m in ms}
+    by = {m.label: m for m in ms}
+    fixed = [m for m in ms if m.kind == "speculative" and m.schedule == "constant"]
+    best = max(fixed, key=lambda m: med[m.label])
+    alpha = best.accepted / best.drafted if best.drafted else 0.0
+    c = edge_step_s / cloud_step_s
+    limit = speedup_limit(alpha, best.gamma, c)
+    measured = med[best.label] / med["cloud"]
+    return {
+        "best_gamma": best.gamma,
+        "R1": med[best.label] / med["cloud_optimized"],
+        "R1_heuristic": med["speculative heuristic"] / med["cloud_optimized"],
+        "R1_cost": med["speculative cost"] / med["cloud_optimized"],
+        "R2": med[best.label] / med[f"hf_assisted g={best.gamma}"],
+        "R2_by_gamma": {m.gamma: med[m.label] / med[f"hf_assisted g={m.gamma}"] for m in fixed},
+        "alpha": alpha,
+        "c": c,
+        "S": limit,
+        "speedup_vs_cloud": measured,
+        "R3": measured / limit,
+        "loop_overhead": 1.0 - by[best.label].model_share,
+        "loop_overhead_hf": 1.0 - by[f"hf_assisted g={best.gamma}"].model_share,
+    }
+
+
+def _step_seconds(m: Method) -> float:
+    return 1.0 / statistics.median(m.tokens_per_s)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.limit, args.max_new_tokens, args.gammas, args.reps = 2, 16, "2,4", 1
+    gammas = _gammas(args.gammas)
+    if args.reps < 1:
+        raise SystemExit("specnb bench: --reps must be at least 1")
+    edge = load(ModelSpec(args.edge, dtype=args.dtype, device=args.edge_device, threads=args.edge_threads))
+    cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device=args.cloud_device))
+    prompts = [p.text for p in load_prompts(args.prompts, limit=args.limit)]
+    ms = measure(edge, cloud, prompts, args.max_new_tokens, gammas, args.reps)
+    by = {m.label: m for m in ms}
+    r = ratios(ms, _step_seconds(by["edge"]), _step_seconds(by["cloud"]))
+    print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device} (threads {args.edge_threads}), "
+          f"cloud {cloud.device}; {len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps (median)")
+    print(f"{'method':<22}{'tokens/s':>10}{'acceptance':>12}{'in models':>11}")
+    for m in ms:
+        acc = f"{m.accepted / m.drafted:.3f}" if m.drafted else "-"
+        print(f"{m.label:<22}{statistics.median(m.tokens_per_s):>10.1f}{acc:>12}{m.model_share:>10.0%}")
+    print(f"\nbest fixed gamma {r['best_gamma']}: alpha {r['alpha']:.3f}, c {r['c']:.3f}, S(alpha,gamma,c) {r['S']:.2f}")
+    print(f"R1 speculative / cloud_optimized      {r['R1']:.2f}  (heuristic {r['R1_heuristic']:.2f}, cost {r['R1_cost']:.2f})")
+    print(f"R2 speculative / hf_assisted same g   {r['R2']:.2f}  " + ", ".join(f"g={g}: {v:.2f}" for g, v in r["R2_by_gamma"].items()))
+    print(f"R3 speed-up vs cloud / S              {r['R3']:.2f}  (measured {r['speedup_vs_cloud']:.2f}x)")
+    print(f"loop overhead (outside forward calls) {r['loop_overhead']:.1%}  (hf_assisted {r['loop_overhead_hf']:.1%})")
+    if args.json_path:
+        record = {
+            "kind": "bench",
+            "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+            "devices": {"edge": str(edge.device), "cloud": str(cloud.device)},
+            "methods": [
+                {"label": m.label, "method": m.kind, "gamma": m.gamma, "schedule": m.schedule,
+                 "tokens_per_s": statistics.median(m.tokens_per_s), "tokens_per_s_reps": m.tokens_per_s,
+                 "acceptance_rate": m.accepted / m.drafted if m.drafted else None, "model_share": m.model_share}
+                for m in ms
+            ],
+            "ratios": r,
+            "versions": runinfo.versions(),
+            "machine": runinfo.machine(),
+            "git": runinfo.git_state(),
+            "created": runinfo.now(),
+        }
+        runinfo.write_json_atomic(args.json_path, record)
+        print(f"record written to {args.json_path}")
+    return 0
