@@ -47,10 +47,11 @@ HINTS = {
 
 
 def _job_main(cell: Cell, worker: Callable[[Cell], str] = run_cell) -> str:
-    """What each array task runs. submitit turns the time-limit warning (USR2, 90 s before the
-    end) into an exception inside the cell, which would hide Slurm's TIMEOUT state: ignore it and
-    let Slurm end the job, so its state is recorded as it is."""
-    signal.signal(signal.SIGUSR2, lambda signum, frame: print("time limit near (SIGUSR2)", file=sys.stderr))
+    """What each array task runs. submitit has Slurm send SIGUSR2 to every process of the task
+    90 s before the time limit (to checkpoint, which a cell cannot) and turns it into an
+    exception; the notebook's kernel would simply die of it. Ignored here (and so in the kernel,
+    which inherits SIG_IGN), the cell keeps its last 90 s and Slurm records TIMEOUT if it ends."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return worker(cell)
 
 
@@ -231,15 +232,18 @@ class SlurmExecutor:
         if result and result.get("status") == "ok":  # old results were removed at submission
             return result
         where = {"slurm_state": state, "slurm_job_id": job.job_id, "slurm_log": str(job.paths.stderr)}
-        if result and result.get("status") == "failed":  # the notebook failed inside a job that ran
-            write_failed_result(cell, result.get("error", "failed"), **where)
+        inner = (result or {}).get("error") if (result or {}).get("status") == "failed" else None
+        if outcome == "error":  # the worker itself raised (a bug outside the notebook)
+            error = f"the Slurm job raised: {(str(value).strip().splitlines() or [''])[-1]}"
+        elif state != "COMPLETED":  # Slurm ended it: its state is the news, the cell's error a detail
+            error = f"Slurm job {job.job_id} ended {state}" + (f": {HINTS[state]}" if state in HINTS else "")
+            error += f" (in the cell: {inner})" if inner else ""
+        elif inner:  # the notebook failed inside a job that ran to its end: keep its error and log
+            write_failed_result(cell, inner, **where)
+            return read_result(cell) or {"status": "failed", "error": inner, **where}
         else:
-            if outcome == "error":  # the worker itself raised (a bug outside the notebook)
-                error = f"the Slurm job raised: {str(value).strip().splitlines()[-1:]}"
-            else:
-                error = f"Slurm job {job.job_id} ended {state} without a result"
-                error += f": {HINTS[state]}" if state in HINTS else ""
-            write_failed_result(cell, error, log_tail=_log_tail(job), **where)
+            error = f"Slurm job {job.job_id} completed without writing {cell.result_path}"
+        write_failed_result(cell, error, log_tail=_log_tail(job), **where)
         return read_result(cell) or {"status": "failed", "slurm_state": state}
 
     @staticmethod

@@ -127,7 +127,9 @@ class SlurmCluster:
         for sub in ("etc", "log", "run", "state", "spool", "munge", "db", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.ports = {k: _free_port() for k in ("mysql", "dbd", "ctld", "slurmd")}
-        self.cpus = os.cpu_count() or 1
+        # At least 4 job slots even on 2 cores (config_overrides lets slurmd accept it): the
+        # slow TIMEOUT test holds one slot, sleeping, while the other tests run.
+        self.cpus = max(os.cpu_count() or 1, 4)
         self.memory_mb = int(_machine_memory_mb() * 0.9)  # below slurmd's own measure
         self._start_munge()
         self._start_mariadb()
@@ -216,7 +218,8 @@ class SlurmCluster:
             f"AccountingStoragePort={p['dbd']}", f"AccountingStoragePass={self.munge_socket}",
             "JobCompType=jobcomp/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "SchedulerType=sched/backfill",
-            "ReturnToService=2", "InactiveLimit=0", "KillWait=2", "MinJobAge=300", "Waittime=0",
+            "SchedulerParameters=batch_sched_delay=0",
+            "ReturnToService=2", "SlurmdParameters=config_overrides", "InactiveLimit=0", "KillWait=2", "MinJobAge=300", "Waittime=0",
             "SlurmctldDebug=info", "SlurmdDebug=info", "MailProg=/bin/true",
             f"NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
             f"RealMemory={self.memory_mb} State=UNKNOWN",

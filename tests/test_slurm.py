@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import submitit
 
+from conftest import make_fake_notebook
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from specnb.grid import Cell, read_result
 from specnb.params import NOTEBOOKS
@@ -57,7 +60,8 @@ def _jobs(run_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slurm
-def test_executor_runs_cells_as_one_array(slurm_cluster: SlurmCluster, fake_notebooks: Path, tmp_path: Path) -> None:
+def test_executor_runs_cells_as_one_array(slurm_cluster: SlurmCluster, fake_notebooks: Path, tmp_path: Path,
+                                          time_limit_run: dict) -> None:
     """Every cell ends: ok ones with their result, the notebook failure with its error and Slurm state."""
     cells = _cells(fake_notebooks, tmp_path, ["float32", "bfloat16", "float16"])  # float16 raises
     done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
@@ -163,3 +167,37 @@ def test_state_parsing_expands_arrays_and_drops_reasons() -> None:
     text = "12_0|COMPLETED\n12_1|CANCELLED by 0\n12_[2-3]|PENDING\n12_0.batch|COMPLETED\n13|TIMEOUT\n"
     assert _parse_states(text) == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING",
                                    "12_3": "PENDING", "13": "TIMEOUT"}
+
+
+@pytest.fixture(scope="module")
+def time_limit_run(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A cell longer than its 1-minute limit, run in a thread while the other tests go on: Slurm
+    ends it 60-90 s after its start (slurmctld checks limits every 30 s). The result is checked
+    by the last test of this module."""
+    run_dir = tmp_path_factory.mktemp("time-limit")
+    notebooks = run_dir / "notebooks"
+    notebooks.mkdir()
+    make_fake_notebook(notebooks / NOTEBOOKS["edge"], "edge")
+    cells = _cells(notebooks, run_dir, ["float32"])
+    out: dict = {"cells": cells}
+    os.environ["FAKE_SLEEP_S"] = "600"  # read by sbatch at submission (the job's environment)
+    try:
+        executor = SlurmExecutor(run_dir, time_min=1, poll_s=1)
+        out["thread"] = threading.Thread(target=lambda: out.update(done=_run(executor, cells)), daemon=True)
+        out["thread"].start()
+        deadline = time.monotonic() + 60
+        while not (run_dir / "slurm" / "jobs.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.environ.pop("FAKE_SLEEP_S", None)
+    yield out
+    out["thread"].join(timeout=180)
+
+
+@pytest.mark.slurm
+def test_time_limit_is_recorded_as_timeout(time_limit_run: dict) -> None:
+    time_limit_run["thread"].join(timeout=180)
+    res = time_limit_run["done"]["edge-float32"]
+    assert res["status"] == "failed" and res["slurm_state"] == "TIMEOUT", res
+    assert "--time-min" in res["error"] and "log_tail" in res
+    assert read_result(time_limit_run["cells"][0])["slurm_state"] == "TIMEOUT"
