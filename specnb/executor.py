@@ -13,9 +13,10 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
-from .grid import Cell, read_result, run_cell, write_failed_result
+from .grid import LOG, Cell, read_result, run_cell, write_failed_result
 
 GRACE_S = 60  # beyond the per-notebook-cell timeout, for kernel start-up and clean-up
 
@@ -25,7 +26,18 @@ def _worker(cell: Cell, env: dict[str, str]) -> None:
     os.setsid()
     _die_with_parent()
     os.environ.update(env)
+    _redirect_output(Path(cell.cell_dir) / LOG)
     run_cell(cell)
+
+
+def _redirect_output(path: Path) -> None:
+    """Send this process's stdout/stderr, and so its kernel's, to the cell's log (not the terminal)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        os.dup2(fd, target)
+    os.close(fd)
 
 
 def _die_with_parent() -> None:

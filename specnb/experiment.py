@@ -26,6 +26,18 @@ SUM_KEYS = ("new_tokens", "wall_s", "rounds", "drafted", "accepted", "cloud_call
             "draft_s", "verify_s")
 
 
+def quiet() -> None:
+    """Keep loading progress bars and library chatter out of notebook outputs."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
 def uses(method: str, role: str) -> bool:
     """Whether ``method`` loads the ``role`` ("edge" / "cloud") model."""
     return f"{role}_model" in relevant_fields(method)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand
 from .params import GridParams, ParamsError, load_grid_params
@@ -96,10 +98,28 @@ def write_manifest(run_dir: Path, params: Path, gp: GridParams, cells: list[Cell
     })
 
 
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Redirect file descriptors 1 and 2 (ours and the kernel's) to ``path`` for the block."""
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved + [fd]:
+            os.close(f)
+
+
 def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, Path]:
     """Execute the precision-analysis and summary notebooks on ``run_dir``; export both to HTML."""
-    import os
-
     import papermill as pm
     from nbconvert import HTMLExporter
 
@@ -110,10 +130,13 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, 
     for name in ANALYSIS_NOTEBOOKS:
         executed = run_dir / f"{name}.ipynb"
         try:
-            pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed), parameters={"run_dir": str(run_dir)},
-                                cwd=str(run_dir), kernel_name="python3", progress_bar=False)
+            with _output_to(run_dir / "analysis.log"):
+                pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed),
+                                    parameters={"run_dir": str(run_dir)}, cwd=str(run_dir), kernel_name="python3",
+                                    progress_bar=False)
         except Exception as err:  # noqa: BLE001 - keep the executed notebook, report, go on
-            print(f"{name}.ipynb failed: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}", file=sys.stderr)
+            last = (str(err).strip().splitlines() or [""])[-1]
+            print(f"{name}.ipynb failed: {type(err).__name__}: {last} (see {executed})", file=sys.stderr)
         if executed.is_file():
             body, _ = HTMLExporter().from_filename(str(executed))
             html = run_dir / f"{name}.html"
@@ -158,7 +181,7 @@ class GridProgress:
         else:
             self.failed += 1
             self.bar.write(f"failed: {cell.cell_id}: {(result or {}).get('error', '?')}")
-        self.bar.set_postfix(ok=self.ok, failed=self.failed)
+        self.bar.set_postfix(ok=self.ok, failed=self.failed, refresh=False)
         self.bar.update(1)
 
     def counts(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ import pandas as pd
 from .runinfo import read_json
 
 REFERENCE = "cloud_optimized"
+DTYPE_ORDER = ("float32", "bfloat16", "float16")
 METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optimized": "Cloud optimized",
                 "speculative": "Speculative", "hf_assisted": "HF assisted"}
 METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate",
@@ -40,6 +41,16 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     for rec, f in zip(records, files):
         rec.setdefault("cell", {}).setdefault("cell_id", f.parent.name if f.name == "result.json" else f.stem)
     return records
+
+
+def resolve_run(run_dir: str | Path | None) -> Path:
+    """The run folder to analyse; None means the example run shipped beside the notebooks."""
+    from .runinfo import REPO_ROOT
+
+    path = REPO_ROOT / "notebooks" / "example_run" if run_dir is None else Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {str(path)!r} not found; set run_dir to the folder `specnb grid` printed")
+    return path
 
 
 def _device_class(device: str | None) -> str | None:
@@ -81,9 +92,9 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         return df
     df["dtype"] = df["cloud_dtype"].fillna(df["edge_dtype"])
     df["peak_mem_mib"] = df["peak_mem_bytes"] / 2**20
-    order = {m: i for i, m in enumerate(METHOD_NAMES)}
-    return df.sort_values(["method", "dtype", "cell_id"], key=lambda c: c.map(order) if c.name == "method" else c,
-                          ignore_index=True)
+    order = {m: i for i, m in enumerate(list(METHOD_NAMES) + list(DTYPE_ORDER))}
+    return df.sort_values(["method", "dtype", "cell_id"], ignore_index=True,
+                          key=lambda c: c.map(lambda v: (order.get(v, len(order)), str(v))) if c.name != "cell_id" else c)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
@@ -263,6 +274,24 @@ def accepted_lengths(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- one record
 
+def roles_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The models of one run: role, model, dtype, device class, threads, parameter count."""
+    rows = [{"role": role, "model": info["model"], "dtype": info["dtype"], "device": info["device_class"],
+             "threads": info.get("threads"), "parameters": info.get("parameters")}
+            for role in ("edge", "cloud") if (info := record.get(role))]
+    return pd.DataFrame(rows).astype({"threads": "Int64"}) if rows else pd.DataFrame(rows)
+
+
+def audit_view(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audit for reading: comparison, fair flag, what differs and the verdict in both languages."""
+    return pd.DataFrame({
+        "kind": audit["kind"], "comparison / 比较": audit["comparison"],
+        "fair / 公平": audit["fair"].map({True: "yes / 是", False: "NO / 否"}),
+        "what differs": audit["differs"], "差异": audit["differs_zh"],
+        "verdict": audit["verdict"], "结论": audit["verdict_zh"],
+    })
+
+
 def prompt_table(record: dict[str, Any], width: int = 60) -> pd.DataFrame:
     """Deterministic per-prompt outputs of one run: tokens, acceptance, the text's start."""
     rows = [{"prompt": p["id"], "new tokens": p["new_tokens"], "rounds": p.get("rounds"),
@@ -288,3 +317,20 @@ def summarize_run(run_dir: str | Path) -> dict[str, Path]:
     audit = fairness_audit(df)
     return {"results": write_csv(df, run_dir / "results.csv"), "audit": write_csv(audit, run_dir / "audit.csv"),
             "speedups": write_csv(speedups(df, audit), run_dir / "speedups.csv")}
+
+
+def add_arguments(parser: Any) -> None:
+    """``specnb summarize RUN_DIR``: re-run the analysis notebooks on a finished (or partial) run."""
+    parser.add_argument("run_dir", help="a run folder written by `specnb grid`")
+
+
+def run(args: Any) -> int:
+    from .gridcli import run_analysis
+
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "cells").is_dir():
+        print(f"error: {run_dir} has no cells/ folder; pass a folder written by `specnb grid`")
+        return 2
+    for name, html in run_analysis(run_dir).items():
+        print(f"{name}: {html}")
+    return 0

@@ -115,3 +115,56 @@ def test_study_table_and_csv(study, tmp_path):
     assert (first["edge dtype"], first["cloud dtype"], first["edge device"], first["threads"]) == ("float32", "N/A", "CPU", 2)
     back = pd.read_csv(report.write_csv(df, tmp_path / "r.csv"))
     assert len(back) == len(df)
+
+
+def test_findings_are_bilingual_and_generated(study):
+    from specnb import findings
+
+    df = report.results_frame(study)
+    audit = report.fairness_audit(df)
+    recs = findings.recommendations(df, audit, report.speedups(df, audit), acceptance=report.acceptance_by_dtype(df))
+    text = findings.markdown(recs)
+    assert all(t.en and t.zh for t in recs)
+    assert "edge-float32" in text and "device class" in text and "设备" in text  # the unfair edge comparison
+    assert "cloud-bfloat16" in text  # the failed cell is named
+    assert "1.20x" in text  # speculative float32: 30 / 25 tok/s
+    assert "75.0%" in text and "50.0%" in text  # acceptance spread by dtype pair
+
+
+def test_drift_math():
+    import torch
+
+    from specnb import drift
+
+    a = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64), -1)
+    same = drift.compare(a, a)
+    assert same["top1_agreement"] == 1.0 and same["mean_kl"] == pytest.approx(0.0, abs=1e-12)
+    b = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 3.0]], dtype=torch.float64), -1)
+    diff = drift.compare(a, b)
+    assert diff["top1_agreement"] == 0.5 and diff["mean_kl"] > 0 and diff["max_kl"] >= diff["mean_kl"]
+    assert drift.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert drift.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert drift.first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+def test_drift_on_tiny_pair(tiny_pair):
+    from specnb import drift
+    from specnb.prompts import load_prompts
+
+    rows = drift.measure(tiny_pair["cloud"], load_prompts("builtin:code", 2), 6)
+    assert list(rows["dtype"]) == ["float16", "float16", "bfloat16", "bfloat16"]
+    assert rows["positions"].eq(6).all() and rows["top1_agreement"].between(0, 1).all() and (rows["mean_kl"] >= 0).all()
+    summary = drift.summary(rows)
+    assert list(summary.index) == ["float16", "bfloat16"] and summary["prompts"].eq(2).all()
+
+
+def test_plots_draw(study):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from specnb import plots
+
+    df = report.results_frame(study)
+    figs = [plots.tokens_per_s(df), plots.acceptance(df), plots.speedups(report.speedups(df)),
+            plots.accepted_lengths(report.accepted_lengths(study)), plots.drift(pd.DataFrame())]
+    assert all(f.axes for f in figs)
