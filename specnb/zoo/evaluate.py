@@ -52,12 +52,12 @@ def replay_rounds(matches: list[bool], gamma: int) -> tuple[int, int, int]:
 def step_ms(model: PreTrainedModel, ids: list[int], steps: int = 40) -> float:
     """Median milliseconds of one cached single-token forward step after ``ids``."""
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    out = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
     tok = out.logits[:, -1:].argmax(-1)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok, cache=cache, use_cache=True)
         tok = out.logits[:, -1:].argmax(-1)
         times.append(time.perf_counter() - t0)
     return 1000 * sorted(times)[len(times) // 2]
@@ -90,8 +90,8 @@ def pair_quality(edge: PreTrainedModel, cloud: PreTrainedModel, tokenizer, promp
     return {
         "prompts": len(prompts), "new_tokens": new_tokens,
         "top1_agreement": round(match_total / match_n, 4),
-        "acceptance": {g: round(v[1] / max(1, v[0]), 4) for g, v in per_gamma.items()},
-        "tokens_per_round": {g: round(match_n / v[2], 3) for g, v in per_gamma.items()},
+        "acceptance": {str(g): round(v[1] / max(1, v[0]), 4) for g, v in per_gamma.items()},
+        "tokens_per_round": {str(g): round(match_n / v[2], 3) for g, v in per_gamma.items()},
         "edge_step_ms": round(edge_ms, 3), "cloud_step_ms": round(cloud_ms, 3),
         "cost_ratio_c": round(edge_ms / cloud_ms, 4),
         "cloud_repeated_4gram_fraction": round(sum(repeats) / len(repeats), 4),

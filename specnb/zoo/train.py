@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
+PLAN_FROM, PLAN_AT = 5, 20  # a time budget is turned into steps at the pace of these steps
+
+
 @dataclass(frozen=True)
 class Shape:
     """A Llama model's shape; ``params`` is what the build budget is spent on."""
@@ -151,6 +154,7 @@ def train(model: LlamaForCausalLM, stream: torch.Tensor, settings: TrainSettings
     bar = tqdm(total=state["total"] or None, initial=state["step"], desc=desc,
                dynamic_ncols=True, mininterval=5.0)
     started = time.perf_counter() - state["seconds"]
+    plan_mark = 0.0
     last_save = time.perf_counter()
     ema = state["loss"]
     while state["step"] < total:
@@ -169,8 +173,10 @@ def train(model: LlamaForCausalLM, stream: torch.Tensor, settings: TrainSettings
         opt.step()
         ema = loss.item() if math.isnan(ema) else 0.98 * ema + 0.02 * loss.item()
         state.update(step=step + 1, loss=ema, seconds=time.perf_counter() - started)
-        if not state["total"] and step + 1 == 10:
-            state["total"] = _plan_steps(settings, state["seconds"], 10)
+        if step + 1 == PLAN_FROM:
+            plan_mark = state["seconds"]
+        if not state["total"] and step + 1 == PLAN_AT:
+            state["total"] = _plan_steps(settings, state["seconds"], state["seconds"] - plan_mark)
             total = state["total"]
             bar.reset(total=total)
             bar.update(step + 1)
@@ -190,23 +196,24 @@ def train(model: LlamaForCausalLM, stream: torch.Tensor, settings: TrainSettings
 
 
 def _replan(settings: TrainSettings, state: dict, bar: tqdm) -> int:
-    """Shrink the planned steps when the machine got slower than at planning time.
+    """Re-fit the planned steps to the time budget when the pace changed by more than 5 %.
 
-    A budget is a deadline: if the pace so far would overrun ``settings.minutes`` by more
-    than 5 %, the remaining steps are cut to fit (the cosine schedule follows the new end).
+    A budget is a deadline on a shared machine whose speed varies: the remaining steps are
+    set from the average pace so far, and the cosine schedule follows the new end.
     """
     pace = state["seconds"] / state["step"]
-    budget = settings.minutes * 60
-    if state["seconds"] + (state["total"] - state["step"]) * pace <= 1.05 * budget:
+    remaining = settings.minutes * 60 - state["seconds"]
+    total = max(state["step"] + 1, state["step"] + int(remaining / pace))
+    if abs(total - state["total"]) <= 0.05 * state["total"]:
         return state["total"]
-    total = max(state["step"] + 1, state["step"] + int((budget - state["seconds"]) / pace))
     state.setdefault("replanned", []).append([state["step"], total])
     bar.reset(total=total)
     bar.update(state["step"])
     return total
 
 
-def _plan_steps(settings: TrainSettings, seconds: float, steps_done: int) -> int:
-    """Steps that fit in ``settings.minutes`` at the pace of the first ``steps_done``."""
-    per_step = seconds / steps_done
-    return max(steps_done + 1, int(settings.minutes * 60 / per_step))
+def _plan_steps(settings: TrainSettings, seconds: float, window_s: float) -> int:
+    """Steps that fit in ``settings.minutes``, at the pace of steps PLAN_FROM..PLAN_AT
+    (the first steps are slow: kernels are compiled and memory is allocated)."""
+    per_step = window_s / (PLAN_AT - PLAN_FROM)
+    return max(PLAN_AT + 1, PLAN_AT + int((settings.minutes * 60 - seconds) / per_step))
