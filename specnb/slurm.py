@@ -10,7 +10,8 @@ local executor runs, so results, resume and failure records are the same. The ru
 is still pending or running are re-attached (not submitted twice); cells whose job ended without
 an ok ``result.json`` are submitted again. A job that ended badly (TIMEOUT, OUT_OF_MEMORY,
 NODE_FAIL, CANCELLED, FAILED, ...) becomes a failed cell with ``slurm_state``, ``slurm_job_id`` and
-the tail of its Slurm log. States come from ``squeue`` (live jobs) and ``sacct`` (ended ones).
+the tail of its Slurm log. States come from ``squeue`` (jobs the controller holds) and ``sacct``
+(older ones); a job that neither knows for ``lost_after_s`` is recorded as lost (UNKNOWN).
 
 The compute nodes must see the run folder and this repository at the same paths (a shared
 file system), and run the submitter's python (submitit starts ``sys.executable``).
@@ -43,16 +44,17 @@ HINTS = {
     "CANCELLED": "the job was cancelled (scancel, or an administrator)",
     "PREEMPTED": "the job was preempted: --resume runs the cell again",
     "BOOT_FAIL": "the node failed to boot: --resume runs the cell again",
+    "UNKNOWN": "neither squeue nor sacct knows the job any more (cancelled while pending?): --resume runs the cell again",
 }
 
 
-def _job_main(cell: Cell, worker: Callable[[Cell], str] = run_cell) -> str:
+def _job_main(cell: Cell) -> str:
     """What each array task runs. submitit has Slurm send SIGUSR2 to every process of the task
     90 s before the time limit (to checkpoint, which a cell cannot) and turns it into an
     exception; the notebook's kernel would simply die of it. Ignored here (and so in the kernel,
     which inherits SIG_IGN), the cell keeps its last 90 s and Slurm records TIMEOUT if it ends."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    return worker(cell)
+    return run_cell(cell)
 
 
 def _run(cmd: list[str]) -> str:
@@ -79,15 +81,16 @@ def _parse_states(text: str) -> dict[str, str]:
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Current state of each job id: ``squeue`` for pending/running ones, ``sacct`` for the rest.
-    Ids neither knows are left out."""
+    """Current state of each job id: ``squeue -t all`` for the jobs the controller still holds
+    (pending, running, and ended within MinJobAge, 5 min by default), ``sacct`` for older ones.
+    Ids neither knows are left out (e.g. an array task cancelled while pending leaves no record)."""
     arrays = sorted({j.split("_")[0] for j in job_ids})
     if not arrays:
         return {}
-    live = _parse_states(_run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)]))
-    gone = sorted({j.split("_")[0] for j in job_ids if j not in live})
+    held = _parse_states(_run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)]))
+    gone = sorted({j.split("_")[0] for j in job_ids if j not in held})
     ended = _parse_states(_run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(gone)])) if gone else {}
-    return {j: live.get(j) or ended[j] for j in job_ids if j in live or j in ended}
+    return {j: held.get(j) or ended[j] for j in job_ids if j in held or j in ended}
 
 
 def _log_tail(job: submitit.SlurmJob, lines: int = 40) -> str:
@@ -123,11 +126,10 @@ class SlurmExecutor:
 
     def __init__(self, run_dir: Path, partition: str | None = None, gpus_per_cell: int = 0, time_min: int = 60,
                  mem_gb: int | None = None, max_parallel: int | None = None,
-                 slurm_opts: dict[str, str] | None = None, *, poll_s: float = 5.0, lost_after_s: float = 120.0,
-                 worker: Callable[[Cell], str] = run_cell):
+                 slurm_opts: dict[str, str] | None = None, *, poll_s: float = 5.0, lost_after_s: float = 120.0):
         self.folder = Path(run_dir).resolve() / "slurm"
         self.jobs_file = self.folder / JOBS_FILE
-        self.poll_s, self.lost_after_s, self.worker = poll_s, lost_after_s, worker
+        self.poll_s, self.lost_after_s = poll_s, lost_after_s
         params: dict[str, Any] = {"timeout_min": time_min, "name": f"specnb-{Path(run_dir).name}",
                                   "slurm_setup": self._setup_lines()}
         if gpus_per_cell:
@@ -187,7 +189,7 @@ class SlurmExecutor:
             cell.result_path.unlink(missing_ok=True)  # the job's own result decides, not an old one
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         executor.update_parameters(**self.params)
-        submitted = executor.map_array(_job_main, cells, [self.worker] * len(cells))
+        submitted = executor.map_array(_job_main, cells)
         for cell, job in zip(cells, submitted):
             old = records.get(cell.cell_id)
             previous = ([*old.get("previous", []), old["job_id"]]) if old else []

@@ -79,28 +79,35 @@ def test_executor_runs_cells_as_one_array(slurm_cluster: SlurmCluster, fake_note
 
 
 @pytest.mark.slurm
-def test_cancelled_job_becomes_a_failed_cell_with_its_state(slurm_cluster: SlurmCluster, fake_notebooks: Path,
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancelled_jobs_become_failed_cells_with_their_state(slurm_cluster: SlurmCluster, fake_notebooks: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scancel of a running task: CANCELLED. A task cancelled while pending leaves no record in
+    squeue or sacct: after ``lost_after_s`` it is a failed cell with state UNKNOWN."""
     monkeypatch.setenv("FAKE_SLEEP_S", "120")
-    cells = _cells(fake_notebooks, tmp_path, ["float32"])
-    canceller = threading.Thread(target=_cancel_when_running, args=(slurm_cluster, tmp_path))
+    cells = _cells(fake_notebooks, tmp_path, ["float32", "bfloat16"])
+    canceller = threading.Thread(target=_cancel, args=(slurm_cluster, tmp_path))
     canceller.start()
-    done = _run(SlurmExecutor(tmp_path, time_min=5, poll_s=0.5), cells)
+    done = _run(SlurmExecutor(tmp_path, time_min=5, max_parallel=1, poll_s=0.5, lost_after_s=3), cells)
     canceller.join()
-    res = done["edge-float32"]
-    assert res["status"] == "failed" and res["slurm_state"] == "CANCELLED", res
-    assert "CANCELLED" in res["error"] and res["slurm_job_id"] == _jobs(tmp_path)["edge-float32"]["job_id"]
-    assert "log_tail" in res and read_result(cells[0])["slurm_state"] == "CANCELLED"
+    running, pending = done["edge-float32"], done["edge-bfloat16"]
+    assert running["status"] == "failed" and running["slurm_state"] == "CANCELLED", running
+    assert "CANCELLED" in running["error"] and running["slurm_job_id"] == _jobs(tmp_path)["edge-float32"]["job_id"]
+    assert "log_tail" in running and read_result(cells[0])["slurm_state"] == "CANCELLED"
+    assert pending["status"] == "failed" and pending["slurm_state"] == "UNKNOWN" and "--resume" in pending["error"]
 
 
-def _cancel_when_running(cluster: SlurmCluster, run_dir: Path, timeout: float = 60) -> None:
+def _cancel(cluster: SlurmCluster, run_dir: Path, timeout: float = 60) -> None:
+    """Cancel the pending task (edge-bfloat16) at once, the first (edge-float32) once it runs."""
     deadline = time.monotonic() + timeout
+    while not (run_dir / "slurm" / "jobs.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    jobs = _jobs(run_dir)
+    cluster.cmd("scancel", jobs["edge-bfloat16"]["job_id"])
+    first = jobs["edge-float32"]["job_id"]
     while time.monotonic() < deadline:
-        if (run_dir / "slurm" / "jobs.json").exists():
-            job_id = _jobs(run_dir)["edge-float32"]["job_id"]
-            if cluster.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False).strip() == "RUNNING":
-                cluster.cmd("scancel", job_id)
-                return
+        if cluster.cmd("squeue", "-h", "-j", first, "-o", "%T", check=False).strip() == "RUNNING":
+            cluster.cmd("scancel", first)
+            return
         time.sleep(0.3)
 
 
