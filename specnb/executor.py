@@ -87,10 +87,7 @@ class LocalExecutor:
         self._ctx = mp.get_context(method)
 
     def _env(self) -> dict[str, str]:
-        from .runinfo import REPO_ROOT
-
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        env = {"PYTHONPATH": path, "TQDM_DISABLE": "1"}
+        env = {"TQDM_DISABLE": "1"}
         if "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env

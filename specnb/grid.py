@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 import time
 from pathlib import Path
@@ -147,6 +148,13 @@ def _execution_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[-1] if text else ''}"
 
 
+def kernel_can_import_specnb() -> None:
+    """Put this checkout on PYTHONPATH so kernels started from here import this specnb (even uninstalled)."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO_ROOT) not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + parts)
+
+
 def run_cell(cell: Cell) -> str:
     """Execute the cell's notebook with papermill in this process; return the result.json path.
 
@@ -159,6 +167,7 @@ def run_cell(cell: Cell) -> str:
     cell_dir = Path(cell.cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cell_dir / CELL, cell.model_dump())
+    kernel_can_import_specnb()
     cell.result_path.unlink(missing_ok=True)
     started = time.time()
     error = None

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand
+from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb
 from .params import GridParams, ParamsError, load_grid_params
 from .runinfo import git_state, machine, now, read_json, versions, write_json_atomic
 
@@ -123,9 +123,7 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, 
     import papermill as pm
     from nbconvert import HTMLExporter
 
-    from .runinfo import REPO_ROOT
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    kernel_can_import_specnb()
     out = {}
     for name in ANALYSIS_NOTEBOOKS:
         executed = run_dir / f"{name}.ipynb"

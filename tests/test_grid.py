@@ -144,3 +144,23 @@ def test_resume_after_killed_run(tmp_path, fake_models, fake_notebooks):
     for d in ("float32", "bfloat16", "float16"):
         assert json.loads((out / "cells" / f"cloud-{d}" / "result.json").read_text())["status"] == "ok"
     assert "cloud-float32" in json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_skipped_ok"]
+
+
+@pytest.mark.slow
+def test_real_notebook_ok_and_bad_parameter(tmp_path):
+    """The shipped speculative notebook on the embedded pair, then with a bad dtype."""
+    nb = str(REPO / "notebooks" / "speculative.ipynb")
+    good = Cell(cell_id="spec", method="speculative", notebook=nb, cell_dir=str(tmp_path / "spec"),
+                parameters={"dtype": "float32", "num_prompts": 1, "max_new_tokens": 6, "warmup": 0,
+                            "result_path": str(tmp_path / "spec" / "result.json")})
+    run_cell(good)
+    res = read_result(good)
+    assert res["status"] == "ok", res.get("error")
+    assert res["method"] == "speculative" and res["aggregate"]["new_tokens"] == 6
+    assert res["edge"]["model"] == "zoo:tiny-edge" and res["cloud"]["dtype"] == "float32"
+
+    bad = good.model_copy(update={"cell_id": "bad", "cell_dir": str(tmp_path / "bad"),
+                                  "parameters": {"dtype": "fp8", "result_path": str(tmp_path / "bad" / "result.json")}})
+    run_cell(bad)
+    res = read_result(bad)
+    assert res["status"] == "failed" and "ParamsError" in res["error"] and "fp8" in res["error"]
