@@ -4,9 +4,11 @@ Runs are interleaved (each repetition runs every method over all prompts, in a r
 after a warm-up run of each method, and the median tokens/s over repetitions is reported, so
 slow drifts of a shared machine hit every method alike. Printed ratios:
 
-* R1 = speculative / cloud_optimized tokens/s (best fixed gamma; and each adaptive schedule);
-* R2 = speculative / Hugging Face assisted tokens/s at the same gamma;
-* R3 = measured speed-up over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
+* R1 = fastest speculative variant / cloud_optimized tokens/s (and each adaptive schedule);
+  ``spec+opt`` runs speculative with the baseline's own tricks (static caches, compiled steps);
+* R2 = plain speculative / Hugging Face assisted tokens/s at the same gamma (both eager, dynamic
+  caches: the same stack), at the plain loop's best gamma;
+* R3 = measured speed-up of the plain loop over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
   of Leviathan et al. 2023 (Thm 3.8), with alpha and c = edge step / cloud step measured here;
 * loop overhead = share of wall time spent outside both models' forward calls (measured in one
   extra, instrumented repetition, so the hooks never touch the timed ones).
@@ -38,6 +40,7 @@ class Method:
     run: Callable[[str], Generation]
     gamma: int | None = None
     schedule: str | None = None
+    optimized: bool = False
     tokens_per_s: list[float] = field(default_factory=list)
     accepted: int = 0
     drafted: int = 0
@@ -79,6 +82,7 @@ def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int]) ->
     ]
     for g in gammas:
         out.append(Method(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+        out.append(Method(f"spec+opt g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g, optimized=True), g, "constant", optimized=True))
         out.append(Method(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
     top = max(gammas)
     for rule in ("heuristic", "cost"):
@@ -158,15 +162,17 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     """R1, R2, R3 and the loop overhead from measured methods."""
     med = {m.label: statistics.median(m.tokens_per_s) for m in ms}
     by = {m.label: m for m in ms}
-    fixed = [m for m in ms if m.kind == "speculative" and m.schedule == "constant"]
-    best = max(fixed, key=lambda m: med[m.label])
+    fixed = [m for m in ms if m.kind == "speculative" and m.schedule == "constant" and not m.optimized]
+    best = max(fixed, key=lambda m: med[m.label])  # plain loop: same stack as HF assisted and the cloud loop
+    fastest = max((m for m in ms if m.kind == "speculative"), key=lambda m: med[m.label])
     alpha = best.accepted / best.drafted if best.drafted else 0.0
     c = edge_step_s / cloud_step_s
     limit = speedup_limit(alpha, best.gamma, c)
     measured = med[best.label] / med["cloud"]
     return {
         "best_gamma": best.gamma,
-        "R1": med[best.label] / med["cloud_optimized"],
+        "R1": med[fastest.label] / med["cloud_optimized"],
+        "R1_method": fastest.label,
         "R1_heuristic": med["speculative heuristic"] / med["cloud_optimized"],
         "R1_cost": med["speculative cost"] / med["cloud_optimized"],
         "R2": med[best.label] / med[f"hf_assisted g={best.gamma}"],
@@ -204,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         acc = f"{m.accepted / m.drafted:.3f}" if m.drafted else "-"
         print(f"{m.label:<22}{statistics.median(m.tokens_per_s):>10.1f}{acc:>12}{m.model_share:>10.0%}")
     print(f"\nbest fixed gamma {r['best_gamma']}: alpha {r['alpha']:.3f}, c {r['c']:.3f}, S(alpha,gamma,c) {r['S']:.2f}")
-    print(f"R1 speculative / cloud_optimized      {r['R1']:.2f}  (heuristic {r['R1_heuristic']:.2f}, cost {r['R1_cost']:.2f})")
+    print(f"R1 speculative / cloud_optimized      {r['R1']:.2f}  ({r['R1_method']}; heuristic {r['R1_heuristic']:.2f}, cost {r['R1_cost']:.2f})")
     print(f"R2 speculative / hf_assisted same g   {r['R2']:.2f}  " + ", ".join(f"g={g}: {v:.2f}" for g, v in r["R2_by_gamma"].items()))
     print(f"R3 speed-up vs cloud / S              {r['R3']:.2f}  (measured {r['speedup_vs_cloud']:.2f}x)")
     print(f"loop overhead (outside forward calls) {r['loop_overhead']:.1%}  (hf_assisted {r['loop_overhead_hf']:.1%})")

@@ -50,6 +50,10 @@ class Schedule:
             raise ValueError(f"unknown draft schedule {self.rule!r}; use one of {', '.join(SCHEDULES)}")
         self.current = self.gamma
 
+    def longest(self) -> int:
+        """The longest draft this schedule can ask for."""
+        return MAX_GAMMA if self.rule == "heuristic" else self.gamma
+
     def next(self) -> int:
         if self.rule == "cost" and self.rounds and self.drafted:
             self.current = self._best_by_cost()

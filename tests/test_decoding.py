@@ -218,3 +218,14 @@ def test_adaptive_schedules_keep_greedy_output(pair, schedule):
         assert sum(g.drafted_trace) == g.metrics["drafted"]
         if schedule == "cost":
             assert max(g.drafted_trace) <= 4
+
+
+@pytest.mark.parametrize("schedule", ["constant", "heuristic"])
+def test_optimized_speculative_keeps_greedy_output(pair, schedule):
+    """Static caches + compiled steps + padded verification give the same tokens as the plain loop."""
+    cloud, edge = pair["cloud"], pair["related"]
+    for prompt in PROMPTS[:3]:
+        g = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule, optimized=True)
+        plain = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule)
+        assert g.tokens == autoregressive(cloud, prompt, N).tokens
+        assert g.trace == plain.trace
