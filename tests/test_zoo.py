@@ -57,6 +57,7 @@ def test_manifest_records_provenance_and_quality():
         assert key in manifest
     assert manifest["corpus"]["train_tokens"] > manifest["corpus"]["val_tokens"] > 0
     assert 0.0 <= manifest["quality_builtin_code"]["acceptance"]["4"] <= 1.0
+    assert manifest["speed_builtin_code"]["autoregressive_optimized_tokens_per_s"] > 0
 
 
 def test_replay_rounds_follows_greedy_verification():

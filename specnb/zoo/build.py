@@ -214,7 +214,7 @@ def machine() -> dict:
 
 def build(settings: BuildSettings, out: Path, work: Path) -> dict:
     """Run every phase; write ``out/models/{tiny-edge,tiny-cloud}`` and ``out/manifest.json``."""
-    from .evaluate import pair_quality
+    from .evaluate import pair_quality, speed_ratio
     from ..prompts import load_prompts
 
     started = time.perf_counter()
@@ -241,6 +241,8 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
     models_dir = out / "models"
     for name, model in ((EDGE, edge), (CLOUD, cloud)):
         save_model(model, tokenizer, models_dir / name)
+    speed = speed_ratio(str(models_dir / EDGE), str(models_dir / CLOUD), prompts,
+                        settings.eval_new_tokens, threads=settings.threads)
     manifest = {
         "models": {EDGE: edge_summary, CLOUD: cloud_summary},
         "settings": asdict(settings),
@@ -249,6 +251,7 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
         "distill_tokens": int(rows.numel()),
         "validation": losses,
         "quality_builtin_code": quality,
+        "speed_builtin_code": speed,
         "build_seconds": round(time.perf_counter() - started, 1),
         "machine": machine(),
         "git_commit": git_commit(),
@@ -286,8 +289,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``specnb zoo build``."""
     manifest = build(settings_from_args(args), args.out, args.work)
     q = manifest["quality_builtin_code"]
+    speed = manifest["speed_builtin_code"]
     print(json.dumps({"validation": manifest["validation"], "acceptance": q["acceptance"],
-                      "cost_ratio_c": q["cost_ratio_c"], "build_seconds": manifest["build_seconds"]},
+                      "cost_ratio_c": q["cost_ratio_c"], "speedup_best": speed["speedup_best"],
+                      "best": speed["best"], "build_seconds": manifest["build_seconds"]},
                      indent=1))
     print(f"wrote {args.out / 'models'} and {args.out / 'manifest.json'}")
     return 0

@@ -108,3 +108,42 @@ def repeated_fraction(tokens: list[int], n: int = 4) -> float:
         repeated += gram in seen
         seen.add(gram)
     return repeated / max(1, len(grams))
+
+
+def speed_ratio(edge_dir: str, cloud_dir: str, prompts: list[str], new_tokens: int,
+                gammas: tuple[int, ...] = (2, 3, 4, 5, 6), threads: int = 1) -> dict:
+    """Greedy ``speculative`` vs ``autoregressive(optimized=True)`` tokens/s, float32.
+
+    Measured side by side in one process: for each prompt the baseline and every gamma run
+    back to back, so a machine that slows down slows all of them alike. Ratios are of total
+    tokens over total wall time; the first prompt is run once beforehand as a warm-up.
+    """
+    from .. import ModelSpec, autoregressive, load, speculative
+
+    edge = load(ModelSpec(edge_dir, dtype="float32", device="cpu", threads=threads))
+    cloud = load(ModelSpec(cloud_dir, dtype="float32", device="cpu", threads=threads))
+    runs = {"autoregressive": lambda p: autoregressive(cloud, p, new_tokens, optimized=True)}
+    for g in gammas:
+        runs[f"gamma={g}"] = lambda p, g=g: speculative(edge, cloud, p, new_tokens, gamma=g)
+    totals = {name: [0, 0.0, 0, 0] for name in runs}  # tokens, seconds, drafted, accepted
+    for name, fn in runs.items():
+        fn(prompts[0])
+    for p in prompts:
+        for name, fn in runs.items():
+            m = fn(p).metrics
+            t = totals[name]
+            t[0] += m["new_tokens"]
+            t[1] += m["wall_s"]
+            t[2] += m.get("drafted") or 0
+            t[3] += m.get("accepted") or 0
+    tps = {name: t[0] / t[1] for name, t in totals.items()}
+    base = tps.pop("autoregressive")
+    best = max(tps, key=tps.get)
+    return {
+        "threads": threads, "prompts": len(prompts), "new_tokens": new_tokens,
+        "autoregressive_optimized_tokens_per_s": round(base, 1),
+        "speculative_tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "speculative_acceptance": {k: round(totals[k][3] / max(1, totals[k][2]), 4)
+                                   for k in tps},
+        "best": best, "speedup_best": round(tps[best] / base, 3),
+    }
