@@ -145,7 +145,7 @@ def _execution_error(err: BaseException) -> str:
         where = getattr(err, "exec_count", None)
         return f"{ename}: {evalue}" + (f" (notebook cell [{where}])" if where else "")
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def kernel_can_import_specnb() -> None:

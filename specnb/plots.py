@@ -75,6 +75,7 @@ def accepted_lengths(lengths: pd.DataFrame, gamma: int | None = None) -> plt.Fig
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.histplot(lengths, x="accepted", hue="dtype", hue_order=_order(lengths["dtype"]), discrete=True,
                  multiple="dodge", stat="probability", common_norm=False, shrink=0.8, ax=ax)
+    ax.set_xticks(range(int(lengths["accepted"].max()) + 1))
     ax.set(xlabel="accepted drafts per round", title="Accepted length per round")
     fig.tight_layout()
     return fig

@@ -17,6 +17,8 @@ payload = {"status": "ok", "method": METHOD, "nonce": uuid.uuid4().hex,
            "settings": {"dtype": dtype, "edge_dtype": edge_dtype or dtype, "cloud_dtype": cloud_dtype or dtype,
                         "edge_device": edge_device, "cloud_device": cloud_device}}
 time.sleep(float(os.environ.get("FAKE_SLEEP_S", "0")))
+if dtype == os.environ.get("FAKE_DIE_DTYPE"):
+    os.kill(os.getpid(), 9)  # the kernel dies (as under the OOM killer)
 if dtype == os.environ.get("FAKE_FAIL_DTYPE", "float16"):
     raise RuntimeError(f"boom in {dtype}")
 Path(result_path).write_text(json.dumps(payload))

@@ -164,3 +164,18 @@ def test_real_notebook_ok_and_bad_parameter(tmp_path):
     run_cell(bad)
     res = read_result(bad)
     assert res["status"] == "failed" and "ParamsError" in res["error"] and "fp8" in res["error"]
+
+
+def test_dead_kernel_and_timeout_become_failed_results(tmp_path, fake_models, fake_notebooks, monkeypatch):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["cloud"], ["bfloat16", "float32"]))
+    dies, slow = expand(gp, tmp_path / "run", fake_notebooks)
+    monkeypatch.setenv("FAKE_DIE_DTYPE", "bfloat16")
+    run_cell(dies)
+    res = read_result(dies)
+    assert res["status"] == "failed" and "DeadKernel" in res["error"]
+    assert (Path(dies.cell_dir) / "executed.ipynb").is_file()
+
+    monkeypatch.setenv("FAKE_SLEEP_S", "30")
+    run_cell(slow.model_copy(update={"timeout_s": 2}))
+    res = read_result(slow)
+    assert res["status"] == "failed" and "CellTimeoutError" in res["error"] and "timed out" in res["error"]
