@@ -3,6 +3,9 @@
     python tools/make_notebooks.py                      # (re)write the 7 notebooks, no outputs
     python tools/make_notebooks.py --example RUN_DIR    # copy a grid run's results to notebooks/example_run
     python tools/make_notebooks.py --execute            # store outputs (what nbval compares against)
+    python tools/make_notebooks.py --refresh            # all of it: default grid -> example_run -> execute
+
+Refresh whenever the embedded pair or a notebook changes, then commit notebooks/.
 
 The method notebooks' parameter cells are generated from specnb.params.MethodParams, so their
 defaults cannot drift from the validation. Cells whose output is deterministic carry
@@ -283,8 +286,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--example", type=Path, help="grid run folder to copy into notebooks/example_run")
     parser.add_argument("--execute", action="store_true", help="execute the notebooks in place (stores outputs)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="run params/default.yaml into outputs/example-refresh, copy it, execute")
     args = parser.parse_args()
     write_all()
+    if args.refresh:
+        import subprocess
+
+        out = ROOT / "outputs" / "example-refresh"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "specnb.cli", "grid", str(ROOT / "params" / "default.yaml"), "--out", str(out),
+               "--no-analysis"]
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            sys.exit("the default grid had failed cells; not refreshing the example run")
+        args.example, args.execute = out, True
     if args.example:
         copy_example(args.example)
     if args.execute:
