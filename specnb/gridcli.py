@@ -197,6 +197,7 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
     write_manifest(run_dir, params, gp, cells, inv)
     print(f"run folder: {run_dir}\n{len(cells)} cells: {len(todo)} to run, {len(cells) - len(todo)} already ok")
     progress = GridProgress(len(todo))
+    t0 = time.monotonic()
     try:
         if todo:
             make_executor(args, gp, run_dir).run(todo, progress.done)
@@ -210,10 +211,14 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
     progress.close()
     inv.update(finished_at=now(), interrupted=False, **progress.counts())
     write_manifest(run_dir, params, gp, cells, inv)
+    print(f"cells done in {time.monotonic() - t0:.0f} s")
     failed = [c.cell_id for c in cells if not cell_is_ok(c)]
     if failed:
         print(f"{len(failed)} failed cell(s): {', '.join(failed)} (see cells/<id>/log.txt and executed.ipynb)")
     if gp.runner.analysis and not args.no_analysis:
-        for name, html in run_analysis(run_dir, Path(args.notebook_dir)).items():
+        t1 = time.monotonic()
+        htmls = run_analysis(run_dir, Path(args.notebook_dir))
+        print(f"analysis done in {time.monotonic() - t1:.0f} s")
+        for name, html in htmls.items():
             print(f"{name}: {html}")
     return 1 if failed else 0

@@ -215,7 +215,9 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
                      "device": row[f"{compared_role(row)}_class"], "reference": a["reference"],
                      "tokens_per_s": tps[cid], "reference_tokens_per_s": tps.get(a["reference"]),
                      "speedup": ratio, "fair": a["fair"], "note": a["verdict"]})
-    return pd.DataFrame(rows)
+    cols = ["cell_id", "method", "dtype", "device", "reference", "tokens_per_s", "reference_tokens_per_s",
+            "speedup", "fair", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------------------- tables

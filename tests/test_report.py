@@ -168,3 +168,28 @@ def test_plots_draw(study):
     figs = [plots.tokens_per_s(df), plots.acceptance(df), plots.speedups(report.speedups(df)),
             plots.accepted_lengths(report.accepted_lengths(study)), plots.drift(pd.DataFrame())]
     assert all(f.axes for f in figs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["study", "all_failed"])
+def test_analysis_notebooks_run_on_a_run_folder(study, tmp_path, which):
+    """precision_analysis + summary execute without errors (mixed devices, or nothing ok) and export HTML."""
+    import json
+
+    import nbformat
+
+    from specnb.gridcli import run_analysis
+
+    records = study if which == "study" else [r | {"status": "failed"} for r in study[:2]]
+    for r in records:
+        r["settings"]["prompts"], r["settings"]["num_prompts"] = "builtin:code", 1
+        folder = tmp_path / "cells" / r["cell"]["cell_id"]
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(r))
+    html = run_analysis(tmp_path)
+    assert set(html) == {"precision_analysis", "summary"} and all(p.is_file() for p in html.values())
+    for name in html:
+        nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, (name, errors[:1])
+    assert (tmp_path / "results.csv").is_file()
