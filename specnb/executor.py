@@ -94,6 +94,8 @@ class LocalExecutor:
 
     def run(self, cells: list[Cell], on_done: Callable[[Cell, dict], None]) -> None:
         """Run every cell; call ``on_done(cell, result)`` as each one ends (ok or failed)."""
+        import papermill  # noqa: F401 - imported once here, inherited by every forked worker (~2 s each)
+
         pending = list(reversed(cells))
         running: dict[str, tuple[Cell, mp.process.BaseProcess, float]] = {}
         previous = _on_sigterm(_raise_interrupt)

@@ -179,3 +179,17 @@ def test_dead_kernel_and_timeout_become_failed_results(tmp_path, fake_models, fa
     run_cell(slow.model_copy(update={"timeout_s": 2}))
     res = read_result(slow)
     assert res["status"] == "failed" and "CellTimeoutError" in res["error"] and "timed out" in res["error"]
+
+
+def test_resume_without_out_picks_the_newest_run(tmp_path, fake_models, fake_notebooks):
+    params = params_file(tmp_path, fake_models, ["cloud"], ["float32"])
+    base = [sys.executable, "-m", "specnb.cli", "grid", str(params), "--notebook-dir", str(fake_notebooks),
+            "--no-analysis"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (run,) = (tmp_path / "outputs").glob("grid-*")
+    again = subprocess.run(base + ["--resume"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and f"run folder: {run}" in again.stdout and "0 to run, 1 already ok" in again.stdout
+    nothing = subprocess.run(base + ["--resume"], cwd=tmp_path / "outputs", capture_output=True, text=True, env=env)
+    assert nothing.returncode == 2 and "no earlier run" in nothing.stderr
