@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,3 +284,39 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     with running_cluster() as cluster:
         print(f"\n[slurm_cluster] started in {cluster.startup_s:.1f}s at {cluster.root}")
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def time_limit_run(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One cell longer than its 1-minute Slurm limit, run by SlurmExecutor in a thread from the
+    first test that asks, so that its 60-90 s (slurmctld checks limits every 30 s) overlap the
+    other tests; the last Slurm test joins it. Yields {"cell", "thread", "result" (once ended)}."""
+    from conftest import make_fake_notebook
+
+    from specnb.grid import Cell
+    from specnb.params import NOTEBOOKS
+    from specnb.slurm import SlurmExecutor
+
+    run_dir = tmp_path_factory.mktemp("time-limit")
+    notebook = run_dir / NOTEBOOKS["edge"]
+    make_fake_notebook(notebook, "edge")
+    cell_dir = run_dir / "cells" / "edge-float32"
+    cell = Cell(cell_id="edge-float32", method="edge", notebook=str(notebook), cell_dir=str(cell_dir),
+                parameters={"dtype": "float32", "result_path": str(cell_dir / "result.json")})
+    out: dict = {"cell": cell}
+    executor = SlurmExecutor(run_dir, time_min=1, poll_s=1)
+    out["thread"] = threading.Thread(
+        target=executor.run, args=([cell], lambda c, result: out.update(result=result)), daemon=True)
+    os.environ["FAKE_SLEEP_S"] = "600"  # the job's environment is taken at submission
+    try:
+        out["thread"].start()
+        deadline = time.monotonic() + 60
+        while not (run_dir / "slurm" / "jobs.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.environ.pop("FAKE_SLEEP_S", None)
+    yield out
+    if out["thread"].is_alive():  # its test did not run (deselected, or -x stopped earlier): end it now
+        job_id = json.loads((run_dir / "slurm" / "jobs.json").read_text())["cells"][cell.cell_id]["job_id"]
+        slurm_cluster.cmd("scancel", job_id, check=False)
+    out["thread"].join(timeout=60)
