@@ -19,6 +19,7 @@ file system), and run the submitter's python (submitit starts ``sys.executable``
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
-from submitit.core.utils import pickle_load
+from submitit.core.utils import FailedJobError, pickle_load
 from submitit.slurm.slurm import read_job_id
 
 from .grid import Cell, read_result, run_cell, write_failed_result
@@ -46,6 +47,10 @@ HINTS = {
     "BOOT_FAIL": "the node failed to boot: --resume runs the cell again",
     "UNKNOWN": "neither squeue nor sacct knows the job any more (cancelled while pending?): --resume runs the cell again",
 }
+
+
+class SlurmSubmitError(RuntimeError):
+    """sbatch is missing or refused the job array; the message says what to change."""
 
 
 def _job_main(cell: Cell) -> str:
@@ -185,11 +190,19 @@ class SlurmExecutor:
 
     def _submit(self, cells: list[Cell], records: dict[str, dict]) -> dict[str, submitit.SlurmJob]:
         """One job array for ``cells``; ``jobs.json`` is written as soon as the ids are known."""
+        if shutil.which("sbatch") is None:
+            raise SlurmSubmitError("--executor slurm needs Slurm's sbatch on PATH: run specnb grid on a login "
+                                   "node of the cluster (or use --executor local)")
         for cell in cells:
             cell.result_path.unlink(missing_ok=True)  # the job's own result decides, not an old one
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         executor.update_parameters(**self.params)
-        submitted = executor.map_array(_job_main, cells)
+        try:
+            submitted = executor.map_array(_job_main, cells)
+        except (FailedJobError, OSError) as err:
+            raise SlurmSubmitError(f"sbatch refused the job array: {str(err).strip().splitlines()[-1]} "
+                                   "(check --partition, --gpus-per-cell, --mem-gb, --time-min and --slurm-opt; "
+                                   "`sinfo` lists the partitions)") from err
         for cell, job in zip(cells, submitted):
             old = records.get(cell.cell_id)
             previous = ([*old.get("previous", []), old["job_id"]]) if old else []

@@ -14,7 +14,7 @@ import submitit
 
 from specnb.grid import Cell, read_result
 from specnb.params import NOTEBOOKS
-from specnb.slurm import ENDED, SlurmExecutor, _parse_states, slurm_states
+from specnb.slurm import ENDED, SlurmExecutor, SlurmSubmitError, _parse_states, slurm_states
 
 # The session fixtures (slurm_cluster, time_limit_run) registered once for all test modules:
 # imported into each module instead, every module would start its own cluster.
@@ -127,6 +127,14 @@ def _wait_ended(job_id: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while slurm_states([job_id]).get(job_id) not in ENDED and time.monotonic() < deadline:
         time.sleep(0.3)
+
+
+@pytest.mark.slurm
+def test_a_refused_submission_names_what_to_change(slurm_cluster: SlurmCluster, fake_notebooks: Path,
+                                                   tmp_path: Path) -> None:
+    cells = _cells(fake_notebooks, tmp_path, ["float32"])
+    with pytest.raises(SlurmSubmitError, match="Invalid partition.*--partition"):
+        SlurmExecutor(tmp_path, partition="no-such-partition").run(cells, lambda c, r: None)
 
 
 def test_slurm_opts_map_to_submitit_parameters(tmp_path: Path) -> None:
