@@ -13,6 +13,10 @@ Container-friendly settings: proctrack/linuxproc, task/none, jobacct_gather/linu
 The Debian packages are installed by tools/install_slurm.sh when missing (root only).
 Tests skip with the reason when the machine cannot start Slurm (not root, no packages),
 unless SPECNB_REQUIRE_SLURM=1, where that is a failure.
+
+Fixtures (session scope; test modules load them with ``pytest_plugins = ["slurm_cluster"]``, so
+that every module shares one cluster): ``slurm_cluster``, and ``time_limit_run`` (a cell past its
+1-minute limit, started early so that its wait overlaps the other tests).
 """
 
 from __future__ import annotations
