@@ -25,7 +25,8 @@ from .runinfo import REPO_ROOT, now, read_json, write_json_atomic
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RESULT, EXECUTED, LOG, CELL = "result.json", "executed.ipynb", "log.txt", "cell.json"
 _ABBREV = {"dtype": "", "edge_dtype": "edge_", "cloud_dtype": "cloud_", "gamma": "g", "max_new_tokens": "n",
-           "temperature": "t", "verify": "", "num_prompts": "p", "seed": "seed"}
+           "temperature": "t", "verify": "", "num_prompts": "p", "seed": "seed", "optimized": "opt_",
+           "schedule": "", "compile_steps": "compile_"}
 
 
 class Cell(BaseModel):

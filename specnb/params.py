@@ -28,7 +28,7 @@ NOTEBOOKS = {
 ROLES = ("edge", "cloud")
 EDGE_FIELDS = ("edge_model", "edge_device", "edge_threads", "edge_dtype")
 CLOUD_FIELDS = ("cloud_model", "cloud_device", "cloud_threads", "cloud_dtype")
-PAIR_FIELDS = ("gamma", "verify", "rank_k")
+PAIR_FIELDS = ("gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps")
 
 
 class ParamsError(ValueError):
@@ -41,6 +41,9 @@ class MethodParams(BaseModel):
     ``edge_dtype`` / ``cloud_dtype`` override ``dtype`` for one role when set. ``prompts`` is
     a built-in set (``builtin:NAME``) or a Spec-Bench style JSONL path; ``num_prompts`` keeps
     the first N. ``warmup`` generations on the first prompt run before anything is measured.
+    ``schedule`` sets the speculative draft length per round (``constant`` = gamma);
+    ``optimized`` gives the speculative loop the optimized set-up (static caches, compiled steps);
+    ``compile_steps`` overrides the per-device choice of compiling optimized steps (None = the default).
     ``result_path`` None means ``outputs/adhoc/<method>-<edge dtype>-<cloud dtype>.json``.
     """
 
@@ -61,6 +64,9 @@ class MethodParams(BaseModel):
     gamma: int = Field(4, ge=1)
     verify: Literal["greedy", "sample", "rank"] = "greedy"
     rank_k: int = Field(5, ge=1)
+    schedule: Literal["constant", "heuristic", "cost"] = "constant"
+    optimized: bool = False
+    compile_steps: bool | None = None
     temperature: float = Field(0.0, ge=0.0)
     seed: int = 0
     warmup: int = Field(1, ge=0)
@@ -103,8 +109,10 @@ def relevant_fields(method: str) -> set[str]:
     common = {"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup"}
     if method == "edge":
         return common | set(EDGE_FIELDS)
-    if method in ("cloud", "cloud_optimized"):
+    if method == "cloud":
         return common | set(CLOUD_FIELDS)
+    if method == "cloud_optimized":
+        return common | set(CLOUD_FIELDS) | {"compile_steps"}
     return common | set(EDGE_FIELDS) | set(CLOUD_FIELDS) | set(PAIR_FIELDS)
 
 

@@ -23,7 +23,7 @@ METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optim
                 "speculative": "Speculative", "hf_assisted": "HF assisted"}
 METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate",
            "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
-           "peak_mem_bytes", "compile_s")
+           "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s")
 WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
 ROLE_USE = {"edge": ("edge",), "cloud": ("cloud",), "cloud_optimized": ("cloud",),
             "speculative": ("edge", "cloud"), "hf_assisted": ("edge", "cloud")}

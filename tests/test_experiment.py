@@ -41,6 +41,16 @@ def test_greedy_speculative_matches_cloud(tiny_pair, tmp_path):
     assert [r["tokens"] for r in spec["prompts"]] == [r["tokens"] for r in cloud["prompts"]]
 
 
+def test_optimized_speculative_and_schedule_match_cloud(tiny_pair, tmp_path):
+    cloud = experiment.run("cloud_optimized", params(tiny_pair, tmp_path, compile_steps=False,
+                                                     result_path=str(tmp_path / "c.json")))
+    for extra in ({"optimized": True, "compile_steps": False}, {"schedule": "heuristic"}):
+        spec = experiment.run("speculative", params(tiny_pair, tmp_path, **extra))
+        assert [r["tokens"] for r in spec["prompts"]] == [r["tokens"] for r in cloud["prompts"]], extra
+        assert spec["settings"] | extra == spec["settings"]
+    assert {"warmup_s", "warmup_compile_s"} <= set(spec["aggregate"]) and spec["warmup"]["generations"] == 1
+
+
 def test_dtype_override_and_default_path(tiny_pair, tmp_path):
     p = params(tiny_pair, tmp_path, dtype="bf16", cloud_dtype="float32", result_path=None)
     assert experiment.dtype_label("speculative", p) == "edge-bfloat16_cloud-float32"
