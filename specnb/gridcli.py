@@ -118,8 +118,11 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(f)
 
 
-def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, Path]:
-    """Execute the precision-analysis and summary notebooks on ``run_dir``; export both to HTML."""
+def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Execute the precision-analysis and summary notebooks on ``run_dir``; export both to HTML.
+
+    ``drift`` holds the precision notebook's ``drift_device`` / ``drift_prompts`` (runner options).
+    """
     import papermill as pm
     from nbconvert import HTMLExporter
 
@@ -127,10 +130,11 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, 
     out = {}
     for name in ANALYSIS_NOTEBOOKS:
         executed = run_dir / f"{name}.ipynb"
+        params = {"run_dir": str(run_dir)} | ((drift or {}) if name == "precision_analysis" else {})
         try:
             with _output_to(run_dir / "analysis.log"):
                 pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed),
-                                    parameters={"run_dir": str(run_dir)}, cwd=str(run_dir), kernel_name="python3",
+                                    parameters=params, cwd=str(run_dir), kernel_name="python3",
                                     progress_bar=False)
         except Exception as err:  # noqa: BLE001 - keep the executed notebook, report, go on
             last = (str(err).strip().splitlines() or [""])[-1]
@@ -217,7 +221,8 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
         print(f"{len(failed)} failed cell(s): {', '.join(failed)} (see cells/<id>/log.txt and executed.ipynb)")
     if gp.runner.analysis and not args.no_analysis:
         t1 = time.monotonic()
-        htmls = run_analysis(run_dir, Path(args.notebook_dir))
+        drift = {"drift_device": gp.runner.drift_device, "drift_prompts": gp.runner.drift_prompts}
+        htmls = run_analysis(run_dir, Path(args.notebook_dir), drift)
         print(f"analysis done in {time.monotonic() - t1:.0f} s")
         for name, html in htmls.items():
             print(f"{name}: {html}")

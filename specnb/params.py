@@ -146,6 +146,8 @@ class RunnerOptions(BaseModel):
     timeout_s: int | None = Field(1800, ge=1)
     executor: Literal["local", "slurm"] = "local"
     analysis: bool = True
+    drift_device: str | None = None  # precision analysis: None = the run's cloud device
+    drift_prompts: int = Field(3, ge=1)
     slurm: SlurmOptions = SlurmOptions()
 
 

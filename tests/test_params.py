@@ -121,3 +121,12 @@ def test_committed_notebooks_match_their_generator():
     for name, nb in expected.items():
         committed = nbformat.read(NB_DIR / name, as_version=4)
         assert [c.source for c in committed.cells] == [c.source for c in nb.cells], name
+
+
+@pytest.mark.parametrize("name", ["default", "edge3b_cloud7b", "memory_optimized"])
+def test_shipped_params_files_validate(name):
+    from specnb.grid import expand
+
+    gp = load_grid_params(NB_DIR.parent / "params" / f"{name}.yaml")
+    cells = expand(gp, "/tmp/specnb-never-written")
+    assert len(cells) >= 10 and len({c.cell_id for c in cells}) == len(cells)
