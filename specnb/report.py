@@ -226,10 +226,11 @@ def study_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table the study started from: method | edge dtype | cloud dtype | edge device | cloud device | threads."""
     ok = df[df["status"] == "ok"]
     t = pd.DataFrame({
-        "method": ok["method"].map(METHOD_NAMES),
-        "edge dtype": ok["edge_dtype"].fillna("N/A"), "cloud dtype": ok["cloud_dtype"].fillna("N/A"),
-        "edge device": ok["edge_class"].fillna("N/A"), "cloud device": ok["cloud_class"].fillna("N/A"),
-        "threads": ok["edge_threads"].map(lambda t: "N/A" if pd.isna(t) else int(t)),
+        "method / 方法": ok["method"].map(METHOD_NAMES),
+        "edge dtype / 边缘精度": ok["edge_dtype"].fillna("N/A"), "cloud dtype / 云端精度": ok["cloud_dtype"].fillna("N/A"),
+        "edge device / 边缘设备": ok["edge_class"].fillna("N/A"),
+        "cloud device / 云端设备": ok["cloud_class"].fillna("N/A"),
+        "threads / 线程": ok["edge_threads"].map(lambda t: "N/A" if pd.isna(t) else int(t)),
     })
     return t.drop_duplicates().reset_index(drop=True)
 

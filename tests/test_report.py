@@ -111,8 +111,8 @@ def test_acceptance_pivot_and_lengths(study):
 def test_study_table_and_csv(study, tmp_path):
     df = report.results_frame(study)
     t = report.study_table(df)
-    first = t[t.method == "Edge baseline"].iloc[0]
-    assert (first["edge dtype"], first["cloud dtype"], first["edge device"], first["threads"]) == ("float32", "N/A", "CPU", 2)
+    first = t[t["method / 方法"] == "Edge baseline"].iloc[0]
+    assert list(first) == ["Edge baseline", "float32", "N/A", "CPU", "N/A", 2]
     back = pd.read_csv(report.write_csv(df, tmp_path / "r.csv"))
     assert len(back) == len(df)
 

@@ -188,7 +188,7 @@ def precision_notebook() -> nbformat.NotebookNode:
         new_code_cell(IGNORE + "drift_rows, drift_note = drift.for_run(records, device=drift_device, "
                       "max_prompts=drift_prompts)\n"
                       "drift_summary = drift.summary(drift_rows)\n"
-                      "print(drift_note)\n"
+                      "print('measured on / 测量于:', drift_note)\n"
                       "drift_summary.round(6)"),
         new_code_cell(IGNORE + "drift_rows.round(6)"),
         new_code_cell(IGNORE + "plots.drift(drift_rows);"),
