@@ -37,9 +37,12 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} not found; pass the folder `specnb grid` printed")
     files = sorted(run_dir.glob("cells/*/result.json")) or sorted(run_dir.glob("*.json"))
-    records = [r for r in (read_json(f) for f in files) if isinstance(r, dict) and "status" in r]
-    for rec, f in zip(records, files):
-        rec.setdefault("cell", {}).setdefault("cell_id", f.parent.name if f.name == "result.json" else f.stem)
+    records = []
+    for f in files:
+        rec = read_json(f)
+        if isinstance(rec, dict) and "status" in rec:
+            rec.setdefault("cell", {}).setdefault("cell_id", f.parent.name if f.name == "result.json" else f.stem)
+            records.append(rec)
     return records
 
 

@@ -193,3 +193,14 @@ def test_analysis_notebooks_run_on_a_run_folder(study, tmp_path, which):
         errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (name, errors[:1])
     assert (tmp_path / "results.csv").is_file()
+
+
+def test_load_results_from_a_folder_of_json(study, tmp_path):
+    import json
+
+    (tmp_path / "a_manifest.json").write_text(json.dumps({"not": "a result"}))
+    for r in study[:2]:
+        body = {k: v for k, v in r.items() if k != "cell"}
+        (tmp_path / f"{r['cell']['cell_id']}.json").write_text(json.dumps(body))
+    ids = sorted(r["cell"]["cell_id"] for r in report.load_results(tmp_path))
+    assert ids == ["cloud-float16", "edge-float32"]
