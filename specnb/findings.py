@@ -127,10 +127,11 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
         name = METHOD_NAMES[best["method"]]
         verdict = ("faster than" if best["speedup"] > 1 else "not faster than")
         verdict_zh = ("快于" if best["speedup"] > 1 else "不快于")
+        why, why_zh = _draft_share(df, best["cell_id"]) if best["speedup"] <= 1 else ("", "")
         out.append(Text(f"At {dtype} on {best['device']}, {name} runs at {best['speedup']:.2f}x cloud_optimized "
-                        f"({verdict} the optimized baseline, fair comparison).",
+                        f"({verdict} the optimized baseline, fair comparison){why}.",
                         f"在 {best['device']} 上的 {dtype} 精度下，{name} 的速度是 cloud_optimized 的 "
-                        f"{best['speedup']:.2f} 倍（{verdict_zh}优化基线，公平比较）。"))
+                        f"{best['speedup']:.2f} 倍（{verdict_zh}优化基线，公平比较）{why_zh}。"))
     ref = df[(df["status"] == "ok") & (df["method"] == "cloud_optimized")]
     for device, group in ref.groupby("cloud_class"):
         if len(group) > 1:
@@ -142,6 +143,19 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
                             f"在 {device} 上，优化云端基线在 {fast['cloud_dtype']} 下最快，在 {slow['cloud_dtype']} 下"
                             f"慢 {ratio:.2f} 倍：应按设备选择精度，再在同一精度内比较方法。"))
     return out
+
+
+def _draft_share(df: pd.DataFrame, cell_id: str) -> tuple[str, str]:
+    """Where a slow speculative run spent its time (when the run measured the split)."""
+    row = df[df["cell_id"] == cell_id].iloc[0]
+    if not row.get("wall_s") or not row.get("draft_s"):
+        return "", ""
+    share = row["draft_s"] / row["wall_s"]
+    acc = row.get("acceptance_rate")
+    acc_en = f", acceptance {_pct(acc)}" if pd.notna(acc) else ""
+    acc_zh = f"，接受率 {_pct(acc)}" if pd.notna(acc) else ""
+    return (f"; drafting took {_pct(share)} of its time{acc_en}",
+            f"；起草占用了 {_pct(share)} 的时间{acc_zh}")
 
 
 def on_failures(df: pd.DataFrame) -> list[Text]:
