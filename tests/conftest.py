@@ -7,6 +7,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
+
+# Tiny test models gain nothing from intra-op threads, and on a shared 2-core machine a busy
+# second core makes every OpenMP region wait for it (a 32-wide linear took 11 ms instead of
+# microseconds). Tests that check thread caps set their own counts explicitly.
+torch.set_num_threads(1)
 
 from specnb.params import NOTEBOOKS
 
