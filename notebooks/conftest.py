@@ -9,6 +9,9 @@ from pathlib import Path
 ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The embedded pair is tiny: one intra-op thread is fastest, and it keeps a busy second core
+# from stalling every OpenMP region of the kernels.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collectstart(collector):
