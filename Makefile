@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/specnb grid params/default.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --nbval-lax tests notebooks
 
 bench: $(STAMP)
 	$(BIN)/specnb bench
