@@ -271,7 +271,11 @@ def copy_example(run_dir: Path) -> None:
 
 def execute_all(timeout: int = 600) -> None:
     """Run each notebook in place with its defaults (cwd = notebooks/), keeping the outputs."""
+    import os
+
     from nbclient import NotebookClient
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as under nbval (notebooks/conftest.py)
 
     names = list(NOTEBOOKS.values()) + ["precision_analysis.ipynb", "summary.ipynb"]
     for name in names:
