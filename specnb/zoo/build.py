@@ -23,15 +23,14 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from .. import runinfo
 from . import ZOO_ROOT
 from .corpus import Corpus, load_corpus
 from .train import Shape, TrainSettings, eval_loss, new_model, train
@@ -56,7 +55,6 @@ class BuildSettings:
     threads: int = 1  # on a shared 2-core machine, 2 threads stall each other (4x slower)
     seed: int = 1234
     gen_batch: int = 64
-    notes: dict = field(default_factory=dict)
 
     def stage_keys(self) -> dict[str, str]:
         """Short hashes naming each phase's work files, from the settings that phase depends
@@ -197,22 +195,6 @@ def file_hashes(models_dir: Path) -> dict[str, str]:
             for p in sorted(models_dir.rglob("*")) if p.is_file()}
 
 
-def git_commit() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def machine() -> dict:
-    """Where the build ran."""
-    return {"platform": platform.platform(), "processor": platform.processor() or None,
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
-
-
 # ---------------------------------------------------------------------------- driver
 
 def build(settings: BuildSettings, out: Path, work: Path) -> dict:
@@ -221,6 +203,7 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
     from ..prompts import load_prompts
 
     started = time.perf_counter()
+    git = runinfo.git_state()
     torch.set_num_threads(settings.threads)
     keys = settings.stage_keys()
     work.mkdir(parents=True, exist_ok=True)
@@ -256,11 +239,13 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
         "quality_builtin_code": quality,
         "speed_builtin_code": speed,
         "build_seconds": round(time.perf_counter() - started, 1),
-        "machine": machine(),
-        "git_commit": git_commit(),
+        "machine": runinfo.machine() | {"torch_threads": settings.threads},
+        "versions": runinfo.versions(),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
         "files": file_hashes(models_dir),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    runinfo.write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 
