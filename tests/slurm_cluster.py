@@ -295,7 +295,7 @@ def time_limit_run(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPat
     """One cell longer than its 1-minute Slurm limit, run by SlurmExecutor in a thread from the
     first test that asks, so that its 60-90 s (slurmctld checks limits every 30 s) overlap the
     other tests; the last Slurm test joins it. Yields {"cell", "thread", "result" (once ended)}."""
-    from conftest import make_fake_notebook
+    from fake_notebooks import make_fake_notebook
 
     from specnb.grid import Cell
     from specnb.params import NOTEBOOKS
