@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "grid": ("specnb.grid", "run a params YAML grid of notebooks with papermill, then the summary and audit"),
     "bench": ("specnb.bench", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
     "demo": ("specnb.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
+    "summarize": ("specnb.report", "re-run the precision analysis and summary notebooks on a run folder"),
 }
 GROUPS = {
     "zoo": {"build": ("specnb.zoo.build", "rebuild the embedded edge/cloud pair reproducibly")},
