@@ -212,6 +212,12 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
         print(f"interrupted; finished cells are kept. Continue with: specnb grid {params} --out {run_dir}",
               file=sys.stderr)
         return 130
+    except RuntimeError as err:  # the executor could not start (e.g. sbatch missing or refusing the array)
+        if type(err).__name__ != "SlurmSubmitError":
+            raise
+        progress.close()
+        print(f"specnb grid: error: {err}", file=sys.stderr)
+        return 2
     progress.close()
     inv.update(finished_at=now(), interrupted=False, **progress.counts())
     write_manifest(run_dir, params, gp, cells, inv)
