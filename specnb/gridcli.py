@@ -213,7 +213,9 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
               file=sys.stderr)
         return 130
     except RuntimeError as err:  # the executor could not start (e.g. sbatch missing or refusing the array)
-        if type(err).__name__ != "SlurmSubmitError":
+        from .slurm import SlurmSubmitError
+
+        if not isinstance(err, SlurmSubmitError):
             raise
         progress.close()
         print(f"specnb grid: error: {err}", file=sys.stderr)
