@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 
 from . import runinfo
 from .decoding import autoregressive, speculative
