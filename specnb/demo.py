@@ -11,6 +11,7 @@ import argparse
 from .decoding import autoregressive, speculative
 from .models import ModelSpec, load
 from .peers import hf_assisted
+from .prompts import load_prompts
 
 SHOWN = ("new_tokens", "tokens_per_s", "acceptance_rate", "tokens_per_round", "cloud_calls", "edge_calls")
 
@@ -20,12 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cloud", default="zoo:tiny-cloud", help="cloud model")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--edge-threads", type=int, default=1)
-    parser.add_argument("--prompt", default="def parse_header(line):\n    ")
+    parser.add_argument("--prompt", default=None, help="default: the first prompt of builtin:code")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--gamma", type=int, default=4)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prompt is None:
+        args.prompt = load_prompts("builtin:code", limit=1)[0].text
     edge = load(ModelSpec(args.edge, dtype=args.dtype, device="cpu", threads=args.edge_threads))
     cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device="auto"))
     runs = {
