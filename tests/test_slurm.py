@@ -83,8 +83,10 @@ def test_executor_runs_cells_as_one_array(slurm_cluster: SlurmCluster, fake_note
 @pytest.mark.slurm
 def test_cancelled_jobs_become_failed_cells_with_their_state(slurm_cluster: SlurmCluster, fake_notebooks: Path,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """scancel of a running task: CANCELLED. A task cancelled while pending leaves no record in
-    squeue or sacct: after ``lost_after_s`` it is a failed cell with state UNKNOWN."""
+    """scancel of a running task: CANCELLED. A task cancelled while pending usually leaves no
+    record in squeue or sacct (then, after ``lost_after_s``, it is a failed cell with state
+    UNKNOWN and a hint to resume); when slurmdbd did record it, its state is CANCELLED. Which
+    one happens is a race inside Slurm (both seen on the CI machine), so both are accepted."""
     monkeypatch.setenv("FAKE_SLEEP_S", "120")
     cells = _cells(fake_notebooks, tmp_path, ["float32", "bfloat16"])
     errors: list[BaseException] = []
@@ -97,7 +99,9 @@ def test_cancelled_jobs_become_failed_cells_with_their_state(slurm_cluster: Slur
     assert running["status"] == "failed" and running["slurm_state"] == "CANCELLED", running
     assert "CANCELLED" in running["error"] and running["slurm_job_id"] == _jobs(tmp_path)["edge-float32"]["job_id"]
     assert "log_tail" in running and read_result(cells[0])["slurm_state"] == "CANCELLED"
-    assert pending["status"] == "failed" and pending["slurm_state"] == "UNKNOWN" and "--resume" in pending["error"]
+    assert pending["status"] == "failed" and pending["slurm_state"] in ("UNKNOWN", "CANCELLED"), pending
+    if pending["slurm_state"] == "UNKNOWN":
+        assert "--resume" in pending["error"]
 
 
 def _cancel(cluster: SlurmCluster, run_dir: Path, errors: list[BaseException]) -> None:
