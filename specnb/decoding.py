@@ -35,12 +35,13 @@ VERIFY_RULES = ("greedy", "sample", "rank")
 
 # ---------------------------------------------------------------------------- shared pieces
 
-def forward(m: LoadedModel, ids: torch.Tensor, cache, keep: int, vocab: int) -> torch.Tensor:
+def forward(m: LoadedModel, ids: torch.Tensor, cache, keep: int, vocab: int, call: Callable | None = None) -> torch.Tensor:
     """Run ``ids`` (shape [1, S]) through ``m`` on top of ``cache``; logits of the last ``keep`` positions.
 
     Returns [keep, vocab]: logits past ``vocab`` (padding of the output layer) are cut off.
+    ``call`` replaces ``m.model`` (e.g. its compiled forward, see :class:`Steps`).
     """
-    out = m.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
+    out = (call or m.model)(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
     return out.logits[0, -keep:, :vocab]
 
 
@@ -247,11 +248,8 @@ class Steps:
         self.compile_s = time.perf_counter() - t0
 
     def step(self, ids: torch.Tensor, keep: int, vocab: int) -> torch.Tensor:
-        """Like :func:`forward` on this run's cache, compiled when set up so."""
-        if self.compiled is None:
-            return forward(self.model, ids, self.cache, keep, vocab)
-        out = self.compiled(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=keep)
-        return out.logits[0, -keep:, :vocab]
+        """:func:`forward` on this run's cache, compiled when set up so."""
+        return forward(self.model, ids, self.cache, keep, vocab, self.compiled)
 
     def prefill(self, ids: list[int], vocab: int) -> torch.Tensor:
         return forward(self.model, _ids(ids, self.model.device), self.cache, 1, vocab)
