@@ -32,6 +32,12 @@ from .models import LoadedModel, check_pair, thread_cap
 from .schedule import Schedule
 
 VERIFY_RULES = ("greedy", "sample", "rank")
+OPTIMIZED = (False, True, "edge", "cloud")  # which models of a speculative run get the optimized set-up
+# Levers of the plain speculative loop that ``levers_off`` can switch off one at a time (ablations):
+# logits_to_keep: compute the logits of every input position, not only the ones used;
+# one_sync: copy each drafted token to the host as it is drafted, not the whole draft once per round;
+# crop: rebuild the caches (copy the surviving keys and values) instead of cropping them in place.
+LEVERS = ("logits_to_keep", "one_sync", "crop")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -39,7 +45,8 @@ VERIFY_RULES = ("greedy", "sample", "rank")
 def forward(m: LoadedModel, ids: torch.Tensor, cache, keep: int, vocab: int, call: Callable | None = None) -> torch.Tensor:
     """Run ``ids`` (shape [1, S]) through ``m`` on top of ``cache``; logits of the last ``keep`` positions.
 
-    Returns [keep, vocab]: logits past ``vocab`` (padding of the output layer) are cut off.
+    Returns [keep, vocab] (``keep = 0``: every position): logits past ``vocab`` (padding of the output
+    layer) are cut off.
     ``call`` replaces ``m.model`` (e.g. its compiled forward, see :class:`Steps`).
     """
     out = (call or m.model)(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
@@ -165,6 +172,27 @@ def _check_speculative(gamma: int, verify: str, rank_k: int, temperature: float)
         raise ValueError(f"rank_k must be a positive integer, got {rank_k!r}")
 
 
+def _check_levers(optimized, levers_off) -> frozenset[str]:
+    if optimized not in OPTIMIZED or not isinstance(optimized, (bool, str)):
+        raise ValueError(f"optimized must be True, False, 'edge' or 'cloud', got {optimized!r}")
+    if isinstance(levers_off, str):
+        raise ValueError(f"levers_off takes a list of lever names, e.g. [{levers_off!r}]")
+    off = frozenset(levers_off)
+    unknown = sorted(off - set(LEVERS))
+    if unknown:
+        raise ValueError(f"unknown lever(s) {', '.join(map(repr, unknown))} in levers_off; use any of {', '.join(LEVERS)}")
+    if off and optimized is not False:
+        raise ValueError("levers_off ablates the plain loop; use it with optimized=False")
+    return off
+
+
+def _rebuild(cache: DynamicCache, length: int) -> None:
+    """The ``crop`` lever switched off: keep the first ``length`` positions by copying them into new tensors."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., :length, :].clone()
+        layer.values = layer.values[..., :length, :].clone()
+
+
 # ---------------------------------------------------------------------------- autoregressive
 
 def autoregressive(
@@ -252,8 +280,8 @@ class Steps:
         """:func:`forward` on this run's cache, compiled when set up so."""
         return forward(self.model, ids, self.cache, keep, vocab, self.compiled)
 
-    def prefill(self, ids: list[int], vocab: int) -> torch.Tensor:
-        return forward(self.model, _ids(ids, self.model.device), self.cache, 1, vocab)
+    def prefill(self, ids: list[int], vocab: int, keep: int = 1) -> torch.Tensor:
+        return forward(self.model, _ids(ids, self.model.device), self.cache, keep, vocab)
 
 
 @contextlib.contextmanager
@@ -307,7 +335,9 @@ def _compiled_forward(model: LoadedModel, cache_len: int, shapes: tuple[tuple[in
         compiled = model._compiled_forward = torch.compile(model.model.forward, dynamic=False)
         model._warm_shapes = set()
     limit = max(GRAPH_LIMIT, torch._dynamo.config.recompile_limit)
-    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit * 4, 256)):
+    # past the limit, fail loudly rather than warm up (and later time) an eager fallback
+    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit * 4, 256),
+                                    fail_on_recompile_limit_hit=True):
         for length, keep in shapes:
             if (cache_len, length, keep) in model._warm_shapes:
                 continue
@@ -349,8 +379,9 @@ def speculative(
     top_p: float | None = None,
     seed: int | None = None,
     schedule: str = "constant",
-    optimized: bool = False,
+    optimized: bool | str = False,
     compile: bool | None = None,
+    levers_off: tuple[str, ...] = (),
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -365,11 +396,15 @@ def speculative(
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to the schedule's longest draft so that one
     compiled graph serves every round (the padded positions are cropped with the rejected
-    ones). Stops after an EOS token (kept in ``tokens``) or exactly
+    ones); ``"edge"`` or ``"cloud"`` gives that set-up to one model only. ``levers_off`` switches
+    levers of the plain loop off for ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
     ``max_new_tokens``. Metric definitions: :class:`specnb.metrics.Generation`.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
     _check_speculative(gamma, verify, rank_k, temperature)
+    off = _check_levers(optimized, levers_off)
+    e_opt, c_opt = optimized in (True, "edge"), optimized in (True, "cloud")
+    keep = (lambda n: 0) if "logits_to_keep" in off else (lambda n: n)  # 0: every position  # noqa: E731
     plan = Schedule(schedule, gamma)
     vocab = check_pair(edge, cloud)
     ids = cloud.encode(prompt)
@@ -379,7 +414,7 @@ def speculative(
     e_temp = temperature if verify == "sample" else 0.0
 
     outer, inner = thread_plan(edge, cloud)
-    width = plan.longest() + 1 if optimized else 0  # padded verification width (0: no padding)
+    width = plan.longest() + 1 if c_opt else 0  # padded verification width (0: no padding)
     total = len(ids) + max_new_tokens + plan.longest() + 1
     seq = list(ids)
     out: list[int] = []
@@ -391,16 +426,16 @@ def speculative(
 
     with torch.inference_mode(), thread_cap(outer):
         with thread_cap(inner):
-            e_steps = Steps(edge, total, optimized, compile, shapes=((1, 1), (2, 1)))
-        c_steps = Steps(cloud, total, optimized, compile, shapes=((width, width),))
+            e_steps = Steps(edge, total, e_opt, compile, shapes=((1, 1), (2, 1)))
+        c_steps = Steps(cloud, total, c_opt, compile, shapes=((width, width),))
         e_cache, c_cache = e_steps.cache, c_steps.cache
         reset_peak_memory(e_dev, c_dev)
         with clock:
             if len(ids) > 1:  # prefill: both caches take all prompt tokens but the last
                 with draft_clock, thread_cap(inner):
-                    e_steps.prefill(ids[:-1], vocab)
+                    e_steps.prefill(ids[:-1], vocab, keep(1))
                 with verify_clock:
-                    c_steps.prefill(ids[:-1], vocab)
+                    c_steps.prefill(ids[:-1], vocab, keep(1))
                 edge_calls += 1
                 cloud_calls += 1
             e_len = len(ids) - 1  # tokens in the edge cache
@@ -414,17 +449,20 @@ def speculative(
                 with draft_clock, thread_cap(inner):
                     inp = _ids(seq[e_len:], e_dev)
                     for _ in range(g):
-                        logits = e_steps.step(inp, 1, vocab)[-1]
+                        logits = e_steps.step(inp, keep(1), vocab)[-1]
                         tok, q = pick(logits, e_temp, top_k, top_p, e_gen)
-                        drafts.append(tok)
+                        drafts.append(int(tok) if "one_sync" in off else tok)
                         qs.append(q)
                         inp = tok.view(1, 1)
-                    draft = torch.cat(drafts).tolist() if g else []
+                    if "one_sync" in off:
+                        draft = drafts
+                    else:
+                        draft = torch.cat(drafts).tolist() if g else []
                 edge_calls += g
                 # 2. the cloud scores the last token + the draft in one call: g + 1 distributions
                 with verify_clock:
                     pad = max(0, width - g - 1)
-                    logits = c_steps.step(_ids(seq[-1:] + draft + [0] * pad, c_dev), g + 1 + pad, vocab)[: g + 1]
+                    logits = c_steps.step(_ids(seq[-1:] + draft + [0] * pad, c_dev), keep(g + 1 + pad), vocab)[: g + 1]
                     if verify == "greedy":
                         n, nxt = accept_greedy(draft, logits.argmax(-1).tolist())
                     elif verify == "rank":
@@ -442,13 +480,17 @@ def speculative(
                         emitted = emitted[: i + 1]
                         break
                 # 4. crop both caches back to the surviving tokens (negative n = tokens to drop)
-                if g + pad > n:
+                if "crop" in off:
+                    _rebuild(c_cache, len(seq) + n)
+                elif g + pad > n:
                     c_cache.crop(-(g + pad - n))
                 if g:
-                    keep = min(n, g - 1)  # the edge fed seq + draft[:g-1]
-                    if g - 1 > keep:
-                        e_cache.crop(-(g - 1 - keep))
-                    e_len = len(seq) + keep
+                    kept = min(n, g - 1)  # the edge fed seq + draft[:g-1]
+                    if "crop" in off:
+                        _rebuild(e_cache, len(seq) + kept)
+                    elif g - 1 > kept:
+                        e_cache.crop(-(g - 1 - kept))
+                    e_len = len(seq) + kept
                 seq.extend(emitted)
                 out.extend(emitted)
                 drafted += g

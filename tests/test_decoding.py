@@ -229,3 +229,57 @@ def test_optimized_speculative_keeps_greedy_output(pair, schedule):
         plain = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule)
         assert g.tokens == autoregressive(cloud, prompt, N).tokens
         assert g.trace == plain.trace
+
+
+@pytest.mark.parametrize("optimized", ["edge", "cloud"])
+def test_one_model_optimized_keeps_greedy_output(pair, optimized):
+    cloud, edge = pair["cloud"], pair["related"]
+    plain = speculative(edge, cloud, PROMPTS[1], N, gamma=3)
+    g = speculative(edge, cloud, PROMPTS[1], N, gamma=3, optimized=optimized)
+    assert g.tokens == plain.tokens == autoregressive(cloud, PROMPTS[1], N).tokens
+    assert g.trace == plain.trace
+
+
+@pytest.mark.parametrize("lever", ["logits_to_keep", "one_sync", "crop"])
+def test_levers_off_change_speed_not_output(pair, lever):
+    """Each ablation of the plain loop gives the same tokens and per-round acceptances."""
+    cloud, edge = pair["cloud"], pair["related"]
+    for prompt in PROMPTS[:2] + PROMPTS[-1:]:
+        plain = speculative(edge, cloud, prompt, N, gamma=3)
+        g = speculative(edge, cloud, prompt, N, gamma=3, levers_off=[lever])
+        assert g.tokens == plain.tokens
+        assert g.trace == plain.trace
+
+
+def test_lever_and_optimized_errors(pair):
+    cloud, edge = pair["cloud"], pair["related"]
+    with pytest.raises(ValueError, match="unknown lever.*'sync'.*use any of logits_to_keep, one_sync, crop"):
+        speculative(edge, cloud, "x", 4, levers_off=["sync"])
+    with pytest.raises(ValueError, match=r"list of lever names, e.g. \['crop'\]"):
+        speculative(edge, cloud, "x", 4, levers_off="crop")
+    with pytest.raises(ValueError, match="optimized=False"):
+        speculative(edge, cloud, "x", 4, levers_off=["crop"], optimized=True)
+    with pytest.raises(ValueError, match="optimized must be True, False, 'edge' or 'cloud'"):
+        speculative(edge, cloud, "x", 4, optimized="both")
+
+
+def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
+    """Regression: edge and cloud share one forward, so the graphs of one benchmark (2 edge shapes, one
+    cloud shape per gamma) pass torch's recompile limit. Past it dynamo silently ran the cloud eager
+    on a static cache, timed as 'optimized'. Warm-up now makes room, and fails loudly past that."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import specnb.decoding as decoding
+
+    cloud, edge = pair["cloud"], pair["related"]
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    before = counters["stats"]["unique_graphs"]
+    for gamma in (1, 2):  # cloud widths 2 and 3, edge shapes (1, 1) and (2, 1): more than 2 graphs
+        g = speculative(edge, cloud, PROMPTS[0], 8, gamma=gamma, optimized=True)
+        assert g.tokens == autoregressive(cloud, PROMPTS[0], 8).tokens
+    assert counters["stats"]["unique_graphs"] > before  # compiled here, not skipped
+    monkeypatch.setattr(decoding, "GRAPH_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    with pytest.raises(Exception, match="(?i)recompile.limit"):
+        speculative(edge, cloud, PROMPTS[0], 8, gamma=5, optimized=True)
