@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from transformers import CompileConfig
 
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from .decoding import thread_plan
+from .decoding import CACHE_BUCKET, thread_plan
 from .models import LoadedModel, check_pair, thread_cap
 
 
@@ -27,6 +28,7 @@ def hf_assisted(
     gamma: int = 4,
     temperature: float = 0.0,
     seed: int | None = None,
+    optimized: bool = False,
 ) -> Generation:
     """``cloud.model.generate(assistant_model=edge.model)`` with a constant draft length ``gamma``.
 
@@ -40,6 +42,12 @@ def hf_assisted(
     loop, so thread caps follow the run-level half of :func:`specnb.decoding.thread_plan`: the
     edge's cap when the cloud is on an accelerator, the cloud's when both share the CPU. Batch size 1; ``ttft_s`` is None
     (``generate`` does not expose it).
+
+    ``optimized=True`` is Hugging Face's own fast set-up for the cloud: ``cache_implementation="static"``
+    (sized in the same buckets as :class:`specnb.decoding.Steps`) and ``generate``'s automatic
+    ``torch.compile`` of the verification calls with its default :class:`~transformers.CompileConfig`
+    (enabled on CPU too). Hugging Face keeps the assistant eager on a dynamic cache by design.
+    It compiles on first use, inside ``generate``: warm it up on the prompts before timing it.
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
@@ -56,13 +64,19 @@ def hf_assisted(
     cloud_box, c_hook = _count_calls(cloud.model)
     edge_box, e_hook = _count_calls(edge.model)
     clock = Stopwatch(edge.device, cloud.device)
+    fast = {}
+    if optimized:
+        compile_config = CompileConfig()
+        compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
+        size = -(-(ids.shape[1] + max_new_tokens + gamma + 1) // CACHE_BUCKET) * CACHE_BUCKET
+        fast = {"cache_implementation": "static", "max_cache_len": size, "compile_config": compile_config}
     try:
         reset_peak_memory(edge.device, cloud.device)
         with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
             out = cloud.model.generate(
                 ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
-                pad_token_id=eos[0] if eos else None, **sampling,
+                pad_token_id=eos[0] if eos else None, **sampling, **fast,
             )
     finally:
         c_hook.remove()

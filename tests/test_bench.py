@@ -17,14 +17,23 @@ def test_bench_quick_writes_a_complete_record(tmp_path, capsys):
     assert main(["bench", "--quick", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for key in ("R1 speculative / cloud_optimized", "R2 speculative / hf_assisted", "R3 speed-up", "loop overhead"):
+    for key in ("R1 speculative / cloud_optimized", "R2 speculative / hf_assisted", "plain loop / hf_assisted",
+                "spec+opt / hf+static", "R3 speed-up", "loop overhead", "lever (measured alone)"):
         assert key in printed
+    assert "WARNING: torch compiled" not in printed  # every compiled method was warmed up before the clock
     record = json.loads(out.read_text())
     labels = {m["label"] for m in record["methods"]}
-    assert {"cloud", "cloud_optimized", "edge", "speculative g=2", "hf_assisted g=4", "speculative cost"} <= labels
+    assert {"cloud", "cloud_optimized", "edge", "speculative g=2", "hf_assisted g=4", "hf+static g=2", "speculative cost",
+            "speculative g=4 edge compiled", "speculative g=4 -crop"} <= labels
+    assert record["graphs_compiled_while_timing"] == 0
+    levers = {row["lever"]: row for row in record["levers"]}
+    assert {"edge compiled", "cloud compiled", "logits_to_keep", "one_sync", "crop", "edge + cloud compiled (spec+opt)",
+            "heuristic schedule vs best fixed gamma", "cost schedule vs best fixed gamma"} <= set(levers)
+    for row in levers.values():
+        assert math.isclose(row["gain"], row["with"] / row["without"])
     r = record["ratios"]
     assert r["best_gamma"] in (2, 4)
-    for key in ("R1", "R2", "R3", "alpha", "c", "S", "loop_overhead"):
+    for key in ("R1", "R2", "R2_same_stack", "R2_static", "R3", "alpha", "c", "S", "loop_overhead"):
         assert math.isfinite(r[key]), key
     assert 0 <= r["alpha"] <= 1 and 0 <= r["loop_overhead"] <= 1
     assert record["git"]["commit"]
