@@ -13,7 +13,12 @@ slow drifts of a shared machine hit every method alike. Printed ratios:
   dynamic caches) and ``spec+opt`` against ``hf+static`` (HF's own static cache + compiled
   verification; HF keeps its assistant eager by design);
 * R3 = measured speed-up of the plain loop over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
-  of Leviathan et al. 2023 (Thm 3.8), with alpha and c = edge step / cloud step measured here;
+  of Leviathan et al. 2023 (Thm 3.8), with alpha (maximum-likelihood estimate under their i.i.d.
+  model, :func:`specnb.schedule.estimate_alpha`; not accepted / drafted, which is lower and would
+  flatter R3) and c = edge step / cloud step measured here. S prices a verification of gamma + 1
+  tokens as one cloud step; where it costs more (compute-bound CPUs) the gap shows in R3, so the
+  verification's measured cost v (in cloud steps) and S with it, gamma c + v in the denominator,
+  are printed beside it;
 * loop overhead = share of wall time spent outside both models' forward calls (measured in one
   extra, instrumented repetition, so the hooks never touch the timed ones);
 * levers: at one gamma, the plain loop against itself with one lever changed (compiled edge
@@ -43,7 +48,7 @@ from .metrics import Generation, synchronize
 from .models import LoadedModel, ModelSpec, load
 from .peers import hf_assisted
 from .prompts import load_prompts
-from .schedule import speedup_limit
+from .schedule import estimate_alpha, expected_tokens, speedup_limit
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Method:
     tokens_per_s: list[float] = field(default_factory=list)
     accepted: int = 0
     drafted: int = 0
+    rejected_rounds: int = 0
+    rounds: int = 0
+    verify_s: float = 0.0
     model_share: float | None = None
 
 
@@ -136,6 +144,9 @@ def _timed_pass(m: Method, prompts: list[str]) -> None:
         seconds += g.metrics["wall_s"]
         m.accepted += g.metrics["accepted"]
         m.drafted += g.metrics["drafted"]
+        m.rejected_rounds += g.metrics["rejected_rounds"] or 0
+        m.rounds += g.metrics["rounds"]
+        m.verify_s += g.metrics["verify_s"]
     m.tokens_per_s.append(tokens / seconds)
 
 
@@ -218,10 +229,12 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     fastest = max(spec, key=lambda m: med[m.label])
     top = max(fixed, key=lambda m: med[m.label])
     best_opt = max(opt, key=lambda m: med[m.label])
-    alpha = best.accepted / best.drafted if best.drafted else 0.0
+    alpha = estimate_alpha(best.accepted, best.rejected_rounds)
     c = edge_step_s / cloud_step_s
     limit = speedup_limit(alpha, best.gamma, c)
     measured = med[best.label] / med["cloud"]
+    verify_cost = best.verify_s / best.rounds / cloud_step_s if best.rounds else float("nan")
+    limit_v = expected_tokens(alpha, best.gamma) / (best.gamma * c + verify_cost)
     gammas = sorted({m.gamma for m in fixed})
     ours_at = {g: max(med[m.label] for m in fixed if m.gamma == g) for g in gammas}
     return {
@@ -239,43 +252,53 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
         "R2_static": med[best_opt.label] / med[f"hf+static g={best_opt.gamma}"],
         "R2_static_by_gamma": {m.gamma: med[m.label] / med[f"hf+static g={m.gamma}"] for m in opt},
         "alpha": alpha,
+        "acceptance_rate": best.accepted / best.drafted if best.drafted else None,
         "c": c,
         "S": limit,
         "speedup_vs_cloud": measured,
         "R3": measured / limit,
+        "verify_cost": verify_cost,
+        "S_with_verify_cost": limit_v,
+        "R3_with_verify_cost": measured / limit_v,
         "loop_overhead": 1.0 - by[best.label].model_share,
         "loop_overhead_hf": 1.0 - by[f"hf_assisted g={best.gamma}"].model_share,
     }
 
 
 def lever_table(ms: list[Method]) -> list[dict[str, Any]]:
-    """What each lever buys, measured alone: (tokens/s with it) / (tokens/s without it), same run.
+    """What each lever buys, measured alone: tokens/s with it over tokens/s without it, same run.
 
-    Compiled steps are switched on over the plain loop; the plain loop's own levers are switched
-    off one at a time; the adaptive schedules are set against the best fixed gamma of the plain loop.
+    ``gain`` is the median over repetitions of the ratio within each repetition (both ran in it,
+    minutes apart at most, so slow drifts of the machine cancel); ``gain_min`` / ``gain_max`` show
+    how much it moved between repetitions: a lever whose range straddles 1.0 bought nothing
+    measurable here. Compiled steps are switched on over the plain loop; the plain loop's own
+    levers are switched off one at a time; the adaptive schedules are set against the best fixed
+    gamma of the plain loop.
     """
+    by = {m.label: m for m in ms}
     med = {m.label: statistics.median(m.tokens_per_s) for m in ms}
+
+    def row(lever: str, with_: str, without: str, gamma: int) -> dict[str, Any]:
+        paired = [a / b for a, b in zip(by[with_].tokens_per_s, by[without].tokens_per_s)]
+        return {"lever": lever, "gamma": gamma, "with": med[with_], "without": med[without],
+                "gain": statistics.median(paired), "gain_min": min(paired), "gain_max": max(paired)}
+
     variants = [m for m in ms if m.lever is not None]
     rows = []
     if variants:
         g = variants[0].gamma
         base = f"speculative g={g}"
-        rows.append({"lever": "(plain loop)", "with": med[base], "without": med[base], "gain": 1.0, "gamma": g})
         for m in variants:
             if m.lever.startswith("-"):  # lever switched off: the plain loop is the "with"
-                rows.append({"lever": m.lever[1:], "with": med[base], "without": med[m.label], "gain": med[base] / med[m.label], "gamma": g})
+                rows.append(row(m.lever[1:], base, m.label, g))
             else:
-                rows.append({"lever": m.lever, "with": med[m.label], "without": med[base], "gain": med[m.label] / med[base], "gamma": g})
-        both = f"spec+opt g={g}"
-        if both in med:
-            rows.append({"lever": "edge + cloud compiled (spec+opt)", "with": med[both], "without": med[base],
-                         "gain": med[both] / med[base], "gamma": g})
+                rows.append(row(m.lever, m.label, base, g))
+        if f"spec+opt g={g}" in by:
+            rows.append(row("edge + cloud compiled (spec+opt)", f"spec+opt g={g}", base, g))
     plain = [m for m in ms if m.kind == "speculative" and m.schedule == "constant" and not m.optimized and m.lever is None]
     best = max(plain, key=lambda m: med[m.label])
     for rule in ("heuristic", "cost"):
-        label = f"speculative {rule}"
-        rows.append({"lever": f"{rule} schedule vs best fixed gamma", "with": med[label], "without": med[best.label],
-                     "gain": med[label] / med[best.label], "gamma": best.gamma})
+        rows.append(row(f"{rule} schedule vs best fixed gamma", f"speculative {rule}", best.label, best.gamma))
     return rows
 
 
@@ -314,18 +337,21 @@ def run(args: argparse.Namespace) -> int:
         share = "-" if m.model_share is None else f"{m.model_share:.0%}"
         print(f"{m.label:<36}{statistics.median(m.tokens_per_s):>10.1f}{acc:>12}{share:>11}")
     by_g = lambda d: ", ".join(f"g={g}: {v:.2f}" for g, v in d.items())  # noqa: E731
-    print(f"\nbest fixed gamma of the plain loop {r['best_gamma']}: alpha {r['alpha']:.3f}, c {r['c']:.3f}, "
-          f"S(alpha,gamma,c) {r['S']:.2f}")
+    print(f"\nbest fixed gamma of the plain loop {r['best_gamma']}: alpha {r['alpha']:.3f} (MLE; accepted/drafted "
+          f"{r['acceptance_rate']:.3f}), c {r['c']:.3f}, S(alpha,gamma,c) {r['S']:.2f}")
     print(f"R1 speculative / cloud_optimized      {r['R1']:.2f}  ({r['R1_method']}; plain g={r['best_gamma']} {r['R1_plain']:.2f}, "
           f"heuristic {r['R1_heuristic']:.2f}, cost {r['R1_cost']:.2f})")
     print(f"R2 speculative / hf_assisted same g   {r['R2']:.2f}  ({r['R2_method']}; {by_g(r['R2_by_gamma'])})")
     print(f"   plain loop / hf_assisted (eager)   {r['R2_same_stack']:.2f}  ({by_g(r['R2_same_stack_by_gamma'])})")
     print(f"   spec+opt / hf+static (compiled)    {r['R2_static']:.2f}  ({by_g(r['R2_static_by_gamma'])})")
     print(f"R3 speed-up vs cloud / S              {r['R3']:.2f}  (measured {r['speedup_vs_cloud']:.2f}x)")
+    print(f"   with the verification's cost       {r['R3_with_verify_cost']:.2f}  (a verification costs "
+          f"{r['verify_cost']:.2f} cloud steps here; S with it {r['S_with_verify_cost']:.2f})")
     print(f"loop overhead (outside forward calls) {r['loop_overhead']:.1%}  (hf_assisted {r['loop_overhead_hf']:.1%})")
-    print(f"\n{'lever (measured alone)':<40}{'with':>10}{'without':>10}{'gain':>8}")
+    print(f"\n{'lever (measured alone)':<44}{'with':>9}{'without':>9}{'gain':>8}  range over reps")
     for row in levers:
-        print(f"{row['lever'] + ' (g=' + str(row['gamma']) + ')':<40}{row['with']:>10.1f}{row['without']:>10.1f}{row['gain']:>7.2f}x")
+        print(f"{row['lever'] + ' (g=' + str(row['gamma']) + ')':<44}{row['with']:>9.1f}{row['without']:>9.1f}"
+              f"{row['gain']:>7.2f}x  {row['gain_min']:.2f}-{row['gain_max']:.2f}")
     if graphs:
         print(f"\nWARNING: torch compiled {graphs} graph(s) during the timed repetitions: some timings include compilation.")
     if args.json_path:

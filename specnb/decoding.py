@@ -501,9 +501,10 @@ def speculative(
                 ttft = clock.total
 
     accepted = sum(trace)
+    rejected = sum(n < g for n, g in zip(trace, drafts_trace))
     metrics = summarize(
         new_tokens=len(out), wall_s=clock.total, ttft_s=ttft or 0.0, rounds=len(trace),
-        drafted=drafted, accepted=accepted, cloud_calls=cloud_calls, edge_calls=edge_calls,
+        drafted=drafted, accepted=accepted, rejected_rounds=rejected, cloud_calls=cloud_calls, edge_calls=edge_calls,
         draft_s=draft_clock.total, verify_s=verify_clock.total,
         peak_mem_bytes=peak_memory_bytes(e_dev, c_dev), compile_s=e_steps.compile_s + c_steps.compile_s,
     )

@@ -149,6 +149,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Metrics over all prompts: counts and times summed, ratios of the sums (not means of
     ratios: tokens/s = all tokens / all time), mean TTFT, peak memory the maximum."""
     sums = {k: sum(r.get(k) or 0 for r in rows) for k in SUM_KEYS}
+    # unknown in any row (Hugging Face does not expose its rounds): unknown in the sum
+    sums["rejected_rounds"] = None if any(r.get("rejected_rounds") is None for r in rows) else sum(r["rejected_rounds"] for r in rows)
     ttfts = [r["ttft_s"] for r in rows if r.get("ttft_s") is not None]
     agg = summarize(**sums, ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
                     peak_mem_bytes=max((r.get("peak_mem_bytes") or 0 for r in rows), default=0),

@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from .schedule import estimate_alpha
+
 METRIC_KEYS = (
     "new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted",
-    "acceptance_rate", "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls",
+    "acceptance_rate", "alpha", "rejected_rounds", "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls",
     "draft_s", "verify_s", "peak_mem_bytes", "compile_s",
 )
 
@@ -72,8 +74,13 @@ class Generation:
     Metrics (``metrics`` dict): ``new_tokens``; ``wall_s`` (whole call, prefill included);
     ``tokens_per_s`` = new_tokens / wall_s; ``ttft_s`` (time to the first new token);
     ``rounds`` (draft-verify rounds); ``drafted`` / ``accepted`` (draft tokens proposed /
-    accepted by the cloud); ``acceptance_rate`` = accepted / drafted; two per-round averages
-    that peers define differently:
+    accepted by the cloud); ``acceptance_rate`` = accepted / drafted; ``rejected_rounds``
+    (rounds whose draft the cloud cut short); ``alpha`` = accepted / (accepted + rejected_rounds),
+    the per-token acceptance probability of Leviathan et al. (2023) estimated by maximum likelihood
+    under their i.i.d. model (:func:`specnb.schedule.estimate_alpha`; None where the rounds are not
+    observed, as for Hugging Face). ``acceptance_rate`` is not that alpha: drafts after the first
+    rejection are discarded unseen, so it reads 0.54 where alpha is 0.8 at gamma 5. Two per-round
+    averages that peers define differently:
 
     * ``mean_accepted_len`` = accepted / rounds: accepted *draft* tokens per round, as gpt-fast
       counts it;
@@ -103,6 +110,7 @@ def summarize(
     rounds: int = 0,
     drafted: int = 0,
     accepted: int = 0,
+    rejected_rounds: int | None = 0,
     cloud_calls: int = 0,
     edge_calls: int = 0,
     draft_s: float = 0.0,
@@ -120,6 +128,8 @@ def summarize(
         "drafted": drafted,
         "accepted": accepted,
         "acceptance_rate": accepted / drafted if drafted else None,
+        "alpha": estimate_alpha(accepted, rejected_rounds) if drafted and rejected_rounds is not None else None,
+        "rejected_rounds": rejected_rounds,
         "mean_accepted_len": accepted / rounds if rounds else None,
         "tokens_per_round": new_tokens / rounds if rounds else None,
         "cloud_calls": cloud_calls,

@@ -85,7 +85,7 @@ def hf_assisted(
     rounds = cloud_box[0]
     metrics = summarize(
         new_tokens=len(new), wall_s=clock.total, ttft_s=None, rounds=rounds, drafted=edge_box[0],
-        accepted=max(0, len(new) - rounds), cloud_calls=rounds, edge_calls=edge_box[0],
+        accepted=max(0, len(new) - rounds), rejected_rounds=None, cloud_calls=rounds, edge_calls=edge_box[0],
         peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
     )
     return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)

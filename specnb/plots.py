@@ -110,3 +110,15 @@ def record(rec: dict[str, Any]) -> plt.Figure:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def bench(record: dict[str, Any] | None) -> plt.Figure:
+    """Tokens/s of every method of one ``specnb bench`` record (horizontal bars, medians)."""
+    if not record:
+        return _empty("specnb bench")
+    df = pd.DataFrame(record["methods"])
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(df) + 1))
+    sns.barplot(df, y="label", x="tokens_per_s", hue="method", dodge=False, ax=ax)
+    ax.set(ylabel="", xlabel="tokens / s (median)", title="specnb bench: every method, one process, interleaved")
+    fig.tight_layout()
+    return fig

@@ -21,7 +21,8 @@ REFERENCE = "cloud_optimized"
 DTYPE_ORDER = ("float32", "bfloat16", "float16")
 METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optimized": "Cloud optimized",
                 "speculative": "Speculative", "hf_assisted": "HF assisted"}
-METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate",
+METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate", "alpha",
+           "rejected_rounds",
            "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
            "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s")
 WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
@@ -341,3 +342,48 @@ def run(args: Any) -> int:
     for name, html in run_analysis(run_dir).items():
         print(f"{name}: {html}")
     return 0
+
+
+# ---------------------------------------------------------------------------- specnb bench records
+
+BENCH_GOALS = {"R1": 1.5, "R2": 1.3, "R3": 0.9}  # issue 6's goals on the 2-core CPU, fp32, greedy, embedded pair
+
+
+def load_bench(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every ``specnb bench --json`` record in a folder (``bench*.json``), oldest first."""
+    records = [read_json(f) for f in sorted(Path(run_dir).glob("bench*.json"))]
+    return sorted((r for r in records if isinstance(r, dict) and r.get("kind") == "bench"), key=lambda r: r.get("created", ""))
+
+
+def bench_methods(record: dict[str, Any]) -> pd.DataFrame:
+    """One row per benchmarked method: median tokens/s, acceptance, share of time in the models."""
+    cols = ["label", "method", "gamma", "schedule", "optimized", "tokens_per_s", "acceptance_rate", "model_share"]
+    return pd.DataFrame([{c: m.get(c) for c in cols} for m in record["methods"]], columns=cols)
+
+
+def bench_ratios(record: dict[str, Any]) -> pd.DataFrame:
+    """R1, R2 (and its same-stack and compiled-vs-compiled forms), R3 and loop overhead, with the goals."""
+    r = record["ratios"]
+    rows = [
+        ("R1", r["R1"], r.get("R1_method"), BENCH_GOALS["R1"]),
+        ("R1 plain loop", r.get("R1_plain"), f"speculative g={r['best_gamma']}", None),
+        ("R1 heuristic", r["R1_heuristic"], "speculative heuristic", None),
+        ("R1 cost", r["R1_cost"], "speculative cost", None),
+        ("R2", r["R2"], r.get("R2_method"), BENCH_GOALS["R2"]),
+        ("R2 plain / hf_assisted", r.get("R2_same_stack"), "both eager, dynamic caches", None),
+        ("R2 spec+opt / hf+static", r.get("R2_static"), "both static caches, compiled", None),
+        ("R3", r["R3"], f"alpha {r['alpha']:.3f}, c {r['c']:.3f}, S {r['S']:.2f}", BENCH_GOALS["R3"]),
+        ("R3 with verification cost", r.get("R3_with_verify_cost"),
+         f"verification = {r.get('verify_cost', float('nan')):.2f} cloud steps", None),
+        ("loop overhead", r["loop_overhead"], f"hf_assisted {r['loop_overhead_hf']:.3f}", 0.10),
+    ]
+    df = pd.DataFrame(rows, columns=["ratio", "value", "what", "goal"])
+    met = [None if g is None or v is None else (v <= g if name == "loop overhead" else v >= g)
+           for name, v, _, g in rows]
+    df["met"] = pd.array(met, dtype="boolean")
+    return df
+
+
+def bench_levers(record: dict[str, Any]) -> pd.DataFrame:
+    """The lever table: tokens/s with and without each lever, measured alone in the same run."""
+    return pd.DataFrame(record.get("levers", []), columns=["lever", "gamma", "with", "without", "gain", "gain_min", "gain_max"])

@@ -45,6 +45,7 @@ def machine() -> dict[str, Any]:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": _cpu_name(),
         "memory_gib": _memory_gib(),
     }
     try:
@@ -54,6 +55,17 @@ def machine() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - provenance must never fail a run
         info["gpus"] = []
     return info
+
+
+def _cpu_name() -> str | None:
+    """The CPU model (Linux: /proc/cpuinfo), e.g. to tell two 'x86_64' machines apart in a benchmark."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _memory_gib() -> float | None:

@@ -6,7 +6,8 @@
 * ``cost``: choose the draft length that maximizes expected tokens per second under the
   i.i.d. acceptance model of Leviathan et al. (2023): a round drafting g tokens emits
   E(g) = (1 - a^(g+1)) / (1 - a) tokens on average and costs g * t_draft + t_verify, with
-  the acceptance rate a and the step costs measured so far in this run; up to ``gamma``.
+  the acceptance probability a (:func:`estimate_alpha`) and the step costs measured so far in
+  this run; up to ``gamma``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ def expected_tokens(alpha: float, g: int) -> float:
     if alpha >= 1.0:
         return g + 1.0
     return (1.0 - alpha ** (g + 1)) / (1.0 - alpha)
+
+
+def estimate_alpha(accepted: int, rejected_rounds: int) -> float:
+    """Per-token acceptance probability alpha under the i.i.d. model, by maximum likelihood.
+
+    A round that drafted g tokens and kept n < g shows n acceptances and one rejection; a fully
+    accepted round shows g acceptances and no rejection (the next draft was never made). The
+    likelihood alpha^accepted * (1 - alpha)^rejected_rounds peaks at
+    accepted / (accepted + rejected_rounds). accepted / drafted is NOT this alpha: the drafts after
+    a rejection are discarded unseen, so it underestimates alpha (0.54 for alpha 0.8 at gamma 5),
+    and S(alpha, gamma, c) computed from it is too low.
+    """
+    total = accepted + rejected_rounds
+    return accepted / total if total else 1.0
 
 
 def speedup_limit(alpha: float, gamma: int, c: float) -> float:
@@ -41,6 +56,7 @@ class Schedule:
     gamma: int
     drafted: int = 0
     accepted: int = 0
+    rejected_rounds: int = 0
     draft_s: float = 0.0
     verify_s: float = 0.0
     rounds: int = 0
@@ -62,6 +78,7 @@ class Schedule:
     def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         self.drafted += drafted
         self.accepted += accepted
+        self.rejected_rounds += accepted < drafted
         self.draft_s += draft_s
         self.verify_s += verify_s
         self.rounds += 1
@@ -70,7 +87,7 @@ class Schedule:
             self.current = max(1, min(MAX_GAMMA, self.current + step))
 
     def _best_by_cost(self) -> int:
-        alpha = (self.accepted + 1) / (self.drafted + 2)  # Laplace: never exactly 0 or 1
+        alpha = estimate_alpha(self.accepted + 1, self.rejected_rounds + 1)  # +1 each: never exactly 0 or 1
         t_draft = self.draft_s / self.drafted
         t_verify = self.verify_s / self.rounds
         return max(range(1, self.gamma + 1), key=lambda g: expected_tokens(alpha, g) / (g * t_draft + t_verify))

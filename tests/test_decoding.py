@@ -273,13 +273,13 @@ def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
     import specnb.decoding as decoding
 
     cloud, edge = pair["cloud"], pair["related"]
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     before = counters["stats"]["unique_graphs"]
-    for gamma in (1, 2):  # cloud widths 2 and 3, edge shapes (1, 1) and (2, 1): more than 2 graphs
-        g = speculative(edge, cloud, PROMPTS[0], 8, gamma=gamma, optimized=True)
-        assert g.tokens == autoregressive(cloud, PROMPTS[0], 8).tokens
+    with torch._dynamo.config.patch(recompile_limit=2):  # (monkeypatch would delete the config entry on undo)
+        for gamma in (1, 2):  # cloud widths 2 and 3, edge shapes (1, 1) and (2, 1): more than 2 graphs
+            g = speculative(edge, cloud, PROMPTS[0], 8, gamma=gamma, optimized=True)
+            assert g.tokens == autoregressive(cloud, PROMPTS[0], 8).tokens
     assert counters["stats"]["unique_graphs"] > before  # compiled here, not skipped
     monkeypatch.setattr(decoding, "GRAPH_LIMIT", 1)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    with pytest.raises(Exception, match="(?i)recompile.limit"):
+    with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(Exception, match="(?i)recompile.limit"):
         speculative(edge, cloud, PROMPTS[0], 8, gamma=5, optimized=True)
+    assert torch._dynamo.config.recompile_limit == 8

@@ -42,3 +42,24 @@ def test_constant_and_bad_name():
     assert s.next() == 3
     with pytest.raises(ValueError, match="unknown draft schedule 'fast'; use one of constant, heuristic, cost"):
         Schedule("fast", 3)
+
+
+def test_estimate_alpha_recovers_iid_acceptance_where_acceptance_rate_does_not():
+    """Simulated rounds with i.i.d. acceptance 0.8 at gamma 5: the MLE finds 0.8, accepted/drafted reads ~0.54."""
+    import random
+
+    from specnb.schedule import estimate_alpha
+
+    rng = random.Random(0)
+    alpha, gamma = 0.8, 5
+    accepted = rejected = drafted = 0
+    for _ in range(20000):
+        n = 0
+        while n < gamma and rng.random() < alpha:
+            n += 1
+        accepted += n
+        drafted += gamma
+        rejected += n < gamma
+    assert abs(estimate_alpha(accepted, rejected) - alpha) < 0.01
+    assert abs(accepted / drafted - alpha * (1 - alpha**gamma) / ((1 - alpha) * gamma)) < 0.01  # ~0.54
+    assert estimate_alpha(10, 0) == 1.0 and estimate_alpha(0, 3) == 0.0

@@ -245,6 +245,28 @@ def summary_notebook() -> nbformat.NotebookNode:
         new_markdown_cell("## Time split and peak memory / 时间占比与峰值内存"),
         new_code_cell(IGNORE + "report.time_split(df).round(4)"),
         new_code_cell(IGNORE + "report.metric_table(df, 'peak_mem_mib').round(1)"),
+        new_markdown_cell(
+            "## Benchmark / 基准测试 (`specnb bench`)\n\n"
+            "The latest `specnb bench --json RUN/bench.json` record in the run folder: every method in one process, "
+            "interleaved, medians; R1 (vs `cloud_optimized`), R2 (vs Hugging Face assisted generation at the same "
+            "gamma, with its same-stack and compiled-vs-compiled forms), R3 (vs the expected speed-up "
+            "S(alpha, gamma, c)), loop overhead, and what each lever buys measured alone. Timings: not compared by nbval.\n\n"
+            "运行目录中最新的 `specnb bench --json RUN/bench.json` 记录：同一进程内交替运行所有方法（取中位数）；"
+            "R1（相对 `cloud_optimized`）、R2（相对同一 gamma 下的 Hugging Face 辅助生成，并列出同栈与均编译两种对照）、"
+            "R3（相对理论加速比 S(alpha, gamma, c)）、循环开销，以及逐项单独测得的各优化手段的收益。"),
+        new_code_cell(IGNORE + "benches = report.load_bench(run)\n"
+                      "bench = benches[-1] if benches else None\n"
+                      "if bench is None:\n"
+                      "    print('No bench record here; add one with: specnb bench --json', run / 'bench.json')\n"
+                      "else:\n"
+                      "    s = bench['settings']\n"
+                      "    print(f\"{s['edge']} -> {s['cloud']}, {s['dtype']}, {s['limit']} prompts x {s['max_new_tokens']} tokens, \"\n"
+                      "          f\"{s['reps']} reps, torch threads {bench.get('torch_threads')}; \"\n"
+                      "          f\"{bench['machine'].get('cpus')} CPUs {bench['machine'].get('cpu') or ''}\")\n"
+                      "    display(report.bench_ratios(bench).round(3))"),
+        new_code_cell(IGNORE + "report.bench_levers(bench).round(3) if bench else None"),
+        new_code_cell(IGNORE + "report.bench_methods(bench).round(3) if bench else None"),
+        new_code_cell(IGNORE + "plots.bench(bench);"),
     ]
     return _notebook(cells)
 
