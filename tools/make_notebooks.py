@@ -4,6 +4,7 @@
     python tools/make_notebooks.py --example RUN_DIR    # copy a grid run's results to notebooks/example_run
     python tools/make_notebooks.py --execute            # store outputs (what nbval compares against)
     python tools/make_notebooks.py --refresh            # all of it: default grid -> example_run -> execute
+    python tools/make_notebooks.py --bench FILE         # a `specnb bench --json` record -> example_run/bench.json
 
 Refresh whenever the embedded pair or a notebook changes, then commit notebooks/.
 
@@ -280,8 +281,12 @@ def write_all() -> None:
 
 
 def copy_example(run_dir: Path) -> None:
-    """notebooks/example_run/cells/<id>/result.json (+ manifest.json) from a finished grid run."""
+    """notebooks/example_run/cells/<id>/result.json (+ manifest.json) from a finished grid run.
+
+    A bench record already there (``bench.json``) is kept: it comes from ``specnb bench``, not the grid.
+    """
     dest = NB_DIR / "example_run"
+    bench = (dest / "bench.json").read_bytes() if (dest / "bench.json").is_file() else None
     shutil.rmtree(dest, ignore_errors=True)
     for res in sorted(run_dir.glob("cells/*/result.json")):
         target = dest / "cells" / res.parent.name / "result.json"
@@ -289,6 +294,8 @@ def copy_example(run_dir: Path) -> None:
         shutil.copy(res, target)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    if bench is not None:
+        (dest / "bench.json").write_bytes(bench)
 
 
 def execute_all(timeout: int = 600) -> None:
@@ -315,10 +322,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--example", type=Path, help="grid run folder to copy into notebooks/example_run")
     parser.add_argument("--execute", action="store_true", help="execute the notebooks in place (stores outputs)")
+    parser.add_argument("--bench", type=Path, help="a `specnb bench --json` record to show in the example summary")
     parser.add_argument("--refresh", action="store_true",
                         help="run params/default.yaml into outputs/example-refresh, copy it, execute")
     args = parser.parse_args()
     write_all()
+    if args.bench:
+        shutil.copy(args.bench, NB_DIR / "example_run" / "bench.json")
     if args.refresh:
         import subprocess
 
