@@ -394,10 +394,11 @@ def speculative(
     (:mod:`specnb.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
     ``cost`` chooses up to ``gamma``). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
-    the cloud's verification input is then padded to the schedule's longest draft so that one
-    compiled graph serves every round (the padded positions are cropped with the rejected
-    ones); ``"edge"`` or ``"cloud"`` gives that set-up to one model only. ``levers_off`` switches
-    levers of the plain loop off for ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
+    the cloud's verification input is then padded to one of a few fixed widths
+    (:meth:`~specnb.schedule.Schedule.widths`) so that a few compiled graphs serve every round
+    (the padded positions are cropped with the rejected ones); ``"edge"`` or ``"cloud"`` gives
+    that set-up to one model only. ``levers_off`` switches levers of the plain loop off for
+    ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
     ``max_new_tokens``. Metric definitions: :class:`specnb.metrics.Generation`.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
@@ -414,7 +415,7 @@ def speculative(
     e_temp = temperature if verify == "sample" else 0.0
 
     outer, inner = thread_plan(edge, cloud)
-    width = plan.longest() + 1 if c_opt else 0  # padded verification width (0: no padding)
+    widths = plan.widths() if c_opt else ()  # padded verification widths (none: no padding)
     total = len(ids) + max_new_tokens + plan.longest() + 1
     seq = list(ids)
     out: list[int] = []
@@ -427,7 +428,7 @@ def speculative(
     with torch.inference_mode(), thread_cap(outer):
         with thread_cap(inner):
             e_steps = Steps(edge, total, e_opt, compile, shapes=((1, 1), (2, 1)))
-        c_steps = Steps(cloud, total, c_opt, compile, shapes=((width, width),))
+        c_steps = Steps(cloud, total, c_opt, compile, shapes=tuple((w, w) for w in widths))
         e_cache, c_cache = e_steps.cache, c_steps.cache
         reset_peak_memory(e_dev, c_dev)
         with clock:
@@ -461,7 +462,7 @@ def speculative(
                 edge_calls += g
                 # 2. the cloud scores the last token + the draft in one call: g + 1 distributions
                 with verify_clock:
-                    pad = max(0, width - g - 1)
+                    pad = next((w for w in widths if w >= g + 1), g + 1) - g - 1
                     logits = c_steps.step(_ids(seq[-1:] + draft + [0] * pad, c_dev), keep(g + 1 + pad), vocab)[: g + 1]
                     if verify == "greedy":
                         n, nxt = accept_greedy(draft, logits.argmax(-1).tolist())

@@ -70,6 +70,18 @@ class Schedule:
         """The longest draft this schedule can ask for."""
         return MAX_GAMMA if self.rule == "heuristic" else self.gamma
 
+    def widths(self) -> tuple[int, ...]:
+        """Verification input lengths (last token + draft) to pad to, for fixed-shape compiled steps.
+
+        ``constant``: gamma + 1 only (a shorter final draft is padded up to it). A varying draft
+        length pads up to the next of 2, 3, 5, 9, 17 (capped at the longest draft + 1): at most
+        one graph per doubling, and never more than twice the positions actually verified.
+        """
+        top = self.longest() + 1
+        if self.rule == "constant":
+            return (top,)
+        return tuple(sorted({min(2**k + 1, top) for k in range(top.bit_length() + 1)} | {top}))
+
     def next(self) -> int:
         if self.rule == "cost" and self.rounds and self.drafted:
             self.current = self._best_by_cost()

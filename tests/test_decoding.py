@@ -220,7 +220,7 @@ def test_adaptive_schedules_keep_greedy_output(pair, schedule):
             assert max(g.drafted_trace) <= 4
 
 
-@pytest.mark.parametrize("schedule", ["constant", "heuristic"])
+@pytest.mark.parametrize("schedule", ["constant", "heuristic", "cost"])
 def test_optimized_speculative_keeps_greedy_output(pair, schedule):
     """Static caches + compiled steps + padded verification give the same tokens as the plain loop."""
     cloud, edge = pair["cloud"], pair["related"]
@@ -273,13 +273,16 @@ def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
     import specnb.decoding as decoding
 
     cloud, edge = pair["cloud"], pair["related"]
+    prompt = "for i in range(10):\n    print(i)\n" * 40  # > 256 tokens: a cache bucket no other test compiles
+    assert len(cloud.encode(prompt)) > 256
+    want = autoregressive(cloud, prompt, 8).tokens
     before = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(recompile_limit=2):  # (monkeypatch would delete the config entry on undo)
         for gamma in (1, 2):  # cloud widths 2 and 3, edge shapes (1, 1) and (2, 1): more than 2 graphs
-            g = speculative(edge, cloud, PROMPTS[0], 8, gamma=gamma, optimized=True)
-            assert g.tokens == autoregressive(cloud, PROMPTS[0], 8).tokens
-    assert counters["stats"]["unique_graphs"] > before  # compiled here, not skipped
+            g = speculative(edge, cloud, prompt, 8, gamma=gamma, optimized=True)
+            assert g.tokens == want
+    assert counters["stats"]["unique_graphs"] >= before + 4  # compiled here, not skipped
     monkeypatch.setattr(decoding, "GRAPH_LIMIT", 1)
     with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(Exception, match="(?i)recompile.limit"):
-        speculative(edge, cloud, PROMPTS[0], 8, gamma=5, optimized=True)
+        speculative(edge, cloud, prompt, 8, gamma=5, optimized=True)
     assert torch._dynamo.config.recompile_limit == 8

@@ -63,3 +63,15 @@ def test_estimate_alpha_recovers_iid_acceptance_where_acceptance_rate_does_not()
     assert abs(estimate_alpha(accepted, rejected) - alpha) < 0.01
     assert abs(accepted / drafted - alpha * (1 - alpha**gamma) / ((1 - alpha) * gamma)) < 0.01  # ~0.54
     assert estimate_alpha(10, 0) == 1.0 and estimate_alpha(0, 3) == 0.0
+
+
+def test_verification_widths_cover_every_draft_with_at_most_double_padding():
+    for rule, gamma in (("constant", 4), ("heuristic", 4), ("cost", 8), ("cost", 5), ("cost", 1)):
+        s = Schedule(rule, gamma)
+        widths = s.widths()
+        assert widths == tuple(sorted(set(widths))) and widths[-1] == s.longest() + 1
+        for g in range(s.longest() + 1):  # a draft of g tokens is verified as g + 1 positions
+            w = next(w for w in widths if w >= g + 1)
+            assert rule == "constant" or w <= 2 * (g + 1)
+    assert Schedule("constant", 4).widths() == (5,)
+    assert Schedule("heuristic", 4).widths() == (2, 3, 5, 9, 17)
