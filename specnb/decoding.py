@@ -250,6 +250,11 @@ COMPILE_BY_DEVICE = {"cuda": True, "cpu": True}
 CACHE_BUCKET = 256  # static caches are sized in multiples of this, so compiled graphs are reused
 
 
+def cache_size(tokens: int) -> int:
+    """The static cache length that holds ``tokens``: the next multiple of :data:`CACHE_BUCKET`."""
+    return -(-tokens // CACHE_BUCKET) * CACHE_BUCKET
+
+
 class Steps:
     """One model's forward calls in one run: its KV cache and the function that runs a step.
 
@@ -270,7 +275,7 @@ class Steps:
         if not optimized:
             self.cache = DynamicCache(config=config)
         else:
-            size = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
+            size = cache_size(max_len)
             self.cache = static_cache(model, size)
             if COMPILE_BY_DEVICE.get(model.device.type, False) if compile is None else compile:
                 self.compiled = _compiled_forward(model, size, shapes)
@@ -328,16 +333,21 @@ def static_cache(model: LoadedModel, size: int) -> StaticCache:
 GRAPH_LIMIT = 64
 
 
+def room_for_graphs():
+    """Context in which torch.compile may hold :data:`GRAPH_LIMIT` graphs per function (or the
+    configured limit, if higher), and fails loudly past it rather than falling back to eager."""
+    limit = max(GRAPH_LIMIT, torch._dynamo.config.recompile_limit)
+    return torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit * 4, 256),
+                                      fail_on_recompile_limit_hit=True)
+
+
 def _compiled_forward(model: LoadedModel, cache_len: int, shapes: tuple[tuple[int, int], ...]) -> Callable:
     """The model's compiled forward (one per model), warmed up on every (input length, logits kept) shape."""
     compiled = getattr(model, "_compiled_forward", None)
     if compiled is None:
         compiled = model._compiled_forward = torch.compile(model.model.forward, dynamic=False)
         model._warm_shapes = set()
-    limit = max(GRAPH_LIMIT, torch._dynamo.config.recompile_limit)
-    # past the limit, fail loudly rather than warm up (and later time) an eager fallback
-    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit * 4, 256),
-                                    fail_on_recompile_limit_hit=True):
+    with room_for_graphs():  # never warm up (and later time) an eager fallback
         for length, keep in shapes:
             if (cache_len, length, keep) in model._warm_shapes:
                 continue
@@ -364,6 +374,7 @@ def thread_plan(edge: LoadedModel, cloud: LoadedModel) -> tuple[int | None, int 
     if cloud.device.type != "cpu":
         return edge.spec.threads, None
     return cloud.spec.threads, edge.spec.threads
+
 
 def speculative(
     edge: LoadedModel,

@@ -6,7 +6,7 @@ import torch
 from transformers import CompileConfig
 
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from .decoding import CACHE_BUCKET, thread_plan
+from .decoding import cache_size, thread_plan
 from .models import LoadedModel, check_pair, thread_cap
 
 
@@ -68,8 +68,8 @@ def hf_assisted(
     if optimized:
         compile_config = CompileConfig()
         compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
-        size = -(-(ids.shape[1] + max_new_tokens + gamma + 1) // CACHE_BUCKET) * CACHE_BUCKET
-        fast = {"cache_implementation": "static", "max_cache_len": size, "compile_config": compile_config}
+        fast = {"cache_implementation": "static", "max_cache_len": cache_size(ids.shape[1] + max_new_tokens + gamma + 1),
+                "compile_config": compile_config}
     try:
         reset_peak_memory(edge.device, cloud.device)
         with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
