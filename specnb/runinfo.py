@@ -91,12 +91,30 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if dirty is None else bool(dirty)}
 
 
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temporary file beside ``path`` then rename it: readers never see half a file."""
+    """Write JSON to a temporary file beside ``path`` then rename it: readers never see half a file.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 minus the umask), not
+    ``mkstemp``'s private 0600, so colleagues on a shared cluster can read results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=1, ensure_ascii=False, default=str)
             fh.write("\n")
