@@ -1,6 +1,6 @@
 """Method-notebook stand-ins for grid and executor tests (no model needed).
 
-A plain module rather than part of conftest.py: with notebooks/conftest.py also collected,
+A plain module rather than part of conftest.py: with the repository root's conftest.py also loaded,
 ``from conftest import ...`` can resolve to the wrong file.
 """
 

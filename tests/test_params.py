@@ -90,39 +90,6 @@ def test_notebook_validation_lists_every_bad_field():
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["edge_baseline", "cloud_baseline", "cloud_optimized_baseline", "speculative",
-                                  "hf_assisted"])
-def test_method_notebook_parameters_match_the_validation(name):
-    import nbformat
-
-    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    namespace: dict = {}
-    exec(nb.cells[tagged[0]].source, namespace)
-    defaults = {k: namespace[k] for k in MethodParams.model_fields}
-    assert defaults == MethodParams().model_dump()
-    assert "experiment.validate(" in nb.cells[tagged[0] + 1].source
-
-
-def test_committed_notebooks_match_their_generator():
-    """tools/make_notebooks.py is the source: the committed cells must be what it writes."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_notebooks", NB_DIR.parent / "tools" / "make_notebooks.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    import nbformat
-
-    from specnb.params import NOTEBOOKS
-
-    expected = {name: gen.method_notebook(m) for m, name in NOTEBOOKS.items()}
-    expected |= {"precision_analysis.ipynb": gen.precision_notebook(), "summary.ipynb": gen.summary_notebook()}
-    for name, nb in expected.items():
-        committed = nbformat.read(NB_DIR / name, as_version=4)
-        assert [c.source for c in committed.cells] == [c.source for c in nb.cells], name
-
-
 @pytest.mark.parametrize("name", ["default", "edge3b_cloud7b", "memory_optimized"])
 def test_shipped_params_files_validate(name):
     from specnb.grid import expand
