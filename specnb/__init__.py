@@ -12,6 +12,14 @@ from .models import LoadedModel, ModelSpec, check_pair, load
 
 __all__ = [
     "ModelSpec", "LoadedModel", "load", "check_pair", "autoregressive", "speculative",
-    "Generation", "parse_dtype",
+    "Generation", "parse_dtype", "connect", "Link",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``connect`` and ``Link`` (:mod:`specnb.link`) load gRPC only when first used."""
+    if name in ("connect", "Link"):
+        from . import link
+        return getattr(link, name)
+    raise AttributeError(f"module 'specnb' has no attribute {name!r}")

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "bench": ("specnb.bench", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
     "demo": ("specnb.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
     "summarize": ("specnb.report", "re-run the precision analysis and summary notebooks on a run folder"),
+    "serve": ("specnb.link.serve", "serve a cloud model as the verifier of edge-cloud speculation, over gRPC"),
 }
 GROUPS = {
     "zoo": {"build": ("specnb.zoo.build", "rebuild the embedded edge/cloud pair reproducibly")},

@@ -1,0 +1,300 @@
+"""The edge's side of the link: :func:`connect` to a ``specnb serve`` and use the result as the cloud.
+
+``connect`` checks the link protocol, reads the server's model, dtype and versions, and loads the
+server's tokenizer locally (its files travel in the hello), so prompts are encoded and outputs
+decoded at the edge, and ``check_pair(edge, cloud)`` refuses a mismatched edge as in-process.
+
+``speculative(edge, cloud, ...)`` gets one :class:`RemoteVerifier` per generation from
+``cloud.verifier(settings)``: one gRPC stream (one server session), one round trip per round. Its
+metrics add ``link_s`` (round-trip time minus the server's own time: the link plus the transport),
+``bytes_up`` / ``bytes_down`` (messages as sent, see :func:`specnb.link.wire.wire_bytes``),
+``round_trips``, ``server_s`` (time the server spent on the rounds), ``emulated_s`` (delay the
+:class:`~specnb.link.emulate.Link` profile added) and per-round lists ``round_bytes_up``,
+``round_bytes_down``, ``round_link_s``, ``round_server_s``, ``round_emulated_s``.
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from ..decoding import _check_common
+from ..metrics import Generation, summarize
+from ..roles import RoundSettings, Verdict
+from .emulate import Direction, Link, sleep_until
+from .service import KEEPALIVE, SERVICE, settings_to_dict, versions
+from .split import resample
+from .wire import Message, decode, encode, wire_bytes
+
+GENERATE_KW = ("temperature", "top_k", "top_p", "seed", "optimized", "compile")
+
+
+class RemoteError(RuntimeError):
+    """The server refused or failed a request (its message says why)."""
+
+
+def connect(address: str, link: Link | None = None, *, timeout_s: float = 10.0,
+            model: str | None = None, dtype: str | None = None) -> "RemoteCloud":
+    """A cloud model served by ``specnb serve`` at ``address`` (``HOST:PORT``), across ``link``.
+
+    ``link``: the profile emulated on top of the real connection (default ``Link()``: none).
+    ``model`` / ``dtype``: what you expect the server to hold; a different one is refused.
+    """
+    return RemoteCloud(address, link or Link(), timeout_s=timeout_s, model=model, dtype=dtype)
+
+
+class RemoteCloud:
+    """A connected cloud: quacks like a ``LoadedModel`` for tokenizing and the pair check, and
+    builds a :class:`RemoteVerifier` per generation (``verifier(settings)``)."""
+
+    def __init__(self, address: str, link: Link, *, timeout_s: float, model: str | None, dtype: str | None):
+        self.address, self.link = address, link
+        self.channel = grpc.insecure_channel(address, options=KEEPALIVE + [("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            self.channel.close()
+            raise ConnectionError(f"no specnb cloud answers at {address} within {timeout_s:g} s "
+                                  "(is 'specnb serve' running there, on that port?)") from None
+        self._hello = self.channel.unary_unary(f"/{SERVICE}/Hello")
+        self._status = self.channel.unary_unary(f"/{SERVICE}/Status")
+        self._session = self.channel.stream_stream(f"/{SERVICE}/Session")
+        try:
+            info = decode(self._hello(encode(Message("H", meta=versions())), timeout=timeout_s)).meta
+        except grpc.RpcError as err:
+            self.channel.close()
+            raise ConnectionError(f"the specnb cloud at {address} refused the connection: {err.details()}") from None
+        self.info = {k: v for k, v in info.items() if k != "tokenizer"}
+        self._check(model, dtype)
+        self.tokenizer = _load_tokenizer(info["tokenizer"])
+        self.vocab_size = int(info["vocab_size"])
+        self.eos_ids = frozenset(info["eos_ids"])
+        self.up = Direction(link, link.seed)
+        self.down = Direction(link, link.seed + 1)
+
+    def _check(self, model: str | None, dtype: str | None) -> None:
+        info = self.info
+        if model is not None and model != info["model"]:
+            raise ValueError(f"the cloud at {self.address} serves {info['model']!r}, not {model!r}")
+        if dtype is not None:
+            from ..dtypes import parse_dtype
+            if parse_dtype(dtype) != info["dtype"]:
+                raise ValueError(f"the cloud at {self.address} runs {info['dtype']}, not {dtype}")
+        mine = versions()
+        differ = [f"{k} {info[k]} (here {mine[k]})" for k in ("specnb", "torch", "transformers") if info[k] != mine[k]]
+        if differ:
+            warnings.warn(f"the cloud at {self.address} runs {', '.join(differ)}", stacklevel=3)
+
+    # ---- what a LoadedModel offers for prompts and the pair check
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"] if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"RemoteCloud({self.address!r}, model={self.info['model']!r}, dtype={self.info['dtype']!r}, link={self.link})"
+
+    # ---- roles
+    def verifier(self, settings: RoundSettings) -> "RemoteVerifier":
+        return RemoteVerifier(self, settings)
+
+    def status(self) -> dict[str, Any]:
+        """The server's session count (``sessions``: open now; ``served``: since it started)."""
+        try:
+            return decode(self._status(b"", timeout=10)).meta
+        except grpc.RpcError as err:
+            raise ConnectionError(f"the specnb cloud at {self.address} does not answer: {err.details()}") from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ---- generation on the server: one request, tokens streamed back (the RTT paid once)
+    def autoregressive(self, prompt: str | list[int], max_new_tokens: int, **kw) -> Generation:
+        """Cloud-only decoding on the server, streamed back token by token across the link."""
+        unknown = set(kw) - set(GENERATE_KW)
+        if unknown:
+            raise TypeError(f"autoregressive over the link takes {', '.join(GENERATE_KW)}; not {', '.join(sorted(unknown))}")
+        _check_common(max_new_tokens, kw.get("temperature", 0.0), kw.get("top_k"), kw.get("top_p"))
+        return self._generate("autoregressive", prompt, max_new_tokens, kw)
+
+    def server_speculative(self, prompt: str | list[int], max_new_tokens: int, **kw) -> Generation:
+        """Speculative decoding with both models on the server (``specnb serve --draft``): one request,
+        the RTT paid once. ``kw`` as for :func:`specnb.speculative`."""
+        return self._generate("speculative", prompt, max_new_tokens, kw)
+
+    def _generate(self, method: str, prompt, max_new_tokens: int, kw: dict) -> Generation:
+        ids = self.encode(prompt)
+        stream = Stream(self)
+        t0 = time.perf_counter()
+        up = stream.send(Message("G", meta={"method": method, "kw": kw, "max_new_tokens": max_new_tokens}, ints=ids))
+        out: list[int] = []
+        ttft = None
+        server_s = 0.0  # sum of the per-message times (speculation on the server sends one)
+        try:
+            while True:
+                msg, _, waited = stream.recv()
+                if msg.kind == "t":
+                    server_s += msg.ints[0] / 1e6
+                    out.extend(msg.ints[1:])
+                    ttft = ttft if ttft is not None else time.perf_counter() - t0
+                elif msg.kind == "d":
+                    break
+        finally:
+            stream.close()
+        wall = time.perf_counter() - t0
+        remote = msg.meta["metrics"]
+        keys = ("rounds", "drafted", "accepted", "rejected_rounds", "cloud_calls", "edge_calls", "draft_s", "verify_s")
+        metrics = summarize(new_tokens=len(out), wall_s=wall, ttft_s=ttft or 0.0, **{k: remote[k] for k in keys if k in remote})
+        server_wall = remote.get("server_s", server_s)  # the server's handler time, first message in to last out
+        metrics |= stream.totals() | {"link_s": wall - server_wall, "server_s": server_wall, "round_trips": 1,
+                                      "emulated_s": up + waited}
+        return Generation(tokens=out, text=self.decode(out), metrics=metrics,
+                          trace=msg.meta.get("trace", []), drafted_trace=msg.meta.get("drafted_trace", []))
+
+
+class RemoteVerifier:
+    """The cloud's side of one generation, across the link (a :class:`specnb.roles.Verifier`).
+
+    ``begin`` sends nothing: the prompt and settings travel with the first round (one round trip
+    saved). Greedy and rank rounds send ids up and (accepted, token) down. Sampling rounds use the
+    split of :mod:`specnb.link.split`: q of each drafted token up, the cloud's p row down only after
+    a rejection, and this side samples the residual.
+    """
+
+    def __init__(self, cloud: RemoteCloud, settings: RoundSettings):
+        self.cloud, self.settings = cloud, settings
+        self.vocab, self.eos_ids = cloud.vocab_size, cloud.eos_ids
+        self.stream: Stream | None = None
+        self.rounds: list[tuple[int, int, float, float, float]] = []  # up, down, link_s, server_s, emulated_s
+        self._prompt_len = 0
+
+    def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
+        self.close()
+        self.settings = settings
+        self.rounds = []
+        self._prompt = list(prompt_ids)
+        self._prompt_len = len(self._prompt)
+        self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
+        self.stream = Stream(self.cloud)
+
+    def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
+        if self.stream is None:
+            raise RuntimeError("verify() before begin()")
+        meta, ints = {}, []
+        if self._prompt is not None:
+            meta = {"begin": settings_to_dict(self.settings), "prompt": len(self._prompt)}
+            ints, self._prompt = self._prompt, None
+        sample = self.settings.rule == "sample"
+        qx = None
+        if sample and draft:
+            qx = q[torch.arange(len(draft), device=q.device), torch.tensor(draft, device=q.device)].float().cpu().numpy()
+        t0 = time.perf_counter()
+        up_s = self.stream.send(Message("V", meta, ints + [last] + list(draft), qx))
+        msg, down, down_s = self.stream.recv()
+        rt = time.perf_counter() - t0
+        n, tok, server_us = msg.ints
+        self.rounds.append((self.stream.last_up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
+        if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
+            tok = resample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
+        return Verdict(n, tok)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def stats(self) -> dict[str, Any]:
+        cols = list(zip(*self.rounds)) if self.rounds else [()] * 5
+        up, down, link, server, emulated = (list(c) for c in cols)
+        return {"cloud_calls": len(self.rounds) + (self._prompt_len > 1), "link_s": sum(link), "bytes_up": sum(up), "bytes_down": sum(down), "round_trips": len(self.rounds),
+                "server_s": sum(server), "emulated_s": sum(emulated), "round_bytes_up": up, "round_bytes_down": down,
+                "round_link_s": link, "round_server_s": server, "round_emulated_s": emulated}
+
+
+class Stream:
+    """One server session: a gRPC bidirectional stream with the link profile applied per message.
+
+    Messages up wait in a queue until their emulated arrival (gRPC's sending thread sleeps, not the
+    caller); messages down are held on receipt until theirs. Any failure of the connection becomes
+    one ``ConnectionError`` naming the address.
+    """
+
+    def __init__(self, cloud: RemoteCloud):
+        self.cloud = cloud
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._call = cloud._session(self._requests())
+        self.bytes_up = self.bytes_down = self.last_up = 0
+        self._failed: Exception | None = None
+
+    def _requests(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            raw, due = item
+            sleep_until(due)
+            yield raw
+
+    def send(self, msg: Message) -> float:
+        """Queue ``msg``; returns the delay the link profile adds to it."""
+        if self._failed:
+            raise self._failed
+        raw = encode(msg)
+        self.last_up = nbytes = wire_bytes(raw)
+        now = time.perf_counter()
+        due = self.cloud.up.arrival(nbytes, now)
+        self._q.put((raw, due))
+        self.bytes_up += nbytes
+        return due - now
+
+    def recv(self) -> tuple[Message, int, float]:
+        """The next message, its size and the delay the link profile added to it."""
+        if self._failed:
+            raise self._failed
+        try:
+            raw = next(self._call)
+        except grpc.RpcError as err:
+            self._failed = ConnectionError(f"lost the specnb cloud at {self.cloud.address} mid-generation "
+                                           f"({err.code().name}: {err.details()})")
+            raise self._failed from None
+        except StopIteration:
+            self._failed = ConnectionError(f"the specnb cloud at {self.cloud.address} ended the session unexpectedly")
+            raise self._failed from None
+        nbytes = wire_bytes(raw)
+        now = time.perf_counter()
+        due = self.cloud.down.arrival(nbytes, now)
+        sleep_until(due)
+        self.bytes_down += nbytes
+        msg = decode(raw)
+        if msg.kind == "e":
+            kind = ValueError if msg.meta.get("type") == "ValueError" else RemoteError
+            self._failed = kind(f"the specnb cloud at {self.cloud.address}: {msg.meta.get('error')}")
+            raise self._failed
+        return msg, nbytes, due - now
+
+    def totals(self) -> dict[str, int]:
+        return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._call.cancel()
+
+
+def _load_tokenizer(files: dict[str, str]):
+    from transformers import AutoTokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(base64.b64decode(data))
+        return AutoTokenizer.from_pretrained(tmp)

@@ -1,0 +1,219 @@
+"""The cloud as a service across a real gRPC link: a ``specnb serve`` subprocess on loopback.
+
+Tiny random models (tests/tiny_models.py) keep every test to seconds; no timing asserts except
+generous bounds on "no hang".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from specnb import Link, ModelSpec, autoregressive, check_pair, connect, load, speculative
+from tiny_models import build_llama, build_tokenizer
+
+PROMPTS = ["def parse(text):", "class Stack:\n    def push(self, item):", "import os", "x"]
+N = 24
+HANG_S = 60  # "no hang": generous, the machine is shared
+
+
+def start_server(model: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``specnb serve`` on loopback, port 0; returns the process and the address it printed."""
+    cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--device", "cpu", "--threads", "1",
+           "--host", "127.0.0.1", "--port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(HANG_S)
+    if not box or not box[0]:
+        proc.kill()
+        pytest.fail(f"specnb serve printed no 'listening on' line within {HANG_S} s")
+    match = re.fullmatch(r"listening on (127\.0\.0\.1:\d+)\n", box[0])
+    assert match, box[0]
+    return proc, match.group(1)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=HANG_S)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("link")
+    tok = build_tokenizer(root / "tok")
+    build_llama(root / "cloud", tok, seed=0)
+    build_llama(root / "edge", tok, seed=2, base=root / "cloud", noise=0.05)  # a related draft: long acceptances
+    other = build_tokenizer(root / "other-tok", extra_tokens=["<tool>", "</tool>"])
+    build_llama(root / "mismatched", other, seed=4, layers=1)
+    spec = lambda name: ModelSpec(str(root / name), device="cpu")  # noqa: E731
+    return {name: load(spec(name)) for name in ("cloud", "edge", "mismatched")} | {"root": root}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    proc, address = start_server(str(models["root"] / "cloud"), "--draft", str(models["root"] / "edge"))
+    yield address
+    assert stop(proc) == ""  # exactly one line on stdout, already read
+
+
+def test_greedy_through_the_link_equals_local(models, server):
+    cloud, edge = models["cloud"], models["edge"]
+    remote = connect(server)
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        assert autoregressive(remote, prompt, N).tokens == want  # cloud-only, streamed
+        for gamma in (1, 3, 6):
+            g = speculative(edge, remote, prompt, N, gamma=gamma)
+            assert g.tokens == want, (prompt, gamma)
+            m = g.metrics
+            assert m["round_trips"] == m["rounds"] == len(m["round_bytes_up"])
+            assert m["bytes_up"] == sum(m["round_bytes_up"]) and m["bytes_down"] == sum(m["round_bytes_down"])
+            assert m["link_s"] >= 0 and m["emulated_s"] == 0
+        assert remote.server_speculative(prompt, N, gamma=3).tokens == want  # both models on the server
+    assert remote.status()["sessions"] == 0
+
+
+def test_emulated_link_keeps_output_and_adds_its_delay(models, server):
+    edge, prompt = models["edge"], PROMPTS[0]
+    plain = speculative(edge, connect(server), prompt, N, gamma=3)
+    slow = speculative(edge, connect(server, link=Link(rtt_ms=10, bandwidth_mbps=1, jitter_ms=2)), prompt, N, gamma=3)
+    assert slow.tokens == plain.tokens
+    m = slow.metrics
+    assert m["link_s"] >= m["emulated_s"] >= m["round_trips"] * (0.008 + 8 * 20 / 1e6)  # rtt - 2 jitter + some bytes
+    assert m["wall_s"] > plain.metrics["wall_s"]
+
+
+def _first_token_tv(tokens: list[int], p: torch.Tensor) -> float:
+    counts = torch.bincount(torch.tensor(tokens), minlength=p.shape[-1]).float()
+    top = torch.topk(p, 8).indices  # the 8 likeliest tokens + the rest as one bucket
+    trials = len(tokens)
+    emp = torch.cat([counts[top] / trials, (trials - counts[top].sum()).view(1) / trials])
+    ref = torch.cat([p[top], (1 - p[top].sum()).view(1)])
+    return 0.5 * (emp - ref).abs().sum().item()
+
+
+def test_sampling_through_the_link_matches_cloud_sampling(models, server):
+    """First new token over many seeds (as tests/test_decoding.py does in-process), through the link's
+    split rule: q(x) up, the cloud's row down at a rejection, the residual sampled at the edge."""
+    cloud, edge = models["cloud"], models["edge"]
+    remote = connect(server)
+    # chosen so that a wrong residual shows: p and q overlap by ~0.5 here, and resampling from p
+    # instead of max(0, p - q) lands near TV 0.19 (checked once by swapping the rule)
+    prompt = cloud.encode("import os")
+    temperature = 0.5
+    with torch.inference_mode():
+        logits = cloud.model(torch.tensor([prompt])).logits[0, -1, : cloud.vocab_size]
+    p = torch.softmax(logits.float() / temperature, -1)
+    firsts, rows_down = [], 0
+    for seed in range(1200):
+        g = speculative(edge, remote, prompt, 2, gamma=1, verify="sample", temperature=temperature, seed=seed)
+        firsts.append(g.tokens[0])
+        rows_down += g.metrics["round_bytes_down"][0] > 4 * cloud.vocab_size  # a rejection: p row sent down
+    assert rows_down > 300  # the residual path ran (about half the drafts are rejected)
+    tv = _first_token_tv(firsts, p)
+    assert tv < 0.08, tv
+
+
+def test_two_concurrent_clients_get_their_solo_outputs(models, server):
+    edge = models["edge"]
+    jobs = [(PROMPTS[0], {}), (PROMPTS[1], {"verify": "sample", "temperature": 1.0, "seed": 7})]
+    solo = [speculative(edge, connect(server), p, N, gamma=3, **kw).tokens for p, kw in jobs]
+    got: dict[int, list[list[int]]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            remote = connect(server)
+            for _ in range(4):
+                p, kw = jobs[i]
+                got[i].append(speculative(edge, remote, p, N, gamma=3, **kw).tokens)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_S)
+    assert not errors, errors
+    assert got == {0: [solo[0]] * 4, 1: [solo[1]] * 4}
+
+
+def test_killed_server_gives_one_clear_error(models):
+    proc, address = start_server(str(models["root"] / "cloud"))
+    remote = connect(address, link=Link(rtt_ms=20))
+    killer = threading.Timer(1.0, proc.kill)
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ConnectionError, match=re.escape(address)) as err:
+            speculative(models["edge"], remote, PROMPTS[0], 200, gamma=1)  # ~200 round trips: killed mid-way
+    finally:
+        killer.cancel()
+        proc.kill()
+        proc.wait()
+    assert time.monotonic() - t0 < HANG_S
+    assert "mid-generation" in str(err.value) and err.value.__cause__ is None
+    with pytest.raises(ConnectionError, match=re.escape(address)):
+        autoregressive(remote, PROMPTS[0], 4)
+    with pytest.raises(ConnectionError, match="no specnb cloud answers"):
+        connect(address, timeout_s=1)
+
+
+CLIENT = """
+import sys, time, torch
+from specnb import ModelSpec, Link, connect, load, speculative
+edge = load(ModelSpec(sys.argv[2], device="cpu"))
+remote = connect(sys.argv[1], link=Link(rtt_ms=50))
+class Loud:  # says when its first round is on the server, then keeps the session open
+    def __init__(self, v): self.v, self.vocab, self.eos_ids = v, v.vocab, v.eos_ids
+    def begin(self, *a): self.v.begin(*a)
+    def verify(self, *a):
+        out = self.v.verify(*a); print("started", flush=True); return out
+    def close(self): self.v.close()
+    def stats(self): return self.v.stats()
+speculative(edge, Loud(remote.verifier(None)), "import os", 400, gamma=1)
+"""
+
+
+def test_vanished_client_frees_its_session(models, server):
+    remote = connect(server)
+    before = remote.status()
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, server, str(models["root"] / "edge")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline() == "started\n"
+        assert remote.status()["sessions"] == before["sessions"] + 1
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + HANG_S
+    while remote.status()["sessions"] > before["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = remote.status()
+    assert status["sessions"] == before["sessions"] and status["served"] == before["served"] + 1
+
+
+def test_connect_checks_model_dtype_and_tokenizer(models, server):
+    remote = connect(server, model=str(models["root"] / "cloud"), dtype="fp32")
+    assert remote.info["dtype"] == "float32" and remote.info["protocol"] == 1
+    assert remote.encode("def parse(") == models["cloud"].encode("def parse(")
+    assert check_pair(models["edge"], remote) == models["cloud"].vocab_size
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        check_pair(models["mismatched"], remote)
+    with pytest.raises(ValueError, match="serves"):
+        connect(server, model="zoo:tiny-cloud")
+    with pytest.raises(ValueError, match="runs float32"):
+        connect(server, dtype="bfloat16")
