@@ -21,10 +21,13 @@ from .grid import LOG, Cell, read_result, run_cell, write_failed_result
 GRACE_S = 60  # beyond the per-notebook-cell timeout, for kernel start-up and clean-up
 
 
-def _worker(cell: Cell, env: dict[str, str]) -> None:
-    """Process entry point: own process group (so the kernel dies with us), then run the cell."""
+def _worker(cell: Cell, env: dict[str, str], cpus: tuple[int, ...] | None = None) -> None:
+    """Process entry point: own process group (so the kernel dies with us), own cores (the kernel
+    inherits them), then run the cell."""
     os.setsid()
     _die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     os.environ.update(env)
     _redirect_output(Path(cell.cell_dir) / LOG)
     run_cell(cell)
@@ -70,26 +73,53 @@ def _kill(proc: mp.process.BaseProcess) -> None:
     proc.join(5)
 
 
+def core_sets(jobs: int, cores: list[int] | None = None) -> list[tuple[int, ...]]:
+    """The cores of each of ``jobs`` concurrent cells: disjoint, as even as possible.
+
+    With more jobs than cores, cells share cores round-robin (their timed sections still never
+    overlap: :mod:`specnb.timing`; but one cell's set-up then runs beside another's timing, and
+    the clock audit shows it).
+    """
+    if cores is None:
+        try:
+            cores = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = list(range(os.cpu_count() or 1))
+    if jobs >= len(cores):
+        return [(cores[i % len(cores)],) for i in range(jobs)]
+    size, extra = divmod(len(cores), jobs)
+    out, start = [], 0
+    for i in range(jobs):
+        n = size + (i < extra)
+        out.append(tuple(cores[start:start + n]))
+        start += n
+    return out
+
+
 class LocalExecutor:
     """Process pool of ``jobs`` workers; each cell runs :func:`specnb.grid.run_cell` in a fresh process.
 
-    ``threads_per_job`` caps torch's default CPU threads in each cell (OMP_NUM_THREADS), so that
-    parallel cells do not oversubscribe the cores; by default cores // jobs.
+    Concurrent cells run on disjoint cores (:func:`core_sets`; Linux), with torch's default
+    threads (OMP_NUM_THREADS) set to their core count unless ``threads_per_job`` or the
+    environment says otherwise, so that parallel cells do not oversubscribe the cores. Their
+    timed repetitions additionally never overlap (the timing lock of :mod:`specnb.timing`).
     """
 
     def __init__(self, jobs: int = 1, threads_per_job: int | None = None, poll_s: float = 0.2):
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.jobs = jobs
-        self.threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+        self.slots = core_sets(jobs) if hasattr(os, "sched_setaffinity") else [None] * jobs
+        self.threads = threads_per_job
         self.poll_s = poll_s
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         self._ctx = mp.get_context(method)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, cpus: tuple[int, ...] | None) -> dict[str, str]:
         env = {"TQDM_DISABLE": "1"}
         if "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(self.threads)
+            n = self.threads or (len(cpus) if cpus else max(1, (os.cpu_count() or 1) // self.jobs))
+            env["OMP_NUM_THREADS"] = str(n)
         return env
 
     def run(self, cells: list[Cell], on_done: Callable[[Cell, dict], None]) -> None:
@@ -97,17 +127,19 @@ class LocalExecutor:
         import papermill  # noqa: F401 - imported once here, inherited by every forked worker (~2 s each)
 
         pending = list(reversed(cells))
-        running: dict[str, tuple[Cell, mp.process.BaseProcess, float]] = {}
+        running: dict[str, tuple[Cell, mp.process.BaseProcess, float, int]] = {}
+        free = list(range(self.jobs))
         previous = _on_sigterm(_raise_interrupt)
         try:
             while pending or running:
                 while pending and len(running) < self.jobs:
-                    cell = pending.pop()
+                    cell, slot = pending.pop(), free.pop(0)
                     cell.result_path.unlink(missing_ok=True)
-                    proc = self._ctx.Process(target=_worker, args=(cell, self._env()), name=cell.cell_id)
+                    cpus = self.slots[slot]
+                    proc = self._ctx.Process(target=_worker, args=(cell, self._env(cpus), cpus), name=cell.cell_id)
                     proc.start()
-                    running[cell.cell_id] = (cell, proc, time.monotonic())
-                for cid, (cell, proc, start) in list(running.items()):
+                    running[cell.cell_id] = (cell, proc, time.monotonic(), slot)
+                for cid, (cell, proc, start, slot) in list(running.items()):
                     limit = None if cell.timeout_s is None else cell.timeout_s + GRACE_S
                     if proc.is_alive() and (limit is None or time.monotonic() - start < limit):
                         continue
@@ -116,10 +148,11 @@ class LocalExecutor:
                         write_failed_result(cell, f"timeout: the cell ran past {cell.timeout_s} s (+{GRACE_S} s grace)")
                     proc.join()
                     del running[cid]
+                    free.append(slot)
                     on_done(cell, self._finish(cell, proc.exitcode))
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
-            for _, proc, _ in running.values():
+            for _, proc, _, _ in running.values():
                 _kill(proc)
             raise
         finally:

@@ -18,10 +18,12 @@ from typing import Any, Callable, Mapping
 
 from .metrics import Generation, summarize
 from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
+from . import threads
 from .runinfo import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
 
 SCHEMA = "specnb.result/1"
 WARMUP_TOKENS = 8
+TIME_KEYS = ("wall_s", "ttft_s", "draft_s", "verify_s")  # averaged over repetitions per prompt
 SUM_KEYS = ("new_tokens", "wall_s", "rounds", "drafted", "accepted", "cloud_calls", "edge_calls",
             "draft_s", "verify_s")
 
@@ -108,7 +110,7 @@ def model_info(m: Any) -> dict[str, Any]:
 
     return {"model": m.spec.name_or_path, "dtype": parse_dtype(m.dtype), "device": str(m.device),
             "device_class": device_class(m.device), "device_name": device_name(m.device),
-            "threads": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters())}
+            "threads": threads.resolve(m.spec.threads), "threads_set": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters())}
 
 
 def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str, int], Generation]:
@@ -145,6 +147,45 @@ def prompt_row(prompt: Any, g: Generation) -> dict[str, Any]:
             "text": g.text, "tokens": list(g.tokens), "trace": list(g.trace)}
 
 
+def timed_reps(fn: Callable[[str, int], Generation], prompts: list[Any], p: MethodParams,
+               log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``p.reps`` timed passes over the prompts inside one :func:`specnb.timing.timed_section`.
+
+    Each repetition starts one prompt later than the previous one (rotated order, so no prompt
+    always runs first after a probe). Returns one row per prompt (the first repetition's output
+    and counts; time metrics averaged over the repetitions) and the timing record: every
+    (repetition, prompt) entry, the probes before / between / after, the section's start and end.
+    """
+    from .timing import timed_section
+
+    runs: dict[int, list[Generation]] = {i: [] for i in range(len(prompts))}
+    entries = []
+    with timed_section() as section:
+        for rep in range(p.reps):
+            if rep:
+                section.probe(f"rep {rep}")
+            shift = rep % len(prompts)
+            for i in list(range(shift, len(prompts))) + list(range(shift)):
+                g = fn(prompts[i].text, p.max_new_tokens)
+                runs[i].append(g)
+                entries.append({"rep": rep, "prompt": i, "new_tokens": g.metrics["new_tokens"],
+                                "wall_s": g.metrics["wall_s"]})
+            if log:
+                log(f"repetition {rep + 1}/{p.reps}: {sum(e['new_tokens'] for e in entries if e['rep'] == rep)} tokens")
+    rows = []
+    for i, prompt in enumerate(prompts):
+        first = runs[i][0]
+        row = prompt_row(prompt, first)
+        for key in TIME_KEYS:
+            values = [g.metrics.get(key) for g in runs[i]]
+            row[key] = None if any(v is None for v in values) else sum(values) / len(values)
+        row["tokens_per_s"] = row["new_tokens"] / row["wall_s"] if row["wall_s"] else None
+        row["same_output_every_rep"] = all(g.tokens == first.tokens for g in runs[i])
+        rows.append(row)
+    timing = section.info | {"reps": p.reps, "entries": entries}
+    return rows, timing
+
+
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Metrics over all prompts: counts and times summed, ratios of the sums (not means of
     ratios: tokens/s = all tokens / all time), mean TTFT, peak memory the maximum."""
@@ -158,12 +199,23 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return agg | {"prompts": len(rows)}
 
 
+def rep_figures(timing: dict[str, Any]) -> dict[str, Any]:
+    """Per-repetition tokens/s and their spread ((max - min) / median), from the timing record."""
+    from .stats import spread
+
+    per_rep = []
+    for rep in range(timing["reps"]):
+        mine = [e for e in timing["entries"] if e["rep"] == rep]
+        per_rep.append(sum(e["new_tokens"] for e in mine) / sum(e["wall_s"] for e in mine))
+    return {"reps": timing["reps"], "tokens_per_s_reps": per_rep, "rep_spread": spread(per_rep)}
+
+
 def new_record(method: str, p: MethodParams) -> dict[str, Any]:
     """The record's frame before anything runs (written as is if loading fails)."""
     return {"schema": SCHEMA, "status": "running", "error": None, "method": method,
             "settings": settings_dict(method, p), "edge": None, "cloud": None, "prompts": [],
             "aggregate": {}, "versions": versions(), "machine": machine(), "git": git_state(),
-            "started_at": now()}
+            "threads": threads.describe(), "started_at": now()}
 
 
 def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -188,11 +240,9 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
         fn = decoder(method, models, p)
         torch.manual_seed(p.seed)
         record["warmup"] = warm_up(fn, prompts[0].text, p)
-        for prompt in prompts:
-            record["prompts"].append(prompt_row(prompt, fn(prompt.text, p.max_new_tokens)))
-            if log:
-                log(f"{prompt.id}: {record['prompts'][-1]['new_tokens']} tokens")
-        record.update(status="ok", aggregate=aggregate(record["prompts"]) | {
+        record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log)
+        record["threads"] = threads.describe()
+        record.update(status="ok", aggregate=aggregate(record["prompts"]) | rep_figures(record["timing"]) | {
             "warmup_s": record["warmup"]["wall_s"], "warmup_compile_s": record["warmup"]["compile_s"]})
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}",

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import zoo
 from .dtypes import check_supported, parse_dtype, resolve_device, torch_dtype
+from .threads import thread_count
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,18 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def drafter(self, settings):
+        """This model as the drafter of one speculative generation (:class:`specnb.drafting.EdgeDrafter`)."""
+        from .drafting import EdgeDrafter  # imported here: drafting imports this module
+
+        return EdgeDrafter(self, settings)
+
+    def verifier(self, settings):
+        """This model as the verifier of one speculative generation (:class:`specnb.verifying.CloudVerifier`)."""
+        from .verifying import CloudVerifier  # imported here: verifying imports this module
+
+        return CloudVerifier(self, settings)
+
 
 def locate(name_or_path: str) -> str:
     """Where ``from_pretrained`` should look: a zoo folder, a local folder, or the hub id as is."""
@@ -109,16 +122,13 @@ def load(spec: ModelSpec) -> LoadedModel:
 
 @contextlib.contextmanager
 def thread_cap(threads: int | None) -> Iterator[None]:
-    """Run the block with at most ``threads`` intra-op CPU threads (process-wide; restored after)."""
-    before = torch.get_num_threads()
-    if threads is None or threads == before:
+    """Run the block with at most ``threads`` intra-op CPU threads (process-wide; restored after).
+
+    None means :func:`specnb.threads.default_threads` (not torch's own default, which on a small
+    shared CPU spins a thread on a busy core).
+    """
+    with thread_count(threads):
         yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:

@@ -40,7 +40,8 @@ class MethodParams(BaseModel):
 
     ``edge_dtype`` / ``cloud_dtype`` override ``dtype`` for one role when set. ``prompts`` is
     a built-in set (``builtin:NAME``) or a Spec-Bench style JSONL path; ``num_prompts`` keeps
-    the first N. ``warmup`` generations on the first prompt run before anything is measured.
+    the first N. ``warmup`` generations on the first prompt run before anything is measured, then
+    ``reps`` timed repetitions over all prompts (rotated order; speed-up intervals need >= 2).
     ``schedule`` sets the speculative draft length per round (``constant`` = gamma);
     ``optimized`` gives the speculative loop the optimized set-up (static caches, compiled steps);
     ``compile_steps`` overrides the per-device choice of compiling optimized steps (None = the default).
@@ -70,6 +71,7 @@ class MethodParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0)
     seed: int = 0
     warmup: int = Field(1, ge=0)
+    reps: int = Field(3, ge=1)
     result_path: str | None = None
 
     @field_validator("dtype", "edge_dtype", "cloud_dtype")
@@ -106,7 +108,7 @@ AXIS_NAMES = ("method",) + tuple(f for f in MethodParams.model_fields if f != "r
 
 def relevant_fields(method: str) -> set[str]:
     """Parameters that change what ``method`` runs (used to drop duplicate grid cells)."""
-    common = {"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup"}
+    common = {"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup", "reps"}
     if method == "edge":
         return common | set(EDGE_FIELDS)
     if method == "cloud":

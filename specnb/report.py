@@ -1,11 +1,14 @@
 """Results -> one DataFrame; fair speed-ups; the fairness audit; acceptance by dtype pair.
 
-The fairness rule (DESIGN.md): a speed-up is the ratio of two runs' tokens/s and is quoted
-only when the run and its reference (``cloud_optimized``) used the same cloud model, the same
-cloud dtype and the same device class, on the same workload (prompts, max new tokens,
-temperature). The edge baseline has no cloud model: its ratio is quoted when its dtype and
-device class match the reference's cloud, and labelled as a different model. Every compared
-pair is listed in the audit, flagged with what differs, in English and Chinese.
+The fairness rule: a speed-up is the ratio of two runs' tokens/s and is quoted only when the
+run and its reference used the same cloud model, the same cloud dtype, the same device class
+and the same set-up class, on the same workload (prompts, max new tokens, temperature). The
+set-up class is ``plain`` (eager steps, dynamic KV caches) or ``optimized`` (static caches,
+compiled steps); plain runs are compared with the plain ``cloud`` baseline, optimized runs with
+``cloud_optimized``. The edge baseline has no cloud model and writes other text: its ratio is
+shown apart, labelled as a different model. Every compared pair is listed in the audit, flagged
+with what differs, in English and Chinese. Each quoted speed-up carries a 95% interval
+(:mod:`specnb.stats`) and the clock audit's verdict on both runs (:mod:`specnb.clock`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import pandas as pd
 
 from .runinfo import read_json
 
-REFERENCE = "cloud_optimized"
+REFERENCE = "cloud_optimized"  # the strongest baseline
+REFERENCES = {"plain": "cloud", "optimized": "cloud_optimized"}  # the baseline of each set-up class
 DTYPE_ORDER = ("float32", "bfloat16", "float16")
 METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optimized": "Cloud optimized",
                 "speculative": "Speculative", "hf_assisted": "HF assisted"}
 METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate", "alpha",
            "rejected_rounds",
            "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
-           "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s")
+           "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s", "rep_spread")
 WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
 ROLE_USE = {"edge": ("edge",), "cloud": ("cloud",), "cloud_optimized": ("cloud",),
             "speculative": ("edge", "cloud"), "hf_assisted": ("edge", "cloud")}
@@ -58,10 +62,13 @@ def resolve_run(run_dir: str | Path | None) -> Path:
 
 
 def _device_class(device: str | None) -> str | None:
-    if device is None:
+    """:func:`specnb.dtypes.device_class` of a recorded device; None when not known (none, or
+    ``auto`` in the settings of a cell that failed before loading its model)."""
+    if device is None or str(device) == "auto":
         return None
-    kind = str(device).split(":", 1)[0]
-    return {"cpu": "CPU", "cuda": "GPU", "mps": "MPS"}.get(kind, kind)
+    from .dtypes import device_class  # imports torch: only for records without the loaded role's class
+
+    return device_class(device)
 
 
 def _role(rec: dict[str, Any], role: str) -> dict[str, Any]:
@@ -83,10 +90,27 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
                            "error": rec.get("error")}
     for role in ("edge", "cloud"):
         row.update({f"{role}_{k}": v for k, v in _role(rec, role).items()})
-    row.update({k: s.get(k) for k in ("gamma", "verify", "seed") + WORKLOAD})
+    row.update({k: s.get(k) for k in ("gamma", "verify", "seed", "optimized", "reps") + WORKLOAD})
+    row["setup"] = setup_class(rec.get("method", ""), s)
     row.update({k: agg.get(k) for k in METRICS})
     row["num_prompts"] = agg.get("prompts", s.get("num_prompts"))
+    row["timing"] = rec.get("timing")  # per-repetition entries and probes: intervals and the clock audit
     return row
+
+
+def setup_class(method: str, settings: dict[str, Any]) -> str:
+    """``plain`` or ``optimized`` (static caches, compiled steps), as the fairness rule compares them."""
+    if method == "cloud_optimized":
+        opt = True
+    elif method in ("cloud", "edge"):
+        opt = False
+    else:
+        opt = settings.get("optimized") or False
+    if opt is False:
+        return "plain"
+    if opt is not True:
+        return f"{opt} optimized only"
+    return "optimized" if settings.get("compile_steps") is not False else "optimized, not compiled"
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -136,6 +160,8 @@ def differences(row: pd.Series | dict, ref: pd.Series | dict) -> list[tuple[str,
                     f"设备类别 {row[f'{r}_class']} 与 {ref['cloud_class']} 不同"))
     if r == "cloud" and row["cloud_model"] != ref["cloud_model"]:
         out.append((f"cloud model {row['cloud_model']} vs {ref['cloud_model']}", "云端模型不同"))
+    if row["setup"] != ref["setup"]:
+        out.append((f"set-up {row['setup']} vs {ref['setup']}", f"配置类别 {row['setup']} 与 {ref['setup']} 不同"))
     if any(row[k] != ref[k] and not (pd.isna(row[k]) and pd.isna(ref[k])) for k in WORKLOAD):
         out.append(("workload (prompts / max new tokens / temperature)", "工作负载（提示词/最大新词元/温度）不同"))
     return out
@@ -143,26 +169,29 @@ def differences(row: pd.Series | dict, ref: pd.Series | dict) -> list[tuple[str,
 
 def _reference(row: pd.Series, refs: pd.DataFrame) -> tuple[pd.Series | None, list[tuple[str, str]]]:
     """The fairest reference for ``row``: fewest differences, preferring the same dtype."""
-    best, best_diff = None, None
+    best, best_key, best_diff = None, None, None
     for _, ref in refs.iterrows():
         diff = differences(row, ref)
-        if best_diff is None or len(diff) < len(best_diff):
-            best, best_diff = ref, diff
+        key = (len(diff), row[f"{compared_role(row)}_dtype"] != ref["cloud_dtype"])
+        if best_key is None or key < best_key:
+            best, best_key, best_diff = ref, key, diff
     return best, best_diff or []
 
 
 def fairness_audit(df: pd.DataFrame) -> pd.DataFrame:
-    """Every pair the summary compares, flagged when dtype or device class (or model, workload) differ.
+    """Every pair the summary compares, flagged when dtype, device class or set-up class (or model,
+    workload) differ.
 
-    Kinds: ``speed-up`` (a run vs its ``cloud_optimized`` reference) and ``within run`` (the
-    edge and cloud of one speculative / HF-assisted run, when their dtype or device class
-    differ: the acceptance rate then also measures that mix).
+    Kinds: ``speed-up`` (a run vs the baseline of its set-up class: ``cloud`` for plain runs,
+    ``cloud_optimized`` for optimized ones) and ``within run`` (the edge and cloud of one
+    speculative / HF-assisted run, when their dtype or device class differ: the acceptance rate
+    then also measures that mix).
     """
     ok = df[df["status"] == "ok"] if not df.empty else df
-    refs = ok[ok["method"] == REFERENCE]
+    refs = ok[ok["method"].isin(list(REFERENCES.values()))]
     rows = []
     for _, row in ok.iterrows():
-        if row["method"] != REFERENCE:
+        if row["method"] not in REFERENCES.values():
             rows.append(_speedup_audit(row, refs))
         if len(ROLE_USE[row["method"]]) == 2 and (row["edge_dtype"] != row["cloud_dtype"]
                                                    or row["edge_class"] != row["cloud_class"]):
@@ -175,14 +204,15 @@ def _speedup_audit(row: pd.Series, refs: pd.DataFrame) -> dict[str, Any]:
     ref, diff = _reference(row, refs)
     r = compared_role(row)
     if ref is None:
+        want = REFERENCES.get(row["setup"], REFERENCE)
         return {"kind": "speed-up", "cell_id": row["cell_id"], "reference": None,
-                "comparison": f"{label(row)} vs (no {REFERENCE} run)", "fair": False,
+                "comparison": f"{label(row)} vs (no {want} run)", "fair": False,
                 "differs": "no reference run", "differs_zh": "没有参考运行",
-                "verdict": "speed-up not quoted: no cloud_optimized run", "verdict_zh": "未给出加速比：没有 cloud_optimized 参考运行"}
+                "verdict": f"speed-up not quoted: no {want} run", "verdict_zh": f"未给出加速比：没有 {want} 参考运行"}
     fair = not diff
     pair = f"{side(row, r)} vs {side(ref, 'cloud')}"
-    note = " (edge model alone: a different, smaller model)" if r == "edge" else ""
-    note_zh = "（仅边缘模型：不同的、更小的模型）" if r == "edge" else ""
+    note = " (edge model alone: a different, smaller model writing other text, not a speed-up of the cloud)" if r == "edge" else ""
+    note_zh = "（仅边缘模型：不同的、更小的模型，生成的文本不同，不是云端模型的加速）" if r == "edge" else ""
     return {
         "kind": "speed-up", "cell_id": row["cell_id"], "reference": ref["cell_id"],
         "comparison": f"{label(row)} vs {label(ref)}", "fair": fair,
@@ -206,22 +236,72 @@ def _within_audit(row: pd.Series) -> dict[str, Any]:
     }
 
 
+SPEEDUP_COLUMNS = ["cell_id", "method", "dtype", "device", "setup", "reference", "tokens_per_s",
+                   "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high", "measurable", "fair",
+                   "same_output", "timing_disturbed", "note", "note_zh"]
+
+
 def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFrame:
-    """tokens/s of each run over its reference's, quoted only where the audit says fair (else NaN)."""
+    """tokens/s of each run over its reference's, quoted only where the audit says fair (else NaN).
+
+    Each quoted ratio carries its 95% interval (``speedup_low`` / ``speedup_high``, a bootstrap
+    over prompts x repetitions, :func:`specnb.stats.ratio_interval`; NaN for a run timed once);
+    ``measurable`` is False when the interval holds 1.0 ("no measurable difference");
+    ``timing_disturbed`` when the clock audit flags either run; ``same_output`` is False for
+    runs that do not reproduce the cloud's output (the edge alone, the lossy rank rule).
+    """
+    from .clock import clock_audit, disturbed_cells
+
     audit = fairness_audit(df) if audit is None else audit
     pairs = audit[audit["kind"] == "speed-up"].set_index("cell_id")
-    tps = df.set_index("cell_id")["tokens_per_s"]
+    by_id = df.set_index("cell_id")
+    bad = disturbed_cells(clock_audit(frame_records(df)))
     rows = []
     for cid, a in pairs.iterrows():
-        ratio = tps[cid] / tps[a["reference"]] if a["fair"] and pd.notna(a["reference"]) else float("nan")
-        row = df[df["cell_id"] == cid].iloc[0]
+        row, ref = by_id.loc[cid], a["reference"]
+        quoted = bool(a["fair"]) and pd.notna(ref)
+        iv = _interval(row, by_id.loc[ref]) if quoted else None
+        ratio = row["tokens_per_s"] / by_id.loc[ref, "tokens_per_s"] if quoted else float("nan")
+        disturbed = cid in bad or (pd.notna(ref) and ref in bad)
+        same = row["method"] != "edge" and row.get("verify") != "rank"
+        note, note_zh = a["verdict"], a["verdict_zh"]
+        if quoted and iv is not None and iv.holds_one:
+            note, note_zh = note + "; no measurable difference (95% CI holds 1.0)", note_zh + "；无可测差异（95% 置信区间包含 1.0）"
+        if disturbed:
+            note, note_zh = note + "; TIMING DISTURBED", note_zh + "；计时受干扰"
         rows.append({"cell_id": cid, "method": row["method"], "dtype": row["dtype"],
-                     "device": row[f"{compared_role(row)}_class"], "reference": a["reference"],
-                     "tokens_per_s": tps[cid], "reference_tokens_per_s": tps.get(a["reference"]),
-                     "speedup": ratio, "fair": a["fair"], "note": a["verdict"]})
-    cols = ["cell_id", "method", "dtype", "device", "reference", "tokens_per_s", "reference_tokens_per_s",
-            "speedup", "fair", "note"]
-    return pd.DataFrame(rows, columns=cols)
+                     "device": row[f"{compared_role(row)}_class"], "setup": row["setup"], "reference": ref,
+                     "tokens_per_s": row["tokens_per_s"],
+                     "reference_tokens_per_s": by_id.loc[ref, "tokens_per_s"] if pd.notna(ref) else None,
+                     "speedup": ratio, "speedup_low": iv.low if iv else float("nan"),
+                     "speedup_high": iv.high if iv else float("nan"),
+                     "measurable": None if iv is None else not iv.holds_one, "fair": a["fair"], "same_output": same,
+                     "timing_disturbed": disturbed, "note": note, "note_zh": note_zh})
+    return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
+
+
+def _interval(row: pd.Series, ref: pd.Series):
+    """The bootstrap interval of ``row`` over ``ref`` from their timing entries (None if either
+    was timed once or has no entries)."""
+    from .stats import as_table, ratio_interval
+
+    tables = []
+    for r in (row, ref):
+        timing = r.get("timing")
+        if not isinstance(timing, dict) or not timing.get("entries") or timing.get("reps", 1) < 2:
+            return None
+        tables.append(as_table(timing["entries"]))
+    if tables[0].shape[1] != tables[1].shape[1]:
+        return None
+    return ratio_interval(*tables)
+
+
+def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The parts of each row's record the clock audit reads (status, id, timing, rep spread)."""
+    if df.empty or "timing" not in df:
+        return []
+    return [{"status": r["status"], "cell": {"cell_id": r["cell_id"]}, "timing": r["timing"],
+             "aggregate": {"rep_spread": r.get("rep_spread")}} for _, r in df.iterrows()]
 
 
 # ---------------------------------------------------------------------------- tables
@@ -319,12 +399,17 @@ def timing_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.csv``, ``speedups.csv`` and ``audit.csv`` into the run folder."""
+    """Write ``results.csv``, ``speedups.csv`` (with intervals), ``audit.csv`` and ``clock.csv`` into the run folder."""
     run_dir = Path(run_dir)
-    df = results_frame(load_results(run_dir))
+    from .clock import clock_audit
+
+    records = load_results(run_dir)
+    df = results_frame(records)
     audit = fairness_audit(df)
-    return {"results": write_csv(df, run_dir / "results.csv"), "audit": write_csv(audit, run_dir / "audit.csv"),
-            "speedups": write_csv(speedups(df, audit), run_dir / "speedups.csv")}
+    return {"results": write_csv(df.drop(columns=["timing"], errors="ignore"), run_dir / "results.csv"),
+            "audit": write_csv(audit, run_dir / "audit.csv"),
+            "speedups": write_csv(speedups(df, audit), run_dir / "speedups.csv"),
+            "clock": write_csv(clock_audit(records), run_dir / "clock.csv")}
 
 
 def add_arguments(parser: Any) -> None:

@@ -61,8 +61,9 @@ def test_audit_flags_dtype_and_device_class(study):
     assert not edge.fair and edge.reference == "cloud_optimized-float32"
     assert "Edge float32+CPU vs Cloud float32+GPU" in edge.verdict and "device class CPU vs GPU" in edge.differs
     assert "设备类别" in edge.differs_zh and "不公平" in edge.verdict_zh
-    cloud = audit.loc[("speed-up", "cloud-float16")]
-    assert cloud.fair and cloud.reference == "cloud_optimized-float16"
+    assert ("speed-up", "cloud-float16") not in audit.index  # a reference (of plain runs) itself
+    plain = audit.loc[("speed-up", "speculative-mixed")]
+    assert plain.reference == "cloud-float16" and "set-up" not in plain.differs  # plain with plain
     mixed = audit.loc[("within run", "speculative-mixed")]
     assert not mixed.fair and "Edge float32+CPU vs Cloud float16+GPU" in mixed.comparison
     assert "dtype float32 vs float16" in mixed.differs and "device class CPU vs GPU" in mixed.differs
@@ -81,21 +82,97 @@ def test_study_mix_edge_vs_float16_cloud_is_named():
 def test_speedups_only_when_fair(study):
     df = report.results_frame(study)
     sp = report.speedups(df).set_index("cell_id")
-    assert sp.loc["cloud-float16", "speedup"] == pytest.approx(40 / 50)
-    assert sp.loc["speculative-mixed", "speedup"] == pytest.approx(60 / 50)
-    assert sp.loc["speculative-float32", "speedup"] == pytest.approx(30 / 25)
-    assert math.isnan(sp.loc["edge-float32", "speedup"])
+    assert sp.loc["speculative-mixed", "speedup"] == pytest.approx(60 / 40)  # plain vs the plain cloud
+    # a plain loop against the optimized baseline is like with unlike: flagged, not quoted
+    assert math.isnan(sp.loc["speculative-float32", "speedup"])
+    assert "set-up plain vs optimized" in report.fairness_audit(df).set_index("cell_id").loc["speculative-float32", "differs"]
+    assert math.isnan(sp.loc["edge-float32", "speedup"]) and not sp.loc["edge-float32", "same_output"]
+    assert math.isnan(sp.loc["speculative-mixed", "speedup_low"])  # timed once: no interval
+
+
+def test_optimized_runs_compare_with_cloud_optimized(study):
+    study.append(rec("speculative-float32-opt", "speculative", edge=("float32", "cuda:0"), cloud=("float32", "cuda:0"),
+                     tps=50, acc=0.75, optimized=True))
+    sp = report.speedups(report.results_frame(study)).set_index("cell_id")
+    assert sp.loc["speculative-float32-opt", "reference"] == "cloud_optimized-float32"
+    assert sp.loc["speculative-float32-opt", "speedup"] == pytest.approx(50 / 25)
+    assert sp.loc["speculative-float32-opt", "setup"] == "optimized"
+
+
+def timed(r, seconds, probes=(0.010, 0.010, 0.010), start=0.0):
+    """Give a record timing entries (2 prompts x len(seconds) reps, 8 tokens each) and probes."""
+    entries = [{"rep": k, "prompt": i, "new_tokens": 8, "wall_s": s / 2} for k, s in enumerate(seconds) for i in range(2)]
+    r["timing"] = {"reps": len(seconds), "entries": entries, "host": "h", "start": start, "end": start + 1,
+                   "probes": [{"where": "x", "seconds": p} for p in probes]}
+    r["aggregate"]["tokens_per_s"] = 16 * len(seconds) / sum(seconds)
+    return r
+
+
+def test_speedup_interval_and_no_measurable_difference():
+    base = dict(cloud=("float32", "cpu"))
+    recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.1, 0.9]),
+            timed(rec("fast", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.55, 0.45], start=2),
+            timed(rec("same", "hf_assisted", edge=("float32", "cpu"), **base), [1.05, 0.95, 1.0], start=4)]
+    sp = report.speedups(report.results_frame(recs)).set_index("cell_id")
+    fast, same = sp.loc["fast"], sp.loc["same"]
+    assert fast.speedup == pytest.approx(2.0) and fast.speedup_low < 2.0 < fast.speedup_high and fast.measurable
+    assert same.speedup_low < 1.0 < same.speedup_high and not same.measurable
+    assert "no measurable difference" in same.note and "无可测差异" in same.note_zh
+    assert not fast.timing_disturbed
+
+
+def test_a_disturbed_clock_flags_every_speedup_using_the_cell():
+    from specnb.clock import clock_audit
+
+    base = dict(cloud=("float32", "cpu"))
+    recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.0]),
+            timed(rec("spec", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.5], start=2),
+            timed(rec("hf", "hf_assisted", edge=("float32", "cpu"), **base), [0.8, 0.8], probes=(0.010, 0.016), start=4)]
+    clock = clock_audit(recs).set_index("cell_id")
+    assert bool(clock.loc["hf", "disturbed"]) and not clock.loc["spec", "disturbed"]
+    assert "TIMING DISTURBED" in clock.loc["hf", "verdict"] and "计时受干扰" in clock.loc["hf", "verdict_zh"]
+    sp = report.speedups(report.results_frame(recs)).set_index("cell_id")
+    assert sp.loc["hf", "timing_disturbed"] and not sp.loc["spec", "timing_disturbed"]
+    assert "TIMING DISTURBED" in sp.loc["hf", "note"] and "计时受干扰" in sp.loc["hf", "note_zh"]
+    # the reference disturbed: every speed-up against it is flagged
+    recs[0]["timing"]["probes"][0]["seconds"] = 0.02
+    sp = report.speedups(report.results_frame(recs))
+    assert sp["timing_disturbed"].all()
+
+
+def test_overlapping_timed_sections_are_flagged():
+    from specnb.clock import clock_audit
+
+    recs = [timed(rec("a", "cloud", cloud=("float32", "cpu")), [1.0, 1.0], start=0),
+            timed(rec("b", "cloud_optimized", cloud=("float32", "cpu")), [1.0, 1.0], start=0.5),
+            timed(rec("c", "edge", edge=("float32", "cpu")), [1.0, 1.0], start=1.5)]
+    clock = clock_audit(recs).set_index("cell_id")
+    assert clock.loc["a", "overlaps_with"] == "b" and clock.loc["b", "disturbed"]
+    assert not clock.loc["c", "disturbed"]  # starts when b ends: no overlap
+
+
+def test_slower_optimized_cloud_points_at_clock_or_setup():
+    from specnb.clock import clock_audit, slower_optimized
+
+    recs = [timed(rec("cloud", "cloud", cloud=("float32", "cpu")), [1.0, 1.0]),
+            timed(rec("opt", "cloud_optimized", cloud=("float32", "cpu")), [1.2, 1.2], start=2)]
+    df = report.results_frame(recs)
+    [case] = slower_optimized(df, clock_audit(recs))
+    assert case["cause"] == "set-up" and "slower than cloud" in case["en"] and "慢于" in case["zh"]
+    recs[1]["timing"]["probes"][1]["seconds"] = 0.013
+    [case] = slower_optimized(df, clock_audit(recs))
+    assert case["cause"] == "clock"
 
 
 def test_workload_difference_is_unfair(study):
-    study[1]["settings"]["max_new_tokens"] = 64
+    study[4]["settings"]["max_new_tokens"] = 64
     audit = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
-    assert not audit.loc[("speed-up", "cloud-float16")].fair
-    assert "workload" in audit.loc[("speed-up", "cloud-float16")].differs
+    assert not audit.loc[("speed-up", "speculative-mixed")].fair
+    assert "workload" in audit.loc[("speed-up", "speculative-mixed")].differs
 
 
 def test_no_reference_is_flagged():
-    df = report.results_frame([rec("cloud-float32", "cloud", cloud=("float32", "cpu"))])
+    df = report.results_frame([rec("spec-float32", "speculative", edge=("float32", "cpu"), cloud=("float32", "cpu"))])
     a = report.fairness_audit(df).iloc[0]
     assert not a.fair and pd.isna(a.reference) and math.isnan(report.speedups(df).speedup[0])
 
@@ -127,7 +204,7 @@ def test_findings_are_bilingual_and_generated(study):
     assert all(t.en and t.zh for t in recs)
     assert "edge-float32" in text and "device class" in text and "设备" in text  # the unfair edge comparison
     assert "cloud-bfloat16" in text  # the failed cell is named
-    assert "1.20x" in text  # speculative float32: 30 / 25 tok/s
+    assert "1.50x" in text  # speculative (plain) float16: 60 / 40 tok/s against the plain cloud
     assert "75.0%" in text and "50.0%" in text  # acceptance spread by dtype pair
 
 

@@ -1,0 +1,90 @@
+"""The clock audit: was each cell timed on an undisturbed core, and did timed sections overlap?
+
+Every cell times a fixed probe (:func:`specnb.timing.probe`) before, between and after its
+repetitions. On an undisturbed machine the probe takes the same time in every cell of a run;
+a probe that strays from the run's median by more than :data:`THRESHOLD` means something else
+ran on the cell's core while it was timed: the cell is flagged "timing disturbed" (计时受干扰),
+and so is every speed-up that uses it. Cells whose timed sections overlapped on one host are
+flagged too (the timing lock should make that impossible; a cell run without it can cause it).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .timing import overlaps
+
+THRESHOLD = 0.10  # a probe more than 10% away from the run's median flags its cell
+COLUMNS = ["cell_id", "probe_ms", "run_probe_ms", "worst_deviation", "rep_spread", "overlaps_with",
+           "disturbed", "verdict", "verdict_zh"]
+
+
+def _probes(rec: dict[str, Any]) -> list[float]:
+    return [p["seconds"] for p in (rec.get("timing") or {}).get("probes", [])]
+
+
+def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD) -> pd.DataFrame:
+    """One row per ok cell with a timing record: its probes against the run's median, overlaps,
+    and whether its timing was disturbed, in English and 中文."""
+    timed = [r for r in records if r.get("status") == "ok" and _probes(r)]
+    if not timed:
+        return pd.DataFrame(columns=COLUMNS)
+    run_median = statistics.median(p for r in timed for p in _probes(r))
+    pairs = overlaps([(r["cell"]["cell_id"], r["timing"]) for r in timed])
+    rows = []
+    for r in timed:
+        cid, probes = r["cell"]["cell_id"], _probes(r)
+        worst = max(probes, key=lambda p: abs(p / run_median - 1.0))
+        deviation = worst / run_median - 1.0
+        others = sorted({b if a == cid else a for a, b in pairs if cid in (a, b)})
+        disturbed = abs(deviation) > threshold or bool(others)
+        why, why_zh = [], []
+        if abs(deviation) > threshold:
+            why.append(f"probe {worst * 1e3:.1f} ms vs run median {run_median * 1e3:.1f} ms ({deviation:+.0%})")
+            why_zh.append(f"校准探针 {worst * 1e3:.1f} ms，全次运行中位数 {run_median * 1e3:.1f} ms（{deviation:+.0%}）")
+        if others:
+            why.append(f"timed section overlapped {', '.join(others)}")
+            why_zh.append(f"计时区间与 {', '.join(others)} 重叠")
+        rows.append({
+            "cell_id": cid, "probe_ms": statistics.median(probes) * 1e3, "run_probe_ms": run_median * 1e3,
+            "worst_deviation": deviation, "rep_spread": (r.get("aggregate") or {}).get("rep_spread"),
+            "overlaps_with": ", ".join(others), "disturbed": disturbed,
+            "verdict": f"TIMING DISTURBED: {'; '.join(why)}" if disturbed else "undisturbed clock",
+            "verdict_zh": f"计时受干扰：{'；'.join(why_zh)}" if disturbed else "计时未受干扰",
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def disturbed_cells(audit: pd.DataFrame) -> set[str]:
+    return set(audit.loc[audit["disturbed"].astype(bool), "cell_id"]) if not audit.empty else set()
+
+
+def slower_optimized(df: pd.DataFrame, audit: pd.DataFrame) -> list[dict[str, str]]:
+    """``cloud_optimized`` slower than ``cloud`` at the same dtype and device class: each case,
+    and whether the probes point at the clock (a disturbed cell) or at the set-up (both clean:
+    the optimized set-up does not pay on this device), in English and 中文."""
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    bad = disturbed_cells(audit)
+    out = []
+    for (dtype, device), group in ok.groupby(["cloud_dtype", "cloud_class"]):
+        plain, opt = group[group["method"] == "cloud"], group[group["method"] == "cloud_optimized"]
+        for _, o in opt.iterrows():
+            for _, p in plain.iterrows():
+                if o["tokens_per_s"] >= p["tokens_per_s"]:
+                    continue
+                clock = o["cell_id"] in bad or p["cell_id"] in bad
+                what = (f"cloud_optimized ({o['tokens_per_s']:.1f} tok/s) is slower than cloud ({p['tokens_per_s']:.1f}) "
+                        f"at {dtype} on {device}")
+                what_zh = f"在 {device} 上的 {dtype} 精度下 cloud_optimized（{o['tokens_per_s']:.1f} 词元/秒）慢于 cloud（{p['tokens_per_s']:.1f}）"
+                out.append({
+                    "en": what + (": the clock audit flags one of them, so the clock is the likely cause; re-run them"
+                                  if clock else ": both were timed undisturbed, so it is the set-up: the optimized "
+                                  "set-up does not pay on this device"),
+                    "zh": what_zh + ("：时钟审计标记了其中之一，原因很可能是计时受干扰，请重新运行"
+                                     if clock else "：两者计时均未受干扰，原因在于配置：优化配置在该设备上没有收益"),
+                    "cause": "clock" if clock else "set-up",
+                })
+    return out

@@ -1,0 +1,122 @@
+"""Timed sections that share the CPU with nothing else of the same run, and the clock probe.
+
+* :func:`timed_section` wraps a method's timed repetitions. It holds an exclusive lock on a
+  file (``flock``) that every specnb process on the machine takes for its timed work, so two
+  grid cells (or a notebook run by hand beside a grid) never time at the same moment; set-up
+  (kernel start, loading, compiling, warm-up) is not locked and may overlap. It records the
+  section's wall-clock start and end, the host and the time spent waiting for the lock, so
+  overlap can be checked afterwards (:func:`overlaps`).
+* :func:`probe` times a short fixed workload (a float32 matrix product on one thread). A cell
+  times it before, between and after its repetitions; the audit compares each cell's probes
+  with the run's median (:mod:`specnb.clock`): a probe that strays means something else used
+  the core while the cell was timed.
+
+The lock file is ``$SPECNB_TIMING_LOCK`` (``off`` disables the lock), else
+``<tempdir>/specnb-timing-<uid>.lock``: node-local, so Slurm cells on different nodes do not
+wait for each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+PROBE_SIZE = 192  # matrix side: ~15 ms per probe on one core of the 2-core CI machine
+PROBE_ROUNDS = 5  # a probe is the median of this many timings
+
+
+def lock_path() -> Path | None:
+    """The machine-wide timing lock file, or None when ``SPECNB_TIMING_LOCK=off``."""
+    env = os.environ.get("SPECNB_TIMING_LOCK")
+    if env and env.lower() in ("off", "0", "none"):
+        return None
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"specnb-timing-{os.getuid() if hasattr(os, 'getuid') else 'user'}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path | None) -> Iterator[float]:
+    """Hold an exclusive ``flock`` on ``path`` for the block; yields the seconds spent waiting."""
+    if path is None:
+        yield 0.0
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        t0 = time.perf_counter()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def probe() -> float:
+    """Seconds for a fixed one-thread float32 workload (median of :data:`PROBE_ROUNDS`)."""
+    import torch
+
+    from .threads import thread_count
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(PROBE_SIZE, PROBE_SIZE, generator=gen)
+    b = torch.rand(PROBE_SIZE, PROBE_SIZE, generator=gen)
+    times = []
+    with thread_count(1), torch.inference_mode():
+        a @ b  # first call: allocation, kernel selection
+        for _ in range(PROBE_ROUNDS):
+            t0 = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Section:
+    """The record of one timed section (see :func:`timed_section`); ``probes`` grows as it runs."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "probes": []}
+
+    def probe(self, where: str) -> None:
+        """Time the probe now and note where (``before``, ``rep 1``, ``after``)."""
+        self.info["probes"].append({"where": where, "seconds": probe(), "at": time.time()})
+
+
+@contextlib.contextmanager
+def timed_section(lock: bool = True) -> Iterator[Section]:
+    """Around a method's timed repetitions: the machine-wide lock, a probe before and after,
+    and the section's start / end (Unix time) for the overlap check."""
+    section = Section()
+    path = lock_path() if lock else None
+    with exclusive(path) as waited:
+        section.info.update(lock=str(path) if path else None, waited_s=round(waited, 3))
+        section.probe("before")
+        section.info["start"] = time.time()
+        try:
+            yield section
+        finally:
+            section.info["end"] = time.time()
+            section.probe("after")
+
+
+def overlaps(sections: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Pairs of ids whose timed sections overlapped in time on the same host."""
+    out = []
+    ordered = sorted((s for s in sections if s[1].get("start") is not None), key=lambda s: s[1]["start"])
+    for i, (a, sa) in enumerate(ordered):
+        for b, sb in ordered[i + 1:]:
+            if sb["start"] >= sa["end"]:
+                break
+            if sa.get("host") == sb.get("host"):
+                out.append((a, b))
+    return out
