@@ -115,6 +115,8 @@ def relevant_fields(method: str) -> set[str]:
         return common | set(CLOUD_FIELDS)
     if method == "cloud_optimized":
         return common | set(CLOUD_FIELDS) | {"compile_steps"}
+    if method == "hf_assisted":  # HF's own loop: no schedule, verification rule or levers of ours
+        return common | set(EDGE_FIELDS) | set(CLOUD_FIELDS) | {"gamma", "optimized"}
     return common | set(EDGE_FIELDS) | set(CLOUD_FIELDS) | set(PAIR_FIELDS)
 
 

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-PROBE_SIZE = 192  # matrix side: ~15 ms per probe on one core of the 2-core CI machine
+PROBE_SIZE = 256  # matrix side
 PROBE_ROUNDS = 5  # a probe is the median of this many timings
+PROBE_PRODUCTS = 24  # matrix products per timing (~10 ms on one core of a current x86 CPU)
 
 
 def lock_path() -> Path | None:
@@ -75,7 +76,7 @@ def probe() -> float:
         a @ b  # first call: allocation, kernel selection
         for _ in range(PROBE_ROUNDS):
             t0 = time.perf_counter()
-            for _ in range(8):
+            for _ in range(PROBE_PRODUCTS):
                 a @ b
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
