@@ -12,7 +12,7 @@ import sys
 
 SUBCOMMANDS = {
     # name: (module, one-line help)
-    "grid": ("specnb.grid", "run a params YAML grid of notebooks with papermill, then the summary and audit"),
+    "grid": ("specnb.gridcli", "run a params YAML grid of notebooks with papermill, then the summary and audit"),
     "bench": ("specnb.bench", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
     "demo": ("specnb.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
     "summarize": ("specnb.report", "re-run the precision analysis and summary notebooks on a run folder"),

@@ -73,13 +73,8 @@ def device_name(device: torch.device) -> str:
     """Human-readable name of the device (GPU model, or CPU model from /proc/cpuinfo)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or platform.machine() or "cpu"
+    from .runinfo import cpu_name
+
+    return cpu_name() or platform.machine() or "cpu"

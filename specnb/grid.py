@@ -2,9 +2,12 @@
 
 The unit of work is :func:`run_cell`, a plain function, so the local process pool
 (:class:`specnb.executor.LocalExecutor`) and the Slurm array (:mod:`specnb.slurm`) run the same
-cells. A run folder holds ``manifest.json``, ``cells/<cell-id>/`` (``executed.ipynb``,
-``result.json``, ``log.txt``, ``cell.json``), and after the cells the executed
-``precision_analysis`` and ``summary`` notebooks with their HTML exports.
+cells. Imports go one way: the executors and the command line (:mod:`specnb.gridcli`, what
+``specnb grid`` runs) import this module, never the reverse.
+
+A run folder holds ``manifest.json``, ``cells/<cell-id>/`` (``executed.ipynb``, ``result.json``,
+``log.txt``, ``cell.json``), and after the cells the executed ``precision_analysis`` and
+``summary`` notebooks with their HTML exports.
 """
 
 from __future__ import annotations
@@ -103,11 +106,16 @@ def cell_is_ok(cell: Cell) -> bool:
     return ran is None or ran == cell.parameters
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+def log_tail(*paths: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log; of several logs, each readable one under ``--- <name>``."""
+    out = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        out += [f"--- {path.name}", *text] if len(paths) > 1 else text
+    return "\n".join(out)
 
 
 def _cell_info(cell: Cell) -> dict[str, Any]:
@@ -135,7 +143,7 @@ def write_failed_result(cell: Cell, error: str, **extra: Any) -> str:
         **extra,
     }
     if "log_tail" not in record:
-        record["log_tail"] = _tail(Path(cell.cell_dir) / LOG)
+        record["log_tail"] = log_tail(Path(cell.cell_dir) / LOG)
     return str(write_json_atomic(cell.result_path, record))
 
 
@@ -189,26 +197,3 @@ def run_cell(cell: Cell) -> str:
     record["cell"] = _cell_info(cell)
     record["elapsed_s"] = round(time.time() - started, 3)
     return str(write_json_atomic(cell.result_path, record))
-
-
-def __getattr__(name: str) -> Any:
-    """``specnb.grid.LocalExecutor`` (the contract's name) lives in :mod:`specnb.executor`."""
-    if name == "LocalExecutor":
-        from .executor import LocalExecutor
-
-        return LocalExecutor
-    raise AttributeError(name)
-
-
-def add_arguments(parser: Any) -> None:
-    """Arguments of ``specnb grid`` (see :mod:`specnb.gridcli`)."""
-    from .gridcli import add_arguments as _add
-
-    _add(parser)
-
-
-def run(args: Any) -> int:
-    """``specnb grid``: run the cells, then the analysis notebooks; 0 when every cell is ok."""
-    from .gridcli import run as _run
-
-    return _run(args)

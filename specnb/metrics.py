@@ -12,12 +12,6 @@ import torch
 
 from .schedule import estimate_alpha
 
-METRIC_KEYS = (
-    "new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted",
-    "acceptance_rate", "alpha", "rejected_rounds", "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls",
-    "draft_s", "verify_s", "peak_mem_bytes", "compile_s",
-)
-
 
 def synchronize(*devices: torch.device) -> None:
     """Wait for queued CUDA work, so that a wall-clock reading covers it."""

@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -30,12 +31,9 @@ def versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    try:
-        from . import __version__
-
-        out["specnb"] = __version__
-    except ImportError:
-        out["specnb"] = None
+    # the package is always imported before its modules: read its version without an import
+    # (``from . import __version__`` would make runinfo and the package import each other)
+    out["specnb"] = getattr(sys.modules.get(__package__ or ""), "__version__", None)
     return out
 
 
@@ -45,7 +43,7 @@ def machine() -> dict[str, Any]:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "memory_gib": _memory_gib(),
     }
     try:
@@ -57,7 +55,7 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _cpu_name() -> str | None:
+def cpu_name() -> str | None:
     """The CPU model (Linux: /proc/cpuinfo), e.g. to tell two 'x86_64' machines apart in a benchmark."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

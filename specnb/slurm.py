@@ -31,7 +31,7 @@ import submitit
 from submitit.core.utils import FailedJobError, pickle_load
 from submitit.slurm.slurm import read_job_id
 
-from .grid import Cell, read_result, run_cell, write_failed_result
+from .grid import Cell, log_tail, read_result, run_cell, write_failed_result
 from .runinfo import REPO_ROOT, now, read_json, write_json_atomic
 
 JOBS_FILE = "jobs.json"
@@ -96,17 +96,6 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     gone = sorted({j.split("_")[0] for j in job_ids if j not in held})
     ended = _parse_states(_run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(gone)])) if gone else {}
     return {j: held.get(j) or ended[j] for j in job_ids if j in held or j in ended}
-
-
-def _log_tail(job: submitit.SlurmJob, lines: int = 40) -> str:
-    out = []
-    for path in (job.paths.stderr, job.paths.stdout):
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-        except OSError:
-            continue
-        out += [f"--- {path.name}", *text]
-    return "\n".join(out)
 
 
 def _slurm_params(opts: dict[str, str]) -> dict[str, Any]:
@@ -258,7 +247,7 @@ class SlurmExecutor:
             return read_result(cell) or {"status": "failed", "error": inner, **where}
         else:
             error = f"Slurm job {job.job_id} completed without writing {cell.result_path}"
-        write_failed_result(cell, error, log_tail=_log_tail(job), **where)
+        write_failed_result(cell, error, log_tail=log_tail(job.paths.stderr, job.paths.stdout), **where)
         return read_result(cell) or {"status": "failed", "slurm_state": state}
 
     @staticmethod

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tiny test models gain nothing from intra-op threads, and on a shared 2-core machine a busy
-# second core makes every OpenMP region wait for it (a 32-wide linear took 11 ms instead of
+# Tiny test models gain nothing from intra-op threads, and on a shared machine a busy second
+# core makes every OpenMP region wait for it (a tiny matmul then takes milliseconds, not
 # microseconds). Tests that check thread caps set their own counts explicitly.
 torch.set_num_threads(1)
 
@@ -39,19 +39,8 @@ def fake_models(tmp_path: Path) -> dict[str, str]:
     return out
 
 
-def _tiny_tokenizer():
-    """A byte-level BPE tokenizer (~300 tokens) trained on a few lines of Python."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    text = ["def read_config(path):\n    return open(path).read()\n", "class Queue:\n    def __init__(self):\n",
-            "for key, value in sorted(mapping.items()):\n        if value is None:\n"] * 4
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+CONFTEST_TEXT = ["def read_config(path):\n    return open(path).read()\n", "class Queue:\n    def __init__(self):\n",
+                 "for key, value in sorted(mapping.items()):\n        if value is None:\n"] * 4
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +49,9 @@ def tiny_pair(tmp_path_factory) -> dict[str, str]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _tiny_tokenizer()
+    from tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer(texts=CONFTEST_TEXT)
     root = tmp_path_factory.mktemp("tiny_pair")
     out = {}
     for role, layers in (("edge", 1), ("cloud", 2)):

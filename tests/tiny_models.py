@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from specnb.zoo.tokenizer import train_tokenizer
 
 TEXT = (
     "def parse(text):\n    return text.split()\n\nclass Stack:\n    def push(self, item):\n"
@@ -18,20 +19,14 @@ TEXT = (
 ) * 4
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 300, extra_tokens: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with ``<eos>``; ``extra_tokens`` makes a deliberately different one."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([TEXT], trainer=trainer)
-    if extra_tokens:
-        tok.add_tokens(extra_tokens)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
-    fast.save_pretrained(folder)
+def build_tokenizer(folder: Path | None = None, vocab_size: int = 300, extra_tokens: list[str] | None = None,
+                    texts: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """The zoo's byte-level BPE (:func:`specnb.zoo.tokenizer.train_tokenizer`) with ``<eos>``, trained on
+    ``texts`` (default: a few lines of Python); ``extra_tokens`` makes a deliberately different one.
+    Saved to ``folder`` when given."""
+    fast = train_tokenizer(texts or [TEXT], vocab_size, eos="<eos>", extra_tokens=extra_tokens or ())
+    if folder is not None:
+        fast.save_pretrained(folder)
     return fast
 
 

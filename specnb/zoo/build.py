@@ -52,7 +52,7 @@ class BuildSettings:
     distill_prompt: int  # tokens of corpus snippet per row
     distill_new: int  # tokens the cloud continues each snippet with
     eval_new_tokens: int
-    threads: int = 1  # on a shared 2-core machine, 2 threads stall each other (4x slower)
+    threads: int = 1  # on a shared machine a second thread mostly waits for a busy core
     seed: int = 1234
     gen_batch: int = 64
 
@@ -129,7 +129,8 @@ def distill_data(cloud, stream: torch.Tensor, settings: BuildSettings, work: Pat
     """Rows of ``distill_prompt`` corpus tokens + the cloud's greedy continuation.
 
     Generated in batches with the KV cache (``generate``, bfloat16 matmuls like training:
-    twice as fast, and a near-tie flipped now and then does not matter for training data);
+    faster where the CPU has bfloat16 instructions, and a near-tie flipped now and then does not
+    matter for training data);
     saved after each batch, so an interrupted run resumes where it stopped.
     """
     from tqdm.auto import tqdm

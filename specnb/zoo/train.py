@@ -64,7 +64,7 @@ class TrainSettings:
     weight_decay: float = 0.1
     checkpoint_s: float = 180.0
     ce_weight: float = 1.0  # distillation only: weight of the hard-label term
-    bf16_autocast: bool = True  # matmuls in bfloat16 (about 2x faster on AVX512-BF16 CPUs)
+    bf16_autocast: bool = True  # matmuls in bfloat16 (faster on CPUs with native bfloat16 instructions)
 
 
 def new_model(shape: Shape, vocab_size: int, eos_id: int, seed: int) -> LlamaForCausalLM:
