@@ -35,7 +35,7 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
 
 
 def _owner(name: str, known: dict[str, Path]) -> str | None:
-    """The package module that ``name`` (a module, or a name inside one) belongs to."""
+    """The innermost package module that ``import name`` runs (``import a.b.c`` runs a, a.b, a.b.c)."""
     while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
@@ -53,6 +53,8 @@ def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(mod, is_package, node.level, node.module)
+                if base not in known:  # another library's module, or a file that does not exist (yet)
+                    continue
                 # `from pkg import sub` imports the submodule; `from mod import name` the module
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
             for target in targets:
