@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .clock import THRESHOLD
 from .report import METHOD_NAMES
 
 
@@ -41,12 +42,13 @@ def on_fairness(audit: pd.DataFrame) -> list[Text]:
     unfair = sp[~sp["fair"].astype(bool)]
     out = []
     if sp.empty:
-        return [Text("No speed-up was compared (no cloud_optimized reference ran).",
-                     "没有可比较的加速比（没有运行 cloud_optimized 参考基线）。")]
+        return [Text("No speed-up was compared (no run beside a cloud / cloud_optimized reference).",
+                     "没有可比较的加速比（没有与 cloud / cloud_optimized 参考基线同时运行的结果）。")]
     if unfair.empty:
-        out.append(Text(f"All {len(sp)} speed-up comparisons use the same cloud dtype, device class and workload: "
-                        "they can be quoted.",
-                        f"全部 {len(sp)} 个加速比比较使用相同的云端精度、设备类别和工作负载，可以直接引用。"))
+        out.append(Text(f"All {len(sp)} speed-up comparisons use the same cloud dtype, device class, set-up class and "
+                        "workload: they can be quoted (with their intervals and the clock audit's verdict).",
+                        f"全部 {len(sp)} 个加速比比较使用相同的云端精度、设备类别、配置类别和工作负载，可以引用"
+                        "（需同时给出置信区间和时钟审计结论）。"))
     else:
         ids = ", ".join(unfair["cell_id"])
         out.append(Text(f"{len(unfair)} of {len(sp)} comparisons are unfair and their speed-up is not quoted ({ids}): "
@@ -58,6 +60,13 @@ def on_fairness(audit: pd.DataFrame) -> list[Text]:
                             "same device (a cloud_optimized run on CPU, or the edge model on the GPU) before quoting.",
                             "不同设备类别的运行比较的是硬件而不是方法：请在相同设备上运行参考基线"
                             "（在 CPU 上运行 cloud_optimized，或在 GPU 上运行边缘模型）后再引用。"))
+        if unfair["differs"].str.contains("set-up").any():
+            out.append(Text("A plain loop (eager, dynamic caches) compared with the optimized baseline (static caches, "
+                            "compiled), or the reverse, measures the set-up, not the method: run both baselines "
+                            "(grid: method: [cloud, cloud_optimized, ...]) and both forms (grid: optimized: [false, true]).",
+                            "普通循环（eager、动态缓存）与优化基线（静态缓存、编译）相比，或反之，衡量的是配置而不是方法："
+                            "请同时运行两个基线（grid: method: [cloud, cloud_optimized, ...]）和两种形式"
+                            "（grid: optimized: [false, true]）。"))
         if unfair["differs"].str.contains("dtype").any():
             out.append(Text("Add the missing cloud_optimized dtypes to the grid so each run has a reference at its own "
                             "precision (grid: dtype: [float32, bfloat16, float16]).",
@@ -119,19 +128,31 @@ def on_acceptance(acceptance: pd.DataFrame) -> list[Text]:
 
 
 def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
-    """The best fair speed-up per dtype, and the reference's fastest dtype on its device."""
+    """The best fair speed-up per dtype and set-up class (with its interval and the clock's
+    verdict), and the reference's fastest dtype on its device."""
     out = []
-    fair = speedups[speedups["fair"].astype(bool) & speedups["method"].isin(["speculative", "hf_assisted"])]
-    for dtype, group in fair.groupby("dtype", sort=False):
+    fair = speedups[speedups["fair"].astype(bool) & speedups["same_output"].astype(bool)
+                    & speedups["speedup"].notna()]
+    for (dtype, setup), group in fair.groupby(["dtype", "setup"], sort=False):
         best = group.loc[group["speedup"].idxmax()]
-        name = METHOD_NAMES[best["method"]]
-        verdict = ("faster than" if best["speedup"] > 1 else "not faster than")
-        verdict_zh = ("快于" if best["speedup"] > 1 else "不快于")
+        name, ref = METHOD_NAMES.get(best["method"], best["method"]), best["reference"]
+        ref_method = ref.split("-", 1)[0] if isinstance(ref, str) else "?"
+        has_ci = pd.notna(best["speedup_low"])
+        ci = f" (95% CI {best['speedup_low']:.2f}-{best['speedup_high']:.2f})" if has_ci else " (timed once: no interval)"
+        ci_zh = f"（95% 置信区间 {best['speedup_low']:.2f}-{best['speedup_high']:.2f}）" if has_ci else "（只计时一次：无区间）"
+        if has_ci and best["speedup_low"] <= 1.0 <= best["speedup_high"]:
+            verdict, verdict_zh = "no measurable difference from", "与之无可测差异："
+        elif best["speedup"] > 1:
+            verdict, verdict_zh = "faster than", "快于"
+        else:
+            verdict, verdict_zh = "slower than", "慢于"
         why, why_zh = _draft_share(df, best["cell_id"]) if best["speedup"] <= 1 else ("", "")
-        out.append(Text(f"At {dtype} on {best['device']}, {name} runs at {best['speedup']:.2f}x cloud_optimized "
-                        f"({verdict} the optimized baseline, fair comparison){why}.",
-                        f"在 {best['device']} 上的 {dtype} 精度下，{name} 的速度是 cloud_optimized 的 "
-                        f"{best['speedup']:.2f} 倍（{verdict_zh}优化基线，公平比较）{why_zh}。"))
+        clock = " TIMING DISTURBED: re-run before quoting." if best["timing_disturbed"] else ""
+        clock_zh = "计时受干扰：引用前请重新运行。" if best["timing_disturbed"] else ""
+        out.append(Text(f"At {dtype} on {best['device']} ({setup} set-up), {name} runs at {best['speedup']:.2f}x "
+                        f"{ref_method}{ci}: {verdict} the {setup} baseline, fair comparison{why}.{clock}",
+                        f"在 {best['device']} 上的 {dtype} 精度下（{setup} 配置），{name} 的速度是 {ref_method} 的 "
+                        f"{best['speedup']:.2f} 倍{ci_zh}：{verdict_zh}{setup} 基线，公平比较{why_zh}。{clock_zh}"))
     ref = df[(df["status"] == "ok") & (df["method"] == "cloud_optimized")]
     for device, group in ref.groupby("cloud_class"):
         if len(group) > 1:
@@ -158,6 +179,30 @@ def _draft_share(df: pd.DataFrame, cell_id: str) -> tuple[str, str]:
             f"；起草占用了 {_pct(share)} 的时间{acc_zh}")
 
 
+def on_clock(clock: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
+    """The clock audit in words: disturbed cells, and cloud_optimized slower than cloud (clock or set-up)."""
+    from .clock import slower_optimized
+
+    out = []
+    if not clock.empty:
+        bad = clock[clock["disturbed"].astype(bool)]
+        if bad.empty:
+            out.append(Text(f"All {len(clock)} timed cells ran on an undisturbed clock (every probe within "
+                            f"{_pct(THRESHOLD)} of the run's median, no overlapping timed sections).",
+                            f"全部 {len(clock)} 个计时单元的时钟未受干扰（所有校准探针与本次运行中位数相差不超过 "
+                            f"{_pct(THRESHOLD)}，计时区间互不重叠）。"))
+        else:
+            ids = ", ".join(bad["cell_id"])
+            out.append(Text(f"TIMING DISTURBED in {len(bad)} cell(s) ({ids}): something else used their cores while "
+                            "they were timed; every speed-up using them is flagged. Re-run them on a quiet machine "
+                            "(`specnb grid PARAMS.yaml --out RUN_DIR --only CELL_ID`).",
+                            f"{len(bad)} 个单元计时受干扰（{ids}）：计时期间有其他任务占用了它们的 CPU 核心；"
+                            "所有用到它们的加速比都已标记。请在空闲的机器上重新运行"
+                            "（`specnb grid PARAMS.yaml --out RUN_DIR --only CELL_ID`）。"))
+    out += [Text(case["en"] + ".", case["zh"] + "。") for case in slower_optimized(df, clock)]
+    return out
+
+
 def on_failures(df: pd.DataFrame) -> list[Text]:
     failed = df[df["status"] != "ok"]
     if failed.empty:
@@ -170,9 +215,15 @@ def on_failures(df: pd.DataFrame) -> list[Text]:
 
 
 def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFrame,
-                    drift_summary: pd.DataFrame | None = None, acceptance: pd.DataFrame | None = None) -> list[Text]:
-    """All generated findings, most important first: fairness, failures, drift, acceptance, speed."""
-    items = on_fairness(audit) + on_failures(df) + on_mixes(audit, df)
+                    drift_summary: pd.DataFrame | None = None, acceptance: pd.DataFrame | None = None,
+                    clock: pd.DataFrame | None = None) -> list[Text]:
+    """All generated findings, most important first: fairness, the clock, failures, drift,
+    acceptance, speed. ``clock`` is :func:`specnb.clock.clock_audit` (computed from ``df`` when None)."""
+    from .clock import clock_audit
+    from .report import frame_records
+
+    clock = clock_audit(frame_records(df)) if clock is None else clock
+    items = on_fairness(audit) + on_clock(clock, df) + on_failures(df) + on_mixes(audit, df)
     if drift_summary is not None and not drift_summary.empty:
         items += on_drift(drift_summary)
     if acceptance is not None:

@@ -281,3 +281,16 @@ def test_load_results_from_a_folder_of_json(study, tmp_path):
         (tmp_path / f"{r['cell']['cell_id']}.json").write_text(json.dumps(body))
     ids = sorted(r["cell"]["cell_id"] for r in report.load_results(tmp_path))
     assert ids == ["cloud-float16", "edge-float32"]
+
+
+def test_findings_name_the_disturbed_clock_in_both_languages():
+    from specnb import findings
+
+    base = dict(cloud=("float32", "cpu"))
+    recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.0]),
+            timed(rec("spec", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.5], probes=(0.010, 0.02), start=2)]
+    df = report.results_frame(recs)
+    audit = report.fairness_audit(df)
+    text = findings.markdown(findings.recommendations(df, audit, report.speedups(df, audit)))
+    assert "TIMING DISTURBED in 1 cell(s) (spec)" in text and "计时受干扰" in text
+    assert "re-run before quoting" in text and "引用前请重新运行" in text
