@@ -58,27 +58,24 @@ def _cell_id(method: str, axes: dict[str, Any]) -> str:
 
 
 def expand(gp: GridParams, run_dir: str | Path, notebook_dir: str | Path = NOTEBOOK_DIR) -> list[Cell]:
-    """The cartesian product of the ``grid:`` axes, one :class:`Cell` per distinct run.
+    """The cartesian product of the ``grid:`` axes (and of each ``extra:`` entry), one :class:`Cell`
+    per distinct run.
 
     Axes a method ignores (the cloud dtype for ``edge``, ``gamma`` for the baselines) would only
     repeat a run, so such duplicates are dropped and left out of the cell id.
     """
     run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir).resolve()
-    axes = {k: v for k, v in gp.grid.items() if k != "method"}
-    methods = gp.grid.get("method", list(NOTEBOOKS))
     base = gp.base_parameters()
     cells, seen = [], set()
-    for method in methods:
+    for method, point in _points(gp):
         keep = relevant_fields(method)
-        for combo in itertools.product(*axes.values()):
-            point = dict(zip(axes, combo))
-            settings = MethodParams(**{**base, **point})
-            used = {k: getattr(settings, k) for k in point if k in keep}
-            key = (method, tuple(sorted((k, str(getattr(settings, k))) for k in keep)))
-            if key in seen:
-                continue
-            seen.add(key)
-            cells.append((method, used, settings))
+        settings = MethodParams(**{**base, **point})
+        used = {k: getattr(settings, k) for k in point if k in keep}
+        key = (method, tuple(sorted((k, str(getattr(settings, k))) for k in keep)))
+        if key in seen:
+            continue
+        seen.add(key)
+        cells.append((method, used, settings))
     ids = [_cell_id(m, used) for m, used, _ in cells]
     out = []
     for (method, _, settings), cid in zip(cells, ids):
@@ -89,6 +86,16 @@ def expand(gp: GridParams, run_dir: str | Path, notebook_dir: str | Path = NOTEB
         out.append(Cell(cell_id=cid, method=method, notebook=str(notebook_dir / NOTEBOOKS[method]),
                         parameters=params, cell_dir=str(cell_dir), timeout_s=gp.runner.timeout_s))
     return out
+
+
+def _points(gp: GridParams):
+    """(method, axis values) of every grid point: the product of ``grid:``, then of each ``extra:`` entry."""
+    for grid in [gp.grid] + gp.extra:
+        grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+        axes = {k: v for k, v in grid.items() if k != "method"}
+        for method in grid.get("method", list(NOTEBOOKS)):
+            for combo in itertools.product(*axes.values()):
+                yield method, dict(zip(axes, combo))
 
 
 def read_result(cell: Cell) -> dict | None:
@@ -164,6 +171,21 @@ def kernel_can_import_specnb() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + parts)
 
 
+def kernel_options() -> dict[str, Any]:
+    """papermill's kernel settings for every notebook the grid runs: ``python3``, no progress bar,
+    and CurveZMQ-encrypted kernel sockets where the kernel declares support (ipykernel does) and
+    pyzmq has Curve. Without keys ipykernel warns in every log that its messages go over TCP in
+    plain text; with them they do not, and the warning is gone for that reason."""
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    options: dict[str, Any] = {"kernel_name": "python3", "progress_bar": False}
+    if zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None:
+        options["config"] = Config({"KernelManager": {"transport_encryption": "auto"}})
+    return options
+
+
 def run_cell(cell: Cell) -> str:
     """Execute the cell's notebook with papermill in this process; return the result.json path.
 
@@ -184,8 +206,8 @@ def run_cell(cell: Cell) -> str:
         with open(cell_dir / LOG, "a", encoding="utf-8") as log:
             pm.execute_notebook(
                 cell.notebook, str(cell_dir / EXECUTED), parameters=cell.parameters, cwd=str(cell_dir),
-                kernel_name="python3", progress_bar=False, stdout_file=log, stderr_file=log,
-                execution_timeout=cell.timeout_s, request_save_on_cell_execute=True,
+                stdout_file=log, stderr_file=log, execution_timeout=cell.timeout_s,
+                request_save_on_cell_execute=True, **kernel_options(),
             )
     except Exception as err:  # noqa: BLE001 - every failure becomes a failed result
         error = _execution_error(err)

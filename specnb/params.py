@@ -164,6 +164,7 @@ class GridParams(BaseModel):
     prompts: str | None = None
     parameters: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
+    extra: list[dict[str, Any]] = []  # more points: each entry a small grid of its own (values or lists)
     runner: RunnerOptions = RunnerOptions()
 
     def base_parameters(self) -> dict[str, Any]:
@@ -316,6 +317,11 @@ def load_grid_params(path: str | Path) -> GridParams:
     except ValidationError as exc:
         raise ParamsError(f"{path}: invalid params:\n  " + "\n  ".join(format_errors(exc))) from None
     problems = _axis_errors(gp.grid)
+    for i, entry in enumerate(gp.extra):
+        lists = {k: v if isinstance(v, list) else [v] for k, v in entry.items()}
+        problems += [line.replace("grid.", f"extra[{i}].", 1) for line in _axis_errors(lists)]
+        if "method" not in entry:
+            problems.append(f"extra[{i}]: missing method; each extra entry names its method(s)")
     clash = set(gp.parameters) & set(gp.grid)
     problems += [f"parameters.{k}: also a grid axis (grid.{k}); keep it in one place" for k in sorted(clash)]
     problems += _parameter_errors(gp)
@@ -333,7 +339,9 @@ def load_grid_params(path: str | Path) -> GridParams:
 
 def _check_models(gp: GridParams) -> None:
     """Every role a method needs has a model, and every named model exists."""
-    methods = gp.grid.get("method", list(METHODS))
+    methods = list(gp.grid.get("method", list(METHODS)))
+    for entry in gp.extra:
+        methods += entry["method"] if isinstance(entry.get("method"), list) else [entry.get("method")]
     for role in ROLES:
         needed = any(m in methods for m in METHODS if f"{role}_model" in relevant_fields(m))
         where = f"models.{role}.model"
