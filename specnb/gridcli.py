@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb
+from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb, kernel_options
 from .params import GridParams, ParamsError, load_grid_params
 from .runinfo import git_state, machine, now, read_json, versions, write_json_atomic
 
@@ -134,8 +134,7 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
         try:
             with _output_to(run_dir / "analysis.log"):
                 pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed),
-                                    parameters=params, cwd=str(run_dir), kernel_name="python3",
-                                    progress_bar=False)
+                                    parameters=params, cwd=str(run_dir), **kernel_options())
         except Exception as err:  # noqa: BLE001 - keep the executed notebook, report, go on
             last = (str(err).strip().splitlines() or [""])[-1]
             print(f"{name}.ipynb failed: {type(err).__name__}: {last} (see {executed})", file=sys.stderr)

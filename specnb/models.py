@@ -107,7 +107,7 @@ def load(spec: ModelSpec) -> LoadedModel:
     where = locate(spec.name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        with thread_cap(spec.threads):
+        with thread_cap(spec.threads), _no_loading_bar():
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(spec.dtype))
     except OSError as err:
         raise OSError(
@@ -118,6 +118,22 @@ def load(spec: ModelSpec) -> LoadedModel:
         ) from err
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=torch_dtype(spec.dtype))
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Hide transformers' own bars ("Loading weights") for the block; the hub's download bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)  # absent from older transformers: bars stay
+    if set_hook is None:
+        yield
+        return
+    previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        set_hook(previous)
 
 
 @contextlib.contextmanager
