@@ -16,8 +16,10 @@ metrics add ``link_s`` (round-trip time minus the server's own time: the link pl
 from __future__ import annotations
 
 import base64
+import copy
 import queue
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -106,6 +108,12 @@ class RemoteCloud:
     def __repr__(self) -> str:
         return f"RemoteCloud({self.address!r}, model={self.info['model']!r}, dtype={self.info['dtype']!r}, link={self.link})"
 
+    def with_link(self, link: Link) -> "RemoteCloud":
+        """The same connection across another link profile (fresh jitter and wire state)."""
+        other = copy.copy(self)
+        other.link, other.up, other.down = link, Direction(link, link.seed), Direction(link, link.seed + 1)
+        return other
+
     # ---- roles
     def verifier(self, settings: RoundSettings) -> "RemoteVerifier":
         return RemoteVerifier(self, settings)
@@ -139,6 +147,7 @@ class RemoteCloud:
         stream = Stream(self)
         t0 = time.perf_counter()
         up = stream.send(Message("G", meta={"method": method, "kw": kw, "max_new_tokens": max_new_tokens}, ints=ids))
+        stream.read_ahead()
         out: list[int] = []
         ttft = None
         server_s = 0.0  # sum of the per-message times (speculation on the server sends one)
@@ -237,6 +246,7 @@ class Stream:
         self._call = cloud._session(self._requests())
         self.bytes_up = self.bytes_down = self.last_up = 0
         self._failed: Exception | None = None
+        self._inbox: queue.SimpleQueue | None = None
 
     def _requests(self):
         while True:
@@ -259,21 +269,50 @@ class Stream:
         self.bytes_up += nbytes
         return due - now
 
+    def _next(self) -> tuple[bytes, float]:
+        """The next message from gRPC and when it arrived here."""
+        try:
+            raw = next(self._call)
+        except grpc.RpcError as err:
+            raise ConnectionError(f"lost the specnb cloud at {self.cloud.address} mid-generation "
+                                  f"({err.code().name}: {err.details()})") from None
+        except StopIteration:
+            raise ConnectionError(f"the specnb cloud at {self.cloud.address} ended the session unexpectedly") from None
+        return raw, time.perf_counter()
+
+    def read_ahead(self) -> None:
+        """For a streamed reply: take messages off the socket as they come (a thread), so that each is
+        delayed from its own arrival, not from when the caller asks for it."""
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+        def pump() -> None:
+            while True:
+                try:
+                    item = self._next()
+                except ConnectionError as err:
+                    self._inbox.put(err)
+                    return
+                self._inbox.put(item)
+                if item[0][:1] in (b"d", b"e"):
+                    return
+
+        threading.Thread(target=pump, daemon=True).start()
+
     def recv(self) -> tuple[Message, int, float]:
         """The next message, its size and the delay the link profile added to it."""
         if self._failed:
             raise self._failed
+        item = self._inbox.get() if self._inbox is not None else None
         try:
-            raw = next(self._call)
-        except grpc.RpcError as err:
-            self._failed = ConnectionError(f"lost the specnb cloud at {self.cloud.address} mid-generation "
-                                           f"({err.code().name}: {err.details()})")
-            raise self._failed from None
-        except StopIteration:
-            self._failed = ConnectionError(f"the specnb cloud at {self.cloud.address} ended the session unexpectedly")
-            raise self._failed from None
+            if item is None:
+                item = self._next()
+            elif isinstance(item, ConnectionError):
+                raise item
+        except ConnectionError as err:
+            self._failed = err
+            raise err from None
+        raw, now = item
         nbytes = wire_bytes(raw)
-        now = time.perf_counter()
         due = self.cloud.down.arrival(nbytes, now)
         sleep_until(due)
         self.bytes_down += nbytes

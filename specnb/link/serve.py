@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from ..models import ModelSpec, load
+from ..models import ModelSpec, check_pair, load
 from .service import CloudService, start
 
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     draft = None
     if args.draft:
         draft = load(ModelSpec(args.draft, dtype=args.dtype, device=args.device, threads=args.draft_threads))
+        check_pair(draft, model)  # refused here, before any client asks for server-side speculation
     server, port = start(CloudService(model, draft, args.max_sessions), args.host, args.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,138 @@
+"""The edge-cloud study across links: every method over the same emulated links, and its summary.
+
+:func:`link_grid` runs, interleaved (per repetition and prompt: each RTT in a shuffled order, the
+methods in a shuffled order), the four ways to answer a prompt: ``edge`` alone (no link),
+``cloud`` alone streamed (RTT once), ``server_speculative`` (both models on the server, RTT once;
+needs ``specnb serve --draft``) and ``edge_cloud`` speculation at each gamma (RTT every round). Each
+row also carries ``predicted_wall_s``: :func:`specnb.link.predict` from the same work's run on the
+first RTT of the list, so prediction is checked against every live run.
+
+The summaries take those rows: :func:`speedups` (vs cloud-only over the same link, with the
+bootstrap intervals of :mod:`specnb.stats`), :func:`best_gammas`, :func:`prediction_errors`,
+:func:`bytes_per_token` and :func:`crossover_rtt` (the RTT past which cloud-only streaming wins).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..decoding import autoregressive, speculative
+from ..stats import ratio_interval
+from .client import RemoteCloud
+from .emulate import Link
+from .predict import predict
+
+KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "draft_s", "link_s", "server_s",
+        "emulated_s", "bytes_up", "bytes_down", "round_trips")
+
+
+def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
+              max_new_tokens: int = 64, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0, reps: int = 2,
+              server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
+    ``predicted_wall_s`` (from the run at ``rtts_ms[0]``). ``server_gamma=None`` skips server-side speculation."""
+    order = random.Random(seed)
+    rows: list[dict] = []
+    gens: dict[tuple, Any] = {}
+    for rep in range(reps):
+        for pi, prompt in enumerate(prompts):
+            g = autoregressive(edge, prompt, max_new_tokens)
+            rows.append(_row(g, "edge", None, None, rep, pi))
+            for rtt in order.sample(list(rtts_ms), len(rtts_ms)):
+                remote = cloud.with_link(Link(rtt, bandwidth_mbps, jitter_ms, seed=seed + rep))
+                runs = [("cloud", None, lambda r=remote, p=prompt: autoregressive(r, p, max_new_tokens))]
+                if server_gamma:
+                    runs.append(("server_speculative", server_gamma,
+                                 lambda r=remote, p=prompt: r.server_speculative(p, max_new_tokens, gamma=server_gamma)))
+                runs += [("edge_cloud", gm, lambda r=remote, p=prompt, gm=gm: speculative(edge, r, p, max_new_tokens, gamma=gm))
+                         for gm in gammas]
+                for method, gamma, fn in order.sample(runs, len(runs)):
+                    g = fn()
+                    gens[method, gamma, rtt, rep, pi] = g
+                    rows.append(_row(g, method, gamma, rtt, rep, pi))
+            if progress:
+                progress(f"rep {rep + 1}/{reps}, prompt {pi + 1}/{len(prompts)} done")
+    base = rtts_ms[0]
+    for row in rows:
+        if row["method"] != "edge":
+            g0 = gens[row["method"], row["gamma"], base, row["rep"], row["prompt"]]
+            row["predicted_wall_s"] = predict(g0, Link(row["rtt_ms"], bandwidth_mbps, jitter_ms))
+    return pd.DataFrame(rows)
+
+
+def _row(g: Any, method: str, gamma: int | None, rtt: float | None, rep: int, prompt: int) -> dict:
+    return {"method": method, "gamma": gamma, "rtt_ms": rtt, "rep": rep, "prompt": prompt,
+            **{k: g.metrics.get(k) for k in KEPT}, "tokens": tuple(g.tokens)}
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Speed of each method (and gamma) over cloud-only streaming across the same link: value and 95% interval."""
+    out = []
+    for rtt in sorted(df["rtt_ms"].dropna().unique()):
+        cloud = _entries(df[(df.method == "cloud") & (df.rtt_ms == rtt)])
+        others = df[(df.method != "cloud") & ((df.rtt_ms == rtt) | df.rtt_ms.isna())]
+        for (method, gamma), part in others.groupby(["method", others.gamma.fillna(0)]):
+            iv = ratio_interval(_entries(part), cloud, paired_reps=True)
+            out.append({"rtt_ms": rtt, "method": method, "gamma": int(gamma) or None, "speedup": iv.value,
+                        "low": iv.low, "high": iv.high, "tokens_per_s": part.new_tokens.sum() / part.wall_s.sum()})
+    return pd.DataFrame(out)
+
+
+def _entries(part: pd.DataFrame) -> list[dict]:
+    return part[["rep", "prompt", "new_tokens", "wall_s"]].to_dict("records")
+
+
+def best_gammas(df: pd.DataFrame) -> pd.DataFrame:
+    """Per RTT: the gamma of the fastest edge-cloud speculation, and its speed-up over cloud-only."""
+    s = speedups(df)
+    s = s[s.method == "edge_cloud"]
+    return s.loc[s.groupby("rtt_ms").speedup.idxmax(), ["rtt_ms", "gamma", "speedup", "low", "high"]].reset_index(drop=True)
+
+
+def prediction_errors(df: pd.DataFrame) -> pd.DataFrame:
+    """Per RTT and method: predicted vs live wall time, relative error of the totals and the worst single run."""
+    d = df[df.method != "edge"].assign(err=lambda x: x.predicted_wall_s / x.wall_s - 1)
+    return d.groupby(["rtt_ms", "method"]).apply(
+        lambda x: pd.Series({"predicted_s": x.predicted_wall_s.sum(), "live_s": x.wall_s.sum(),
+                             "error": x.predicted_wall_s.sum() / x.wall_s.sum() - 1, "worst_run": x.err.abs().max()}),
+        include_groups=False).reset_index()
+
+
+def bytes_per_token(df: pd.DataFrame) -> pd.DataFrame:
+    """Bytes up and down per generated token, per method and gamma (all RTTs: bytes do not depend on it)."""
+    d = df[df.method != "edge"]
+    g = d.groupby(["method", d.gamma.fillna(0).astype(int)])
+    return pd.DataFrame({"up_per_token": g.bytes_up.sum() / g.new_tokens.sum(),
+                         "down_per_token": g.bytes_down.sum() / g.new_tokens.sum(),
+                         "round_trips_per_token": g.round_trips.sum() / g.new_tokens.sum()}).reset_index()
+
+
+def crossover_rtt(df: pd.DataFrame, max_ms: float = 1000.0, step_ms: float = 0.5) -> float | None:
+    """The smallest RTT (ms) at which cloud-only streaming is predicted faster than edge-cloud speculation at
+    its best gamma, from the runs at the first RTT (by :func:`specnb.link.predict`, totals over all runs).
+    None when speculation still wins at ``max_ms``."""
+    base = df[df.rtt_ms == df.rtt_ms.dropna().min()]
+    spec = base[base.method == "edge_cloud"]
+    cloud = base[base.method == "cloud"]
+    cloud_tokens = cloud.new_tokens.sum()
+
+    def total(part: pd.DataFrame, rtt: float) -> float:
+        # predict() per run needs the Generation; rows keep what it reads: wall, link, bytes per round
+        return float(sum(_predict_row(r, rtt) for r in part.itertuples()))
+
+    rtt = 0.0
+    while rtt <= max_ms:
+        cloud_speed = cloud_tokens / total(cloud, rtt)
+        best = max(part.new_tokens.sum() / total(part, rtt) for _, part in spec.groupby("gamma"))
+        if cloud_speed >= best:
+            return rtt
+        rtt += step_ms
+    return None
+
+
+def _predict_row(r: Any, rtt_ms: float) -> float:
+    """:func:`predict` from a row (no per-round bytes): each round trip pays the new RTT instead of the old."""
+    return r.wall_s - r.emulated_s + r.round_trips * Link(rtt_ms).expected_round_s(0, 0)
