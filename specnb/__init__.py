@@ -7,12 +7,13 @@ Public contract::
 
 from .decoding import autoregressive, speculative
 from .dtypes import parse_dtype
+from .lookup import PromptLookup
 from .metrics import Generation
 from .models import LoadedModel, ModelSpec, check_pair, load
 
 __all__ = [
     "ModelSpec", "LoadedModel", "load", "check_pair", "autoregressive", "speculative",
-    "Generation", "parse_dtype", "connect", "Link",
+    "Generation", "parse_dtype", "PromptLookup", "connect", "Link",
 ]
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
-"""Hugging Face assisted generation (``generate(assistant_model=...)``): the peer reference."""
+"""Hugging Face assisted generation (``generate(assistant_model=...)``) and prompt lookup
+(``generate(prompt_lookup_num_tokens=...)``): the peer references."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.
         box[0] += 1
 
     return box, module.register_forward_pre_hook(hook)
+
+
+def _static_setup(tokens: int) -> dict:
+    """``generate`` keywords of HF's fast set-up: static cache (our buckets), compiled calls (on CPU too)."""
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
+    return {"cache_implementation": "static", "max_cache_len": cache_size(tokens), "compile_config": compile_config}
 
 
 def hf_assisted(
@@ -64,12 +72,7 @@ def hf_assisted(
     cloud_box, c_hook = _count_calls(cloud.model)
     edge_box, e_hook = _count_calls(edge.model)
     clock = Stopwatch(edge.device, cloud.device)
-    fast = {}
-    if optimized:
-        compile_config = CompileConfig()
-        compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
-        fast = {"cache_implementation": "static", "max_cache_len": cache_size(ids.shape[1] + max_new_tokens + gamma + 1),
-                "compile_config": compile_config}
+    fast = _static_setup(ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
     try:
         reset_peak_memory(edge.device, cloud.device)
         with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
@@ -87,5 +90,56 @@ def hf_assisted(
         new_tokens=len(new), wall_s=clock.total, ttft_s=None, rounds=rounds, drafted=edge_box[0],
         accepted=max(0, len(new) - rounds), rejected_rounds=None, cloud_calls=rounds, edge_calls=edge_box[0],
         peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
+    )
+    return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)
+
+
+def hf_prompt_lookup(
+    cloud: LoadedModel,
+    prompt: str | list[int],
+    max_new_tokens: int,
+    *,
+    gamma: int = 4,
+    max_ngram: int = 3,
+    optimized: bool = False,
+) -> Generation:
+    """``cloud.model.generate(prompt_lookup_num_tokens=gamma, max_matching_ngram_size=max_ngram)``, greedy:
+    Hugging Face's prompt lookup decoding, the peer of ``speculative(PromptLookup(max_ngram), cloud, ...)``.
+
+    Each cloud call verifies one round (``rounds = cloud_calls``; HF has no separate prefill: the
+    first call takes the prompt with the first draft). The draft of a round is read off the
+    length of the call's input: the prompt (first call) or the last token, plus the draft, so
+    ``drafted`` is exact; ``accepted = new_tokens - rounds``. Under the cloud's thread cap;
+    ``ttft_s`` is None. ``optimized``: as in :func:`hf_assisted` (static cache, compiled calls;
+    warm it up before timing).
+    """
+    if not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
+    if not isinstance(max_ngram, int) or max_ngram < 1:
+        raise ValueError(f"max_ngram must be a positive integer, got {max_ngram!r}")
+    ids = torch.tensor([cloud.encode(prompt)], device=cloud.device)
+    eos = sorted(cloud.eos_ids) or None
+    inputs: list[int] = []  # input length of each cloud call
+    hook = cloud.model.register_forward_pre_hook(lambda _m, _a, kw: inputs.append(kw["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    clock = Stopwatch(cloud.device)
+    fast = _static_setup(ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
+    try:
+        reset_peak_memory(cloud.device)
+        with torch.inference_mode(), thread_cap(cloud.spec.threads), clock:
+            out = cloud.model.generate(
+                ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=gamma,
+                max_matching_ngram_size=max_ngram, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                eos_token_id=eos, pad_token_id=eos[0] if eos else None, **fast,
+            )
+    finally:
+        hook.remove()
+    new = out[0, ids.shape[1]:].tolist()
+    rounds = len(inputs)
+    drafted = sum(inputs) - ids.shape[1] - (rounds - 1)  # the first call's prompt, one fed token per later call
+    metrics = summarize(
+        new_tokens=len(new), wall_s=clock.total, ttft_s=None, rounds=rounds, drafted=drafted,
+        accepted=max(0, len(new) - rounds), rejected_rounds=None, cloud_calls=rounds,
+        peak_mem_bytes=peak_memory_bytes(cloud.device),
     )
     return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)

@@ -48,7 +48,9 @@ class RoundSettings:
     side's set-up (static cache, compiled steps; see :class:`specnb.decoding.Steps`);
     ``widths``: verification input lengths to pad to for fixed-shape compiled steps (empty: no
     padding); ``levers_off``: ablations of the plain loop (:data:`specnb.decoding.LEVERS`);
-    ``max_len``: prompt + new tokens + longest draft + 1, so static caches can be sized.
+    ``max_len``: prompt + new tokens + longest draft + 1, so static caches can be sized;
+    ``vocab``: the token ids both sides may emit, when the loop knows it (0: the model's own; a pair
+    cuts its logits to the smaller of the two).
     """
 
     rule: str = "greedy"
@@ -62,6 +64,7 @@ class RoundSettings:
     widths: tuple[int, ...] = ()
     levers_off: frozenset[str] = frozenset()
     max_len: int = 0
+    vocab: int = 0
 
 
 @runtime_checkable

@@ -228,7 +228,8 @@ def test_optimized_speculative_keeps_greedy_output(pair, schedule):
         g = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule, optimized=True)
         plain = speculative(edge, cloud, prompt, N, gamma=4, schedule=schedule)
         assert g.tokens == autoregressive(cloud, prompt, N).tokens
-        assert g.trace == plain.trace
+        if schedule != "cost":  # the cost rule picks draft lengths from measured step times: runs differ
+            assert g.trace == plain.trace
 
 
 @pytest.mark.parametrize("optimized", ["edge", "cloud"])
@@ -270,7 +271,7 @@ def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    import specnb.decoding as decoding
+    import specnb.steps as steps
 
     cloud, edge = pair["cloud"], pair["related"]
     prompt = "for i in range(10):\n    print(i)\n" * 40  # > 256 tokens: a cache bucket no other test compiles
@@ -282,7 +283,7 @@ def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
             g = speculative(edge, cloud, prompt, 8, gamma=gamma, optimized=True)
             assert g.tokens == want
     assert counters["stats"]["unique_graphs"] >= before + 4  # compiled here, not skipped
-    monkeypatch.setattr(decoding, "GRAPH_LIMIT", 1)
+    monkeypatch.setattr(steps, "GRAPH_LIMIT", 1)
     with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(Exception, match="(?i)recompile.limit"):
         speculative(edge, cloud, prompt, 8, gamma=5, optimized=True)
     assert torch._dynamo.config.recompile_limit == 8

@@ -1,0 +1,83 @@
+"""The edge model in this process as a :class:`~specnb.roles.Drafter`: drafts token by token on its KV cache."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .roles import RoundSettings
+from .sampling import make_generator, pick
+from .steps import Model, Steps, as_ids, crop, rebuild
+from .threads import thread_count
+
+
+def _all_at_once(tokens: list[torch.Tensor]) -> list[int]:
+    return torch.cat(tokens).tolist()  # one host sync per round
+
+
+class EdgeDrafter:
+    """Drafts ``g`` tokens one forward call each, under the edge's thread cap, greedily or (for
+    ``settings.rule == "sample"``) by sampling, returning the [g, V] probabilities drawn from.
+
+    Its cache holds ``seq[:length]``; a round first feeds what it has not seen (the cloud's last
+    token, and the last draft after a fully accepted round), so it feeds 1 or 2 tokens then 1 per
+    step: two input shapes, compiled ahead when ``settings.optimized``.
+    """
+
+    def __init__(self, model: Model, settings: RoundSettings):
+        self.model = model
+        self.threads = model.spec.threads
+        with thread_count(self.threads):
+            self.steps = Steps(model, settings.max_len, settings.optimized, settings.compile, shapes=((1, 1), (2, 1)))
+        self.calls = 0
+        self.length = 0  # tokens in the cache
+        # sampling settings and levers resolved here, once: a round checks no flags
+        self.settings = settings
+        self.vocab = settings.vocab or model.vocab_size
+        self.sampling = settings.rule == "sample"
+        self.temperature = settings.temperature if self.sampling else 0.0
+        self.generator = make_generator(settings.seed, model.device)
+        off = settings.levers_off
+        self._keep_logits = 0 if "logits_to_keep" in off else 1  # 0: every position
+        # one_sync off: each token goes to the host as it is drafted
+        self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
+        self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
+        self._cut = rebuild if "crop" in off else crop
+
+    def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
+        if settings != self.settings:  # another set-up than the one it was built for
+            self.__init__(self.model, settings)
+        elif self.length:
+            self.steps.reset()
+            self.calls = 0
+        if len(prompt_ids) > 1:
+            with thread_count(self.threads):
+                self.steps.prefill(prompt_ids[:-1], self.vocab, self._keep_logits)
+            self.calls += 1
+        self.length = len(prompt_ids) - 1
+
+    def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
+        if g == 0:
+            return [], None
+        tokens, qs = [], []
+        with thread_count(self.threads):
+            inp = as_ids(seq[self.length:], self.model.device)
+            for _ in range(g):
+                logits = self.steps.step(inp, self._keep_logits, self.vocab)[-1]
+                tok, q = pick(logits, self.temperature, self.settings.top_k, self.settings.top_p, self.generator)
+                tokens.append(self._on_draft(tok))
+                qs.append(q)
+                inp = tok.view(1, 1)
+            draft = self._to_host(tokens)
+        self.length = len(seq) + g - 1  # it fed seq + draft[:-1]
+        self.calls += g
+        return draft, torch.stack(qs) if self.sampling else None
+
+    def rollback(self, length: int) -> None:
+        keep = min(self.length, length)
+        self._cut(self.steps.cache, self.length, keep)
+        self.length = keep
+
+    def stats(self) -> dict[str, Any]:
+        return {"edge_calls": self.calls, "compile_s": self.steps.compile_s}

@@ -1,0 +1,168 @@
+"""One model's forward calls on a KV cache: :func:`forward`, the per-run :class:`Steps` (dynamic or
+static cache, eager or compiled), and cutting a cache back after a rejection."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+# Model: a loaded model (specnb.models.LoadedModel: .model, .device, ...), not imported here:
+# models builds the roles (drafting, verifying) that use this module.
+Model = Any
+
+
+def forward(m: Model, ids: torch.Tensor, cache, keep: int, vocab: int, call: Callable | None = None) -> torch.Tensor:
+    """Run ``ids`` (shape [1, S]) through ``m`` on top of ``cache``; logits of the last ``keep`` positions.
+
+    Returns [keep, vocab] (``keep = 0``: every position): logits past ``vocab`` (padding of the output
+    layer) are cut off.
+    ``call`` replaces ``m.model`` (e.g. its compiled forward, see :class:`Steps`).
+    """
+    out = (call or m.model)(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
+    return out.logits[0, -keep:, :vocab]
+
+
+def as_ids(tokens: list[int], device: torch.device) -> torch.Tensor:
+    """Token ids as the [1, S] input of a forward call."""
+    return torch.tensor([tokens], dtype=torch.long, device=device)
+
+
+# torch.compile of decode steps, per device type. Measured on the 2-core CPU machine (README,
+# "What optimized means"): a compiled step decodes 1.4x (18-layer, width-192 model) to 2x
+# (2-layer, width-128) faster than eager, at a one-off compile cost of 25-80 s; on CUDA it
+# removes the per-kernel launch overhead that dominates batch-1 decoding.
+COMPILE_BY_DEVICE = {"cuda": True, "cpu": True}
+CACHE_BUCKET = 256  # static caches are sized in multiples of this, so compiled graphs are reused
+
+
+def cache_size(tokens: int) -> int:
+    """The static cache length that holds ``tokens``: the next multiple of :data:`CACHE_BUCKET`."""
+    return -(-tokens // CACHE_BUCKET) * CACHE_BUCKET
+
+
+class Steps:
+    """One model's forward calls in one run: its KV cache and the function that runs a step.
+
+    Plain (``optimized=False``): a :class:`~transformers.DynamicCache` and eager :func:`forward`.
+    Optimized: a preallocated :class:`~transformers.StaticCache` (fixed shapes, no per-step
+    allocation) and, where :data:`COMPILE_BY_DEVICE` says it pays (``compile`` overrides), a
+    ``torch.compile``d forward for the step shapes the caller declares. Prefill always runs eager
+    (its length varies). Compiling and warming each new shape up happens here, on a throwaway
+    cache, before any timed work; its time is ``compile_s``, reported apart, never hidden.
+    """
+
+    def __init__(self, model: Model, max_len: int, optimized: bool, compile: bool | None = None,
+                 shapes: tuple[tuple[int, int], ...] = ((1, 1),)):
+        t0 = time.perf_counter()
+        self.model = model
+        config = model.model.config
+        self.compiled = None
+        if not optimized:
+            self.cache = DynamicCache(config=config)
+        else:
+            size = cache_size(max_len)
+            self.cache = static_cache(model, size)
+            if COMPILE_BY_DEVICE.get(model.device.type, False) if compile is None else compile:
+                self.compiled = _compiled_forward(model, size, shapes)
+        self.compile_s = time.perf_counter() - t0
+
+    def step(self, ids: torch.Tensor, keep: int, vocab: int) -> torch.Tensor:
+        """:func:`forward` on this run's cache, compiled when set up so."""
+        return forward(self.model, ids, self.cache, keep, vocab, self.compiled)
+
+    def reset(self) -> None:
+        """An empty cache for a new generation (the compiled graphs stay)."""
+        if isinstance(self.cache, StaticCache):
+            self.cache.reset()
+        else:
+            self.cache = DynamicCache(config=self.model.model.config)
+
+    def prefill(self, ids: list[int], vocab: int, keep: int = 1) -> torch.Tensor:
+        return forward(self.model, as_ids(ids, self.model.device), self.cache, keep, vocab)
+
+
+@contextlib.contextmanager
+def no_compiling(*steps: Steps):
+    """Around a timed loop: compiled steps run only graphs warmed up before the clock.
+
+    An input that would need a new graph raises instead of silently timing a compilation (or,
+    past torch's recompile limit, silently running eager). Set once per loop, not per call:
+    entering the stance costs ~20 µs per compiled call, 6% of the embedded edge's step.
+    """
+    if all(s.compiled is None for s in steps):
+        yield
+        return
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            yield
+    except RuntimeError as err:
+        if "recompile" not in str(err).lower():
+            raise
+        raise RuntimeError(
+            "a compiled step got an input shape it was not warmed up for; this is a specnb bug, please "
+            "report it with the traceback. Workaround: compile=False (static caches, eager steps)."
+        ) from err
+
+
+def static_cache(model: Model, size: int) -> StaticCache:
+    """A :class:`~transformers.StaticCache` of ``size`` positions, allocated now (not on first use).
+
+    Early allocation keeps one cache state (initialized) for every compiled call, so the
+    compiled forward needs one graph per input shape instead of two.
+    """
+    config = model.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cache = StaticCache(config=config, max_cache_len=size)
+    cache.early_initialization(1, heads, head_dim, model.model.dtype, model.device)
+    return cache
+
+
+# Graphs a compiled forward may hold. Dynamo keeps the graphs of one Python function together and
+# falls back to eager, silently, past ``recompile_limit`` (8 by default); edge and cloud share
+# LlamaForCausalLM.forward, and the benchmark needs one graph per (model, cache size, input
+# shape): 2 edge shapes + 1 cloud shape per gamma, per cache bucket.
+GRAPH_LIMIT = 64
+
+
+def room_for_graphs():
+    """Context in which torch.compile may hold :data:`GRAPH_LIMIT` graphs per function (or the
+    configured limit, if higher), and fails loudly past it rather than falling back to eager."""
+    limit = max(GRAPH_LIMIT, torch._dynamo.config.recompile_limit)
+    return torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit * 4, 256),
+                                      fail_on_recompile_limit_hit=True)
+
+
+def _compiled_forward(model: Model, cache_len: int, shapes: tuple[tuple[int, int], ...]) -> Callable:
+    """The model's compiled forward (one per model), warmed up on every (input length, logits kept) shape."""
+    compiled = getattr(model, "_compiled_forward", None)
+    if compiled is None:
+        compiled = model._compiled_forward = torch.compile(model.model.forward, dynamic=False)
+        model._warm_shapes = set()
+    with room_for_graphs():  # never warm up (and later time) an eager fallback
+        for length, keep in shapes:
+            if (cache_len, length, keep) in model._warm_shapes:
+                continue
+            warm = static_cache(model, cache_len)
+            ids = torch.zeros((1, length), dtype=torch.long, device=model.device)
+            for _ in range(2):  # compile, then one run to settle autotuning / CUDA graphs
+                compiled(input_ids=ids, cache=warm, use_cache=True, logits_to_keep=keep)
+            model._warm_shapes.add((cache_len, length, keep))
+    return compiled
+
+
+def crop(cache, length: int, keep: int) -> None:
+    """Cut a cache holding ``length`` positions back to its first ``keep``, in place."""
+    if length > keep:
+        cache.crop(keep - length)  # negative: positions to drop
+
+
+def rebuild(cache: DynamicCache, length: int, keep: int) -> None:
+    """The ``crop`` lever switched off: keep the first ``keep`` positions by copying them into new tensors."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., :keep, :].clone()
+        layer.values = layer.values[..., :keep, :].clone()
