@@ -172,3 +172,12 @@ def test_notebooks_folder_holds_only_what_users_browse():
     """Test helpers live at the repository root (conftest.py), not among the notebooks."""
     assert not list(NB_DIR.glob("*.py"))
     assert (ROOT / "conftest.py").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NB_DIR.glob("*.ipynb")))
+def test_committed_notebooks_store_no_stderr(name):
+    """Progress bars and warnings vary from machine to machine: tools/refresh_notebooks.py drops them."""
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    stderr = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, f"{name}: stderr stored in cells {stderr}"

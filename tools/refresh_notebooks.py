@@ -6,6 +6,7 @@ and refreshes notebooks/example_run, the grid run the analysis notebooks show by
 
     python tools/refresh_notebooks.py --refresh            # all of it: default grid -> example_run -> execute (~4 min)
     python tools/refresh_notebooks.py --execute            # re-execute the notebooks in place (stores outputs)
+    python tools/refresh_notebooks.py --execute --only precision_analysis   # just that one (repeatable)
     python tools/refresh_notebooks.py --example RUN_DIR    # copy a grid run's results to notebooks/example_run
     python tools/refresh_notebooks.py --bench FILE         # a `specnb bench --json` record -> example_run/bench.json
 
@@ -76,13 +77,21 @@ def copy_example(run_dir: Path) -> None:
         (dest / "bench.json").write_bytes(bench)
 
 
-def execute_all(timeout: int = 600) -> None:
-    """Run each notebook in place with its defaults (cwd = notebooks/), keeping the outputs, minus stderr."""
+def execute_all(only: list[str] | None = None, timeout: int = 600) -> None:
+    """Run each notebook (or those named in ``only``) in place with its defaults (cwd = notebooks/),
+    keeping the outputs, minus stderr."""
     from nbclient import NotebookClient
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as under nbval (the repository's conftest.py)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    for path in notebooks():
+    paths = notebooks()
+    if only:
+        wanted = {Path(n).stem for n in only}
+        unknown = wanted - {p.stem for p in paths}
+        if unknown:
+            sys.exit(f"no such notebook: {', '.join(sorted(unknown))}; notebooks: {', '.join(p.stem for p in paths)}")
+        paths = [p for p in paths if p.stem in wanted]
+    for path in paths:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
         for cell in nb.cells:  # stderr (progress bars, warnings) never belongs in the stored outputs
@@ -96,6 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--example", type=Path, help="grid run folder to copy into notebooks/example_run")
     parser.add_argument("--execute", action="store_true", help="execute the notebooks in place (stores outputs)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="with --execute: only this notebook (e.g. precision_analysis); repeatable")
     parser.add_argument("--bench", type=Path, help="a `specnb bench --json` record to show in the example summary")
     parser.add_argument("--refresh", action="store_true",
                         help="run params/default.yaml into outputs/example-refresh, copy it, execute")
@@ -115,7 +126,7 @@ def main() -> None:
     if args.example:
         copy_example(args.example)
     if args.execute:
-        execute_all()
+        execute_all(args.only)
 
 
 if __name__ == "__main__":
