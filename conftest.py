@@ -11,11 +11,15 @@ environment is set only while a notebook's kernel starts, so the unit tests run 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = str(Path(__file__).resolve().parent)
+# Results of runs without a result_path (the method notebooks' defaults) go to a temporary
+# folder, never into the checkout's outputs/.
+os.environ.setdefault("SPECNB_ADHOC_DIR", tempfile.mkdtemp(prefix="specnb-adhoc-"))
 
 
 def notebook_env() -> dict[str, str]:

@@ -55,6 +55,9 @@ def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
 
     if method not in METHODS:
         raise ParamsError(f"method {method!r} unknown; methods: {', '.join(METHODS)}")
+    unknown = injected_unknowns(namespace)
+    if unknown:
+        raise ParamsError("; ".join(unknown))
     p = validate_method_params({k: namespace[k] for k in MethodParams.model_fields if k in namespace})
     for role in ("edge", "cloud"):
         if uses(method, role):
@@ -63,6 +66,31 @@ def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
             except ValueError as err:
                 raise ParamsError(f"{role}_device / {role}_dtype: {err}") from None
     return p
+
+
+def injected_unknowns(namespace: Mapping[str, Any]) -> list[str]:
+    """Parameters papermill injected (``-p NAME VALUE``) that the notebooks do not have, each with
+    the closest valid name. Papermill only warns about them ("Passed unknown parameter") and runs
+    with the default; the injected cell is found in IPython's input history (``In``)."""
+    import ast
+    import difflib
+
+    cells = [src for src in namespace.get("In", []) or [] if isinstance(src, str) and src.startswith("# Parameters\n")]
+    names: list[str] = []
+    for src in cells[-1:]:
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        names += [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+    known = tuple(MethodParams.model_fields)
+    out = []
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            out.append(f"unknown parameter {name!r}" + (f" (did you mean {near[0]!r}?)" if near else
+                                                        f"; parameters: {', '.join(known)}"))
+    return out
 
 
 def _dtype(p: MethodParams, role: str) -> str:
@@ -78,9 +106,32 @@ def dtype_label(method: str, p: MethodParams) -> str:
 
 
 def default_result_path(method: str, p: MethodParams) -> Path:
-    """``outputs/adhoc/<method>-<dtype>.json`` under the checkout (else under the current folder)."""
-    root = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
-    return root / "outputs" / "adhoc" / f"{method}-{dtype_label(method, p)}.json"
+    """``outputs/adhoc/<method>-<dtype>-<settings hash>.json``: one file per distinct setting (the
+    hash covers every parameter that changes what the method runs), so a run with another gamma
+    never replaces this one. The folder is ``$SPECNB_ADHOC_DIR``, else ``outputs/adhoc`` under the
+    checkout (else under the current folder)."""
+    import hashlib
+    import json
+    import os
+
+    if os.environ.get("SPECNB_ADHOC_DIR"):
+        folder = Path(os.environ["SPECNB_ADHOC_DIR"])
+    else:
+        folder = (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / "outputs" / "adhoc"
+    used = {k: v for k, v in p.model_dump().items() if k in relevant_fields(method)}
+    digest = hashlib.sha1(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return folder / f"{method}-{dtype_label(method, p)}-{digest}.json"
+
+
+def keep_good_result(path: Path) -> Path:
+    """Where a failed run writes its record: ``path`` itself, unless ``path`` holds an ok result,
+    which a failure never replaces: then ``<name>.failed.json`` beside it."""
+    from .runinfo import read_json
+
+    old = read_json(path)
+    if isinstance(old, dict) and old.get("status") == "ok":
+        return path.with_name(path.stem + ".failed.json")
+    return path
 
 
 def settings_dict(method: str, p: MethodParams) -> dict[str, Any]:
@@ -120,16 +171,30 @@ def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[s
     edge, cloud = models.get("edge"), models.get("cloud")
     common = {"temperature": p.temperature, "seed": p.seed}
     table: dict[str, Callable[[str, int], Generation]] = {
-        "edge": lambda s, n: decoding.autoregressive(edge, s, n, **common),
+        "edge": lambda s, n: as_edge_calls(decoding.autoregressive(edge, s, n, **common)),
         "cloud": lambda s, n: decoding.autoregressive(cloud, s, n, **common),
         "cloud_optimized": lambda s, n: decoding.autoregressive(cloud, s, n, optimized=True,
                                                                compile=p.compile_steps, **common),
         "speculative": lambda s, n: decoding.speculative(edge, cloud, s, n, gamma=p.gamma, verify=p.verify,
                                                          rank_k=p.rank_k, schedule=p.schedule,
                                                          optimized=p.optimized, compile=p.compile_steps, **common),
-        "hf_assisted": lambda s, n: peers.hf_assisted(edge, cloud, s, n, gamma=p.gamma, optimized=p.optimized, **common),
+        "hf_assisted": lambda s, n: unmeasured(peers.hf_assisted(edge, cloud, s, n, gamma=p.gamma,
+                                                                 optimized=p.optimized, **common), "draft_s", "verify_s"),
     }
     return table[method]
+
+
+def as_edge_calls(g: Generation) -> Generation:
+    """The edge model decoding alone: its forward calls are edge calls, not cloud calls."""
+    g.metrics["edge_calls"], g.metrics["cloud_calls"] = g.metrics["cloud_calls"], 0
+    return g
+
+
+def unmeasured(g: Generation, *keys: str) -> Generation:
+    """Metrics a method cannot measure (Hugging Face's loop hides its draft / verify split): None, not 0."""
+    for key in keys:
+        g.metrics[key] = None
+    return g
 
 
 def warm_up(fn: Callable[[str, int], Generation], prompt: str, p: MethodParams) -> dict[str, Any]:
@@ -189,7 +254,8 @@ def timed_reps(fn: Callable[[str, int], Generation], prompts: list[Any], p: Meth
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Metrics over all prompts: counts and times summed, ratios of the sums (not means of
     ratios: tokens/s = all tokens / all time), mean TTFT, peak memory the maximum."""
-    sums = {k: sum(r.get(k) or 0 for r in rows) for k in SUM_KEYS}
+    sums = {k: None if any(r.get(k) is None for r in rows) and k in ("draft_s", "verify_s")
+            else sum(r.get(k) or 0 for r in rows) for k in SUM_KEYS}
     # unknown in any row (Hugging Face does not expose its rounds): unknown in the sum
     sums["rejected_rounds"] = None if any(r.get("rejected_rounds") is None for r in rows) else sum(r["rejected_rounds"] for r in rows)
     ttfts = [r["ttft_s"] for r in rows if r.get("ttft_s") is not None]
@@ -253,5 +319,5 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
         raise
     finally:
         record.update(finished_at=now(), elapsed_s=round(time.perf_counter() - t0, 3))
-        write_json_atomic(path, record)
+        write_json_atomic(path if record["status"] == "ok" else keep_good_result(path), record)
     return record

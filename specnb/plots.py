@@ -20,6 +20,13 @@ def _order(values: pd.Series) -> list[str]:
     return [d for d in DTYPE_ORDER if d in present] + [d for d in present if d not in DTYPE_ORDER]
 
 
+def _variant_names(df: pd.DataFrame) -> pd.Series:
+    """``Speculative (optimized)``: the method's name with its set-up class where it has both."""
+    names = df["method"].map(METHOD_NAMES).fillna(df["method"])
+    suffix = df["variant"].str.partition(" ")[2] if "variant" in df else ""
+    return (names + " " + suffix).str.strip()
+
+
 def _empty(title: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 1.5))
     ax.axis("off")
@@ -29,9 +36,10 @@ def _empty(title: str) -> plt.Figure:
 
 def tokens_per_s(df: pd.DataFrame) -> plt.Figure:
     """Tokens/s by method x dtype (ok cells)."""
-    ok = df[df["status"] == "ok"].assign(Method=lambda d: d["method"].map(METHOD_NAMES))
+    ok = df[df["status"] == "ok"]
     if ok.empty:
         return _empty("tokens/s")
+    ok = ok.assign(Method=_variant_names(ok))
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.barplot(ok, x="Method", y="tokens_per_s", hue="dtype", hue_order=_order(ok["dtype"]), ax=ax)
     ax.set(xlabel="", ylabel="tokens / s", title="Tokens per second by method and dtype")
@@ -45,7 +53,7 @@ def acceptance(df: pd.DataFrame) -> plt.Figure:
     ok = df[(df["status"] == "ok") & df["method"].isin(["speculative", "hf_assisted"])]
     if ok.empty:
         return _empty("acceptance")
-    ok = ok.assign(Method=ok["method"].map(METHOD_NAMES), pair=ok["edge_dtype"] + " / " + ok["cloud_dtype"])
+    ok = ok.assign(Method=_variant_names(ok), pair=ok["edge_dtype"] + " / " + ok["cloud_dtype"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(ok, x="pair", y="acceptance_rate", hue="Method", ax=ax)
     ax.set(xlabel="edge dtype / cloud dtype", ylabel="acceptance rate", ylim=(0, 1.05),

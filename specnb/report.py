@@ -118,7 +118,10 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([record_row(r) for r in records])
     if df.empty:
         return df
-    df["dtype"] = df["cloud_dtype"].fillna(df["edge_dtype"])
+    mixed = df["edge_dtype"].notna() & df["cloud_dtype"].notna() & (df["edge_dtype"] != df["cloud_dtype"])
+    df["dtype"] = df["cloud_dtype"].fillna(df["edge_dtype"]).where(
+        ~mixed, "edge-" + df["edge_dtype"].astype(str) + "_cloud-" + df["cloud_dtype"].astype(str))
+    df["variant"] = [variant(m, s) for m, s in zip(df["method"], df["setup"])]
     df["peak_mem_mib"] = df["peak_mem_bytes"] / 2**20
     order = {m: i for i, m in enumerate(list(METHOD_NAMES) + list(DTYPE_ORDER))}
     return df.sort_values(["method", "dtype", "cell_id"], ignore_index=True,
@@ -327,11 +330,19 @@ def acceptance_by_dtype(df: pd.DataFrame, method: str = "speculative") -> pd.Dat
     return ok.pivot_table(index="edge_dtype", columns="cloud_dtype", values="acceptance_rate", aggfunc="mean")
 
 
+def variant(method: str, setup: str) -> str:
+    """A method with its set-up class when the method has both: ``speculative (optimized)``."""
+    return method if method in ("edge", "cloud", "cloud_optimized") or setup == "plain" else f"{method} ({setup})"
+
+
 def metric_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """``value`` for method (rows) x dtype (columns), ok cells only."""
+    """``value`` for method variant (rows) x dtype (columns), ok cells only."""
     ok = df[df["status"] == "ok"]
-    t = ok.pivot_table(index="method", columns="dtype", values=value, aggfunc="mean")
-    return t.reindex([m for m in METHOD_NAMES if m in t.index])
+    t = ok.pivot_table(index="variant", columns="dtype", values=value, aggfunc="mean")
+    rank = {m: i for i, m in enumerate(METHOD_NAMES)}
+    rows = sorted(t.index, key=lambda v: (rank.get(v.split(" ", 1)[0], len(rank)), v))
+    cols = [d for d in DTYPE_ORDER if d in t.columns] + sorted(c for c in t.columns if c not in DTYPE_ORDER)
+    return t.reindex(index=rows, columns=cols)
 
 
 def time_split(df: pd.DataFrame) -> pd.DataFrame:

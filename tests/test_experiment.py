@@ -56,7 +56,7 @@ def test_dtype_override_and_default_path(tiny_pair, tmp_path):
     assert experiment.dtype_label("speculative", p) == "edge-bfloat16_cloud-float32"
     assert experiment.dtype_label("edge", p) == "bfloat16"
     path = experiment.default_result_path("cloud", p)
-    assert path.parts[-3:] == ("outputs", "adhoc", "cloud-float32.json")
+    assert path.name.startswith("cloud-float32-") and path.suffix == ".json"
 
 
 def test_failure_writes_failed_record(tiny_pair, tmp_path):
@@ -80,3 +80,44 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_default_result_names_are_unique_per_setting_and_never_in_the_checkout(tiny_pair, tmp_path, monkeypatch):
+    from specnb.runinfo import REPO_ROOT
+
+    monkeypatch.delenv("SPECNB_ADHOC_DIR", raising=False)
+    g4 = experiment.default_result_path("speculative", params(tiny_pair, tmp_path, gamma=4, result_path=None))
+    g6 = experiment.default_result_path("speculative", params(tiny_pair, tmp_path, gamma=6, result_path=None))
+    assert g4 != g6 and g4.name.startswith("speculative-float32-")
+    # a parameter the method ignores does not make a new file
+    assert experiment.default_result_path("cloud", params(tiny_pair, tmp_path, gamma=4, result_path=None)) == \
+        experiment.default_result_path("cloud", params(tiny_pair, tmp_path, gamma=6, result_path=None))
+    monkeypatch.setenv("SPECNB_ADHOC_DIR", str(tmp_path / "adhoc"))
+    assert experiment.default_result_path("cloud", params(tiny_pair, tmp_path)).parent == tmp_path / "adhoc"
+    assert REPO_ROOT not in experiment.default_result_path("cloud", params(tiny_pair, tmp_path)).parents
+
+
+def test_a_failure_never_replaces_a_good_result(tiny_pair, tmp_path):
+    good = experiment.run("cloud", params(tiny_pair, tmp_path, reps=1))
+    with pytest.raises(Exception):
+        experiment.run("cloud", params(tiny_pair, tmp_path, prompts=str(tmp_path / "nope.jsonl")))
+    kept = json.loads((tmp_path / "r.json").read_text())
+    assert kept["status"] == "ok" and kept["started_at"] == good["started_at"]
+    failed = json.loads((tmp_path / "r.failed.json").read_text())
+    assert failed["status"] == "failed" and "nope.jsonl" in failed["error"]
+
+
+def test_unknown_injected_parameter_names_the_closest(tiny_pair):
+    ns = {"In": ["", "# Parameters\nmax_new_token = 8\ndtype = \"float32\"\n"], "dtype": "float32", "max_new_token": 8}
+    with pytest.raises(ParamsError, match="unknown parameter 'max_new_token' \\(did you mean 'max_new_tokens'\\?\\)"):
+        experiment.validate("cloud", ns)
+    ok = {"In": ["", "# Parameters\nmax_new_tokens = 8\n"], "max_new_tokens": 8}
+    assert experiment.validate("cloud", ok).max_new_tokens == 8
+
+
+def test_edge_alone_counts_edge_calls_and_hf_split_is_unmeasured(tiny_pair, tmp_path):
+    edge = experiment.run("edge", params(tiny_pair, tmp_path, reps=1))
+    assert edge["aggregate"]["cloud_calls"] == 0 and edge["aggregate"]["edge_calls"] > 0
+    hf = experiment.run("hf_assisted", params(tiny_pair, tmp_path, reps=1))
+    assert hf["aggregate"]["draft_s"] is None and hf["aggregate"]["verify_s"] is None
+    assert all(r["draft_s"] is None for r in hf["prompts"])
