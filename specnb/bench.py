@@ -1,8 +1,15 @@
 """``specnb bench``: one pair, one dtype, one prompt set; every method side by side in ONE process.
 
 Runs are interleaved (each repetition runs every method over all prompts, in a rotated order),
-after a warm-up run of each method, and the median tokens/s over repetitions is reported, so
-slow drifts of a shared machine hit every method alike. Printed ratios:
+after a warm-up run of each method. Each method keeps a [reps, prompts, 2] table of (new tokens,
+seconds); its speed is all tokens over all seconds of the table (as the grid aggregates). Every
+speed-up carries a 95% interval (:func:`specnb.stats.ratio_interval`: percentile bootstrap over
+prompts, paired, x repetitions, paired too: repetition k of two methods ran minutes apart at most
+and shared the machine's state); an interval that holds 1.0 is printed "no measurable difference".
+The timed repetitions run inside :func:`specnb.timing.timed_section` (the machine-wide timing lock:
+a grid cell and a bench never time at the same moment) with a clock probe before, between the
+repetitions and after; a probe more than :data:`specnb.clock.THRESHOLD` from their median flags
+the run "TIMING DISTURBED". Printed ratios:
 
 * R1 = fastest speculative variant / cloud_optimized tokens/s (and each adaptive schedule);
   ``spec+opt`` runs speculative with the baseline's own tricks (static caches, compiled steps;
@@ -18,7 +25,7 @@ slow drifts of a shared machine hit every method alike. Printed ratios:
   flatter R3) and c = edge step / cloud step measured here. S prices a verification of gamma + 1
   tokens as one cloud step; where it costs more (compute-bound CPUs) the gap shows in R3, so the
   verification's measured cost v (in cloud steps) and S with it, gamma c + v in the denominator,
-  are printed beside it;
+  are printed beside it; the interval is the measured speed-up's (S is taken as given);
 * loop overhead = share of wall time spent outside both models' forward calls (measured in one
   extra, instrumented repetition, so the hooks never touch the timed ones);
 * levers: at one gamma, the plain loop against itself with one lever changed (compiled edge
@@ -38,17 +45,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-
+import numpy as np
 import torch
 from torch._dynamo.utils import counters
 
-from . import runinfo
+from . import runinfo, threads
+from .clock import THRESHOLD
 from .decoding import autoregressive, room_for_graphs, speculative
+from .demo import quiet_hf_internal_warnings
 from .metrics import Generation, synchronize
 from .models import LoadedModel, ModelSpec, load
 from .peers import hf_assisted
 from .prompts import load_prompts
 from .schedule import estimate_alpha, expected_tokens, speedup_limit
+from .stats import ratio_interval
+from .timing import Section, timed_section
 
 
 @dataclass
@@ -61,7 +72,7 @@ class Method:
     optimized: bool = False
     lever: str | None = None  # set on the lever-table variants
     warm_all: bool = False  # compiles on first use of each shape: warm up on every prompt
-    tokens_per_s: list[float] = field(default_factory=list)
+    table: list[list[tuple[int, float]]] = field(default_factory=list)  # [reps][prompts] = (new tokens, seconds)
     accepted: int = 0
     drafted: int = 0
     rejected_rounds: int = 0
@@ -69,23 +80,45 @@ class Method:
     verify_s: float = 0.0
     model_share: float | None = None
 
+    @property
+    def tokens_per_s(self) -> float:
+        """All new tokens over all seconds of the timed repetitions."""
+        t = np.asarray(self.table, dtype=float)
+        return float(t[..., 0].sum() / t[..., 1].sum())
+
+    @property
+    def rep_tokens_per_s(self) -> list[float]:
+        """Tokens/s of each repetition (all its prompts)."""
+        return [sum(n for n, _ in rep) / sum(s for _, s in rep) for rep in self.table]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--edge", default="zoo:tiny-edge")
-    parser.add_argument("--cloud", default="zoo:tiny-cloud")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--edge-device", default="cpu")
-    parser.add_argument("--cloud-device", default="auto")
-    parser.add_argument("--edge-threads", type=int, default=None)
-    parser.add_argument("--prompts", default="builtin:code")
-    parser.add_argument("--limit", type=int, default=8, help="prompts used from the set")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--gammas", default="1,2,3,4,6,8", help="comma-separated fixed draft lengths")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
-    parser.add_argument("--lever-gamma", type=int, default=None,
-                        help="gamma of the lever table (default: 4 if in --gammas, else the middle one)")
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the record here")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, gammas 2,4, 1 rep")
+    parser.add_argument("--edge", metavar="MODEL", default="zoo:tiny-edge", help="edge (draft) model: folder, hub id or zoo:NAME (default: %(default)s)")
+    parser.add_argument("--cloud", metavar="MODEL", default="zoo:tiny-cloud", help="cloud (verifying) model, same forms (default: %(default)s)")
+    parser.add_argument("--dtype", metavar="DTYPE", default="float32", help="dtype of both models: float32, float16, bfloat16 (default: %(default)s)")
+    parser.add_argument("--edge-device", metavar="DEVICE", default="cpu", help="device of the edge model (default: %(default)s)")
+    parser.add_argument("--cloud-device", metavar="DEVICE", default="auto",
+                        help="device of the cloud model; auto = the accelerator when there is one, else cpu (default: %(default)s)")
+    parser.add_argument("--edge-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the edge model (default: %(default)s = specnb's default, "
+                             "OMP_NUM_THREADS if set, else usable cores - 1)")
+    parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
+                             "the same default as the edge's)")
+    parser.add_argument("--prompts", metavar="SET", default="builtin:code", help="prompt set: builtin:NAME or a Spec-Bench style JSONL (default: %(default)s)")
+    parser.add_argument("--limit", metavar="N", type=int, default=8, help="prompts used from the set (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", metavar="N", type=int, default=64, help="new tokens per prompt (default: %(default)s)")
+    parser.add_argument("--gammas", metavar="LIST", default="1,2,3,4,6,8", help="comma-separated fixed draft lengths (default: %(default)s)")
+    parser.add_argument("--reps", metavar="N", type=int, default=3,
+                        help="timed repetitions, interleaved across methods; the intervals pair them (default: %(default)s)")
+    parser.add_argument("--lever-gamma", metavar="G", type=int, default=None,
+                        help="gamma of the lever table (default: %(default)s = 4 if in --gammas, else the middle one)")
+    parser.add_argument("--json", metavar="PATH", dest="json_path", default=None,
+                        help="also write the record (ratios, intervals, per-rep per-prompt tables, clock probes) here "
+                             "(default: %(default)s = not written)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 prompts, 16 tokens, gammas 2,4, 1 rep; checks the pipeline, not figures to quote "
+                             "(default: off)")
 
 
 def _gammas(text: str) -> list[int]:
@@ -137,17 +170,17 @@ def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], le
 
 
 def _timed_pass(m: Method, prompts: list[str]) -> None:
-    tokens = seconds = 0.0
+    """One repetition of ``m`` over every prompt, in order: one row of its table."""
+    row = []
     for p in prompts:
         g = m.run(p)
-        tokens += g.metrics["new_tokens"]
-        seconds += g.metrics["wall_s"]
-        m.accepted += g.metrics["accepted"]
-        m.drafted += g.metrics["drafted"]
-        m.rejected_rounds += g.metrics["rejected_rounds"] or 0
-        m.rounds += g.metrics["rounds"]
-        m.verify_s += g.metrics["verify_s"]
-    m.tokens_per_s.append(tokens / seconds)
+        row.append((g.metrics["new_tokens"], g.metrics["wall_s"]))
+        m.accepted += g.metrics.get("accepted") or 0
+        m.drafted += g.metrics.get("drafted") or 0
+        m.rejected_rounds += g.metrics.get("rejected_rounds") or 0
+        m.rounds += g.metrics.get("rounds") or 0
+        m.verify_s += g.metrics.get("verify_s") or 0.0
+    m.table.append(row)
 
 
 class ForwardTimer:
@@ -191,30 +224,56 @@ def _model_share(m: Method, models: list[LoadedModel], prompts: list[str]) -> fl
     return timer.total / wall if wall else float("nan")
 
 
-def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[str], n: int, gammas: list[int], reps: int,
-            lever_gamma: int | None = None) -> tuple[list[Method], int]:
-    """Warm up, then ``reps`` interleaved timed repetitions, then one instrumented repetition.
+def timed_reps(ms: list[Method], prompts: list[str], reps: int, section: Section) -> None:
+    """``reps`` interleaved repetitions (method order rotated each time), a clock probe between them."""
+    for rep in range(reps):
+        if rep:
+            section.probe(f"rep {rep}")
+        shift = rep % len(ms)
+        for m in ms[shift:] + ms[:shift]:
+            _timed_pass(m, prompts)
 
-    Returns the methods and the number of graphs torch compiled during the timed repetitions (0
-    unless some method compiled on the clock).
+
+def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[str], n: int, gammas: list[int], reps: int,
+            lever_gamma: int | None = None, extra: list[Method] | None = None) -> tuple[list[Method], int, dict[str, Any]]:
+    """Warm up, then ``reps`` interleaved timed repetitions and one instrumented repetition, all in
+    one timed section (the machine-wide lock, clock probes).
+
+    Returns the methods, the number of graphs torch compiled during the timed repetitions (0
+    unless some method compiled on the clock) and the timed section's record.
     """
-    ms = methods(edge, cloud, n, gammas, lever_gamma)
-    with room_for_graphs():  # HF's compiled peer compiles in its warm-up, inside generate
-        for m in ms:  # warm-up: first-call allocations, compile, caches
+    ms = methods(edge, cloud, n, gammas, lever_gamma) + list(extra or [])
+    with room_for_graphs(), quiet_hf_internal_warnings():  # HF's compiled peer compiles in its warm-up
+        for m in ms:  # warm-up (not locked: set-up may overlap others' work): first-call allocations, compile, caches
             for p in prompts if m.warm_all else prompts[:1]:
                 m.run(p)
-        graphs = counters["stats"]["unique_graphs"]
-        for rep in range(reps):
-            shift = rep % len(ms)
-            for m in ms[shift:] + ms[:shift]:
-                _timed_pass(m, prompts)
-        graphs = counters["stats"]["unique_graphs"] - graphs
-    for m in ms:
-        # compiled steps call the model's forward directly, past the module hooks that time it,
-        # so the share is only measured where every call goes through the module
-        if not m.optimized and m.kind != "cloud_optimized":
-            m.model_share = _model_share(m, [edge, cloud], prompts)
-    return ms, graphs
+        with timed_section() as section:
+            graphs = counters["stats"]["unique_graphs"]
+            timed_reps(ms, prompts, reps, section)
+            graphs = counters["stats"]["unique_graphs"] - graphs
+            section.probe("instrumented")
+            for m in ms:
+                # compiled steps call the model's forward directly, past the module hooks that time it,
+                # so the share is only measured where every call goes through the module
+                if not m.optimized and m.kind != "cloud_optimized":
+                    m.model_share = _model_share(m, [edge, cloud], prompts)
+    return ms, graphs, section.info
+
+
+# ---------------------------------------------------------------------------- ratios and intervals
+
+def interval(a: Method, b: Method) -> dict[str, Any]:
+    """Speed of ``a`` over speed of ``b`` with its 95% interval, repetitions paired (same process,
+    interleaved); ``measurable`` is False when the interval holds 1.0."""
+    iv = ratio_interval(np.asarray(a.table, dtype=float), np.asarray(b.table, dtype=float), paired_reps=True)
+    return {"value": iv.value, "low": iv.low, "high": iv.high, "measurable": not iv.holds_one,
+            "numerator": a.label, "denominator": b.label}
+
+
+def ci_text(iv: dict[str, Any], digits: int = 2) -> str:
+    """``2.16 (95% CI 2.05-2.28)``, with ``no measurable difference`` when the interval holds 1.0."""
+    text = f"{iv['value']:.{digits}f} (95% CI {iv['low']:.{digits}f}-{iv['high']:.{digits}f})"
+    return text if iv["measurable"] else text + ", no measurable difference"
 
 
 def _fixed(ms: list[Method], optimized: bool) -> list[Method]:
@@ -224,13 +283,19 @@ def _fixed(ms: list[Method], optimized: bool) -> list[Method]:
 
 
 def _fastest(ms: list[Method]) -> Method:
-    return max(ms, key=lambda m: statistics.median(m.tokens_per_s))
+    return max(ms, key=lambda m: m.tokens_per_s)
 
 
 def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[str, Any]:
-    """R1, R2, R3 and the loop overhead from measured methods."""
-    med = {m.label: statistics.median(m.tokens_per_s) for m in ms}
+    """R1, R2, R3 and the loop overhead from measured methods; ``intervals`` holds each speed-up's
+    95% interval under the key of its value (``R2_by_gamma g=4`` for the entries of a by-gamma dict)."""
     by = {m.label: m for m in ms}
+    ivs: dict[str, dict[str, Any]] = {}
+
+    def ratio(key: str, num: str, den: str) -> float:
+        ivs[key] = interval(by[num], by[den])
+        return ivs[key]["value"]
+
     spec = [m for m in ms if m.kind == "speculative" and m.lever is None]
     plain, opt = _fixed(ms, False), _fixed(ms, True)
     fixed = plain + opt
@@ -239,25 +304,27 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     alpha = estimate_alpha(best.accepted, best.rejected_rounds)
     c = edge_step_s / cloud_step_s
     limit = speedup_limit(alpha, best.gamma, c)
-    measured = med[best.label] / med["cloud"]
+    measured = ratio("speedup_vs_cloud", best.label, "cloud")
     verify_cost = best.verify_s / best.rounds / cloud_step_s if best.rounds else float("nan")
     limit_v = expected_tokens(alpha, best.gamma) / (best.gamma * c + verify_cost)
     gammas = sorted({m.gamma for m in fixed})
-    ours_at = {g: max(med[m.label] for m in fixed if m.gamma == g) for g in gammas}
+    ours_at = {g: _fastest([m for m in fixed if m.gamma == g]).label for g in gammas}
     return {
         "best_gamma": best.gamma,
-        "R1": med[fastest.label] / med["cloud_optimized"],
+        "R1": ratio("R1", fastest.label, "cloud_optimized"),
         "R1_method": fastest.label,
-        "R1_plain": med[best.label] / med["cloud_optimized"],
-        "R1_heuristic": med["speculative heuristic"] / med["cloud_optimized"],
-        "R1_cost": med["speculative cost"] / med["cloud_optimized"],
-        "R2": med[top.label] / med[f"hf_assisted g={top.gamma}"],
+        "R1_plain": ratio("R1_plain", best.label, "cloud_optimized"),
+        "R1_heuristic": ratio("R1_heuristic", "speculative heuristic", "cloud_optimized"),
+        "R1_cost": ratio("R1_cost", "speculative cost", "cloud_optimized"),
+        "R2": ratio("R2", top.label, f"hf_assisted g={top.gamma}"),
         "R2_method": top.label,
-        "R2_by_gamma": {g: ours_at[g] / med[f"hf_assisted g={g}"] for g in gammas},
-        "R2_same_stack": med[best.label] / med[f"hf_assisted g={best.gamma}"],
-        "R2_same_stack_by_gamma": {m.gamma: med[m.label] / med[f"hf_assisted g={m.gamma}"] for m in plain},
-        "R2_static": med[best_opt.label] / med[f"hf+static g={best_opt.gamma}"],
-        "R2_static_by_gamma": {m.gamma: med[m.label] / med[f"hf+static g={m.gamma}"] for m in opt},
+        "R2_by_gamma": {g: ratio(f"R2_by_gamma g={g}", ours_at[g], f"hf_assisted g={g}") for g in gammas},
+        "R2_same_stack": ratio("R2_same_stack", best.label, f"hf_assisted g={best.gamma}"),
+        "R2_same_stack_by_gamma": {m.gamma: ratio(f"R2_same_stack_by_gamma g={m.gamma}", m.label, f"hf_assisted g={m.gamma}")
+                                   for m in plain},
+        "R2_static": ratio("R2_static", best_opt.label, f"hf+static g={best_opt.gamma}"),
+        "R2_static_by_gamma": {m.gamma: ratio(f"R2_static_by_gamma g={m.gamma}", m.label, f"hf+static g={m.gamma}")
+                               for m in opt},
         "alpha": alpha,
         "acceptance_rate": best.accepted / best.drafted if best.drafted else None,
         "c": c,
@@ -269,26 +336,29 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
         "R3_with_verify_cost": measured / limit_v,
         "loop_overhead": 1.0 - by[best.label].model_share,
         "loop_overhead_hf": 1.0 - by[f"hf_assisted g={best.gamma}"].model_share,
+        "intervals": ivs,
     }
 
 
 def lever_table(ms: list[Method]) -> list[dict[str, Any]]:
     """What each lever buys, measured alone: tokens/s with it over tokens/s without it, same run.
 
-    ``gain`` is the median over repetitions of the ratio within each repetition (both ran in it,
-    minutes apart at most, so slow drifts of the machine cancel); ``gain_min`` / ``gain_max`` show
-    how much it moved between repetitions: a lever whose range straddles 1.0 bought nothing
-    measurable here. Compiled steps are switched on over the plain loop; the plain loop's own
-    levers are switched off one at a time; the adaptive schedules are set against the best fixed
-    gamma of the plain loop.
+    ``gain`` is the ratio of the two speeds with its 95% interval (``gain_low`` / ``gain_high``,
+    repetitions paired: both ran in each, minutes apart at most, so slow drifts of the machine
+    cancel); a lever whose interval holds 1.0 bought nothing measurable here (``measurable``).
+    ``gain_min`` / ``gain_max`` are the range of the per-repetition ratios. Compiled steps are
+    switched on over the plain loop; the plain loop's own levers are switched off one at a time;
+    the adaptive schedules are set against the best fixed gamma of the plain loop.
     """
     by = {m.label: m for m in ms}
-    med = {m.label: statistics.median(m.tokens_per_s) for m in ms}
 
     def row(lever: str, with_: str, without: str, gamma: int) -> dict[str, Any]:
-        paired = [a / b for a, b in zip(by[with_].tokens_per_s, by[without].tokens_per_s)]
-        return {"lever": lever, "gamma": gamma, "with": med[with_], "without": med[without],
-                "gain": statistics.median(paired), "gain_min": min(paired), "gain_max": max(paired)}
+        a, b = by[with_], by[without]
+        iv = interval(a, b)
+        paired = [x / y for x, y in zip(a.rep_tokens_per_s, b.rep_tokens_per_s)]
+        return {"lever": lever, "gamma": gamma, "with": a.tokens_per_s, "without": b.tokens_per_s,
+                "gain": iv["value"], "gain_low": iv["low"], "gain_high": iv["high"], "measurable": iv["measurable"],
+                "gain_min": min(paired), "gain_max": max(paired)}
 
     variants = [m for m in ms if m.lever is not None]
     rows = []
@@ -308,8 +378,43 @@ def lever_table(ms: list[Method]) -> list[dict[str, Any]]:
     return rows
 
 
+def clock_summary(probes: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, Any]:
+    """The bench's own clock audit: its probes (before, between the repetitions, after) against
+    their median; a probe more than ``threshold`` away flags the run, in English and 中文."""
+    secs = [p["seconds"] for p in probes]
+    med = statistics.median(secs)
+    worst = max(probes, key=lambda p: abs(p["seconds"] / med - 1.0))
+    dev = worst["seconds"] / med - 1.0
+    disturbed = abs(dev) > threshold
+    ms_ = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
+    return {
+        "probes": len(secs), "min_ms": min(secs) * 1e3, "median_ms": med * 1e3, "max_ms": max(secs) * 1e3,
+        "worst": worst["where"], "worst_deviation": dev, "threshold": threshold, "disturbed": disturbed,
+        "verdict": (f"TIMING DISTURBED: probe at {worst['where']} {ms_(worst['seconds'])} is {dev:+.0%} from the median "
+                    f"{ms_(med)} (threshold {threshold:.0%}): something else used the CPU while this bench was timed; "
+                    "its figures are not fit to quote, re-run it on a quiet machine")
+        if disturbed else f"undisturbed clock (every probe within {threshold:.0%} of the median)",
+        "verdict_zh": (f"计时受干扰：{worst['where']} 处的校准探针 {ms_(worst['seconds'])}，偏离中位数 {ms_(med)} "
+                       f"{dev:+.0%}（阈值 {threshold:.0%}）：计时期间有其他程序占用 CPU，结果不宜引用，请在空闲机器上重新运行")
+        if disturbed else f"计时未受干扰（所有校准探针均在中位数的 {threshold:.0%} 以内）",
+    }
+
+
+def interval_rows(record: dict[str, Any]):
+    """A bench record's speed-ups with their 95% intervals, one row each (for the summary notebook):
+    ratio key, value, low, high, measurable, numerator and denominator methods; then the levers."""
+    import pandas as pd
+
+    rows = [{"ratio": k} | v for k, v in (record.get("ratios", {}).get("intervals") or {}).items()]
+    for lv in record.get("levers", []):
+        if "gain_low" in lv:
+            rows.append({"ratio": f"lever: {lv['lever']} (g={lv['gamma']})", "value": lv["gain"], "low": lv["gain_low"],
+                         "high": lv["gain_high"], "measurable": lv["measurable"], "numerator": "with", "denominator": "without"})
+    return pd.DataFrame(rows, columns=["ratio", "value", "low", "high", "measurable", "numerator", "denominator"])
+
+
 def _step_seconds(m: Method) -> float:
-    return 1.0 / statistics.median(m.tokens_per_s)
+    return 1.0 / m.tokens_per_s
 
 
 def _lever_gamma(args: argparse.Namespace, gammas: list[int]) -> int:
@@ -320,44 +425,73 @@ def _lever_gamma(args: argparse.Namespace, gammas: list[int]) -> int:
     return 4 if 4 in gammas else gammas[len(gammas) // 2]
 
 
+def _by_gamma(r: dict[str, Any], key: str) -> str:
+    ivs = r["intervals"]
+    return "; ".join(f"g={g}: {ci_text(ivs[f'{key} g={g}'])}" for g in r[key])
+
+
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.limit, args.max_new_tokens, args.gammas, args.reps = 2, 16, "2,4", 1
     gammas = _gammas(args.gammas)
     if args.reps < 1:
         raise SystemExit("specnb bench: --reps must be at least 1")
+    for flag in ("edge_threads", "cloud_threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise SystemExit(f"specnb bench: --{flag.replace('_', '-')} must be a positive integer")
     lever_gamma = _lever_gamma(args, gammas)
     edge = load(ModelSpec(args.edge, dtype=args.dtype, device=args.edge_device, threads=args.edge_threads))
-    cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device=args.cloud_device))
+    cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device=args.cloud_device, threads=args.cloud_threads))
     prompts = [p.text for p in load_prompts(args.prompts, limit=args.limit)]
-    ms, graphs = measure(edge, cloud, prompts, args.max_new_tokens, gammas, args.reps, lever_gamma)
+    ms, graphs, timing = measure(edge, cloud, prompts, args.max_new_tokens, gammas, args.reps, lever_gamma)
     by = {m.label: m for m in ms}
     r = ratios(ms, _step_seconds(by["edge"]), _step_seconds(by["cloud"]))
+    ivs = r["intervals"]
     levers = lever_table(ms)
-    print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device} (threads {args.edge_threads}), "
-          f"cloud {cloud.device}; {len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps (median), "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'method':<36}{'tokens/s':>10}{'acceptance':>12}{'in models':>11}")
+    clock = clock_summary(timing["probes"])
+    thr = threads.describe()
+    e_thr, c_thr = threads.resolve(args.edge_threads), threads.resolve(args.cloud_threads)
+    print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device}, cloud {cloud.device}; "
+          f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps interleaved")
+    print(f"threads: edge {e_thr}, cloud {c_thr} (default {thr['default_threads']}: OMP_NUM_THREADS "
+          f"{thr['OMP_NUM_THREADS'] or 'unset'}, {thr['usable_cores']} usable cores); torch threads outside the runs "
+          f"{thr['torch_threads']}")
+    print(f"{'method':<36}{'tokens/s':>10}{'acceptance':>12}{'in models':>11}  tokens/s per rep")
     for m in ms:
         acc = f"{m.accepted / m.drafted:.3f}" if m.drafted else "-"
         share = "-" if m.model_share is None else f"{m.model_share:.0%}"
-        print(f"{m.label:<36}{statistics.median(m.tokens_per_s):>10.1f}{acc:>12}{share:>11}")
-    by_g = lambda d: ", ".join(f"g={g}: {v:.2f}" for g, v in d.items())  # noqa: E731
-    print(f"\nbest fixed gamma of the plain loop {r['best_gamma']}: alpha {r['alpha']:.3f} (MLE; accepted/drafted "
+        per_rep = " ".join(f"{v:.1f}" for v in m.rep_tokens_per_s)
+        print(f"{m.label:<36}{m.tokens_per_s:>10.1f}{acc:>12}{share:>11}  {per_rep}")
+    print(f"\nclock: {clock['probes']} probes min {clock['min_ms']:.1f} / median {clock['median_ms']:.1f} / "
+          f"max {clock['max_ms']:.1f} ms; {clock['verdict']}")
+    if clock["disturbed"]:
+        print(f"       {clock['verdict_zh']}")
+    print(f"\nspeed-ups: ratio of tokens/s (all tokens / all time) with a 95% bootstrap interval over prompts x reps "
+          f"(both paired)")
+    print(f"best fixed gamma of the plain loop {r['best_gamma']}: alpha {r['alpha']:.3f} (MLE; accepted/drafted "
           f"{r['acceptance_rate']:.3f}), c {r['c']:.3f}, S(alpha,gamma,c) {r['S']:.2f}")
-    print(f"R1 speculative / cloud_optimized      {r['R1']:.2f}  ({r['R1_method']}; plain g={r['best_gamma']} {r['R1_plain']:.2f}, "
-          f"heuristic {r['R1_heuristic']:.2f}, cost {r['R1_cost']:.2f})")
-    print(f"R2 speculative / hf_assisted same g   {r['R2']:.2f}  ({r['R2_method']}; {by_g(r['R2_by_gamma'])})")
-    print(f"   plain loop / hf_assisted (eager)   {r['R2_same_stack']:.2f}  ({by_g(r['R2_same_stack_by_gamma'])})")
-    print(f"   spec+opt / hf+static (compiled)    {r['R2_static']:.2f}  ({by_g(r['R2_static_by_gamma'])})")
-    print(f"R3 speed-up vs cloud / S              {r['R3']:.2f}  (measured {r['speedup_vs_cloud']:.2f}x)")
-    print(f"   with the verification's cost       {r['R3_with_verify_cost']:.2f}  (a verification costs "
-          f"{r['verify_cost']:.2f} cloud steps here; S with it {r['S_with_verify_cost']:.2f})")
-    print(f"loop overhead (outside forward calls) {r['loop_overhead']:.1%}  (hf_assisted {r['loop_overhead_hf']:.1%})")
-    print(f"\n{'lever (measured alone)':<44}{'with':>9}{'without':>9}{'gain':>8}  range over reps")
+    line = lambda label, text: print(f"{label:<38}{text}")  # noqa: E731
+    line("R1 speculative / cloud_optimized", f"{ci_text(ivs['R1'])}  ({r['R1_method']})")
+    line(f"   plain loop g={r['best_gamma']}", ci_text(ivs["R1_plain"]))
+    line("   heuristic schedule", ci_text(ivs["R1_heuristic"]))
+    line("   cost schedule", ci_text(ivs["R1_cost"]))
+    line("R2 speculative / hf_assisted same g", f"{ci_text(ivs['R2'])}  ({r['R2_method']})")
+    line("   by gamma (faster of ours)", _by_gamma(r, "R2_by_gamma"))
+    line("   plain loop / hf_assisted (eager)", ci_text(ivs["R2_same_stack"]))
+    line("   by gamma", _by_gamma(r, "R2_same_stack_by_gamma"))
+    line("   spec+opt / hf+static (compiled)", ci_text(ivs["R2_static"]))
+    line("   by gamma", _by_gamma(r, "R2_static_by_gamma"))
+    line("R3 speed-up vs cloud / S", f"{r['R3']:.2f}  (measured speed-up vs cloud {ci_text(ivs['speedup_vs_cloud'])})")
+    line("   with the verification's cost", f"{r['R3_with_verify_cost']:.2f}  (a verification costs "
+         f"{r['verify_cost']:.2f} cloud steps here; S with it {r['S_with_verify_cost']:.2f})")
+    line("loop overhead (outside forward calls)", f"{r['loop_overhead']:.1%}  (hf_assisted {r['loop_overhead_hf']:.1%})")
+    print(f"\n{'lever (measured alone)':<44}{'with':>9}{'without':>9}{'gain':>7}   95% CI      range over reps")
     for row in levers:
-        print(f"{row['lever'] + ' (g=' + str(row['gamma']) + ')':<44}{row['with']:>9.1f}{row['without']:>9.1f}"
-              f"{row['gain']:>7.2f}x  {row['gain_min']:.2f}-{row['gain_max']:.2f}")
+        print(f"{row['lever'] + ' (g=' + str(row['gamma']) + ')':<44}{row['with']:>9.1f}{row['without']:>9.1f}{row['gain']:>7.2f}"
+              f"   {row['gain_low']:.2f}-{row['gain_high']:.2f}   {row['gain_min']:.2f}-{row['gain_max']:.2f}"
+              + ("" if row["measurable"] else "     no measurable difference"))
+    if clock["disturbed"]:
+        print(f"\n{clock['verdict']}\n{clock['verdict_zh']}")
     if graphs:
         print(f"\nWARNING: torch compiled {graphs} graph(s) during the timed repetitions: some timings include compilation.")
     if args.json_path:
@@ -365,15 +499,20 @@ def run(args: argparse.Namespace) -> int:
             "kind": "bench",
             "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"lever_gamma": lever_gamma},
             "devices": {"edge": str(edge.device), "cloud": str(cloud.device)},
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": thr["torch_threads"],
+            "threads": thr | {"edge": e_thr, "cloud": c_thr},
+            "prompts": prompts,
             "methods": [
                 {"label": m.label, "method": m.kind, "gamma": m.gamma, "schedule": m.schedule, "optimized": m.optimized,
-                 "lever": m.lever, "tokens_per_s": statistics.median(m.tokens_per_s), "tokens_per_s_reps": m.tokens_per_s,
+                 "lever": m.lever, "tokens_per_s": m.tokens_per_s, "tokens_per_s_reps": m.rep_tokens_per_s,
+                 "table": [[list(e) for e in rep] for rep in m.table],
                  "acceptance_rate": m.accepted / m.drafted if m.drafted else None, "model_share": m.model_share}
                 for m in ms
             ],
             "ratios": r,
             "levers": levers,
+            "timing": timing,
+            "clock": clock,
             "graphs_compiled_while_timing": graphs,
             "versions": runinfo.versions(),
             "machine": runinfo.machine(),

@@ -1,51 +1,107 @@
 """``specnb demo``: one prompt through every method on one pair, metrics printed side by side.
 
-A quick look, not a benchmark (single run, no warm-up repetitions): use ``specnb bench`` or
-the grid for figures you would quote.
+A quick look, not a benchmark: each method is warmed up with one short generation (the
+``cloud_optimized`` baseline compiles there), then timed once on one prompt. Figures to quote
+come from ``specnb bench`` (repetitions, intervals, clock probes) or the grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from typing import Iterator
 
 from .decoding import autoregressive, speculative
 from .models import ModelSpec, load
 from .peers import hf_assisted
 from .prompts import load_prompts
+from .threads import describe, resolve
 
 SHOWN = ("new_tokens", "tokens_per_s", "acceptance_rate", "tokens_per_round", "cloud_calls", "edge_calls")
+WARMUP_TOKENS = 8  # the warm-up generation of each method
+
+
+# Warnings transformers raises about its own internal calls, not about ours (transformers 5.x):
+# logger -> (start of the message, a piece it must also contain). Each is dropped, nothing else.
+HF_INTERNAL_WARNINGS = {
+    # AssistedCandidateGenerator calls assistant_model.generate(generation_config=..., min_new_tokens=...,
+    # max_new_tokens=...) in every round of generate(assistant_model=...); our call passes no generation_config
+    "transformers.generation.utils": ("Passing `generation_config` together with generation-related", "deprecated"),
+    # it copies the main model's generation config to the assistant and sets its cache_implementation to None,
+    # keeping the max_cache_len of our static set-up (peers.hf_assisted(optimized=True)); the cloud's cache is static
+    "transformers.generation.configuration_utils": ("`max_cache_len` is only used with static caches",
+                                                    "`cache_implementation=None`"),
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str, contains: str):
+        super().__init__()
+        self.start, self.contains = start, contains
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith(self.start) and self.contains in text)
+
+
+@contextlib.contextmanager
+def quiet_hf_internal_warnings() -> Iterator[None]:
+    """Silence :data:`HF_INTERNAL_WARNINGS` (and nothing else) for the block."""
+    added = []
+    for name, (start, contains) in HF_INTERNAL_WARNINGS.items():
+        logger, drop = logging.getLogger(name), _DropMessage(start, contains)
+        logger.addFilter(drop)
+        added.append((logger, drop))
+    try:
+        yield
+    finally:
+        for logger, drop in added:
+            logger.removeFilter(drop)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--edge", default="zoo:tiny-edge", help="edge model (folder, hub id or zoo:NAME)")
-    parser.add_argument("--cloud", default="zoo:tiny-cloud", help="cloud model")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--edge-threads", type=int, default=1)
-    parser.add_argument("--prompt", default=None, help="default: the first prompt of builtin:code")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--edge", metavar="MODEL", default="zoo:tiny-edge", help="edge model: folder, hub id or zoo:NAME (default: %(default)s)")
+    parser.add_argument("--cloud", metavar="MODEL", default="zoo:tiny-cloud", help="cloud model, same forms (default: %(default)s)")
+    parser.add_argument("--dtype", metavar="DTYPE", default="float32", help="dtype of both models: float32, float16, bfloat16 (default: %(default)s)")
+    parser.add_argument("--edge-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the edge model (default: %(default)s = specnb's default, "
+                             "OMP_NUM_THREADS if set, else usable cores - 1)")
+    parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
+                             "the same default as the edge's)")
+    parser.add_argument("--prompt", metavar="TEXT", default=None, help="the prompt (default: the first prompt of builtin:code)")
+    parser.add_argument("--max-new-tokens", metavar="N", type=int, default=48, help="new tokens (default: %(default)s)")
+    parser.add_argument("--gamma", metavar="G", type=int, default=4, help="draft length of speculative and hf_assisted (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.prompt is None:
         args.prompt = load_prompts("builtin:code", limit=1)[0].text
     edge = load(ModelSpec(args.edge, dtype=args.dtype, device="cpu", threads=args.edge_threads))
-    cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device="auto"))
+    cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device="auto", threads=args.cloud_threads))
     runs = {
-        "edge": lambda: autoregressive(edge, args.prompt, args.max_new_tokens),
-        "cloud": lambda: autoregressive(cloud, args.prompt, args.max_new_tokens),
-        "cloud_optimized": lambda: autoregressive(cloud, args.prompt, args.max_new_tokens, optimized=True),
-        "speculative": lambda: speculative(edge, cloud, args.prompt, args.max_new_tokens, gamma=args.gamma),
-        "hf_assisted": lambda: hf_assisted(edge, cloud, args.prompt, args.max_new_tokens, gamma=args.gamma),
+        "edge": lambda n: autoregressive(edge, args.prompt, n),
+        "cloud": lambda n: autoregressive(cloud, args.prompt, n),
+        "cloud_optimized": lambda n: autoregressive(cloud, args.prompt, n, optimized=True),
+        "speculative": lambda n: speculative(edge, cloud, args.prompt, n, gamma=args.gamma),
+        "hf_assisted": lambda n: hf_assisted(edge, cloud, args.prompt, n, gamma=args.gamma),
     }
-    print(f"prompt: {args.prompt!r}  dtype: {args.dtype}  gamma: {args.gamma}")
+    print("specnb demo: a quick look, not a benchmark: one prompt, one repetition, each method warmed up "
+          "once before it is timed.\nFor figures to quote, use `specnb bench` (repetitions, 95% intervals, "
+          "clock probes) or the grid (`specnb grid params/default.yaml`).")
+    print(f"prompt: {args.prompt!r}  dtype: {args.dtype}  gamma: {args.gamma}  threads: edge "
+          f"{resolve(args.edge_threads)}, cloud {resolve(args.cloud_threads)} (cloud on {cloud.device}; "
+          f"usable cores {describe()['usable_cores']})")
     print(f"{'method':<16}" + "".join(f"{k:>18}" for k in SHOWN))
     texts = {}
-    for name, fn in runs.items():
-        g = fn()
-        texts[name] = g.text
-        cells = (g.metrics[k] for k in SHOWN)
-        print(f"{name:<16}" + "".join(f"{'-' if v is None else (f'{v:.3f}' if isinstance(v, float) else v):>18}" for v in cells))
+    with quiet_hf_internal_warnings():
+        for name, fn in runs.items():
+            fn(min(WARMUP_TOKENS, args.max_new_tokens))  # warm-up: first-call allocations; cloud_optimized compiles here
+            g = fn(args.max_new_tokens)
+            texts[name] = g.text
+            cells = (g.metrics[k] for k in SHOWN)
+            print(f"{name:<16}" + "".join(f"{'-' if v is None else (f'{v:.3f}' if isinstance(v, float) else v):>18}" for v in cells))
     print("\ncloud greedy text:", repr(texts["cloud"]))
     same = texts["speculative"] == texts["cloud"]
     print("speculative text identical to the cloud's greedy text:", same)

@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import logging
+
+from specnb import demo
 from specnb.cli import main
 from tiny_models import build_llama, build_tokenizer
 
 
-def test_demo_runs_every_method(tmp_path, capsys):
+def test_demo_runs_every_method(tmp_path, capsys, monkeypatch):
     tok = build_tokenizer(tmp_path / "tok")
     build_llama(tmp_path / "cloud", tok, seed=0)
     build_llama(tmp_path / "edge", tok, seed=0, base=tmp_path / "cloud", noise=0.05)
+    calls = []
+    real = demo.autoregressive
+    monkeypatch.setattr(demo, "autoregressive", lambda m, p, n, **kw: calls.append(n) or real(m, p, n, **kw))
     code = main(["demo", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
-                 "--max-new-tokens", "8", "--prompt", "def f(x):"])
-    out = capsys.readouterr().out
+                 "--max-new-tokens", "12", "--prompt", "def f(x):"])
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0
     for method in ("edge", "cloud", "cloud_optimized", "speculative", "hf_assisted"):
         assert f"\n{method} " in out
     assert "identical to the cloud's greedy text: True" in out
+    assert "a quick look, not a benchmark" in out and "`specnb bench`" in out
+    # each autoregressive method: one short warm-up generation, then the timed one
+    assert calls == [demo.WARMUP_TOKENS, 12] * 3
+    assert "Passing `generation_config`" not in captured.out + captured.err
+
+
+def test_demo_threads_default_to_specnb_default():
+    from specnb.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.edge_threads is None and args.cloud_threads is None
+
+
+def test_only_transformers_internal_warnings_are_dropped():
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.generation.utils")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with demo.quiet_hf_internal_warnings():
+            logger.warning("Passing `generation_config` together with generation-related arguments=({'max_new_tokens'}) "
+                           "is deprecated and will be removed in future versions.")
+            logger.warning("some other warning")
+        logger.warning("Passing `generation_config` together with generation-related arguments=() is deprecated")
+    finally:
+        logger.removeHandler(handler)
+    assert records == ["some other warning",
+                       "Passing `generation_config` together with generation-related arguments=() is deprecated"]
