@@ -19,6 +19,10 @@ the run "TIMING DISTURBED". Printed ratios:
   the headline cannot hide a mismatch of set-ups: the plain loop against HF (both eager on
   dynamic caches) and ``spec+opt`` against ``hf+static`` (HF's own static cache + compiled
   verification; HF keeps its assistant eager by design);
+* PL = fastest prompt lookup (``speculative(PromptLookup(max_ngram=3), cloud, ...)``: no edge model,
+  drafts copied from the prompt and the output so far) / Hugging Face's prompt lookup
+  (``generate(prompt_lookup_num_tokens=gamma, max_matching_ngram_size=3)``) at the same gamma, both
+  plain (eager, dynamic cache), and by gamma; beside it, prompt lookup over the plain cloud;
 * R3 = measured speed-up of the plain loop over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
   of Leviathan et al. 2023 (Thm 3.8), with alpha (maximum-likelihood estimate under their i.i.d.
   model, :func:`specnb.schedule.estimate_alpha`; not accepted / drafted, which is lower and would
@@ -55,7 +59,8 @@ from .decoding import autoregressive, room_for_graphs, speculative
 from .demo import quiet_hf_internal_warnings
 from .metrics import Generation, synchronize
 from .models import LoadedModel, ModelSpec, load
-from .peers import hf_assisted
+from .lookup import PromptLookup
+from .peers import hf_assisted, hf_prompt_lookup
 from .prompts import load_prompts
 from .schedule import estimate_alpha, expected_tokens, speedup_limit
 from .stats import ratio_interval
@@ -65,7 +70,7 @@ from .timing import Section, timed_section
 @dataclass
 class Method:
     label: str
-    kind: str  # edge | cloud | cloud_optimized | speculative | hf_assisted
+    kind: str  # edge | cloud | cloud_optimized | speculative | hf_assisted | prompt_lookup | hf_prompt_lookup
     run: Callable[[str], Generation]
     gamma: int | None = None
     schedule: str | None = None
@@ -141,6 +146,9 @@ LEVER_VARIANTS = {
 }
 
 
+PL_MAX_NGRAM = 3  # prompt lookup: longest n-gram matched, ours and Hugging Face's (max_matching_ngram_size)
+
+
 def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], lever_gamma: int | None = None) -> list[Method]:
     """Every method the benchmark compares, as closures over one prompt."""
     out = [
@@ -154,6 +162,11 @@ def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], le
         out.append(Method(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
         out.append(Method(f"hf+static g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g, optimized=True),
                           g, optimized=True, warm_all=True))
+        # no edge model: prompt lookup drafts from the prompt and the output so far; both plain (eager, dynamic cache)
+        out.append(Method(f"prompt_lookup g={g}", "prompt_lookup",
+                          lambda p, g=g: speculative(PromptLookup(max_ngram=PL_MAX_NGRAM), cloud, p, n, gamma=g), g, "constant"))
+        out.append(Method(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
+                          lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=PL_MAX_NGRAM), g))
     top = max(gammas)
     for rule in ("heuristic", "cost"):
         start = 4 if rule == "heuristic" else max(top, 8)
@@ -307,6 +320,8 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     measured = ratio("speedup_vs_cloud", best.label, "cloud")
     verify_cost = best.verify_s / best.rounds / cloud_step_s if best.rounds else float("nan")
     limit_v = expected_tokens(alpha, best.gamma) / (best.gamma * c + verify_cost)
+    lookup = [m for m in ms if m.kind == "prompt_lookup"]
+    best_pl = _fastest(lookup) if lookup else None
     gammas = sorted({m.gamma for m in fixed})
     ours_at = {g: _fastest([m for m in fixed if m.gamma == g]).label for g in gammas}
     return {
@@ -325,6 +340,12 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
         "R2_static": ratio("R2_static", best_opt.label, f"hf+static g={best_opt.gamma}"),
         "R2_static_by_gamma": {m.gamma: ratio(f"R2_static_by_gamma g={m.gamma}", m.label, f"hf+static g={m.gamma}")
                                for m in opt},
+        **({
+            "PL": ratio("PL", best_pl.label, f"hf_prompt_lookup g={best_pl.gamma}"),
+            "PL_method": best_pl.label,
+            "PL_by_gamma": {m.gamma: ratio(f"PL_by_gamma g={m.gamma}", m.label, f"hf_prompt_lookup g={m.gamma}") for m in lookup},
+            "PL_vs_cloud": ratio("PL_vs_cloud", best_pl.label, "cloud"),
+        } if best_pl else {}),
         "alpha": alpha,
         "acceptance_rate": best.accepted / best.drafted if best.drafted else None,
         "c": c,
@@ -481,6 +502,10 @@ def run(args: argparse.Namespace) -> int:
     line("   by gamma", _by_gamma(r, "R2_same_stack_by_gamma"))
     line("   spec+opt / hf+static (compiled)", ci_text(ivs["R2_static"]))
     line("   by gamma", _by_gamma(r, "R2_static_by_gamma"))
+    if "PL" in r:
+        line("prompt lookup / HF prompt lookup", f"{ci_text(ivs['PL'])}  ({r['PL_method']}; both plain, max n-gram {PL_MAX_NGRAM})")
+        line("   by gamma", _by_gamma(r, "PL_by_gamma"))
+        line("   prompt lookup / cloud (plain)", ci_text(ivs["PL_vs_cloud"]))
     line("R3 speed-up vs cloud / S", f"{r['R3']:.2f}  (measured speed-up vs cloud {ci_text(ivs['speedup_vs_cloud'])})")
     line("   with the verification's cost", f"{r['R3_with_verify_cost']:.2f}  (a verification costs "
          f"{r['verify_cost']:.2f} cloud steps here; S with it {r['S_with_verify_cost']:.2f})")

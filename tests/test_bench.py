@@ -43,12 +43,12 @@ def test_bench_quick_writes_a_complete_record(quick_run):
     printed, record, _ = quick_run
     for key in ("R1 speculative / cloud_optimized", "R2 speculative / hf_assisted", "plain loop / hf_assisted",
                 "spec+opt / hf+static", "R3 speed-up", "loop overhead", "lever (measured alone)", "95% CI",
-                "clock: ", "threads: edge"):
+                "clock: ", "threads: edge", "prompt lookup / HF prompt lookup"):
         assert key in printed, key
     assert "WARNING: torch compiled" not in printed  # every compiled method was warmed up before the clock
     labels = {m["label"] for m in record["methods"]}
     assert {"cloud", "cloud_optimized", "edge", "speculative g=2", "hf_assisted g=4", "hf+static g=2", "speculative cost",
-            "speculative g=4 edge compiled", "speculative g=4 -crop"} <= labels
+            "speculative g=4 edge compiled", "speculative g=4 -crop", "prompt_lookup g=2", "hf_prompt_lookup g=4"} <= labels
     assert record["graphs_compiled_while_timing"] == 0
     levers = {row["lever"]: row for row in record["levers"]}
     assert {"edge compiled", "cloud compiled", "logits_to_keep", "one_sync", "crop", "edge + cloud compiled (spec+opt)",
@@ -70,13 +70,16 @@ def test_bench_record_has_intervals_tables_probes_and_threads(quick_run):
     r = record["ratios"]
     ivs = r["intervals"]
     for key in ("R1", "R1_plain", "R1_heuristic", "R1_cost", "R2", "R2_same_stack", "R2_static", "speedup_vs_cloud",
-                "R2_by_gamma g=2", "R2_by_gamma g=4", "R2_same_stack_by_gamma g=4", "R2_static_by_gamma g=2"):
+                "R2_by_gamma g=2", "R2_by_gamma g=4", "R2_same_stack_by_gamma g=4", "R2_static_by_gamma g=2",
+                "PL", "PL_by_gamma g=2", "PL_by_gamma g=4", "PL_vs_cloud"):
         iv = ivs[key]
         assert iv["low"] <= iv["value"] <= iv["high"], key
         assert iv["measurable"] == (not iv["low"] <= 1.0 <= iv["high"])
     for key in ("R1", "R1_plain", "R1_heuristic", "R1_cost", "R2", "R2_same_stack", "R2_static", "speedup_vs_cloud"):
         assert r[key] == ivs[key]["value"]  # the printed value is the interval's
     assert r["R2_by_gamma"] == {str(g): ivs[f"R2_by_gamma g={g}"]["value"] for g in (2, 4)}
+    assert ivs["PL"]["numerator"] == r["PL_method"] and ivs["PL"]["denominator"].startswith("hf_prompt_lookup g=")
+    assert ivs["PL"]["denominator"][-1] == r["PL_method"][-1]  # the same gamma
     for m in record["methods"]:  # --quick: 1 rep x 2 prompts of (tokens, seconds)
         assert np.asarray(m["table"]).shape == (1, 2, 2)
         t = np.asarray(m["table"], dtype=float)
@@ -146,11 +149,12 @@ def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: 
         optimized, lever = False, None
         if kind is None:
             head, _, rest = label.partition(" ")
-            kind = "hf_assisted" if head.startswith("hf") else "speculative"
+            kind = {"hf_prompt_lookup": "hf_prompt_lookup", "prompt_lookup": "prompt_lookup"}.get(
+                head, "hf_assisted" if head.startswith("hf") else "speculative")
             optimized = head in ("spec+opt", "hf+static")
             if rest.startswith("g="):
                 gamma = int(rest.split()[0][2:])
-                schedule = "constant" if kind == "speculative" else None
+                schedule = "constant" if kind in ("speculative", "prompt_lookup") else None
                 lever = rest.partition(" ")[2] or None
             else:
                 gamma, schedule = 4, rest
@@ -165,7 +169,8 @@ SPEEDS = {"cloud": 50.0, "cloud_optimized": 60.0, "edge": 400.0,
           "speculative g=2": 100.0, "spec+opt g=2": 120.0, "hf_assisted g=2": 60.0, "hf+static g=2": 100.0,
           "speculative g=4": 90.0, "spec+opt g=4": 110.0, "hf_assisted g=4": 89.0, "hf+static g=4": 100.0,
           "speculative heuristic": 95.0, "speculative cost": 98.0,
-          "speculative g=4 edge compiled": 180.0, "speculative g=4 -crop": 90.5}
+          "speculative g=4 edge compiled": 180.0, "speculative g=4 -crop": 90.5,
+          "prompt_lookup g=2": 70.0, "hf_prompt_lookup g=2": 50.0, "prompt_lookup g=4": 75.0, "hf_prompt_lookup g=4": 60.0}
 
 
 def test_ratios_carry_paired_intervals_of_the_right_tables():
@@ -187,6 +192,11 @@ def test_ratios_carry_paired_intervals_of_the_right_tables():
     assert ivs["speedup_vs_cloud"]["denominator"] == "cloud" and r["speedup_vs_cloud"] == ivs["speedup_vs_cloud"]["value"]
     assert set(r["R2_by_gamma"]) == {2, 4} and r["R2_by_gamma"][4] == ivs["R2_by_gamma g=4"]["value"]
     assert ivs["R2_by_gamma g=4"]["numerator"] == "spec+opt g=4"  # the faster of ours at that gamma
+    # prompt lookup: the fastest of ours (g=4, 75) over HF's at the same gamma (60), not HF's slower g=2
+    assert r["PL_method"] == "prompt_lookup g=4" and ivs["PL"]["denominator"] == "hf_prompt_lookup g=4"
+    assert math.isclose(r["PL"], 1.25, rel_tol=0.05) and set(r["PL_by_gamma"]) == {2, 4}
+    assert ivs["PL_vs_cloud"]["denominator"] == "cloud"
+    assert r["best_gamma"] == 2 and r["R1_method"] == "spec+opt g=2"  # prompt lookup never counts as "speculative"
     json.dumps(r)  # the record holds it as it is
 
 
