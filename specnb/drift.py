@@ -154,7 +154,9 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
             tokens, _, decoded = _decode(ref, ids, max_new_tokens)
             paths.append(_Path(p.id, ids, tokens, decoded, _score(ref, ids + tokens, len(ids))))
             bar.update()
-        _free(ref)
+        footprint = _footprint(ref)
+        del ref
+        _release(*footprint)
         rows: dict[str, list[dict[str, Any]]] = {REFERENCE: [_floor_row(path) for path in paths]}
         for dtype in low:
             bar.set_postfix_str(f"loading {dtype}")
@@ -167,7 +169,9 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
                 rows[dtype].append(_row(dtype, path, compare(path.prefilled, prefilled),
                                         compare(path.decoded, decoded), first_divergence(path.tokens, own)))
                 bar.update()
-            _free(m)
+            footprint = _footprint(m)
+            del m
+            _release(*footprint)
     finally:
         bar.close()
     frame = pd.DataFrame([r for d in dtypes for r in rows[d]])
@@ -175,14 +179,21 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
     return frame
 
 
-def _free(m: Any) -> None:
-    """Drop a model before loading the next dtype (a 7B model in float32 and float16 may not both fit)."""
+def _footprint(m: Any) -> tuple[str, bool]:
+    """(device type, whether the model's weights take 1 GiB or more)."""
+    return m.device.type, sum(p.numel() * p.element_size() for p in m.model.parameters()) >= 1 << 30
+
+
+def _release(device_type: str, big: bool) -> None:
+    """After the caller dropped a model, before loading the next dtype (a 7B model in float32 and float16 may
+    not both fit): a full garbage collection (about a second with torch and transformers loaded) runs only
+    where it frees something worth it, on an accelerator or for a model of 1 GiB or more; a small CPU model
+    is freed by reference counting."""
     import gc
 
-    device = m.device
-    del m
-    gc.collect()
-    if device.type == "cuda":
+    if big or device_type != "cpu":
+        gc.collect()
+    if device_type == "cuda":
         torch.cuda.empty_cache()
 
 
