@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from .metrics import Generation, summarize
 from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
-from . import threads
+from . import methods, threads
 from .runinfo import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
 
 SCHEMA = "specnb.result/1"
@@ -41,8 +41,8 @@ def quiet() -> None:
 
 
 def uses(method: str, role: str) -> bool:
-    """Whether ``method`` loads the ``role`` ("edge" / "cloud") model."""
-    return f"{role}_model" in relevant_fields(method)
+    """Whether ``method`` loads the ``role`` ("edge" / "cloud") model (the registry says)."""
+    return role in methods.get(method).roles
 
 
 def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
@@ -165,36 +165,8 @@ def model_info(m: Any) -> dict[str, Any]:
 
 
 def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str, int], Generation]:
-    """``fn(prompt, max_new_tokens) -> Generation`` for the method."""
-    from . import decoding, peers
-
-    edge, cloud = models.get("edge"), models.get("cloud")
-    common = {"temperature": p.temperature, "seed": p.seed}
-    table: dict[str, Callable[[str, int], Generation]] = {
-        "edge": lambda s, n: as_edge_calls(decoding.autoregressive(edge, s, n, **common)),
-        "cloud": lambda s, n: decoding.autoregressive(cloud, s, n, **common),
-        "cloud_optimized": lambda s, n: decoding.autoregressive(cloud, s, n, optimized=True,
-                                                               compile=p.compile_steps, **common),
-        "speculative": lambda s, n: decoding.speculative(edge, cloud, s, n, gamma=p.gamma, verify=p.verify,
-                                                         rank_k=p.rank_k, schedule=p.schedule,
-                                                         optimized=p.optimized, compile=p.compile_steps, **common),
-        "hf_assisted": lambda s, n: unmeasured(peers.hf_assisted(edge, cloud, s, n, gamma=p.gamma,
-                                                                 optimized=p.optimized, **common), "draft_s", "verify_s"),
-    }
-    return table[method]
-
-
-def as_edge_calls(g: Generation) -> Generation:
-    """The edge model decoding alone: its forward calls are edge calls, not cloud calls."""
-    g.metrics["edge_calls"], g.metrics["cloud_calls"] = g.metrics["cloud_calls"], 0
-    return g
-
-
-def unmeasured(g: Generation, *keys: str) -> Generation:
-    """Metrics a method cannot measure (Hugging Face's loop hides its draft / verify split): None, not 0."""
-    for key in keys:
-        g.metrics[key] = None
-    return g
+    """``fn(prompt, max_new_tokens) -> Generation`` for the method (built by its registry entry)."""
+    return methods.get(method).build(models, p)
 
 
 def warm_up(fn: Callable[[str, int], Generation], prompt: str, p: MethodParams) -> dict[str, Any]:
@@ -306,8 +278,8 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
         fn = decoder(method, models, p)
         torch.manual_seed(p.seed)
         record["warmup"] = warm_up(fn, prompts[0].text, p)
-        if method == "hf_assisted" and p.optimized:  # HF compiles inside generate, per shape it meets:
-            for prompt in prompts:                    # meet them all before the clock
+        if methods.get(method).warm_all_prompts(p):  # it compiles per shape it meets: meet them all
+            for prompt in prompts:                      # before the clock
                 fn(prompt.text, p.max_new_tokens)
         record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log)
         record["threads"] = threads.describe()

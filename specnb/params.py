@@ -15,20 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import methods as _methods
 from .dtypes import parse_dtype
 
-METHODS = ("edge", "cloud", "cloud_optimized", "speculative", "hf_assisted")
-NOTEBOOKS = {
-    "edge": "edge_baseline.ipynb",
-    "cloud": "cloud_baseline.ipynb",
-    "cloud_optimized": "cloud_optimized_baseline.ipynb",
-    "speculative": "speculative.ipynb",
-    "hf_assisted": "hf_assisted.ipynb",
-}
+METHODS = tuple(_methods.METHODS)  # the registry's names (specnb.methods)
+NOTEBOOKS = {name: m.notebook for name, m in _methods.METHODS.items()}
 ROLES = ("edge", "cloud")
-EDGE_FIELDS = ("edge_model", "edge_device", "edge_threads", "edge_dtype")
-CLOUD_FIELDS = ("cloud_model", "cloud_device", "cloud_threads", "cloud_dtype")
-PAIR_FIELDS = ("gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps")
 
 
 class ParamsError(ValueError):
@@ -107,17 +99,8 @@ AXIS_NAMES = ("method",) + tuple(f for f in MethodParams.model_fields if f != "r
 
 
 def relevant_fields(method: str) -> set[str]:
-    """Parameters that change what ``method`` runs (used to drop duplicate grid cells)."""
-    common = {"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup", "reps"}
-    if method == "edge":
-        return common | set(EDGE_FIELDS)
-    if method == "cloud":
-        return common | set(CLOUD_FIELDS)
-    if method == "cloud_optimized":
-        return common | set(CLOUD_FIELDS) | {"compile_steps"}
-    if method == "hf_assisted":  # HF's own loop: no schedule, verification rule or levers of ours
-        return common | set(EDGE_FIELDS) | set(CLOUD_FIELDS) | {"gamma", "optimized"}
-    return common | set(EDGE_FIELDS) | set(CLOUD_FIELDS) | set(PAIR_FIELDS)
+    """Parameters that change what ``method`` runs (used to drop duplicate grid cells): from the registry."""
+    return set(_methods.get(method).relevant_fields)
 
 
 class RoleModel(BaseModel):

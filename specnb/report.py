@@ -18,20 +18,19 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from . import methods as _methods
 from .runinfo import read_json
 
 REFERENCE = "cloud_optimized"  # the strongest baseline
-REFERENCES = {"plain": "cloud", "optimized": "cloud_optimized"}  # the baseline of each set-up class
+REFERENCES = _methods.references()  # set-up class -> its baseline (plain: cloud, optimized: cloud_optimized)
 DTYPE_ORDER = ("float32", "bfloat16", "float16")
-METHOD_NAMES = {"edge": "Edge baseline", "cloud": "Cloud baseline", "cloud_optimized": "Cloud optimized",
-                "speculative": "Speculative", "hf_assisted": "HF assisted"}
+METHOD_NAMES = {name: m.label for name, m in _methods.METHODS.items()}
 METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "acceptance_rate", "alpha",
            "rejected_rounds",
            "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
            "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s", "rep_spread")
 WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
-ROLE_USE = {"edge": ("edge",), "cloud": ("cloud",), "cloud_optimized": ("cloud",),
-            "speculative": ("edge", "cloud"), "hf_assisted": ("edge", "cloud")}
+ROLE_USE = {name: m.roles for name, m in _methods.METHODS.items()}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -92,6 +91,8 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
         row.update({f"{role}_{k}": v for k, v in _role(rec, role).items()})
     row.update({k: s.get(k) for k in ("gamma", "verify", "seed", "optimized", "reps") + WORKLOAD})
     row["setup"] = setup_class(rec.get("method", ""), s)
+    known = _methods.METHODS.get(rec.get("method", ""))
+    row["same_output"] = bool(known and known.reproduces_cloud(s))
     row.update({k: agg.get(k) for k in METRICS})
     row["num_prompts"] = agg.get("prompts", s.get("num_prompts"))
     row["timing"] = rec.get("timing")  # per-repetition entries and probes: intervals and the clock audit
@@ -100,17 +101,8 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 def setup_class(method: str, settings: dict[str, Any]) -> str:
     """``plain`` or ``optimized`` (static caches, compiled steps), as the fairness rule compares them."""
-    if method == "cloud_optimized":
-        opt = True
-    elif method in ("cloud", "edge"):
-        opt = False
-    else:
-        opt = settings.get("optimized") or False
-    if opt is False:
-        return "plain"
-    if opt is not True:
-        return f"{opt} optimized only"
-    return "optimized" if settings.get("compile_steps") is not False else "optimized, not compiled"
+    known = _methods.METHODS.get(method)
+    return known.setup(settings) if known else "unknown"
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -149,7 +141,7 @@ def label(row: pd.Series | dict) -> str:
 
 def compared_role(row: pd.Series | dict) -> str:
     """The role whose speed is compared with the reference's cloud: the cloud, or the edge alone."""
-    return "edge" if row["method"] == "edge" else "cloud"
+    return "cloud" if "cloud" in ROLE_USE.get(row["method"], ("cloud",)) else "edge"
 
 
 def differences(row: pd.Series | dict, ref: pd.Series | dict) -> list[tuple[str, str]]:
@@ -266,7 +258,7 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
         iv = _interval(row, by_id.loc[ref]) if quoted else None
         ratio = row["tokens_per_s"] / by_id.loc[ref, "tokens_per_s"] if quoted else float("nan")
         disturbed = cid in bad or (pd.notna(ref) and ref in bad)
-        same = row["method"] != "edge" and row.get("verify") != "rank"
+        same = bool(row["same_output"])
         note, note_zh = a["verdict"], a["verdict_zh"]
         if quoted and iv is not None and iv.holds_one:
             note, note_zh = note + "; no measurable difference (95% CI holds 1.0)", note_zh + "；无可测差异（95% 置信区间包含 1.0）"

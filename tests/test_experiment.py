@@ -25,7 +25,7 @@ def test_each_method_writes_a_complete_record(tiny_pair, tmp_path, method):
     agg = on_disk["aggregate"]
     assert agg["new_tokens"] == sum(r["new_tokens"] for r in on_disk["prompts"])
     assert agg["tokens_per_s"] == pytest.approx(agg["new_tokens"] / agg["wall_s"])
-    assert (on_disk["edge"] is None) == (method in ("cloud", "cloud_optimized"))
+    assert (on_disk["edge"] is None) == (method in ("cloud", "cloud_optimized", "prompt_lookup"))
     assert (on_disk["cloud"] is None) == (method == "edge")
     for key in ("versions", "machine", "git", "settings", "started_at", "finished_at"):
         assert key in on_disk
@@ -33,6 +33,9 @@ def test_each_method_writes_a_complete_record(tiny_pair, tmp_path, method):
     assert role["device_class"] == "CPU" and role["dtype"] == "float32"
     if method in ("speculative", "hf_assisted"):
         assert agg["drafted"] > 0 and 0 <= agg["acceptance_rate"] <= 1
+    if method == "prompt_lookup":  # lossless: the cloud's own greedy tokens
+        cloud = experiment.run("cloud", params(tiny_pair, tmp_path, result_path=str(tmp_path / "c.json")))
+        assert [r["tokens"] for r in on_disk["prompts"]] == [r["tokens"] for r in cloud["prompts"]]
 
 
 def test_greedy_speculative_matches_cloud(tiny_pair, tmp_path):

@@ -1,0 +1,149 @@
+"""The one registry of methods: each method declared once, everything else derives from it.
+
+A :class:`Method` says which notebook runs it, which models (roles) it loads, which parameters
+change what it runs (beyond the workload and its roles' model settings), its labels in English
+and 中文, its set-up class (``plain`` / ``optimized``, the fairness rule compares like with
+like), whether its output is the cloud's, and how it decodes one prompt. Parameter validation
+and grid de-duplication (:mod:`specnb.params`), dispatch (:mod:`specnb.experiment`), the
+report's labels, references and audit (:mod:`specnb.report`), plots and findings read it.
+
+Adding a method = one :data:`METHODS` entry + one notebook (copy the nearest one, change
+``METHOD``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+COMMON_FIELDS = frozenset({"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup", "reps"})
+ROLE_FIELDS = {role: frozenset({f"{role}_model", f"{role}_device", f"{role}_threads", f"{role}_dtype"})
+               for role in ("edge", "cloud")}
+
+Decode = Callable[[str, int], Any]  # (prompt, max_new_tokens) -> Generation
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study (see the module doc)."""
+
+    name: str
+    notebook: str
+    roles: tuple[str, ...]  # models it loads
+    fields: frozenset[str]  # parameters that change what it runs, beyond COMMON_FIELDS and its roles'
+    label: str
+    label_zh: str
+    build: Callable[[dict[str, Any], Any], Decode]  # (loaded models by role, MethodParams) -> decode
+    reference_of: str | None = None  # the set-up class it is the baseline of, if any
+    fixed_setup: str | None = None  # its set-up class when no parameter chooses it
+    same_output: bool = True  # reproduces the cloud's output (greedy: token for token)
+    warm_all_prompts: Callable[[Any], bool] = lambda p: False  # compiles per prompt shape: warm them all up
+
+    @property
+    def relevant_fields(self) -> frozenset[str]:
+        """Every parameter that changes what this method runs (grid cells differing elsewhere are one run)."""
+        return COMMON_FIELDS | self.fields | frozenset().union(*(ROLE_FIELDS[r] for r in self.roles))
+
+    def setup(self, settings: dict[str, Any]) -> str:
+        """``plain`` (eager, dynamic caches) or ``optimized`` (static caches, compiled steps)."""
+        if self.fixed_setup is not None:
+            return self.fixed_setup
+        opt = settings.get("optimized") or False
+        if opt is False:
+            return "plain"
+        if opt is not True:
+            return f"{opt} optimized only"
+        return "optimized" if settings.get("compile_steps") is not False else "optimized, not compiled"
+
+    def reproduces_cloud(self, settings: dict[str, Any]) -> bool:
+        """Whether its output is the cloud's (False for another model, or a lossy rule)."""
+        return self.same_output and not ("verify" in self.fields and settings.get("verify") == "rank")
+
+
+# ---------------------------------------------------------------------------- how each method decodes
+
+def _common(p: Any) -> dict[str, Any]:
+    return {"temperature": p.temperature, "seed": p.seed}
+
+
+def _edge(m: dict[str, Any], p: Any) -> Decode:
+    from .decoding import autoregressive
+
+    def run(prompt: str, n: int):
+        g = autoregressive(m["edge"], prompt, n, **_common(p))
+        g.metrics["edge_calls"], g.metrics["cloud_calls"] = g.metrics["cloud_calls"], 0  # the edge's calls
+        return g
+    return run
+
+
+def _cloud(optimized: bool) -> Callable[[dict[str, Any], Any], Decode]:
+    def build(m: dict[str, Any], p: Any) -> Decode:
+        from .decoding import autoregressive
+
+        extra = {"optimized": True, "compile": p.compile_steps} if optimized else {}
+        return lambda prompt, n: autoregressive(m["cloud"], prompt, n, **extra, **_common(p))
+    return build
+
+
+def _speculative(m: dict[str, Any], p: Any) -> Decode:
+    from .decoding import speculative
+
+    return lambda prompt, n: speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify,
+                                         rank_k=p.rank_k, schedule=p.schedule, optimized=p.optimized,
+                                         compile=p.compile_steps, **_common(p))
+
+
+def _unmeasured(g: Any, *keys: str) -> Any:
+    """Metrics a method cannot measure (Hugging Face's loop hides its draft / verify split): None, not 0."""
+    for key in keys:
+        g.metrics[key] = None
+    return g
+
+
+def _hf_assisted(m: dict[str, Any], p: Any) -> Decode:
+    from .peers import hf_assisted
+
+    return lambda prompt, n: _unmeasured(hf_assisted(m["edge"], m["cloud"], prompt, n, gamma=p.gamma,
+                                                     optimized=p.optimized, **_common(p)), "draft_s", "verify_s")
+
+
+PROMPT_LOOKUP_NGRAM = 3  # longest n-gram matched (Spec-Bench's PLD setting)
+
+
+def _prompt_lookup(m: dict[str, Any], p: Any) -> Decode:
+    from .decoding import speculative
+    from .lookup import PromptLookup
+
+    return lambda prompt, n: speculative(PromptLookup(max_ngram=PROMPT_LOOKUP_NGRAM), m["cloud"], prompt, n,
+                                         gamma=p.gamma, verify=p.verify, rank_k=p.rank_k, schedule=p.schedule,
+                                         optimized=p.optimized, compile=p.compile_steps, **_common(p))
+
+
+PAIR = frozenset({"gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps"})
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("edge", "edge_baseline.ipynb", ("edge",), frozenset(), "Edge baseline", "边缘基线", _edge,
+           fixed_setup="plain", same_output=False),
+    Method("cloud", "cloud_baseline.ipynb", ("cloud",), frozenset(), "Cloud baseline", "云端基线", _cloud(False),
+           reference_of="plain", fixed_setup="plain"),
+    Method("cloud_optimized", "cloud_optimized_baseline.ipynb", ("cloud",), frozenset({"compile_steps"}),
+           "Cloud optimized", "云端优化基线", _cloud(True), reference_of="optimized", fixed_setup="optimized"),
+    Method("speculative", "speculative.ipynb", ("edge", "cloud"), PAIR, "Speculative", "推测解码", _speculative),
+    Method("hf_assisted", "hf_assisted.ipynb", ("edge", "cloud"), frozenset({"gamma", "optimized"}),
+           "HF assisted", "HF 辅助生成", _hf_assisted, warm_all_prompts=lambda p: bool(p.optimized)),
+    Method("prompt_lookup", "prompt_lookup.ipynb", ("cloud",), PAIR, "Prompt lookup",
+           "提示词查找解码", _prompt_lookup),
+)}
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; one clear error naming the methods otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None
+
+
+def references() -> dict[str, str]:
+    """Set-up class -> the baseline method speed-ups of that class are quoted against."""
+    return {m.reference_of: m.name for m in METHODS.values() if m.reference_of}
