@@ -11,8 +11,21 @@ temporary folder, all on free ports of 127.0.0.1 so that concurrent sessions do 
 
 Container-friendly settings: proctrack/linuxproc, task/none, jobacct_gather/linux, no cgroups.
 The Debian packages are installed by tools/install_slurm.sh when missing (root only).
-Tests skip with the reason when the machine cannot start Slurm (not root, no packages),
-unless SPECNB_REQUIRE_SLURM=1, where that is a failure.
+Tests skip with the reason when the machine cannot start Slurm (not root, no packages,
+clients of another Slurm version, a cluster that did not start), unless
+SPECNB_REQUIRE_SLURM=1, where that is a failure.
+
+Isolated from any Slurm already on the machine (a login node, a workstation with its own
+/etc/slurm/slurm.conf and munged on the default socket): every daemon and every client command
+(ours, submitit's, ``specnb grid``'s, and the jobs' own) authenticates through this cluster's
+munged (its own socket and key: ``AuthInfo=socket=...`` and ``AccountingStoragePass``), reads
+this cluster's slurm.conf (``SLURM_CONF``), runs the Slurm clients of the same installation as
+the daemons (a ``bin/`` of links first on ``PATH``), and sees none of the caller's ``SLURM_*`` /
+``SBATCH_*`` ... variables (site defaults, or those of an allocation the tests run inside). The
+cluster name is unique and job ids start at a random high ``FirstJobId``, so a command that
+reached another cluster would name no job of it. :meth:`SlurmCluster.check_isolation` verifies
+this after start-up (else the tests skip, or fail under SPECNB_REQUIRE_SLURM=1), and the
+session's first line names any other Slurm or munged it found on the default paths.
 
 Fixtures (session scope; test modules load them with ``pytest_plugins = ["slurm_cluster"]``, so
 that every module shares one cluster): ``slurm_cluster``, and ``time_limit_run`` (a cell past its
@@ -25,6 +38,8 @@ import contextlib
 import ctypes
 import json
 import os
+import random
+import secrets
 import shutil
 import signal
 import socket
@@ -34,16 +49,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = REPO / "tools" / "install_slurm.sh"
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "squeue", "sacct", "sacctmgr", "sinfo", "scancel", "srun")
+CLIENTS = ("sbatch", "squeue", "sacct", "sacctmgr", "sinfo", "scancel", "scontrol", "srun")
 NODE = "specnb-node"
-CLUSTER = "specnb"
+# The caller's Slurm client settings (site defaults like SBATCH_PARTITION, or SLURM_JOB_ID & co.
+# inside an allocation) must not reach this cluster's commands or jobs.
+CLIENT_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SACCT_", "SACCTMGR_", "SINFO_",
+                       "SCANCEL_", "SCONTROL_", "SSTAT_", "SPANK_")
+DEFAULT_MUNGE_SOCKETS = (Path("/run/munge/munge.socket.2"), Path("/var/run/munge/munge.socket.2"))
+DEFAULT_SLURM_CONF = Path("/etc/slurm/slurm.conf")
+
+
+class Unavailable(RuntimeError):
+    """The test cluster cannot run (isolated) on this machine; the message says why."""
 
 
 def _find(exe: str) -> str | None:
@@ -83,6 +107,25 @@ def _why_unavailable() -> str | None:
     return None
 
 
+def _clients_beside(daemon: str) -> dict[str, str]:
+    """The client commands of the installation ``daemon`` belongs to (``/usr/sbin/slurmctld`` ->
+    ``/usr/bin/sbatch``...), not whichever comes first on PATH (another Slurm, a site wrapper)."""
+    prefix = Path(daemon).resolve().parent.parent
+    out = {}
+    for exe in CLIENTS:
+        here = prefix / "bin" / exe
+        found = str(here) if here.exists() else _find(exe)
+        if not found:
+            raise Unavailable(f"no {exe} beside {daemon}")
+        out[exe] = found
+    return out
+
+
+def _version(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return (proc.stdout or proc.stderr).strip()
+
+
 def _machine_memory_mb() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -100,6 +143,9 @@ class SlurmCluster:
     startup_s: float = 0.0
     cpus: int = 1
     memory_mb: int = 1024
+    name: str = field(default_factory=lambda: f"specnb{secrets.token_hex(3)}")  # ClusterName: unique
+    first_job_id: int = field(default_factory=lambda: random.randrange(20_000_000, 60_000_000))
+    others: list[str] = field(default_factory=list)  # other Slurm/munge seen on the default paths
 
     @property
     def conf(self) -> Path:
@@ -110,8 +156,14 @@ class SlurmCluster:
         return self.root / "munge" / "munge.socket"
 
     @property
+    def bin(self) -> Path:
+        """Links to the Slurm clients of the daemons' installation; first on PATH."""
+        return self.root / "bin"
+
+    @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        """The environment of every daemon and client of this cluster (see the module's docstring)."""
+        return isolated_env(os.environ, self)
 
     def log(self, daemon: str) -> Path:
         return self.root / "log" / f"{daemon}.log"
@@ -130,8 +182,9 @@ class SlurmCluster:
     def start(self) -> None:
         t0 = time.monotonic()
         self.root.chmod(0o755)  # munged wants its socket reachable by all
-        for sub in ("etc", "log", "run", "state", "spool", "munge", "db", "tmp"):
+        for sub in ("etc", "log", "run", "state", "spool", "munge", "db", "tmp", "bin"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._link_clients()
         self.ports = {k: _free_port() for k in ("mysql", "dbd", "ctld", "slurmd")}
         # At least 4 job slots even on 2 cores (config_overrides lets slurmd accept it): the
         # slow TIMEOUT test holds one slot, sleeping, while the other tests run.
@@ -142,11 +195,47 @@ class SlurmCluster:
         self._write_configs()
         self._spawn("slurmdbd", [_find("slurmdbd"), "-D"])
         self._wait("slurmdbd answers", lambda: self._ok("sacctmgr", "-n", "list", "cluster"))
-        self.cmd("sacctmgr", "-i", "add", "cluster", CLUSTER)
+        self.cmd("sacctmgr", "-i", "add", "cluster", self.name)
         self._spawn("slurmctld", [_find("slurmctld"), "-D", "-i"])
         self._spawn("slurmd", [_find("slurmd"), "-D", "-N", NODE])
         self._wait("node idle", self._node_idle, timeout=60)
+        self.check_isolation(self.env)
         self.startup_s = time.monotonic() - t0
+
+    def _link_clients(self) -> None:
+        """bin/: the clients of the daemons' own installation, and of the same version."""
+        ctld = _find("slurmctld")
+        clients = _clients_beside(ctld)
+        daemon_v, client_v = _version(ctld, "-V"), _version(clients["sbatch"], "--version")
+        if daemon_v.split()[-1:] != client_v.split()[-1:]:
+            raise Unavailable(f"Slurm clients ({clients['sbatch']}: {client_v}) and daemons ({ctld}: {daemon_v}) "
+                              "differ in version")
+        for exe, path in clients.items():
+            (self.bin / exe).symlink_to(path)
+
+    def config(self, env: dict[str, str], timeout: float = 30) -> dict[str, str]:
+        """``scontrol show config`` as seen from ``env``: {"ClusterName": ..., ...}."""
+        out = subprocess.run(["scontrol", "show", "config"], env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            raise RuntimeError(f"scontrol show config failed: {out.stderr.strip()}")
+        pairs = (line.split("=", 1) for line in out.stdout.splitlines() if " = " in line)
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    def check_isolation(self, env: dict[str, str]) -> None:
+        """Raise unless the Slurm clients run with ``env`` are this cluster's (bin/), see no inherited
+        client variables, and reach this controller, authenticating with this cluster's munged."""
+        path = env.get("PATH")
+        wrong = {exe: shutil.which(exe, path=path) for exe in CLIENTS
+                 if shutil.which(exe, path=path) != str(self.bin / exe)}
+        leaked = sorted(k for k in env if k.startswith(CLIENT_ENV_PREFIXES) and k != "SLURM_CONF")
+        cfg = self.config(env)
+        want = {"ClusterName": self.name, "SlurmctldPort": str(self.ports["ctld"]),
+                "AuthInfo": f"socket={self.munge_socket}", "FirstJobId": str(self.first_job_id)}
+        differ = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+        if wrong or leaked or differ:
+            raise RuntimeError(f"Slurm test cluster not isolated: clients {wrong}, inherited {leaked}, "
+                               f"config (seen, wanted) {differ}")
+
 
     def _ok(self, *args: str) -> bool:
         try:
@@ -213,7 +302,8 @@ class SlurmCluster:
         # AccountingStoragePass: for slurmdbd connections Slurm takes the munge socket from it.
         host = socket.gethostname()
         self.conf.write_text(auth + "\n".join([
-            f"ClusterName={CLUSTER}", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={p['ctld']}",
+            f"ClusterName={self.name}", f"FirstJobId={self.first_job_id}",
+            f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={p['ctld']}",
             f"SlurmdPort={p['slurmd']}", "SlurmUser=root", "SlurmdUser=root", "CredType=cred/munge",
             f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool'}", f"TmpFS={r / 'tmp'}",
             f"SlurmctldPidFile={r / 'run' / 'slurmctld.pid'}", f"SlurmdPidFile={r / 'run' / 'slurmd.pid'}",
@@ -258,23 +348,69 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def isolated_env(base: Mapping[str, str], cluster: SlurmCluster) -> dict[str, str]:
+    """``base`` without Slurm client variables, with this cluster's SLURM_CONF and clients first on PATH."""
+    env = {k: v for k, v in base.items() if not k.startswith(CLIENT_ENV_PREFIXES)}
+    path = [p for p in base.get("PATH", os.defpath).split(os.pathsep) if p and p != str(cluster.bin)]
+    env["PATH"] = os.pathsep.join([str(cluster.bin), *path])
+    env["SLURM_CONF"] = str(cluster.conf)
+    return env
+
+
+def outside_env(cluster: SlurmCluster) -> dict[str, str]:
+    """An environment whose Slurm commands go to the machine's default Slurm (/etc/slurm/slurm.conf)."""
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} | {"SLURM_CONF": str(DEFAULT_SLURM_CONF)}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != str(cluster.bin))
+    return env
+
+
+def describe_other_slurm(cluster: SlurmCluster) -> list[str]:
+    """What else runs here on the default paths (for the record; nothing of it is used)."""
+    seen = []
+    for sock in DEFAULT_MUNGE_SOCKETS:
+        if sock.exists():
+            seen.append(f"munged on {sock}")
+            break
+    if DEFAULT_SLURM_CONF.exists():
+        seen.append(f"{DEFAULT_SLURM_CONF}")
+        with contextlib.suppress(Exception):
+            cfg = cluster.config(outside_env(cluster), timeout=15)
+            auth = cfg.get("AuthInfo") if cfg.get("AuthInfo") not in (None, "(null)") else "(the default munge socket)"
+            seen.append(f"its controller answers: ClusterName={cfg.get('ClusterName')}, "
+                        f"SlurmctldPort={cfg.get('SlurmctldPort')}, AuthInfo={auth}")
+    return seen
+
+
 @contextlib.contextmanager
 def running_cluster() -> Iterator[SlurmCluster]:
-    """Starts a cluster in a fresh temporary folder, points SLURM_CONF at it, stops it at the end."""
+    """Starts a cluster in a fresh temporary folder and gives this process its environment
+    (:func:`isolated_env`: what submitit and ``specnb grid`` inherit); restores it at the end."""
     root = Path(tempfile.mkdtemp(prefix="specnb-slurm-"))
     cluster = SlurmCluster(root)
-    old_conf = os.environ.get("SLURM_CONF")
+    saved = dict(os.environ)
     try:
         cluster.start()
-        os.environ["SLURM_CONF"] = str(cluster.conf)
+        cluster.others = describe_other_slurm(cluster)
+        env = isolated_env(os.environ, cluster)
+        for key in [k for k in os.environ if k not in env]:
+            del os.environ[key]
+        os.environ.update(env)
+        cluster.check_isolation(dict(os.environ))
         yield cluster
     finally:
         cluster.stop()
-        if old_conf is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old_conf
+        for key in ("SLURM_CONF", "PATH", *(k for k in saved if k.startswith(CLIENT_ENV_PREFIXES))):
+            if key in saved:
+                os.environ[key] = saved[key]
+            else:
+                os.environ.pop(key, None)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SPECNB_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SPECNB_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -282,11 +418,15 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     """Session-wide real single-node Slurm (skips with the reason where it cannot start)."""
     reason = _why_unavailable()
     if reason:
-        if os.environ.get("SPECNB_REQUIRE_SLURM") == "1":
-            pytest.fail(f"SPECNB_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
-    with running_cluster() as cluster:
-        print(f"\n[slurm_cluster] started in {cluster.startup_s:.1f}s at {cluster.root}")
+        _unavailable(reason)
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_cluster())
+        except (Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as err:
+            _unavailable(f"the isolated Slurm test cluster did not start: {err}")
+        others = "; ".join(cluster.others) or "none"
+        print(f"\n[slurm_cluster] {cluster.name} started in {cluster.startup_s:.1f}s at {cluster.root}; "
+              f"other Slurm/munge on this machine: {others}")
         yield cluster
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -36,6 +39,37 @@ def test_cluster_runs_a_submitit_function(slurm_cluster: SlurmCluster, tmp_path:
     py = ex.submit(getattr, sys, "executable").result()
     assert py == sys.executable
     print(f"cluster start-up: {slurm_cluster.startup_s:.1f} s")
+
+
+@pytest.mark.slurm
+def test_the_cluster_is_isolated_from_another_slurm_on_this_machine(slurm_cluster: SlurmCluster) -> None:
+    """Every Slurm command this process and its children run (submitit's, ``specnb grid``'s) is
+    this cluster's; with another Slurm on the default paths (its slurm.conf, munged on the default
+    socket), neither cluster sees the other's jobs and our munged refuses the other's credentials."""
+    from slurm_cluster import DEFAULT_MUNGE_SOCKETS, outside_env
+
+    slurm_cluster.check_isolation(dict(os.environ))
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 120"], capture_output=True,
+                         text=True, check=True).stdout.strip().split(";")[0]
+    assert int(job) >= slurm_cluster.first_job_id
+    try:
+        ours = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+        assert job in ours
+        if any("answers" in seen for seen in slurm_cluster.others):  # another controller is up
+            theirs = subprocess.run(["squeue", "-h", "-o", "%i"], env=outside_env(slurm_cluster), capture_output=True,
+                                    text=True, check=True).stdout.split()
+            assert job not in theirs and not set(theirs) & set(ours), (theirs, ours)
+        default = next((s for s in DEFAULT_MUNGE_SOCKETS if s.exists()), None)
+        if default and shutil.which("munge") and shutil.which("unmunge"):
+            cred = subprocess.run(["munge", "-n", "-S", str(default)], capture_output=True, check=True).stdout
+            foreign = subprocess.run(["unmunge", "-S", str(slurm_cluster.munge_socket)], input=cred,
+                                     capture_output=True)
+            assert foreign.returncode != 0, "our munged accepts the default munged's credentials"
+    finally:
+        slurm_cluster.cmd("scancel", job)
+    _wait_ended(job)
+    assert slurm_states([job]) == {job: "CANCELLED"}
+    print(f"other Slurm/munge here: {'; '.join(slurm_cluster.others) or 'none'}")
 
 
 # -- SlurmExecutor on the real cluster, with the fake method notebooks of conftest.py ---------

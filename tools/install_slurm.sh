@@ -5,7 +5,7 @@
 # daemons are already installed. Nothing is started or enabled here: the test fixture
 # (tests/slurm_cluster.py) starts private daemons with state in a temporary folder.
 set -euo pipefail
-need=(munged mariadbd slurmdbd slurmctld slurmd sbatch sacct)
+need=(munged mariadbd slurmdbd slurmctld slurmd sbatch sacct scontrol)
 missing=()
 for exe in "${need[@]}"; do
     command -v "$exe" >/dev/null 2>&1 || [ -x "/usr/sbin/$exe" ] || missing+=("$exe")
