@@ -239,8 +239,7 @@ def speculative(
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
     plan = Schedule(schedule, gamma)
-    text = next((s for s in (cloud, edge) if isinstance(s, LoadedModel)), None) or next(
-        (s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)
+    text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
     if text is None:
         raise TypeError("speculative needs a tokenizer on one side: pass a loaded model (specnb.load) as edge or cloud")
     ids = text.encode(prompt)
@@ -259,20 +258,20 @@ def speculative(
         verifier = as_verifier(cloud, c_settings)
         try:
             reset_peak_memory(*e_devs, *c_devs)
-            clocks = Stopwatch(*e_devs, *c_devs), Stopwatch(*e_devs), Stopwatch(*c_devs)
-            with clocks[0]:
-                with clocks[1]:
+            clock, draft_clock, verify_clock = Stopwatch(*e_devs, *c_devs), Stopwatch(*e_devs), Stopwatch(*c_devs)
+            with clock:  # prefill: each side takes the prompt
+                with draft_clock:
                     drafter.begin(ids, e_settings)
-                with clocks[2]:
+                with verify_clock:
                     verifier.begin(ids, c_settings)
             steps = [s for s in (getattr(drafter, "steps", None), getattr(verifier, "steps", None)) if isinstance(s, Steps)]
             with no_compiling(*steps):
-                out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan, *clocks)
+                out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan,
+                                                        clock, draft_clock, verify_clock)
             stats = _merge_stats(drafter.stats(), verifier.stats())
         finally:
             verifier.close()
 
-    clock, draft_clock, verify_clock = clocks
     accepted = sum(trace)
     rejected = sum(n < g for n, g in zip(trace, drafted_trace))
     metrics = summarize(
