@@ -411,11 +411,11 @@ def clock_summary(probes: list[dict[str, Any]], threshold: float = THRESHOLD) ->
     return {
         "probes": len(secs), "min_ms": min(secs) * 1e3, "median_ms": med * 1e3, "max_ms": max(secs) * 1e3,
         "worst": worst["where"], "worst_deviation": dev, "threshold": threshold, "disturbed": disturbed,
-        "verdict": (f"TIMING DISTURBED: probe at {worst['where']} {ms_(worst['seconds'])} is {dev:+.0%} from the median "
+        "verdict": (f"TIMING DISTURBED: probe '{worst['where']}' {ms_(worst['seconds'])} is {dev:+.0%} from the median "
                     f"{ms_(med)} (threshold {threshold:.0%}): something else used the CPU while this bench was timed; "
                     "its figures are not fit to quote, re-run it on a quiet machine")
         if disturbed else f"undisturbed clock (every probe within {threshold:.0%} of the median)",
-        "verdict_zh": (f"计时受干扰：{worst['where']} 处的校准探针 {ms_(worst['seconds'])}，偏离中位数 {ms_(med)} "
+        "verdict_zh": (f"计时受干扰：“{worst['where']}”处的校准探针 {ms_(worst['seconds'])}，偏离中位数 {ms_(med)} "
                        f"{dev:+.0%}（阈值 {threshold:.0%}）：计时期间有其他程序占用 CPU，结果不宜引用，请在空闲机器上重新运行")
         if disturbed else f"计时未受干扰（所有校准探针均在中位数的 {threshold:.0%} 以内）",
     }
@@ -487,8 +487,9 @@ def run(args: argparse.Namespace) -> int:
           f"max {clock['max_ms']:.1f} ms; {clock['verdict']}")
     if clock["disturbed"]:
         print(f"       {clock['verdict_zh']}")
-    print(f"\nspeed-ups: ratio of tokens/s (all tokens / all time) with a 95% bootstrap interval over prompts x reps "
-          f"(both paired)")
+    print("\nspeed-ups: ratio of tokens/s (all tokens / all time) with a 95% bootstrap interval over prompts x reps "
+          "(both paired)" + ("; one repetition: the intervals cover the prompts only, not the clock's noise"
+                             if args.reps == 1 else ""))
     print(f"best fixed gamma of the plain loop {r['best_gamma']}: alpha {r['alpha']:.3f} (MLE; accepted/drafted "
           f"{r['acceptance_rate']:.3f}), c {r['c']:.3f}, S(alpha,gamma,c) {r['S']:.2f}")
     line = lambda label, text: print(f"{label:<38}{text}")  # noqa: E731

@@ -3,6 +3,8 @@ the wiring of its intervals and clock audit on synthetic methods."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
@@ -23,18 +25,15 @@ def quick_run(tmp_path_factory):
     build_llama(tmp_path / "cloud", tok, seed=0)
     build_llama(tmp_path / "edge", tok, seed=0, base=tmp_path / "cloud", noise=0.05)
     out = tmp_path / "bench.json"
-    capture = pytest.MonkeyPatch()
-    capture.setenv("SPECNB_TIMING_LOCK", str(tmp_path / "timing.lock"))  # never wait for a bench or grid on this machine
-    import contextlib
-    import io
-
+    env = pytest.MonkeyPatch()
+    env.setenv("SPECNB_TIMING_LOCK", str(tmp_path / "timing.lock"))  # never wait for a bench or grid on this machine
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
             code = main(["bench", "--quick", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
                          "--json", str(out)])
     finally:
-        capture.undo()
+        env.undo()
     assert code == 0
     return buf.getvalue(), json.loads(out.read_text()), tmp_path
 
@@ -87,6 +86,7 @@ def test_bench_record_has_intervals_tables_probes_and_threads(quick_run):
     wheres = [p["where"] for p in record["timing"]["probes"]]
     assert wheres[0] == "before" and wheres[-1] == "after" and all(p["seconds"] > 0 for p in record["timing"]["probes"])
     assert record["timing"]["start"] <= record["timing"]["end"]
+    assert record["timing"]["lock"].endswith("timing.lock")  # the timed reps held the (here: the test's own) timing lock
     assert record["clock"]["probes"] == len(wheres) and isinstance(record["clock"]["disturbed"], bool)
     assert ("TIMING DISTURBED" in printed) == record["clock"]["disturbed"]
     assert {"usable_cores", "default_threads", "torch_threads", "edge", "cloud"} <= set(record["threads"])
