@@ -30,16 +30,22 @@ def start_server(model: str, *extra: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--device", "cpu", "--threads", "1",
            "--host", "127.0.0.1", "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = readline(proc)
+    match = re.fullmatch(r"listening on (127\.0\.0\.1:\d+)\n", line)
+    assert match, line
+    return proc, match.group(1)
+
+
+def readline(proc: subprocess.Popen) -> str:
+    """The next line ``proc`` prints, or the test fails after HANG_S (never a hang)."""
     box: list[str] = []
     reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
     reader.start()
     reader.join(HANG_S)
     if not box or not box[0]:
         proc.kill()
-        pytest.fail(f"specnb serve printed no 'listening on' line within {HANG_S} s")
-    match = re.fullmatch(r"listening on (127\.0\.0\.1:\d+)\n", box[0])
-    assert match, box[0]
-    return proc, match.group(1)
+        pytest.fail(f"{proc.args[:4]} printed no line within {HANG_S} s")
+    return box[0]
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -194,7 +200,7 @@ def test_vanished_client_frees_its_session(models, server):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
     try:
-        assert proc.stdout.readline() == "started\n"
+        assert readline(proc) == "started\n"
         assert remote.status()["sessions"] == before["sessions"] + 1
     finally:
         proc.kill()
@@ -217,3 +223,11 @@ def test_connect_checks_model_dtype_and_tokenizer(models, server):
         connect(server, model="zoo:tiny-cloud")
     with pytest.raises(ValueError, match="runs float32"):
         connect(server, dtype="bfloat16")
+
+
+def test_local_server_reports_a_server_that_cannot_start(tmp_path):
+    from specnb.link import local_server
+
+    with pytest.raises(RuntimeError, match="did not start"):
+        with local_server(str(tmp_path / "no-such-model"), timeout_s=HANG_S):
+            pass

@@ -11,17 +11,22 @@
     predict(g, Link(rtt_ms=50))                                        # wall time on another link
 
 Transport: gRPC bidirectional streams (grpcio), one stream per generation, messages of
-:mod:`~specnb.link.wire` (no generated code). Measured on loopback, 2-core CPU machine: a round
-trip of a verification-sized message costs ~0.15 ms (median; p90 ~0.2 ms) against ~0.1 µs for an
-in-process call; pyzmq DEALER/ROUTER does it in ~0.04 ms. gRPC was chosen anyway: a stream is a
-session (its end, however caused, frees the server's cache), a dead server or client is detected
-by the stack (connection loss, keepalive pings), and it is what SpecEdge uses; 0.1 ms is below
-the RTT of any network link an edge would use. The overhead is counted in ``link_s``.
+:mod:`~specnb.link.wire` (no generated code). Measured on loopback on the project's 2-core CPU
+machine (shared, load 6-10), echoing a 40-byte message: gRPC stream 0.15-0.26 ms per round trip
+(median; p90 0.2-3 ms), gRPC unary calls no better, pyzmq DEALER/ROUTER 0.04 ms, an in-process
+call 0.1 µs. Inside a real run (embedded pair, RTT 0) a round's ``link_s`` (round trip minus the
+server's own time: serialization, the loopback socket, four thread hand-offs) has a median of
+1.1-2.1 ms (p10 1.0, p90 12 ms on that loaded machine). gRPC was chosen over pyzmq anyway: a stream
+*is* a session (its end, however caused, frees the server's cache), the stack detects a dead peer
+(connection loss at once, keepalive pings within ~15 s), and it is what SpecEdge uses; ~0.1 ms
+more per round than pyzmq is below the RTT of any network an edge would use, and it is counted in
+``link_s``, never hidden.
 """
 
 from .client import RemoteCloud, RemoteError, RemoteVerifier, connect
 from .emulate import Link
+from .local import local_server
 from .predict import best_gamma, crossover_r, link_steps, predict, speedup_bound
 
 __all__ = ["connect", "Link", "RemoteCloud", "RemoteVerifier", "RemoteError", "predict", "speedup_bound",
-           "best_gamma", "crossover_r", "link_steps"]
+           "best_gamma", "crossover_r", "link_steps", "local_server"]

@@ -26,7 +26,8 @@ from .emulate import Link
 from .predict import predict
 
 KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "draft_s", "link_s", "server_s",
-        "emulated_s", "bytes_up", "bytes_down", "round_trips")
+        "emulated_s", "bytes_up", "bytes_down", "round_trips", "round_link_s", "round_emulated_s", "round_bytes_up",
+        "round_bytes_down", "round_server_s")
 
 
 def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
@@ -36,7 +37,6 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str], *, rtts_ms=(0, 
     ``predicted_wall_s`` (from the run at ``rtts_ms[0]``). ``server_gamma=None`` skips server-side speculation."""
     order = random.Random(seed)
     rows: list[dict] = []
-    gens: dict[tuple, Any] = {}
     for rep in range(reps):
         for pi, prompt in enumerate(prompts):
             g = autoregressive(edge, prompt, max_new_tokens)
@@ -51,16 +51,34 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str], *, rtts_ms=(0, 
                          for gm in gammas]
                 for method, gamma, fn in order.sample(runs, len(runs)):
                     g = fn()
-                    gens[method, gamma, rtt, rep, pi] = g
                     rows.append(_row(g, method, gamma, rtt, rep, pi))
             if progress:
                 progress(f"rep {rep + 1}/{reps}, prompt {pi + 1}/{len(prompts)} done")
-    base = rtts_ms[0]
-    for row in rows:
-        if row["method"] != "edge":
-            g0 = gens[row["method"], row["gamma"], base, row["rep"], row["prompt"]]
-            row["predicted_wall_s"] = predict(g0, Link(row["rtt_ms"], bandwidth_mbps, jitter_ms))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df["predicted_wall_s"] = predicted(df, rtts_ms[0], bandwidth_mbps, jitter_ms)
+    return df
+
+
+def predicted(df: pd.DataFrame, base_rtt: float, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0) -> pd.Series:
+    """Each row's wall time as :func:`predict` forecasts it from the same work's run at ``base_rtt``."""
+    def key(r: dict) -> tuple:
+        return r["method"], 0 if pd.isna(r["gamma"]) else int(r["gamma"]), r["rep"], r["prompt"]
+
+    base = {key(r): r for r in df[df.rtt_ms == base_rtt].to_dict("records")}
+    out = []
+    for r in df.to_dict("records"):
+        b = base.get(key(r))
+        out.append(None if b is None or r["method"] == "edge" else
+                   predict(_Run(b), Link(r["rtt_ms"], bandwidth_mbps, jitter_ms)))
+    return pd.Series(out, index=df.index, dtype=float)
+
+
+class _Run:
+    """A row seen as a generation: what :func:`predict` reads is its ``metrics``."""
+
+    def __init__(self, row: dict):
+        self.metrics = {k: v for k, v in row.items()
+                        if isinstance(v, list) or not (k.startswith("round_") and k != "round_trips")}
 
 
 def _row(g: Any, method: str, gamma: int | None, rtt: float | None, rep: int, prompt: int) -> dict:
