@@ -143,6 +143,6 @@ def bench(record: dict[str, Any] | None) -> plt.Figure:
     df = pd.DataFrame(record["methods"])
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(df) + 1))
     sns.barplot(df, y="label", x="tokens_per_s", hue="method", dodge=False, ax=ax)
-    ax.set(ylabel="", xlabel="tokens / s (median)", title="specnb bench: every method, one process, interleaved")
+    ax.set(ylabel="", xlabel="tokens / s (all tokens / all time)", title="specnb bench: every method, one process, interleaved")
     fig.tight_layout()
     return fig
