@@ -131,6 +131,8 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
     for name in ANALYSIS_NOTEBOOKS:
         executed = run_dir / f"{name}.ipynb"
         params = {"run_dir": str(run_dir)} | ((drift or {}) if name == "precision_analysis" else {})
+        started = time.monotonic()
+        print(f"analysis: {name}.ipynb ...", end="", flush=True)  # the kernel's own output goes to analysis.log
         try:
             with _output_to(run_dir / "analysis.log"):
                 pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed),
@@ -138,6 +140,7 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
         except Exception as err:  # noqa: BLE001 - keep the executed notebook, report, go on
             last = (str(err).strip().splitlines() or [""])[-1]
             print(f"{name}.ipynb failed: {type(err).__name__}: {last} (see {executed})", file=sys.stderr)
+        print(f" {time.monotonic() - started:.0f} s", flush=True)
         if executed.is_file():
             body, _ = HTMLExporter().from_filename(str(executed))
             html = run_dir / f"{name}.html"
