@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import queue
 import tempfile
 import threading
 import time
@@ -77,6 +78,7 @@ class Session:
         self.cloud = cloud
         self.verifier = None
         self.length = 0  # tokens in the verifier's cache: seq[:-1]
+        self._stop = threading.Event()
 
     def verify(self, msg: Message) -> Message:
         t0 = time.perf_counter()
@@ -104,7 +106,7 @@ class Session:
         return Message("v", ints=[n, tok, _us(t0)], floats=row)
 
     def _begin(self, settings: RoundSettings, prompt: list[int]) -> None:
-        self.close()
+        self._release()
         self.settings = settings
         self.verifier = self.cloud.model.verifier(settings)  # the in-process cloud verifier, as is
         self.verifier.begin(prompt, settings)
@@ -112,7 +114,7 @@ class Session:
         self.gen = getattr(self.verifier, "generator", None)  # seeded with settings.seed + 1 (None: unseeded)
 
     def generate(self, msg: Message) -> Iterator[Message]:
-        """Cloud-only decoding streamed token by token, or server-side speculation (one message)."""
+        """Cloud-only decoding streamed back as it decodes, or server-side speculation (one message)."""
         kw, n_new, prompt = dict(msg.meta.get("kw", {})), int(msg.meta["max_new_tokens"]), msg.ints
         t0 = time.perf_counter()
         if msg.meta.get("method") == "speculative":
@@ -130,23 +132,53 @@ class Session:
                                  top_k=kw.get("top_k"), top_p=kw.get("top_p"), seed=kw.get("seed"),
                                  optimized=optimized, compile=kw.get("compile"), widths=(1,) if optimized else (),
                                  max_len=len(prompt) + n_new + 1)
+        tokens: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._decode, args=(settings, prompt, n_new, tokens), daemon=True).start()
         out: list[int] = []
-        calls = 0
-        eos = self.cloud.model.eos_ids
-        with self.cloud.lock, torch.inference_mode():
-            self._begin(settings, prompt)
-        last = prompt[-1]
-        while len(out) < n_new and not (out and out[-1] in eos):
-            t1 = time.perf_counter()
-            with self.cloud.lock, torch.inference_mode():  # one token = verifying an empty draft
-                last = self.verifier.verify(last, [], None).token
-            calls += 1
-            out.append(last)
-            yield Message("t", ints=[_us(t1), last])
+        while True:
+            # send what is ready in one message: decoding goes on while a message is on its way
+            items = [tokens.get()]
+            while not tokens.empty():
+                items.append(tokens.get())
+            done = items[-1] is None or isinstance(items[-1], Exception)
+            ready = [it for it in items if isinstance(it, tuple)]
+            if ready:
+                out += [tok for tok, _ in ready]
+                yield Message("t", ints=[sum(us for _, us in ready)] + [tok for tok, _ in ready])
+            if isinstance(items[-1], Exception):
+                raise items[-1]
+            if done:
+                break
         yield Message("d", meta={"metrics": {"new_tokens": len(out), "server_s": time.perf_counter() - t0,
-                                             "cloud_calls": calls + (len(prompt) > 1)}})
+                                             "cloud_calls": len(out) + (len(prompt) > 1)}})
+
+    def _decode(self, settings: RoundSettings, prompt: list[int], n_new: int, tokens: queue.SimpleQueue) -> None:
+        """Cloud-only decoding on a thread of its own, token by token into ``tokens`` (then None, or the error)."""
+        try:
+            eos = self.cloud.model.eos_ids
+            with self.cloud.lock, torch.inference_mode():
+                if self._stop.is_set():
+                    return
+                self._begin(settings, prompt)
+            last, n = prompt[-1], 0
+            while n < n_new and not (n and last in eos):
+                t1 = time.perf_counter()
+                with self.cloud.lock, torch.inference_mode():  # one token = verifying an empty draft
+                    if self._stop.is_set():
+                        return
+                    last = self.verifier.verify(last, [], None).token
+                n += 1
+                tokens.put((last, _us(t1)))
+            tokens.put(None)
+        except Exception as err:  # noqa: BLE001 - handed to the stream, which reports it
+            tokens.put(err)
 
     def close(self) -> None:
+        """Free the cache (called with the model lock held); a decoding thread stops at its next token."""
+        self._stop.set()
+        self._release()
+
+    def _release(self) -> None:
         if self.verifier is not None:
             self.verifier.close()
             self.verifier = None
