@@ -5,11 +5,24 @@ Public contract::
     from specnb import ModelSpec, load, autoregressive, speculative
 """
 
-from .decoding import autoregressive, speculative
-from .dtypes import parse_dtype
-from .lookup import PromptLookup
-from .metrics import Generation
-from .models import LoadedModel, ModelSpec, check_pair, load
+import os as _os
+import sys as _sys
+
+# OpenMP threads that wait for work sleep instead of spinning (an OpenMP default lets them spin):
+# on a small CPU shared with anything else a spinning thread takes the core another needs. Only
+# effective before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins. Measured on
+# the README's five-line set-up with two threads on a busy 2-core machine (see README, Threads).
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _WAIT_POLICY_AT_TORCH_LOAD = _os.environ["OMP_WAIT_POLICY"]
+else:
+    _WAIT_POLICY_AT_TORCH_LOAD = "unknown: torch was loaded before specnb"
+
+from .decoding import autoregressive, speculative  # noqa: E402
+from .dtypes import parse_dtype  # noqa: E402
+from .lookup import PromptLookup  # noqa: E402
+from .metrics import Generation  # noqa: E402
+from .models import LoadedModel, ModelSpec, check_pair, load  # noqa: E402
 
 __all__ = [
     "ModelSpec", "LoadedModel", "load", "check_pair", "autoregressive", "speculative",

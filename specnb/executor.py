@@ -116,7 +116,7 @@ class LocalExecutor:
         self._ctx = mp.get_context(method)
 
     def _env(self, cpus: tuple[int, ...] | None) -> dict[str, str]:
-        env = {"TQDM_DISABLE": "1"}
+        env = {"TQDM_DISABLE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         if "OMP_NUM_THREADS" not in os.environ:
             n = self.threads or (len(cpus) if cpus else max(1, (os.cpu_count() or 1) // self.jobs))
             env["OMP_NUM_THREADS"] = str(n)

@@ -11,12 +11,16 @@ run on (its affinity mask) minus one left for everything else, at least one.
 Switching the count rebuilds OpenMP's pool (several ms on a small CPU), so a speculative run
 whose two models share the CPU uses one count for the whole run when their caps agree, and
 switches around each draft phase only when they differ (:func:`specnb.decoding.thread_plan`).
+
+Importing specnb before torch also sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP
+threads waiting for work then sleep instead of spinning on a core another process needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Iterator
 
 
@@ -71,4 +75,5 @@ def describe() -> dict[str, Any]:
         affinity = None
     return {"usable_cores": usable_cores(), "affinity": affinity, "default_threads": default_threads(),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+            "OMP_WAIT_POLICY": getattr(sys.modules.get("specnb"), "_WAIT_POLICY_AT_TORCH_LOAD", None)
+            or os.environ.get("OMP_WAIT_POLICY")}
