@@ -28,7 +28,7 @@ __all__ = [
     "ModelSpec", "LoadedModel", "load", "check_pair", "autoregressive", "speculative",
     "Generation", "parse_dtype", "PromptLookup", "connect", "Link",
 ]
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import grpc
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..decoding import speculative, warp
 from ..models import LoadedModel
 from ..roles import RoundSettings
