@@ -121,8 +121,8 @@ def _clients_beside(daemon: str) -> dict[str, str]:
     return out
 
 
-def _version(*argv: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def _version(*argv: str, env: Mapping[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
     return (proc.stdout or proc.stderr).strip()
 
 
@@ -193,6 +193,7 @@ class SlurmCluster:
         self._start_munge()
         self._start_mariadb()
         self._write_configs()
+        self._check_versions()
         self._spawn("slurmdbd", [_find("slurmdbd"), "-D"])
         self._wait("slurmdbd answers", lambda: self._ok("sacctmgr", "-n", "list", "cluster"))
         self.cmd("sacctmgr", "-i", "add", "cluster", self.name)
@@ -203,15 +204,18 @@ class SlurmCluster:
         self.startup_s = time.monotonic() - t0
 
     def _link_clients(self) -> None:
-        """bin/: the clients of the daemons' own installation, and of the same version."""
-        ctld = _find("slurmctld")
-        clients = _clients_beside(ctld)
-        daemon_v, client_v = _version(ctld, "-V"), _version(clients["sbatch"], "--version")
-        if daemon_v.split()[-1:] != client_v.split()[-1:]:
-            raise Unavailable(f"Slurm clients ({clients['sbatch']}: {client_v}) and daemons ({ctld}: {daemon_v}) "
-                              "differ in version")
-        for exe, path in clients.items():
+        """bin/: the clients of the daemons' own installation."""
+        for exe, path in _clients_beside(_find("slurmctld")).items():
             (self.bin / exe).symlink_to(path)
+
+    def _check_versions(self) -> None:
+        """The clients and the daemons are one Slurm version (clients read slurm.conf even for
+        ``--version``: run once it is written)."""
+        ctld = _find("slurmctld")
+        daemon_v, client_v = _version(ctld, "-V"), _version(str(self.bin / "sbatch"), "--version", env=self.env)
+        if not daemon_v or daemon_v.split()[-1:] != client_v.split()[-1:]:
+            raise Unavailable(f"Slurm clients ({(self.bin / 'sbatch').resolve()}: {client_v}) and daemons "
+                              f"({ctld}: {daemon_v}) differ in version")
 
     def config(self, env: dict[str, str], timeout: float = 30) -> dict[str, str]:
         """``scontrol show config`` as seen from ``env``: {"ClusterName": ..., ...}."""
