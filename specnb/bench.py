@@ -64,7 +64,7 @@ from .peers import hf_assisted, hf_prompt_lookup
 from .prompts import load_prompts
 from .schedule import estimate_alpha, expected_tokens, speedup_limit
 from .stats import ratio_interval
-from .timing import Section, timed_section
+from .timing import Section, setup_section, timed_section
 
 
 @dataclass
@@ -257,9 +257,10 @@ def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[str], n: int, g
     """
     ms = methods(edge, cloud, n, gammas, lever_gamma) + list(extra or [])
     with room_for_graphs(), quiet_hf_internal_warnings():  # HF's compiled peer compiles in its warm-up
-        for m in ms:  # warm-up (not locked: set-up may overlap others' work): first-call allocations, compile, caches
-            for p in prompts if m.warm_all else prompts[:1]:
-                m.run(p)
+        with setup_section():  # warm-up (first-call allocations, compile, caches): never while another run is timed
+            for m in ms:
+                for p in prompts if m.warm_all else prompts[:1]:
+                    m.run(p)
         with timed_section() as section:
             graphs = counters["stats"]["unique_graphs"]
             timed_reps(ms, prompts, reps, section)

@@ -266,6 +266,7 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
     import torch
 
     from .prompts import load_prompts
+    from .timing import setup_section
 
     path = Path(p.result_path) if p.result_path else default_result_path(method, p)
     record = new_record(method, p)
@@ -273,14 +274,15 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
     t0 = time.perf_counter()
     try:
         prompts = load_prompts(p.prompts, p.num_prompts)
-        models = load_models(method, p)
-        record.update({role: model_info(m) for role, m in models.items()})
-        fn = decoder(method, models, p)
-        torch.manual_seed(p.seed)
-        record["warmup"] = warm_up(fn, prompts[0].text, p)
-        if methods.get(method).warm_all_prompts(p):  # it compiles per shape it meets: meet them all
-            for prompt in prompts:                      # before the clock
-                fn(prompt.text, p.max_new_tokens)
+        with setup_section() as waited:  # never while another run is timed (a shared hold of the timing lock)
+            models = load_models(method, p)
+            record.update({role: model_info(m) for role, m in models.items()})
+            fn = decoder(method, models, p)
+            torch.manual_seed(p.seed)
+            record["warmup"] = warm_up(fn, prompts[0].text, p) | {"lock_waited_s": round(waited, 3)}
+            if methods.get(method).warm_all_prompts(p):  # it compiles per shape it meets: meet them all
+                for prompt in prompts:                      # before the clock
+                    fn(prompt.text, p.max_new_tokens)
         record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log)
         record["threads"] = threads.describe()
         record.update(status="ok", aggregate=aggregate(record["prompts"]) | rep_figures(record["timing"]) | {

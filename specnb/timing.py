@@ -2,8 +2,9 @@
 
 * :func:`timed_section` wraps a method's timed repetitions. It holds an exclusive lock on a
   file (``flock``) that every specnb process on the machine takes for its timed work, so two
-  grid cells (or a notebook run by hand beside a grid) never time at the same moment; set-up
-  (kernel start, loading, compiling, warm-up) is not locked and may overlap. It records the
+  grid cells (or a notebook run by hand beside a grid) never time at the same moment. Heavy
+  set-up (loading, compiling, warm-up) holds the same lock shared (:func:`setup_section`): set-ups
+  overlap each other, never a timed section; only kernel start-up and imports run unlocked. It records the
   section's wall-clock start and end, the host and the time spent waiting for the lock, so
   overlap can be checked afterwards (:func:`overlaps`).
 * :func:`probe` times a short fixed workload (a float32 matrix product on one thread). A cell
@@ -44,8 +45,9 @@ def lock_path() -> Path | None:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path | None) -> Iterator[float]:
-    """Hold an exclusive ``flock`` on ``path`` for the block; yields the seconds spent waiting."""
+def exclusive(path: Path | None, mode: int = fcntl.LOCK_EX) -> Iterator[float]:
+    """Hold an exclusive (or, with ``mode=LOCK_SH``, shared) ``flock`` on ``path`` for the block;
+    yields the seconds spent waiting. Never nest two holds of one file in one process: they conflict."""
     if path is None:
         yield 0.0
         return
@@ -53,7 +55,7 @@ def exclusive(path: Path | None) -> Iterator[float]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         t0 = time.perf_counter()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, mode)
         try:
             yield time.perf_counter() - t0
         finally:
@@ -91,6 +93,18 @@ class Section:
     def probe(self, where: str) -> None:
         """Time the probe now and note where (``before``, ``rep 1``, ``after``)."""
         self.info["probes"].append({"where": where, "seconds": probe(), "at": time.time()})
+
+
+@contextlib.contextmanager
+def setup_section(lock: bool = True) -> Iterator[float]:
+    """Around heavy set-up work (loading, compiling, warming up): a SHARED hold of the timing lock.
+
+    Set-ups run side by side, but never while anyone is in a :func:`timed_section` (which holds
+    the lock exclusively): on the 2-core CI machine a busy neighbour core slows a timed core by
+    ~15%, a busy same core by ~100%. Yields the seconds spent waiting.
+    """
+    with exclusive(lock_path() if lock else None, fcntl.LOCK_SH) as waited:
+        yield waited
 
 
 @contextlib.contextmanager

@@ -99,3 +99,23 @@ def test_a_busy_core_during_one_cells_timing_is_flagged_in_both_languages(tiny_p
     df = report.results_frame(records)
     text = findings.markdown(findings.on_clock(clock.reset_index(), df))
     assert "busy" in text and "TIMING DISTURBED" in text and "计时受干扰" in text
+
+
+def test_setups_share_the_lock_but_wait_for_a_timed_section(tmp_path, monkeypatch):
+    import fcntl
+
+    path = tmp_path / "l.lock"
+    monkeypatch.setenv("SPECNB_TIMING_LOCK", str(path))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from specnb.timing import setup_section\n"
+            "print('ready', flush=True)\nwith setup_section() as waited: print(round(waited, 2))")
+    root = str(timing.Path(__file__).parents[1])
+    with timing.exclusive(path, fcntl.LOCK_SH):  # another set-up: no wait
+        out = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, timeout=120).stdout
+        assert float(out.split()[-1]) < 0.5
+    with timing.exclusive(path):  # a timed section: the set-up waits for it
+        child = subprocess.Popen([sys.executable, "-c", code, root], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        assert child.poll() is None
+    out, _ = child.communicate(timeout=60)
+    assert float(out) >= 0.9
