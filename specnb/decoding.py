@@ -247,7 +247,8 @@ def speculative(
     settings = RoundSettings(
         rule=verify, rank_k=rank_k, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, compile=compile,
         levers_off=off, max_len=len(ids) + max_new_tokens + plan.longest() + 1,
-        vocab=check_pair(edge, cloud) if isinstance(edge, LoadedModel) and isinstance(cloud, LoadedModel) else 0,
+        # both sides hold a tokenizer (a loaded model, a remote cloud): refuse a mismatch, share the vocabulary
+        vocab=check_pair(edge, cloud) if all(hasattr(x, "tokenizer") and hasattr(x, "vocab_size") for x in (edge, cloud)) else 0,
     )
     e_settings = replace(settings, optimized=optimized in (True, "edge"))
     c_settings = replace(settings, optimized=c_opt, widths=plan.widths() if c_opt else ())  # padded widths

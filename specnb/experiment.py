@@ -1,12 +1,15 @@
-"""What a method notebook calls: validate its parameters, load the models, run the method over
-the prompts (after a warm-up), and write the result record atomically to ``result_path``.
+"""What a method notebook calls: validate its parameters, load the models, warm up, time ``reps``
+repetitions over the prompts inside one timed section, and write the result record to ``result_path``.
 
-The record (DESIGN.md, "What every result records")::
+The record::
 
     {"schema", "status": "ok" | "failed", "error", "method", "settings": {every parameter, dtypes
      resolved}, "edge": {model, dtype, device, device_class, device_name, threads} | None,
-     "cloud": {...} | None, "prompts": [per-prompt row: id, category, metrics, tokens, text,
-     trace], "aggregate": {metrics over all prompts}, "versions", "machine", "git", times}
+     "cloud": {...} | None, "prompts": [per-prompt row: id, category, metrics (time metrics: the
+     mean over repetitions), tokens, text, trace], "timing": {reps, entries: [(rep, prompt, tokens,
+     seconds)], probes, start, end, host, lock, waited_s}, "threads", "warmup", "aggregate":
+     {metrics over all prompts, tokens/s per repetition, their spread}, "versions", "machine",
+     "git", times}
 """
 
 from __future__ import annotations

@@ -146,3 +146,22 @@ def bench(record: dict[str, Any] | None) -> plt.Figure:
     ax.set(ylabel="", xlabel="tokens / s (all tokens / all time)", title="specnb bench: every method, one process, interleaved")
     fig.tight_layout()
     return fig
+
+
+def link_speedups(sp: pd.DataFrame) -> plt.Figure:
+    """Speed-up over cloud-only streaming vs RTT, one line per method (edge-cloud at each gamma), with
+    95% intervals (:func:`specnb.link.study.speedups`)."""
+    if sp.empty:
+        return _empty("speed-up vs RTT")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for (method, gamma), part in sp.groupby(["method", sp["gamma"].fillna(0)], sort=True):
+        part = part.sort_values("rtt_ms")
+        name = f"{method} g={int(gamma)}" if gamma else method
+        ax.errorbar(part["rtt_ms"], part["speedup"], yerr=[part["speedup"] - part["low"], part["high"] - part["speedup"]],
+                    marker="o", capsize=3, label=name)
+    ax.axhline(1.0, color="black", lw=1, ls="--")
+    ax.set(xlabel="RTT (ms)", ylabel="x cloud-only streamed (95% CI)",
+           title="Speed-up over cloud-only generation across the same link")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -166,3 +166,32 @@ def crossover_rtt(df: pd.DataFrame, max_ms: float = 1000.0, step_ms: float = 0.5
 def _predict_row(r: Any, rtt_ms: float) -> float:
     """:func:`predict` from a row (no per-round bytes): each round trip pays the new RTT instead of the old."""
     return r.wall_s - r.emulated_s + r.round_trips * Link(rtt_ms).expected_round_s(0, 0)
+
+
+def bound_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The latency-extended bound beside the measurement, per RTT and gamma of edge-cloud speculation.
+
+    S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)) (:func:`specnb.link.speedup_bound`) with, from the same
+    rows: a = the runs' alpha (maximum likelihood, pooled), c = edge step / cloud step (the edge alone
+    vs cloud-only streaming at the lowest RTT, per token), v = the server's time per round in cloud
+    steps, r = the link's time per round (measured, emulated delay included) in cloud steps.
+    """
+    from .predict import speedup_bound
+
+    base = df[df.rtt_ms == df.rtt_ms.dropna().min()]
+    cloud, edge = base[base.method == "cloud"], df[df.method == "edge"]
+    cloud_step = cloud.wall_s.sum() / cloud.new_tokens.sum()
+    c = (edge.wall_s.sum() / edge.new_tokens.sum()) / cloud_step
+    measured = speedups(df).set_index(["rtt_ms", "method", "gamma"])
+    out = []
+    spec = df[df.method == "edge_cloud"]
+    for (rtt, gamma), part in spec.groupby(["rtt_ms", "gamma"]):
+        rounds = part.rounds.sum()
+        alpha = float(part.alpha.mean())
+        v = part.server_s.sum() / rounds / cloud_step
+        r = part.link_s.sum() / rounds / cloud_step
+        s = speedup_bound(alpha, int(gamma), c, v, r)
+        m = measured.loc[(rtt, "edge_cloud", int(gamma))]
+        out.append({"rtt_ms": rtt, "gamma": int(gamma), "alpha": alpha, "c": c, "v": v, "r": r, "bound": s,
+                    "measured": m.speedup, "low": m.low, "high": m.high, "measured_over_bound": m.speedup / s})
+    return pd.DataFrame(out)
