@@ -142,7 +142,9 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
             print(f"{name}.ipynb failed: {type(err).__name__}: {last} (see {executed})", file=sys.stderr)
         print(f" {time.monotonic() - started:.0f} s", flush=True)
         if executed.is_file():
-            body, _ = HTMLExporter().from_filename(str(executed))
+            # for readers: outputs and prose only (no code cells, no NBVAL markers); the .ipynb keeps the code
+            body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                                   exclude_output_prompt=True).from_filename(str(executed))
             html = run_dir / f"{name}.html"
             html.write_text(body, encoding="utf-8")
             out[name] = html
