@@ -104,12 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edge-device", metavar="DEVICE", default="cpu", help="device of the edge model (default: %(default)s)")
     parser.add_argument("--cloud-device", metavar="DEVICE", default="auto",
                         help="device of the cloud model; auto = the accelerator when there is one, else cpu (default: %(default)s)")
-    parser.add_argument("--edge-threads", metavar="N", type=int, default=None,
-                        help="intra-op CPU threads of the edge model (default: %(default)s = specnb's default, "
-                             "OMP_NUM_THREADS if set, else usable cores - 1)")
-    parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
-                        help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
-                             "the same default as the edge's)")
+    threads.add_arguments(parser)
     parser.add_argument("--prompts", metavar="SET", default="builtin:code", help="prompt set: builtin:NAME or a Spec-Bench style JSONL (default: %(default)s)")
     parser.add_argument("--limit", metavar="N", type=int, default=8, help="prompts used from the set (default: %(default)s)")
     parser.add_argument("--max-new-tokens", metavar="N", type=int, default=64, help="new tokens per prompt (default: %(default)s)")

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import Iterator
 
+from . import threads
 from .decoding import autoregressive, speculative
 from .models import ModelSpec, load
 from .peers import hf_assisted
@@ -64,12 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edge", metavar="MODEL", default="zoo:tiny-edge", help="edge model: folder, hub id or zoo:NAME (default: %(default)s)")
     parser.add_argument("--cloud", metavar="MODEL", default="zoo:tiny-cloud", help="cloud model, same forms (default: %(default)s)")
     parser.add_argument("--dtype", metavar="DTYPE", default="float32", help="dtype of both models: float32, float16, bfloat16 (default: %(default)s)")
-    parser.add_argument("--edge-threads", metavar="N", type=int, default=None,
-                        help="intra-op CPU threads of the edge model (default: %(default)s = specnb's default, "
-                             "OMP_NUM_THREADS if set, else usable cores - 1)")
-    parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
-                        help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
-                             "the same default as the edge's)")
+    threads.add_arguments(parser)
     parser.add_argument("--prompt", metavar="TEXT", default=None, help="the prompt (default: the first prompt of builtin:code)")
     parser.add_argument("--max-new-tokens", metavar="N", type=int, default=48, help="new tokens (default: %(default)s)")
     parser.add_argument("--gamma", metavar="G", type=int, default=4, help="draft length of speculative and hf_assisted (default: %(default)s)")

@@ -77,3 +77,13 @@ def describe() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "OMP_WAIT_POLICY": getattr(sys.modules.get("specnb"), "_WAIT_POLICY_AT_TORCH_LOAD", None)
             or os.environ.get("OMP_WAIT_POLICY")}
+
+
+def add_arguments(parser: Any) -> None:
+    """``--edge-threads`` / ``--cloud-threads`` of the command-line tools (None: :func:`default_threads`)."""
+    parser.add_argument("--edge-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the edge model (default: %(default)s = specnb's default, "
+                             "OMP_NUM_THREADS if set, else usable cores - 1)")
+    parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
+                        help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
+                             "the same default as the edge's)")
