@@ -10,8 +10,8 @@ import sys as _sys
 
 # OpenMP threads that wait for work sleep instead of spinning (an OpenMP default lets them spin):
 # on a small CPU shared with anything else a spinning thread takes the core another needs. Only
-# effective before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins. Measured on
-# the README's five-line set-up with two threads on a busy 2-core machine (see README, Threads).
+# effective before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins (why: README,
+# "Numbers you can quote").
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _WAIT_POLICY_AT_TORCH_LOAD = _os.environ["OMP_WAIT_POLICY"]

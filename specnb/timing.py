@@ -100,8 +100,8 @@ def setup_section(lock: bool = True) -> Iterator[float]:
     """Around heavy set-up work (loading, compiling, warming up): a SHARED hold of the timing lock.
 
     Set-ups run side by side, but never while anyone is in a :func:`timed_section` (which holds
-    the lock exclusively): on the 2-core CI machine a busy neighbour core slows a timed core by
-    ~15%, a busy same core by ~100%. Yields the seconds spent waiting.
+    the lock exclusively): a busy neighbour core slows a timed core measurably too, not only a
+    busy same core (figures: README, "Numbers you can quote"). Yields the seconds spent waiting.
     """
     with exclusive(lock_path() if lock else None, fcntl.LOCK_SH) as waited:
         yield waited
