@@ -114,7 +114,7 @@ def timed_section(lock: bool = True) -> Iterator[Section]:
     section = Section()
     path = lock_path() if lock else None
     with exclusive(path) as waited:
-        section.info.update(lock=str(path) if path else None, waited_s=round(waited, 3))
+        section.info.update(lock=path.name if path else None, waited_s=round(waited, 3))  # the name: no machine path
         section.probe("before")
         section.info["start"] = time.time()
         try:

@@ -42,7 +42,7 @@ def test_concurrent_runs_never_time_at_once(tiny_pair, tmp_path):
     sections = [(r["method"], r["timing"]) for r in records]
     assert all(s["start"] < s["end"] for _, s in sections)
     assert timing.overlaps(sections) == []
-    assert all(r["timing"]["lock"] == lock and len(r["timing"]["probes"]) == 4 for r in records)  # before, 2 between, after
+    assert all(r["timing"]["lock"] == "timing.lock" and len(r["timing"]["probes"]) == 4 for r in records)  # before, 2 between, after
     assert all(len(r["timing"]["entries"]) == 3 * 2 for r in records)  # reps x prompts
 
 
