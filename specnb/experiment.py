@@ -32,10 +32,14 @@ SUM_KEYS = ("new_tokens", "wall_s", "rounds", "drafted", "accepted", "cloud_call
 
 
 def quiet() -> None:
-    """Keep loading progress bars and library chatter out of notebook outputs."""
+    """Keep loading progress bars and library chatter out of notebook outputs; show table cells whole
+    (pandas cuts text at 50 characters by default: an audit verdict ended in "(e...")."""
     import warnings
 
+    import pandas as pd
     from transformers.utils import logging as hf_logging
+
+    pd.set_option("display.max_colwidth", None)
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
