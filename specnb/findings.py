@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from . import methods as _methods
 from .clock import THRESHOLD
 from .report import METHOD_NAMES
 
@@ -202,6 +203,8 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
     for (dtype, setup), group in fair.groupby(["dtype", "setup"], sort=False):
         best = group.loc[group["speedup"].idxmax()]
         name, ref = METHOD_NAMES.get(best["method"], best["method"]), best["reference"]
+        known = _methods.METHODS.get(best["method"])
+        name_zh = known.label_zh if known else name
         ref_method = ref.split("-", 1)[0] if isinstance(ref, str) else "?"
         has_ci = pd.notna(best["speedup_low"])
         ci = f" (95% CI {best['speedup_low']:.2f}-{best['speedup_high']:.2f})" if has_ci else " (timed once: no interval)"
@@ -217,7 +220,7 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
         clock_zh = "计时受干扰：引用前请重新运行。" if best["timing_disturbed"] else ""
         out.append(Text(f"At {dtype} on {best['device']} ({setup} set-up), {name} runs at {best['speedup']:.2f}x "
                         f"{ref_method}{ci}: {verdict} the {setup} baseline, fair comparison{why}.{clock}",
-                        f"在 {best['device']} 上的 {dtype} 精度下（{setup} 配置），{name} 的速度是 {ref_method} 的 "
+                        f"在 {best['device']} 上的 {dtype} 精度下（{setup} 配置），{name_zh} 的速度是 {ref_method} 的 "
                         f"{best['speedup']:.2f} 倍{ci_zh}：{verdict_zh}{setup} 基线，公平比较{why_zh}。{clock_zh}"))
     ref = df[(df["status"] == "ok") & (df["method"] == "cloud_optimized")]
     for device, group in ref.groupby("cloud_class"):

@@ -205,6 +205,7 @@ def test_findings_are_bilingual_and_generated(study):
     assert "edge-float32" in text and "device class" in text and "设备" in text  # the unfair edge comparison
     assert "cloud-bfloat16" in text  # the failed cell is named
     assert "1.50x" in text  # speculative (plain) float16: 60 / 40 tok/s against the plain cloud
+    assert "推测解码 的速度是" in text  # the registry's Chinese label in the Chinese sentence
     assert "75.0%" in text and "50.0%" in text  # acceptance spread by dtype pair
 
 
