@@ -54,7 +54,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from . import runinfo, threads
-from .clock import THRESHOLD
+from .clock import THRESHOLD, worst_deviation
 from .decoding import autoregressive, room_for_graphs, speculative
 from .demo import quiet_hf_internal_warnings
 from .metrics import Generation, synchronize
@@ -400,8 +400,8 @@ def clock_summary(probes: list[dict[str, Any]], threshold: float = THRESHOLD) ->
     their median; a probe more than ``threshold`` away flags the run, in English and 中文."""
     secs = [p["seconds"] for p in probes]
     med = statistics.median(secs)
-    worst = max(probes, key=lambda p: abs(p["seconds"] / med - 1.0))
-    dev = worst["seconds"] / med - 1.0
+    i, dev = worst_deviation(secs, med)
+    worst = probes[i]
     disturbed = abs(dev) > threshold
     ms_ = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
     return {

@@ -22,6 +22,12 @@ COLUMNS = ["cell_id", "probe_ms", "run_probe_ms", "worst_deviation", "rep_spread
            "disturbed", "verdict", "verdict_zh"]
 
 
+def worst_deviation(seconds: list[float], reference: float) -> tuple[int, float]:
+    """The probe furthest from ``reference`` (its index) and its relative deviation (+0.2 = 20% slower)."""
+    i = max(range(len(seconds)), key=lambda k: abs(seconds[k] / reference - 1.0))
+    return i, seconds[i] / reference - 1.0
+
+
 def _probes(rec: dict[str, Any]) -> list[float]:
     return [p["seconds"] for p in (rec.get("timing") or {}).get("probes", [])]
 
@@ -37,8 +43,8 @@ def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD)
     rows = []
     for r in timed:
         cid, probes = r["cell"]["cell_id"], _probes(r)
-        worst = max(probes, key=lambda p: abs(p / run_median - 1.0))
-        deviation = worst / run_median - 1.0
+        i, deviation = worst_deviation(probes, run_median)
+        worst = probes[i]
         others = sorted({b if a == cid else a for a, b in pairs if cid in (a, b)})
         disturbed = abs(deviation) > threshold or bool(others)
         why, why_zh = [], []

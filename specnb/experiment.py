@@ -246,12 +246,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def rep_figures(timing: dict[str, Any]) -> dict[str, Any]:
     """Per-repetition tokens/s and their spread ((max - min) / median), from the timing record."""
-    from .stats import spread
+    from .stats import as_table, speed, spread
 
-    per_rep = []
-    for rep in range(timing["reps"]):
-        mine = [e for e in timing["entries"] if e["rep"] == rep]
-        per_rep.append(sum(e["new_tokens"] for e in mine) / sum(e["wall_s"] for e in mine))
+    table = as_table(timing["entries"])
+    per_rep = [speed(table[rep:rep + 1]) for rep in range(timing["reps"])]
     return {"reps": timing["reps"], "tokens_per_s_reps": per_rep, "rep_spread": spread(per_rep)}
 
 
@@ -291,7 +289,6 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
                 for prompt in prompts:                      # before the clock
                     fn(prompt.text, p.max_new_tokens)
         record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log)
-        record["threads"] = threads.describe()
         record.update(status="ok", aggregate=aggregate(record["prompts"]) | rep_figures(record["timing"]) | {
             "warmup_s": record["warmup"]["wall_s"], "warmup_compile_s": record["warmup"]["compile_s"]})
     except Exception as err:

@@ -136,15 +136,9 @@ def _no_loading_bar() -> Iterator[None]:
         set_hook(previous)
 
 
-@contextlib.contextmanager
-def thread_cap(threads: int | None) -> Iterator[None]:
-    """Run the block with at most ``threads`` intra-op CPU threads (process-wide; restored after).
-
-    None means :func:`specnb.threads.default_threads` (not torch's own default, which on a small
-    shared CPU spins a thread on a busy core).
-    """
-    with thread_count(threads):
-        yield
+# Run a block with at most ``threads`` intra-op CPU threads (process-wide; restored after); None
+# means specnb's default (:func:`specnb.threads.default_threads`), not torch's own.
+thread_cap = thread_count
 
 
 def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:

@@ -324,7 +324,9 @@ def acceptance_by_dtype(df: pd.DataFrame, method: str = "speculative") -> pd.Dat
 
 def variant(method: str, setup: str) -> str:
     """A method with its set-up class when the method has both: ``speculative (optimized)``."""
-    return method if method in ("edge", "cloud", "cloud_optimized") or setup == "plain" else f"{method} ({setup})"
+    known = _methods.METHODS.get(method)
+    fixed = known is not None and known.fixed_setup is not None  # one set-up only: its name says it
+    return method if fixed or setup == "plain" else f"{method} ({setup})"
 
 
 def metric_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
