@@ -4,12 +4,20 @@ repetitions over the prompts inside one timed section, and write the result reco
 The record::
 
     {"schema", "status": "ok" | "failed", "error", "method", "settings": {every parameter, dtypes
-     resolved}, "edge": {model, dtype, device, device_class, device_name, threads} | None,
-     "cloud": {...} | None, "prompts": [per-prompt row: id, category, metrics (time metrics: the
-     mean over repetitions), tokens, text, trace], "timing": {reps, entries: [(rep, prompt, tokens,
+     resolved, chat_template_applied}, "edge": {model, dtype, device, device_class, device_name,
+     threads} | None, "cloud": {...} | None, "prompting": {chat_template, applied, tokenizer},
+     "prompts": [per-prompt row: id, turn, category, metrics (time metrics: the mean over
+     repetitions), tokens, text, trace], "timing": {reps, entries: [(rep, prompt, tokens,
      seconds)], probes, start, end, host, lock, waited_s}, "threads", "warmup", "aggregate":
      {metrics over all prompts, tokens/s per repetition, their spread}, "versions", "machine",
      "git", times}
+
+Prompts are rendered to token ids once, outside the decoders (:mod:`specnb.chat`: with the
+cloud's chat template when ``chat_template`` is ``auto`` and it has one, else raw text). A
+multi-turn question becomes one row per turn, run in order within each repetition: turn 2's
+prompt holds the method's own answer to turn 1. Its first turn keeps the question's id, turn k
+is ``<id>/<k>``; rows and timing entries come in the same order for every method on the same
+prompts, so speed-ups pair them.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .chat import Prompting, converse, prompting_for
 from .metrics import Generation, summarize
 from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
 from . import methods, threads
@@ -171,12 +180,12 @@ def model_info(m: Any) -> dict[str, Any]:
             "threads": threads.resolve(m.spec.threads), "threads_set": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters())}
 
 
-def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str, int], Generation]:
+def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str | list[int], int], Generation]:
     """``fn(prompt, max_new_tokens) -> Generation`` for the method (built by its registry entry)."""
     return methods.get(method).build(models, p)
 
 
-def warm_up(fn: Callable[[str, int], Generation], prompt: str, p: MethodParams) -> dict[str, Any]:
+def warm_up(fn: Callable[[str | list[int], int], Generation], prompt: str | list[int], p: MethodParams) -> dict[str, Any]:
     """``p.warmup`` short generations before timing; their time and compile time are recorded,
     not hidden (an optimized run compiles here, so its measured prompts report ~0 ``compile_s``)."""
     t0, compile_s = time.perf_counter(), 0.0
@@ -185,41 +194,58 @@ def warm_up(fn: Callable[[str, int], Generation], prompt: str, p: MethodParams) 
     return {"generations": p.warmup, "wall_s": time.perf_counter() - t0, "compile_s": compile_s}
 
 
-def prompt_row(prompt: Any, g: Generation) -> dict[str, Any]:
-    """One prompt's row: id, category, all metrics, and the output (tokens, text, trace)."""
-    return {"id": prompt.id, "category": prompt.category, **g.metrics,
+def turn_id(prompt: Any, turn: int) -> str:
+    """A row's id: the question's own for its first turn, ``<id>/<turn>`` for a later one (unique
+    per row, and a single-turn question keeps the id it always had)."""
+    return prompt.id if turn == 1 else f"{prompt.id}/{turn}"
+
+
+def prompt_row(prompt: Any, g: Generation, turn: int = 1) -> dict[str, Any]:
+    """One prompt's (one turn's) row: id, turn, category, all metrics, and the output (tokens, text, trace)."""
+    return {"id": turn_id(prompt, turn), "turn": turn, "category": prompt.category, **g.metrics,
             "text": g.text, "tokens": list(g.tokens), "trace": list(g.trace)}
 
 
-def timed_reps(fn: Callable[[str, int], Generation], prompts: list[Any], p: MethodParams,
-               log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def turn_units(prompts: list[Any], prompting: Prompting) -> list[tuple[int, int]]:
+    """(question index, turn) of every row, in row order: a question's turns one after another."""
+    return [(q, turn) for q, prompt in enumerate(prompts) for turn in range(1, len(prompting.turns(prompt)) + 1)]
+
+
+def timed_reps(fn: Callable[[str | list[int], int], Generation], prompts: list[Any], p: MethodParams,
+               log: Callable[[str], None] | None = None, *,
+               prompting: Prompting) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``p.reps`` timed passes over the prompts inside one :func:`specnb.timing.timed_section`.
 
-    Each repetition starts one prompt later than the previous one (rotated order, so no prompt
-    always runs first after a probe). Returns one row per prompt (the first repetition's output
-    and counts; time metrics averaged over the repetitions) and the timing record: every
-    (repetition, prompt) entry, the probes before / between / after, the section's start and end.
+    Each repetition starts one question later than the previous one (rotated order, so no prompt
+    always runs first after a probe); a multi-turn question runs its turns in order
+    (:func:`specnb.chat.converse`: a turn's prompt needs this repetition's answers to the earlier
+    ones). Returns one row per turn (the first repetition's output and counts; time metrics
+    averaged over the repetitions) and the timing record: every (repetition, row) entry, the
+    probes before / between / after, the section's start and end.
     """
     from .timing import timed_section
 
-    runs: dict[int, list[Generation]] = {i: [] for i in range(len(prompts))}
+    units = turn_units(prompts, prompting)
+    row_of = {unit: i for i, unit in enumerate(units)}
+    runs: dict[int, list[Generation]] = {i: [] for i in range(len(units))}
     entries = []
     with timed_section() as section:
         for rep in range(p.reps):
             if rep:
                 section.probe(f"rep {rep}")
             shift = rep % len(prompts)
-            for i in list(range(shift, len(prompts))) + list(range(shift)):
-                g = fn(prompts[i].text, p.max_new_tokens)
-                runs[i].append(g)
-                entries.append({"rep": rep, "prompt": i, "new_tokens": g.metrics["new_tokens"],
-                                "wall_s": g.metrics["wall_s"]})
+            for q in list(range(shift, len(prompts))) + list(range(shift)):
+                for turn, g in enumerate(converse(fn, prompts[q], prompting, p.max_new_tokens), 1):
+                    i = row_of[q, turn]
+                    runs[i].append(g)
+                    entries.append({"rep": rep, "prompt": i, "new_tokens": g.metrics["new_tokens"],
+                                    "wall_s": g.metrics["wall_s"]})
             if log:
                 log(f"repetition {rep + 1}/{p.reps}: {sum(e['new_tokens'] for e in entries if e['rep'] == rep)} tokens")
     rows = []
-    for i, prompt in enumerate(prompts):
+    for i, (q, turn) in enumerate(units):
         first = runs[i][0]
-        row = prompt_row(prompt, first)
+        row = prompt_row(prompts[q], first, turn)
         for key in TIME_KEYS:
             values = [g.metrics.get(key) for g in runs[i]]
             row[key] = None if any(v is None for v in values) else sum(values) / len(values)
@@ -256,7 +282,7 @@ def rep_figures(timing: dict[str, Any]) -> dict[str, Any]:
 def new_record(method: str, p: MethodParams) -> dict[str, Any]:
     """The record's frame before anything runs (written as is if loading fails)."""
     return {"schema": SCHEMA, "status": "running", "error": None, "method": method,
-            "settings": settings_dict(method, p), "edge": None, "cloud": None, "prompts": [],
+            "settings": settings_dict(method, p), "edge": None, "cloud": None, "prompting": None, "prompts": [],
             "aggregate": {}, "versions": versions(), "machine": machine(), "git": git_state(),
             "threads": threads.describe(), "started_at": now()}
 
@@ -276,19 +302,23 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
     path = Path(p.result_path) if p.result_path else default_result_path(method, p)
     record = new_record(method, p)
     record["settings"]["result_path"] = str(path)
+    record["settings"]["chat_template_applied"] = None  # known once the tokenizer is loaded
     t0 = time.perf_counter()
     try:
         prompts = load_prompts(p.prompts, p.num_prompts)
         with setup_section() as waited:  # never while another run is timed (a shared hold of the timing lock)
             models = load_models(method, p)
             record.update({role: model_info(m) for role, m in models.items()})
+            prompting = prompting_for(models, p.chat_template)
+            record["prompting"] = prompting.describe()
+            record["settings"]["chat_template_applied"] = prompting.templated
             fn = decoder(method, models, p)
             torch.manual_seed(p.seed)
-            record["warmup"] = warm_up(fn, prompts[0].text, p) | {"lock_waited_s": round(waited, 3)}
+            record["warmup"] = warm_up(fn, prompting.render(prompts[0]), p) | {"lock_waited_s": round(waited, 3)}
             if methods.get(method).warm_all_prompts(p):  # it compiles per shape it meets: meet them all
-                for prompt in prompts:                      # before the clock
-                    fn(prompt.text, p.max_new_tokens)
-        record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log)
+                for prompt in prompts:                      # before the clock (every turn)
+                    converse(fn, prompt, prompting, p.max_new_tokens)
+        record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log, prompting=prompting)
         record.update(status="ok", aggregate=aggregate(record["prompts"]) | rep_figures(record["timing"]) | {
             "warmup_s": record["warmup"]["wall_s"], "warmup_compile_s": record["warmup"]["compile_s"]})
     except Exception as err:

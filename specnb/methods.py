@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-COMMON_FIELDS = frozenset({"dtype", "prompts", "num_prompts", "max_new_tokens", "temperature", "seed", "warmup", "reps"})
+COMMON_FIELDS = frozenset({"dtype", "prompts", "num_prompts", "chat_template", "max_new_tokens", "temperature", "seed",
+                           "warmup", "reps"})
 ROLE_FIELDS = {role: frozenset({f"{role}_model", f"{role}_device", f"{role}_threads", f"{role}_dtype"})
                for role in ("edge", "cloud")}
 
-Decode = Callable[[str, int], Any]  # (prompt, max_new_tokens) -> Generation
+Decode = Callable[[str | list[int], int], Any]  # (prompt: text or token ids, max_new_tokens) -> Generation
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _common(p: Any) -> dict[str, Any]:
 def _edge(m: dict[str, Any], p: Any) -> Decode:
     from .decoding import autoregressive
 
-    def run(prompt: str, n: int):
+    def run(prompt: str | list[int], n: int):
         g = autoregressive(m["edge"], prompt, n, **_common(p))
         g.metrics["edge_calls"], g.metrics["cloud_calls"] = g.metrics["cloud_calls"], 0  # the edge's calls
         return g

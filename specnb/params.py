@@ -32,7 +32,10 @@ class MethodParams(BaseModel):
 
     ``edge_dtype`` / ``cloud_dtype`` override ``dtype`` for one role when set. ``prompts`` is
     a built-in set (``builtin:NAME``) or a Spec-Bench style JSONL path; ``num_prompts`` keeps
-    the first N. ``warmup`` generations on the first prompt run before anything is measured, then
+    the first N (questions: a multi-turn question runs all its turns). ``chat_template``:
+    ``auto`` renders prompts with the tokenizer's chat template when it has one (multi-turn
+    questions turn by turn), ``none`` feeds raw text, first turns only (see :mod:`specnb.chat`).
+    ``warmup`` generations on the first prompt run before anything is measured, then
     ``reps`` timed repetitions over all prompts (rotated order; speed-up intervals need >= 2).
     ``schedule`` sets the speculative draft length per round (``constant`` = gamma);
     ``optimized`` gives the speculative loop the optimized set-up (static caches, compiled steps);
@@ -53,6 +56,7 @@ class MethodParams(BaseModel):
     cloud_threads: int | None = Field(None, ge=1)
     prompts: str = "builtin:code"
     num_prompts: int | None = Field(3, ge=1)
+    chat_template: Literal["auto", "none"] = "auto"
     max_new_tokens: int = Field(24, ge=1)
     gamma: int = Field(4, ge=1)
     verify: Literal["greedy", "sample", "rank"] = "greedy"

@@ -4,13 +4,15 @@
 completion pair trained on the Python standard library: function signatures, class headers
 and docstrings to continue, in the standard library's own style. A JSONL file holds one JSON
 object per line, ``{"question_id": ..., "category": ..., "turns": ["first turn", ...]}``
-(Spec-Bench, MT-Bench); a prompt's text is its first turn.
+(Spec-Bench, MT-Bench); a prompt's text is its first turn, and all its turns are kept in
+``turns`` (MT-Bench's questions have two: the second asks about the model's own first answer, so
+it can only be run after it; :mod:`specnb.chat` renders the conversation turn by turn).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
@@ -18,11 +20,23 @@ BUILTIN_PREFIX = "builtin:"
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: a stable id, the text to continue, and a category for grouping."""
+    """One prompt: a stable id, the text to continue, a category for grouping, and every turn.
+
+    ``text`` is the first turn (what single-turn callers read); ``turns`` defaults to
+    ``(text,)``, so ``Prompt(id, text, category)`` stays a one-turn prompt.
+    """
 
     id: str
     text: str
     category: str
+    turns: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            object.__setattr__(self, "turns", (self.text,))
+        elif self.turns[0] != self.text:
+            raise ValueError(f"prompt {self.id!r}: text must be the first turn; build it as "
+                             "Prompt(id, turns[0], category, tuple(turns))")
 
 
 _CODE: list[tuple[str, str]] = [
@@ -91,10 +105,10 @@ def _read_jsonl(path: Path) -> list[Prompt]:
         try:
             row = json.loads(line)
             turns = row["turns"]
-            if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
                 raise TypeError("'turns' must be a non-empty list of strings")
             prompts.append(Prompt(str(row["question_id"]), turns[0],
-                                  str(row.get("category", "unknown"))))
+                                  str(row.get("category", "unknown")), tuple(turns)))
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}:{lineno}: not a Spec-Bench prompt ({err!r}); each line"
                              ' must be {"question_id": ..., "category": ..., "turns": [...]}'

@@ -36,13 +36,29 @@ def test_unknown_builtin_names_the_known_sets():
         load_prompts("builtin:nope")
 
 
-def test_jsonl_takes_first_turn_id_and_category(tmp_path):
+def test_jsonl_keeps_id_category_and_every_turn_with_the_first_as_text(tmp_path):
     path = tmp_path / "q.jsonl"
     rows = [{"question_id": 7, "category": "math", "turns": ["What is 2+2?", "And 3+3?"]},
             {"question_id": "x1", "turns": ["Hi"]}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    assert load_prompts(str(path)) == [Prompt("7", "What is 2+2?", "math"),
-                                       Prompt("x1", "Hi", "unknown")]
+    first, second = load_prompts(str(path))
+    assert (first.id, first.text, first.category) == ("7", "What is 2+2?", "math")
+    assert first.turns == ("What is 2+2?", "And 3+3?")
+    assert second == Prompt("x1", "Hi", "unknown") and second.turns == ("Hi",)
+
+
+def test_a_prompt_built_from_text_is_one_turn_and_text_must_be_the_first_turn():
+    assert Prompt("a", "hello", "c").turns == ("hello",)
+    assert Prompt("a", "hello", "c", ("hello", "more")).turns == ("hello", "more")
+    with pytest.raises(ValueError, match="first turn"):
+        Prompt("a", "hello", "c", ("other", "more"))
+
+
+def test_jsonl_turns_must_all_be_text(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "turns": ["ok", 3]}) + "\n")
+    with pytest.raises(ValueError, match=r"q\.jsonl:1.*list of strings"):
+        load_prompts(str(path))
 
 
 def test_jsonl_errors_name_file_and_line(tmp_path):
