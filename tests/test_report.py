@@ -295,3 +295,97 @@ def test_findings_name_the_disturbed_clock_in_both_languages():
     text = findings.markdown(findings.recommendations(df, audit, report.speedups(df, audit)))
     assert "TIMING DISTURBED in 1 cell(s) (spec)" in text and "计时受干扰" in text
     assert "re-run before quoting" in text and "引用前请重新运行" in text
+
+
+# ---------------------------------------------------------------------------- per category (Spec-Bench style)
+
+def categorized(cid, method, rows, *, reps=3, **kw):
+    """A record over prompts given as (id, category, new_tokens, seconds, rounds): per-prompt rows and
+    timing entries repeating those seconds ``reps`` times (the same each time: a degenerate interval)."""
+    r = rec(cid, method, num_prompts=len(rows), **kw)
+    r["prompts"] = [{"id": i, "category": c, "new_tokens": n, "wall_s": s, "rounds": k,
+                     "accepted": n - k if k else 0} for i, c, n, s, k in rows]
+    r["timing"] = {"reps": reps, "entries": [{"rep": rep, "prompt": j, "new_tokens": n, "wall_s": s}
+                                             for rep in range(reps) for j, (_, _, n, s, _) in enumerate(rows)]}
+    r["aggregate"]["tokens_per_s"] = sum(x[2] for x in rows) / sum(x[3] for x in rows)
+    return r
+
+
+@pytest.fixture
+def by_category():
+    """Two MT-bench turns (own ids, category writing: Spec-Bench's mt_bench task) and two translations;
+    speculative is twice as fast as the cloud on translation only."""
+    base = dict(cloud=("float32", "cpu"))
+    ids = [("81-t1", "writing"), ("81-t2", "writing"), ("161", "translation"), ("162", "translation")]
+    cloud = categorized("cloud", "cloud", [(i, c, 8, 1.0, 0) for i, c in ids], **base)
+    spec = categorized("spec", "speculative", [(i, c, 8, 0.5 if c == "translation" else 1.0,
+                                                2 if c == "translation" else 4) for i, c in ids],
+                       edge=("float32", "cpu"), **base)
+    other = categorized("spec-fp16", "speculative", [(i, c, 8, 0.5, 2) for i, c in ids],
+                        edge=("float16", "cpu"), cloud=("float16", "cpu"))  # no float16 cloud: not quoted
+    return [cloud, spec, other]
+
+
+def test_category_table_speedup_and_accepted_tokens_per_task(by_category):
+    t = report.category_table(by_category)
+    assert set(t["cell_id"]) == {"spec"}  # only quoted (like-for-like) pairs; the reference itself is not a row
+    t = t.set_index("category")
+    assert list(t.index) == ["mt_bench", "translation", "overall"]  # Spec-Bench's task, in order of appearance
+    assert t.loc["translation", "speedup"] == pytest.approx(2.0) and t.loc["mt_bench", "speedup"] == pytest.approx(1.0)
+    assert t.loc["translation", "prompts"] == 2 and t.loc["overall", "prompts"] == 4
+    assert t.loc["translation", "measurable"] and not t.loc["mt_bench", "measurable"]  # interval [1, 1] holds 1.0
+    overall = report.speedups(report.results_frame(by_category)).set_index("cell_id").loc["spec"]
+    assert t.loc["overall", "speedup"] == overall.speedup == pytest.approx(32 / 3 / 8)  # the speed-up table's row
+    # Spec-Bench's mean accepted tokens: tokens per round, the cloud's own token included; gpt-fast's one less
+    assert t.loc["translation", "tokens_per_round"] == 4.0 and t.loc["mt_bench", "tokens_per_round"] == 2.0
+    assert t.loc["overall", "tokens_per_round"] == pytest.approx(32 / 12)
+    assert t.loc["translation", "mean_accepted_len"] == 3.0 and t.loc["mt_bench", "mean_accepted_len"] == 1.0
+
+
+def test_category_table_groups_by_category_not_id_and_needs_the_same_prompts(by_category):
+    cloud, spec, _ = by_category
+    spec["prompts"][0]["id"] = "something-else"  # the reference decoded other prompts in that position
+    t = report.category_table([cloud, spec], tasks={}).set_index("category")
+    assert list(t.index) == ["writing", "translation", "overall"]  # no task map: categories as recorded
+    assert t.loc[["writing", "translation"], "speedup"].isna().all()  # no like-for-like pairs per category
+    assert t.loc["overall", "speedup"] == pytest.approx(32 / 3 / 8)
+    assert t.loc["translation", "tokens_per_round"] == 4.0  # the run's own counts need no reference
+
+
+def test_category_view_is_spec_bench_layout(by_category):
+    t = report.category_table(by_category)
+    view = report.category_view(t)
+    assert list(view.columns) == ["method / 方法", "multi-turn conversation / 多轮对话", "translation / 翻译",
+                                  "overall / 总体", "timing disturbed / 计时受干扰"]
+    assert view.loc["spec", "translation / 翻译"] == "2.00x (2.00-2.00)"
+    mat = report.category_view(t, "tokens_per_round")
+    assert mat.loc["spec", "multi-turn conversation / 多轮对话"] == 2.0
+    edge = report.category_table([by_category[0], categorized("edge", "edge", [("1", "qa", 8, 0.1, 0)] * 4,
+                                                                edge=("float32", "cpu"))])
+    assert report.category_view(edge).empty and not report.category_view(edge, same_output_only=False).empty
+
+
+def test_for_reading_shows_missing_values_as_a_dash():
+    t = pd.DataFrame({"gamma": [4.0, None], "rate": [0.12345, float("nan")], "name": ["a", None],
+                      "flag": pd.array([True, None], dtype="boolean"), "full": [1.23456, 2.0]})
+    out = report.for_reading(t, digits=3)
+    assert list(out["gamma"]) == ["4", report.NA] and list(out["rate"]) == ["0.123", report.NA]
+    assert list(out["name"]) == ["a", report.NA] and list(out["flag"]) == [True, report.NA]
+    assert out["full"].dtype == float and out["full"][0] == 1.235  # no missing value: stays a number, rounded
+    assert "NaN" not in out.to_string() and "None" not in out.to_string()
+    assert report.for_reading(t, float_format="{:.2g}")["rate"][0] == "0.12"
+
+
+def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from specnb import plots
+
+    rows = pd.DataFrame([{"prompt": f"p{i}", "dtype": d, "top1_agreement": 1.0} for i in range(3)
+                         for d in ("float32 (noise floor)", "float16", "bfloat16")])
+    for fig in (plots.drift(rows), plots.category_speedups(report.category_table(by_category))):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert not legend.overlaps(box), "the legend sits on the axes: it covers a bar"
