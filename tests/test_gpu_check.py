@@ -1,0 +1,101 @@
+"""The GPU check's plumbing, on the CPU: its dry run writes one record of named checks, a failing
+check is recorded and stops nothing, and without a GPU it refuses in one line (never pretends)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from specnb import gpucheck
+from specnb.cli import build_parser
+
+CHECK_KEYS = {"name", "status", "seconds", "budget_s", "error", "traceback", "figures"}
+
+
+@pytest.fixture(scope="module")
+def dry_record(tmp_path_factory):
+    """The dry run with the timer check failed on purpose; grid and bench skipped (minutes on 2 cores)."""
+    out = tmp_path_factory.mktemp("gpu_check")
+    rc = gpucheck.main(["--device", "cpu", "--edge-threads", "1", "--skip", "grid,bench", "--fail", "timer",
+                        "--out", str(out)])
+    return rc, json.loads((out / "gpu_check.json").read_text())
+
+
+def test_dry_run_writes_one_record_of_named_checks(dry_record):
+    rc, record = dry_record
+    assert record["kind"] == "gpu_check" and record["dry_run"] is True and record["device"] == "cpu"
+    assert [c["name"] for c in record["checks"]] == list(gpucheck.CHECKS)
+    for check in record["checks"]:
+        assert set(check) == CHECK_KEYS, check["name"]
+    status = {c["name"]: c["status"] for c in record["checks"]}
+    assert status == {"environment": "pass", "dtypes": "pass", "timer": "fail", "peak_memory": "pass",
+                      "autoregressive": "pass", "speculative": "pass", "grid": "skipped", "bench": "skipped"}
+    assert record["counts"] == {"pass": 5, "fail": 1, "skipped": 2}
+    assert record["status"] == "fail" and rc == 1
+    assert {"versions", "machine", "git", "settings", "started_at", "finished_at"} <= set(record)
+
+
+def test_injected_failure_is_recorded_and_the_rest_ran(dry_record):
+    _, record = dry_record
+    by = {c["name"]: c for c in record["checks"]}
+    assert "injected failure" in by["timer"]["error"]
+    # the checks after it ran and measured: greedy outputs against the CPU reference, speculative lossless
+    ar = by["autoregressive"]["figures"]["runs"]
+    assert set(ar) == {f"{d} {s}" for d in ("float32", "bfloat16", "float16") for s in ("plain", "optimized")}
+    assert ar["float32 plain"]["match_rate"] == 1.0
+    spec = by["speculative"]["figures"]["runs"]
+    assert spec["cloud float32 plain"]["match_rate"] == 1.0
+    assert spec["cloud float32 plain"]["speedup"] > 0
+    assert {"verify=sample", "verify=rank"} <= set(spec)
+    assert all(row["agree"] for row in by["dtypes"]["figures"]["dtypes"].values())
+    assert by["peak_memory"]["figures"]["peak_mem_bytes"] >= by["peak_memory"]["figures"]["weight_bytes"]
+
+
+def test_a_crash_and_an_overrun_are_failures_with_their_text(tmp_path):
+    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
+
+    def crash(ctx, fig):
+        fig["before"] = 1
+        raise ValueError("boom")
+
+    def overrun(ctx, fig):
+        time.sleep(5)
+
+    crashed = gpucheck.run_check("crash", crash, ctx, budget_s=30)
+    assert crashed["status"] == "fail" and crashed["error"] == "ValueError: boom"
+    assert crashed["figures"] == {"before": 1} and "ValueError" in crashed["traceback"]
+    late = gpucheck.run_check("overrun", overrun, ctx, budget_s=0.2)
+    assert late["status"] == "fail" and "budget" in late["error"]
+
+
+def test_checks_left_without_time_are_skipped_not_started(tmp_path):
+    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
+    record = gpucheck.run_all(ctx, deadline_s=0)
+    assert record["counts"] == {"pass": 0, "fail": 0, "skipped": len(gpucheck.CHECKS)}
+    assert "deadline" in record["checks"][0]["error"]
+    assert "skipped" in gpucheck.summary_text(record)
+
+
+def test_agreement_counts_tokens_before_the_first_divergence():
+    ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    got = gpucheck.agreement(ref, [[1, 2, 3, 4], [5, 6, 0, 8]])
+    assert got["match_rate"] == pytest.approx((1 + 0.5) / 2)
+    assert got["exact"] == 1 and got["first_divergence"] == [None, 2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line_and_fails(capsys, tmp_path):
+    assert gpucheck.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no GPU check possible" in err and "--device cpu" in err
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_cli_has_the_subcommand():
+    args = build_parser().parse_args(["gpu-check", "--device", "cpu", "--skip", "grid"])
+    assert args._module == "specnb.gpucheck" and args.skip == "grid"
+    with pytest.raises(SystemExit):
+        gpucheck.main(["--skip", "nonsense"])
