@@ -435,18 +435,24 @@ def for_reading(t: pd.DataFrame, digits: int | None = None, float_format: str | 
     ``float_format``), whole numbers that pandas turned into floats (a gamma beside a NaN) as
     integers. ``digits`` also rounds the other float columns, like ``DataFrame.round``.
     """
-    t = t.round(digits) if digits is not None else t.copy()
+    out = t.round(digits) if digits is not None else t.copy()
     for col in t.columns:
         missing = t[col].isna()
         if missing.any():
-            t[col] = _as_text(t[col], missing, digits, float_format)
-    return t
+            out[col] = _as_text(out[col], missing, _whole(t[col][~missing]), digits, float_format)
+    return out
 
 
-def _as_text(column: pd.Series, missing: pd.Series, digits: int | None, float_format: str | None) -> list[Any]:
+def _whole(values: pd.Series) -> bool:
+    """True when every value is a float holding a whole number: ints that a NaN beside them made floats
+    (judged before rounding: 256.04 rounded to 256.0 is not one)."""
+    floats = [v for v in values if isinstance(v, float)]
+    return bool(floats) and len(floats) == len(values) and all(v.is_integer() for v in floats)
+
+
+def _as_text(column: pd.Series, missing: pd.Series, whole: bool, digits: int | None,
+             float_format: str | None) -> list[Any]:
     """A column holding missing values, for reading: "–" for them, its floats as text, the rest as is."""
-    floats = [v for v in column[~missing] if isinstance(v, float)]
-    whole = bool(floats) and all(v.is_integer() for v in floats)  # ints made floats by a NaN beside them
 
     def text(v: Any) -> Any:
         if not isinstance(v, float):

@@ -389,3 +389,8 @@ def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
         ax = fig.axes[0]
         legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
         assert not legend.overlaps(box), "the legend sits on the axes: it covers a bar"
+
+
+def test_for_reading_keeps_rounded_measurements_as_decimals():
+    t = pd.DataFrame({"tokens_per_s": [256.04, float("nan")]})
+    assert list(report.for_reading(t, digits=1)["tokens_per_s"]) == ["256.0", report.NA]
