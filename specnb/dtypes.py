@@ -62,11 +62,23 @@ def check_supported(name: str, device: torch.device) -> None:
     instructions). On CUDA, bfloat16 needs compute capability 8.0 (Ampere) or newer.
     """
     dtype = parse_dtype(name)
-    if device.type == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+    if dtype == "bfloat16" and not native_bf16(device):
         gpu = torch.cuda.get_device_name(device)
         raise ValueError(
             f"bfloat16 is not supported on {gpu} ({device}); use dtype='float16' or 'float32' there"
         )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: CPUs (torch runs it on every one), CUDA from capability 8.0.
+
+    Not ``torch.cuda.is_bf16_supported()``: that answers for the current GPU, not ``device``, and
+    (by default since torch 2.3) says yes where bfloat16 is only emulated, slowly (e.g. a V100),
+    which would let the grid time an emulation against native float16.
+    """
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def device_name(device: torch.device) -> str:

@@ -44,13 +44,17 @@ def reset_peak_memory(*devices: torch.device) -> None:
             torch.cuda.reset_peak_memory_stats(dev)
 
 
+def _indexed(dev: torch.device) -> torch.device:
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def peak_memory_bytes(*devices: torch.device) -> int:
     """CUDA max-allocated bytes when any device is a GPU (summed over GPUs), else the process peak RSS.
 
     The CPU figure is the process high-water mark since start (it cannot be reset), so it
     includes the weights of every model loaded in the process.
     """
-    gpus = {dev for dev in devices if dev.type == "cuda"}
+    gpus = {_indexed(dev) for dev in devices if dev.type == "cuda"}  # "cuda" and "cuda:0": one GPU, counted once
     if gpus:
         return int(sum(torch.cuda.max_memory_allocated(dev) for dev in gpus))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -99,3 +99,18 @@ def test_cli_has_the_subcommand():
     assert args._module == "specnb.gpucheck" and args.skip == "grid"
     with pytest.raises(SystemExit):
         gpucheck.main(["--skip", "nonsense"])
+
+
+def test_bfloat16_is_refused_where_a_gpu_only_emulates_it(monkeypatch):
+    """A V100 (capability 7.0) runs bfloat16 emulated; check_supported refuses it there, naming float16."""
+    from specnb.dtypes import check_supported, native_bf16
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    cuda = torch.device("cuda", 0)
+    assert not native_bf16(cuda) and native_bf16(torch.device("cpu"))
+    with pytest.raises(ValueError, match="bfloat16 is not supported on Tesla V100.*float16"):
+        check_supported("bf16", cuda)
+    check_supported("float16", cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_supported("bfloat16", cuda)
