@@ -124,3 +124,14 @@ def test_edge_alone_counts_edge_calls_and_hf_split_is_unmeasured(tiny_pair, tmp_
     hf = experiment.run("hf_assisted", params(tiny_pair, tmp_path, reps=1))
     assert hf["aggregate"]["draft_s"] is None and hf["aggregate"]["verify_s"] is None
     assert all(r["draft_s"] is None for r in hf["prompts"])
+
+
+def test_chat_template_is_recorded_and_names_its_own_result_file(tiny_pair, tmp_path):
+    rec = experiment.run("cloud", params(tiny_pair, tmp_path, reps=1))
+    assert rec["settings"]["chat_template"] == "auto"
+    assert rec["settings"]["chat_template_applied"] is False  # the tiny pair's tokenizer has no template: raw text
+    assert rec["prompting"] == {"chat_template": "auto", "applied": False, "tokenizer": "cloud"}
+    assert [r["turn"] for r in rec["prompts"]] == [1, 1] and [r["id"] for r in rec["prompts"]] == ["code-00", "code-01"]
+    auto, none = (experiment.default_result_path("cloud", params(tiny_pair, tmp_path, chat_template=m, result_path=None))
+                  for m in ("auto", "none"))
+    assert auto != none

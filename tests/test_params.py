@@ -50,6 +50,8 @@ def test_good_yaml_loads_and_canonicalizes(tmp_path, fake_models):
     (lambda d: d.update(prompts="builtin:nope"), "prompts"),
     (lambda d: d["grid"].update(prompts=["builtin:code", "x.jsonl"]), "grid.prompts[1]"),
     (lambda d: d["parameters"].update(result_path="x.json"), "parameters.result_path"),
+    (lambda d: d["parameters"].update(chat_template="yes"), "parameters.chat_template"),
+    (lambda d: d["grid"].update(chat_template=["auto", "raw"]), "grid.chat_template[1]"),
 ])
 def test_bad_yaml_names_the_field(tmp_path, fake_models, mutate, field):
     data = base(fake_models)
@@ -97,3 +99,18 @@ def test_shipped_params_files_validate(name):
     gp = load_grid_params(NB_DIR.parent / "params" / f"{name}.yaml")
     cells = expand(gp, "/tmp/specnb-never-written")
     assert len(cells) >= 10 and len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_chat_template_is_a_grid_axis_that_splits_every_method(tmp_path, fake_models):
+    """Rendering with the template changes what every method decodes: auto and none are two cells each."""
+    from specnb.grid import expand
+    from specnb.params import METHODS, relevant_fields
+
+    assert all("chat_template" in relevant_fields(m) for m in METHODS)
+    data = base(fake_models)
+    data["grid"] = {"method": ["edge", "cloud"], "chat_template": ["auto", "none"]}
+    cells = expand(load_grid_params(write_yaml(tmp_path, data)), tmp_path / "run")
+    assert sorted((c.method, c.parameters["chat_template"]) for c in cells) == [
+        ("cloud", "auto"), ("cloud", "none"), ("edge", "auto"), ("edge", "none")]
+    with pytest.raises(ParamsError, match="'auto' or 'none'"):
+        validate_method_params({"chat_template": "yes"})
