@@ -56,8 +56,12 @@ EDGE, CLOUD = "zoo:tiny-edge", "zoo:tiny-cloud"
 DEADLINE_S = 570  # the whole check, on one GPU: under the 10 minutes it promises
 MIN_START_S = 20  # a check is skipped, not started, with less time than this left
 # seconds each check may take on one GPU (compiles included); the dry run uses the same limits
-BUDGET_S = {"environment": 30, "dtypes": 45, "timer": 30, "peak_memory": 45, "autoregressive": 150,
-            "speculative": 150, "grid": 240, "bench": 180}
+BUDGET_S = {"environment": 30, "dtypes": 45, "timer": 30, "peak_memory": 45, "autoregressive": 180,
+            "speculative": 150, "grid": 210, "bench": 180}
+# what the grid and the bench import beyond the decoding core (the CLI loads every subcommand's module)
+REQUIRES = {"grid": ("papermill", "nbconvert", "nbformat", "ipykernel", "pydantic", "yaml", "pandas", "matplotlib",
+                     "seaborn", "tqdm"),
+            "bench": ("pydantic", "yaml", "pandas", "numpy")}
 FP32_AGREEMENT = 0.9  # float32 on the device must decode at least this share of tokens as the reference
 
 
@@ -409,6 +413,15 @@ def run_command(cmd: list[str], log: Path, timeout_s: float) -> int:
             raise
 
 
+def require_modules(step: str) -> None:
+    """Fail at once, naming what to install, where the step's command could not even start."""
+    import importlib.util
+
+    missing = [m for m in REQUIRES[step] if importlib.util.find_spec(m) is None]
+    require(not missing, f"{sys.executable} lacks {', '.join(missing)} (needed by specnb {step}): install specnb's "
+            "dependencies into it (pip install -e . after the CUDA torch), or run with the .venv that make setup builds")
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
@@ -429,6 +442,7 @@ def grid_params_for(ctx: Context, folder: Path) -> Path:
 
 def check_grid(ctx: Context, fig: dict) -> None:
     """``specnb grid``: every cell ok with the cloud on the device, then the audit and summary written."""
+    require_modules("grid")
     params = grid_params_for(ctx, ctx.out_dir)
     run_dir = ctx.out_dir / "grid"
     log = ctx.out_dir / "grid.log"
@@ -460,6 +474,7 @@ def check_grid(ctx: Context, fig: dict) -> None:
 
 def check_bench(ctx: Context, fig: dict) -> None:
     """``specnb bench`` at small settings with the cloud on the device: record written, no compiling while timed."""
+    require_modules("bench")
     record_path = ctx.out_dir / "bench.json"
     log = ctx.out_dir / "bench.log"
     cmd = [ctx.python, "-m", "specnb.cli", "bench", "--edge-device", "cpu", "--cloud-device", ctx.device.type,
