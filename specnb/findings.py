@@ -235,6 +235,32 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
     return out
 
 
+def on_categories(categories: pd.DataFrame) -> list[Text]:
+    """How far the speed-up moves across prompt categories (:func:`specnb.report.category_table`), for the
+    run with the best overall speed-up among those that reproduce the cloud's output: a workload-wide
+    figure hides that (Spec-Bench's point), so the spread is said in words where there are 2+ categories."""
+    from .report import OVERALL
+
+    t = categories[categories["same_output"].astype(bool) & categories["speedup"].notna()]
+    per = t[t["category"] != OVERALL]
+    if per.empty or per.groupby("cell_id")["category"].nunique().max() < 2:
+        return []
+    overall = t[t["category"] == OVERALL].set_index("cell_id")["speedup"]
+    best = overall[overall.index.isin(per["cell_id"])].idxmax()
+    rows = per[per["cell_id"] == best].set_index("category")
+    lo, hi = rows["speedup"].idxmin(), rows["speedup"].idxmax()
+    tpr = rows["tokens_per_round"].dropna()
+    mat = (f"; mean accepted tokens (per round, the cloud's token included) {tpr.min():.2f} to {tpr.max():.2f}"
+           if len(tpr) else "")
+    mat_zh = f"；平均接受词元数（每轮，含云端词元）{tpr.min():.2f} 至 {tpr.max():.2f}" if len(tpr) else ""
+    return [Text(f"The speed-up depends on the task: {best} runs at {rows.loc[lo, 'speedup']:.2f}x on {lo} and "
+                 f"{rows.loc[hi, 'speedup']:.2f}x on {hi} (overall {overall[best]:.2f}x){mat}. Quote it per "
+                 "category, as Spec-Bench does, when the workload's mix may differ from the prompts'.",
+                 f"加速比取决于任务：{best} 在 {lo} 上为 {rows.loc[lo, 'speedup']:.2f} 倍，在 {hi} 上为 "
+                 f"{rows.loc[hi, 'speedup']:.2f} 倍（总体 {overall[best]:.2f} 倍）{mat_zh}。当实际负载的构成可能与提示词"
+                 "不同时，应像 Spec-Bench 一样按类别给出加速比。")]
+
+
 def _draft_share(df: pd.DataFrame, cell_id: str) -> tuple[str, str]:
     """Where a slow speculative run spent its time (when the run measured the split)."""
     row = df[df["cell_id"] == cell_id].iloc[0]
@@ -285,9 +311,11 @@ def on_failures(df: pd.DataFrame) -> list[Text]:
 
 def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFrame,
                     drift_summary: pd.DataFrame | None = None, acceptance: pd.DataFrame | None = None,
-                    clock: pd.DataFrame | None = None) -> list[Text]:
+                    clock: pd.DataFrame | None = None, categories: pd.DataFrame | None = None) -> list[Text]:
     """All generated findings, most important first: fairness, the clock, failures, drift,
-    acceptance, speed. ``clock`` is :func:`specnb.clock.clock_audit` (computed from ``df`` when None)."""
+    acceptance, speed, its spread across prompt categories. ``clock`` is
+    :func:`specnb.clock.clock_audit` (computed from ``df`` when None); ``categories`` is
+    :func:`specnb.report.category_table` (no category finding when None)."""
     from .clock import clock_audit
     from .report import frame_records
 
@@ -297,5 +325,6 @@ def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFram
         items += on_drift(drift_summary)
     if acceptance is not None:
         items += on_acceptance(acceptance)
-    return items + on_speed(speedups, df)
+    items += on_speed(speedups, df)
+    return items + (on_categories(categories) if categories is not None else [])
 

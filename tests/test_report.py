@@ -394,3 +394,13 @@ def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
 def test_for_reading_keeps_rounded_measurements_as_decimals():
     t = pd.DataFrame({"tokens_per_s": [256.04, float("nan")]})
     assert list(report.for_reading(t, digits=1)["tokens_per_s"]) == ["256.0", report.NA]
+
+
+def test_findings_say_how_far_the_speedup_moves_across_categories(by_category):
+    from specnb import findings
+
+    t = report.category_table(by_category)
+    text = findings.markdown(findings.on_categories(t))
+    assert "spec runs at 1.00x on mt_bench and 2.00x on translation (overall 1.33x)" in text
+    assert "2.00 to 4.00" in text and "加速比取决于任务" in text
+    assert findings.on_categories(t[t["category"] != "translation"]) == []  # one category: nothing to say
