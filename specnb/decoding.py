@@ -128,7 +128,7 @@ def autoregressive(
     gen = make_generator(seed, dev)
     eos = model.eos_ids
     with thread_cap(model.spec.threads), torch.inference_mode():
-        steps = Steps(model, len(ids) + max_new_tokens, optimized, compile)
+        steps = Steps(model, len(ids) + max_new_tokens, optimized, compile, rollback=False)
         reset_peak_memory(dev)
         clock = Stopwatch(dev)
         with clock:

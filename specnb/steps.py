@@ -1,5 +1,15 @@
 """One model's forward calls on a KV cache: :func:`forward`, the per-run :class:`Steps` (dynamic or
-static cache, eager or compiled), and cutting a cache back after a rejection."""
+static cache, eager or compiled), and cutting a cache back after a rejection.
+
+Sliding-window layers (Mistral, Gemma 2/3, Phi-3, Qwen2 with ``use_sliding_window``, ...): the caches
+Hugging Face builds from a config drop, per sliding layer, what slid out of the window, so a rollback past
+the window cannot restore it (``DynamicSlidingWindowLayer.crop`` raises; ``StaticSlidingWindowLayer`` has
+overwritten it). A cache here that must roll back, and every static cache, keeps every position in every
+layer instead (:func:`keep_every_position`); the attention mask, which ``transformers.masking_utils`` builds
+from the config's ``sliding_window`` and the absolute positions, still limits each sliding layer to its
+window, so the output is the model's. The price, past the window only: memory and attention over every
+position rather than the window's.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
 
 # Model: a loaded model (specnb.models.LoadedModel: .model, .device, ...), not imported here:
 # models builds the roles (drafting, verifying) that use this module.
@@ -52,21 +63,25 @@ class Steps:
     ``torch.compile``d forward for the step shapes the caller declares. Prefill always runs eager
     (its length varies). Compiling and warming each new shape up happens here, on a throwaway
     cache, before any timed work; its time is ``compile_s``, reported apart, never hidden.
+
+    ``rollback``: the run cuts the cache back (speculative decoding), so sliding-window layers keep
+    every position (:func:`keep_every_position`), and a model whose cache cannot be cut back is refused
+    (:func:`check_rollback`). Without it (autoregressive) a plain cache is Hugging Face's own, windowed,
+    as ``generate`` builds it; a static cache keeps every position either way (:func:`static_cache`).
     """
 
     def __init__(self, model: Model, max_len: int, optimized: bool, compile: bool | None = None,
-                 shapes: tuple[tuple[int, int], ...] = ((1, 1),)):
+                 shapes: tuple[tuple[int, int], ...] = ((1, 1),), rollback: bool = True):
         t0 = time.perf_counter()
         self.model = model
-        config = model.model.config
+        self.rollback = rollback
         self.compiled = None
-        if not optimized:
-            self.cache = DynamicCache(config=config)
-        else:
-            size = cache_size(max_len)
-            self.cache = static_cache(model, size)
-            if COMPILE_BY_DEVICE.get(model.device.type, False) if compile is None else compile:
-                self.compiled = _compiled_forward(model, size, shapes)
+        size = cache_size(max_len)
+        self.cache = static_cache(model, size) if optimized else dynamic_cache(model, rollback)
+        if rollback:
+            check_rollback(self.cache, model)  # before compiling: a refusal costs nothing
+        if optimized and (COMPILE_BY_DEVICE.get(model.device.type, False) if compile is None else compile):
+            self.compiled = _compiled_forward(model, size, shapes)
         self.compile_s = time.perf_counter() - t0
 
     def step(self, ids: torch.Tensor, keep: int, vocab: int) -> torch.Tensor:
@@ -78,7 +93,7 @@ class Steps:
         if isinstance(self.cache, StaticCache):
             self.cache.reset()
         else:
-            self.cache = DynamicCache(config=self.model.model.config)
+            self.cache = dynamic_cache(self.model, self.rollback)
 
     def prefill(self, ids: list[int], vocab: int, keep: int = 1) -> torch.Tensor:
         return forward(self.model, as_ids(ids, self.model.device), self.cache, keep, vocab)
@@ -107,18 +122,56 @@ def no_compiling(*steps: Steps):
         ) from err
 
 
+def dynamic_cache(model: Model, rollback: bool) -> DynamicCache:
+    """Hugging Face's :class:`~transformers.DynamicCache` for the model's config; with ``rollback``, its
+    sliding-window layers keep every position (:func:`keep_every_position`)."""
+    cache = DynamicCache(config=model.model.config)
+    return keep_every_position(cache) if rollback else cache
+
+
 def static_cache(model: Model, size: int) -> StaticCache:
     """A :class:`~transformers.StaticCache` of ``size`` positions, allocated now (not on first use).
 
     Early allocation keeps one cache state (initialized) for every compiled call, so the
-    compiled forward needs one graph per input shape instead of two.
+    compiled forward needs one graph per input shape instead of two. Every layer keeps every
+    position (:func:`keep_every_position`), rollback or not: a static sliding layer also branches on
+    a Python int (its length) once the window is full, which a compiled graph specializes on.
     """
-    config = model.model.config
+    config = model.model.config.get_text_config(decoder=True)
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    cache = StaticCache(config=config, max_cache_len=size)
+    cache = keep_every_position(StaticCache(config=config, max_cache_len=size), size)
     cache.early_initialization(1, heads, head_dim, model.model.dtype, model.device)
     return cache
+
+
+# The layer that keeps every position, for each sliding-window layer Hugging Face builds (exact types:
+# subclasses that also carry a recurrent state are left as they are, and refused by the roll-back check).
+_KEEPING = {
+    DynamicSlidingWindowLayer: lambda layer, size: DynamicLayer(),
+    StaticSlidingWindowLayer: lambda layer, size: StaticLayer(max_cache_len=size),
+}
+
+
+def keep_every_position(cache, size: int = 0):
+    """``cache`` with each sliding-window layer replaced by a full one, so that :func:`crop` can always
+    roll it back; the attention mask still applies the window (module docstring). ``size``: the length of
+    a static cache's layers."""
+    cache.layers = [_KEEPING.get(type(layer), lambda kept, _: kept)(layer, size) for layer in cache.layers]
+    return cache
+
+
+def check_rollback(cache, model: Model) -> None:
+    """Refuse, before any work, a cache that :func:`crop` cannot put back as it was: layers that carry a
+    recurrent state (linear attention, state-space or convolution layers) cannot forget a rejected draft."""
+    if cache.is_croppable:
+        return
+    kinds = sorted({type(layer).__name__ for layer in cache.layers if not layer.is_croppable})
+    raise ValueError(
+        f"{model.model.config.model_type}: its cache layers ({', '.join(kinds)}) cannot be cut back after a "
+        "rejected draft, so specnb cannot run it in speculative decoding; decode it with autoregressive(), "
+        "or pick a family whose layers are all attention layers"
+    )
 
 
 # Graphs a compiled forward may hold. Dynamo keeps the graphs of one Python function together and

@@ -1,4 +1,5 @@
-"""Tiny random Llama models with a shared byte-level BPE tokenizer, built in seconds for tests.
+"""Tiny random causal LMs (Llama, and one per architecture family: :data:`FAMILIES`) with a shared
+byte-level BPE tokenizer, built in seconds for tests.
 
 Importable from any test module (pytest puts tests/ on sys.path): ``from tiny_models import build_tokenizer, build_llama``.
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+import transformers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedTokenizerFast
 
 from specnb.zoo.tokenizer import train_tokenizer
 
@@ -65,6 +67,65 @@ def build_llama(
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     model.config.eos_token_id = eos
     model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# Per family: its config class and what it needs beyond the shared settings of :func:`family_config`
+# (head_dim where the default is the real models' 128 or 256; the sliding-window keys, filled in with
+# ``window``). Families with tied embeddings keep them, as their real models do.
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),  # as Qwen2.5 0.5B-3B
+    "qwen3": ("Qwen3Config", {"head_dim": 8}),
+    "mistral": ("MistralConfig", {"head_dim": 8, "sliding_window": "window"}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "query_pre_attn_scalar": 8,
+                                "sliding_window": "window"}),  # layers alternate sliding / full
+    "gemma3": ("Gemma3TextConfig", {"head_dim": 8, "query_pre_attn_scalar": 8,
+                                    "sliding_window": "window", "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", {"sliding_window": "window"}),
+    "gpt_neox": ("GPTNeoXConfig", {"rotary_pct": 0.5, "num_key_value_heads": None}),  # no grouped-query attention
+    "olmo2": ("Olmo2Config", {}),
+    "granite": ("GraniteConfig", {"embedding_multiplier": 4.0, "residual_multiplier": 0.5,
+                                  "attention_multiplier": 0.125, "logits_scaling": 2.0}),
+}
+SLIDING = ("mistral", "gemma2", "gemma3", "phi3")
+
+
+def family_config(family: str, tokenizer: PreTrainedTokenizerFast, *, layers: int = 2, hidden: int = 32,
+                  window: int | None = None, pad_vocab: int = 0) -> PreTrainedConfig:
+    """A tiny config of ``family`` (a key of :data:`FAMILIES`): 4 heads of 8 (2 key/value heads where the
+    family has them), a large init std (peaked logits: greedy ties are rare), ``window`` as the sliding
+    window of the families that have one (required for those)."""
+    name, extra = FAMILIES[family]
+    if "window" in extra.values() and window is None:
+        raise ValueError(f"{family} has sliding-window layers: pass window=")
+    settings = dict(
+        vocab_size=len(tokenizer) + pad_vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=0.3, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.eos_token_id,
+    )
+    settings |= {key: window if value == "window" else value for key, value in extra.items()}
+    settings = {key: value for key, value in settings.items() if value is not None or key != "num_key_value_heads"}
+    return getattr(transformers, name)(**settings)
+
+
+def build_family(folder: Path, tokenizer: PreTrainedTokenizerFast, family: str, *, seed: int,
+                 base: Path | None = None, noise: float = 0.0, **config) -> Path:
+    """Save a random model of ``family`` (:func:`family_config` takes ``config``) to ``folder`` with the
+    tokenizer; ``base`` + ``noise``: a perturbed copy of another tiny model instead (a related draft)."""
+    torch.manual_seed(seed)
+    if base is not None:
+        model = AutoModelForCausalLM.from_pretrained(base)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(noise * torch.randn_like(p) * p.std())
+    else:
+        model = AutoModelForCausalLM.from_config(family_config(family, tokenizer, **config))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
