@@ -404,3 +404,27 @@ def test_findings_say_how_far_the_speedup_moves_across_categories(by_category):
     assert "spec runs at 1.00x on mt_bench and 2.00x on translation (overall 1.33x)" in text
     assert "2.00 to 4.00" in text and "加速比取决于任务" in text
     assert findings.on_categories(t[t["category"] != "translation"]) == []  # one category: nothing to say
+
+
+SPEC_BENCH_LINES = [  # Spec-Bench's question.jsonl: one question of each kind (turns shortened)
+    {"question_id": 81, "category": "writing", "turns": ["Compose a travel blog post.", "Rewrite it."]},
+    {"question_id": 91, "category": "roleplay", "turns": ["Pretend yourself to be Elon Musk.", "Do you like dancing?"]},
+    {"question_id": 161, "category": "translation", "turns": ["Translate German to English: Pfandhäuser boomen"]},
+    {"question_id": 241, "category": "summarization", "turns": ["Summarize: ..."]},
+    {"question_id": 321, "category": "qa", "turns": ["Who played ...?"]},
+    {"question_id": 401, "category": "math_reasoning", "turns": ["Janet's ducks lay 16 eggs ..."]},
+    {"question_id": 481, "category": "rag", "turns": ["Some researchers state that forests ..."]},
+]
+
+
+def test_spec_bench_questions_group_into_its_six_tasks(tmp_path):
+    import json
+
+    from specnb.prompts import load_prompts
+
+    path = tmp_path / "question.jsonl"
+    path.write_text("\n".join(json.dumps(q) for q in SPEC_BENCH_LINES), encoding="utf-8")
+    record = {"prompts": [{"id": p.id, "category": p.category} for p in load_prompts(str(path))]}
+    groups = report.prompt_groups(record)
+    assert list(groups) == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
+    assert groups["mt_bench"] == [0, 1] and all(t in report.CATEGORY_LABELS for t in groups)
