@@ -17,8 +17,13 @@ this module.
 * ``none``: raw text, tokenized as before templates existed (the tokenizer's special tokens
   added), and only the first turn of a multi-turn question: without a template there is no
   format in which a model can tell its own earlier answer from the next question, and inventing
-  one would measure a prompt format no model was trained on. A ``none`` run reproduces the
-  results recorded before this parameter existed.
+  one would measure a prompt format no model was trained on. A ``none`` run decodes the
+  prompts of the runs recorded before this parameter existed, token for token.
+
+The template is applied as the model ships it: a template that adds a default system message
+when none is given (Qwen2.5's: "You are Qwen, created by Alibaba Cloud. ...") adds it here too.
+The answer kept for the next turn is the method's decoded output (special tokens dropped,
+whitespace stripped), cut at ``max_new_tokens`` like any answer.
 
 Which tokenizer: the cloud's for every method with a cloud (the edge drafts in the cloud's token
 space, and :func:`specnb.models.check_pair` checks that the two tokenizers are one), the edge's
