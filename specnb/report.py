@@ -568,16 +568,19 @@ def timing_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.csv``, ``speedups.csv`` (with intervals), ``audit.csv`` and ``clock.csv`` into the run folder."""
+    """Write ``results.csv``, ``speedups.csv`` (with intervals), ``categories.csv`` (the same per prompt
+    category, with mean accepted tokens), ``audit.csv`` and ``clock.csv`` into the run folder."""
     run_dir = Path(run_dir)
     from .clock import clock_audit
 
     records = load_results(run_dir)
     df = results_frame(records)
     audit = fairness_audit(df)
+    sp = speedups(df, audit)
     return {"results": write_csv(df.drop(columns=["timing"], errors="ignore"), run_dir / "results.csv"),
             "audit": write_csv(audit, run_dir / "audit.csv"),
-            "speedups": write_csv(speedups(df, audit), run_dir / "speedups.csv"),
+            "speedups": write_csv(sp, run_dir / "speedups.csv"),
+            "categories": write_csv(category_table(records, df=df, sp=sp), run_dir / "categories.csv"),
             "clock": write_csv(clock_audit(records), run_dir / "clock.csv")}
 
 

@@ -270,7 +270,7 @@ def test_analysis_notebooks_run_on_a_run_folder(study, tmp_path, which):
         nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
         errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (name, errors[:1])
-    assert (tmp_path / "results.csv").is_file()
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "categories.csv").is_file()
 
 
 def test_load_results_from_a_folder_of_json(study, tmp_path):
