@@ -31,6 +31,8 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+from .chat import Prompting
+
 REFERENCE = "float32"
 FLOOR = "float32 (noise floor)"
 
@@ -124,8 +126,11 @@ _CACHE: dict[tuple, pd.DataFrame] = {}
 
 def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: str = "cpu",
             dtypes: Iterable[str] = ("float16", "bfloat16"), threads: int | None = None,
-            progress: bool = True) -> pd.DataFrame:
+            progress: bool = True, chat_template: str = "none") -> pd.DataFrame:
     """One row per (dtype, prompt), in the order of ``dtypes``; ``float32`` there is the noise floor (row ``FLOOR``).
+
+    Each prompt's first turn is rendered as a run with ``chat_template`` renders it (:mod:`specnb.chat`),
+    so the drift is measured on the tokens the run decoded.
 
     Each dtype is loaded once; float32's paths are decoded once and reused by every dtype; a
     repeated call with the same arguments (a notebook cell run again) returns the frame it measured.
@@ -138,7 +143,7 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
 
     prompts = list(prompts)
     dtypes = [parse_dtype(d) for d in dtypes]
-    key = (model, tuple((p.id, p.text) for p in prompts), max_new_tokens, device, tuple(dtypes), threads)
+    key = (model, tuple((p.id, p.text) for p in prompts), max_new_tokens, device, tuple(dtypes), threads, chat_template)
     if key in _CACHE:
         return _CACHE[key].copy()
     low = [d for d in dtypes if d != REFERENCE]
@@ -147,10 +152,11 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
     try:
         bar.set_postfix_str(f"loading {REFERENCE}")
         ref = load(ModelSpec(model, REFERENCE, device, threads))
+        prompting = Prompting(ref.tokenizer, chat_template)
         paths = []
         for p in prompts:
             bar.set_postfix_str(f"{REFERENCE} {p.id}")
-            ids = ref.encode(p.text)
+            ids = prompting.render(p)  # the first turn, as the run decoded it
             tokens, _, decoded = _decode(ref, ids, max_new_tokens)
             paths.append(_Path(p.id, ids, tokens, decoded, _score(ref, ids + tokens, len(ids))))
             bar.update()
@@ -223,7 +229,8 @@ def for_run(records: list[dict[str, Any]], *, device: str | None = None, max_pro
     try:
         prompts = load_prompts(s["prompts"], limit)
         rows = measure(cloud["model"], prompts, s["max_new_tokens"], device=dev, dtypes=dtypes,
-                       threads=cloud.get("threads"), progress=progress)
+                       threads=cloud.get("threads"), progress=progress,
+                       chat_template=s.get("chat_template", "none"))  # runs before templates: raw text
     except Exception as err:  # noqa: BLE001 - the rest of the analysis still stands
         return pd.DataFrame(), f"drift not measured: {type(err).__name__}: {err}"
     return rows, f"{cloud['model']} on {dev}{note}, {len(prompts)} prompt(s), {s['max_new_tokens']} new tokens"

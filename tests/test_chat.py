@@ -204,3 +204,25 @@ def test_a_model_without_a_template_runs_raw_text_under_auto(tiny_pair, tmp_path
 
     plain = AutoTokenizer.from_pretrained(tiny_pair["cloud"])
     assert seen == [plain("What is two plus two?")["input_ids"], plain("Say hello.")["input_ids"]]
+
+
+def test_drift_decodes_the_first_turn_as_the_run_rendered_it(chat_pair, monkeypatch):
+    """The precision analysis measures drift on the tokens a run decoded: templated for an ``auto`` run,
+    raw text for a ``none`` run and for records made before the parameter existed."""
+    from specnb import drift
+
+    seen: list[list[int]] = []
+    real = drift._decode
+
+    def spy(model, ids, *args, **kwargs):
+        seen.append(list(ids))
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(drift, "_decode", spy)
+    tok = tokenizer()
+    for mode, expected in (("auto", ids_of(tok, "[user] What is two plus two?\n[assistant] ")),
+                           ("none", tok("What is two plus two?")["input_ids"])):
+        seen.clear()
+        drift.measure(chat_pair["cloud"], [QUESTION], 4, dtypes=("float32", "bfloat16"), progress=False,
+                      chat_template=mode)
+        assert seen and all(ids == expected for ids in seen)
