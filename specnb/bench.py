@@ -61,6 +61,7 @@ from .metrics import Generation, synchronize
 from .models import LoadedModel, ModelSpec, load
 from .lookup import PromptLookup
 from .peers import hf_assisted, hf_prompt_lookup
+from .chat import MODES, Prompting
 from .prompts import load_prompts
 from .schedule import estimate_alpha, expected_tokens, speedup_limit
 from .stats import ratio_interval
@@ -107,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     threads.add_arguments(parser)
     parser.add_argument("--prompts", metavar="SET", default="builtin:code", help="prompt set: builtin:NAME or a Spec-Bench style JSONL (default: %(default)s)")
     parser.add_argument("--limit", metavar="N", type=int, default=8, help="prompts used from the set (default: %(default)s)")
+    parser.add_argument("--chat-template", metavar="MODE", choices=MODES, default="auto",
+                        help="auto: render each prompt's first turn with the cloud tokenizer's chat template when it has "
+                             "one (as the grid does); none: raw text (default: %(default)s)")
     parser.add_argument("--max-new-tokens", metavar="N", type=int, default=64, help="new tokens per prompt (default: %(default)s)")
     parser.add_argument("--gammas", metavar="LIST", default="1,2,3,4,6,8", help="comma-separated fixed draft lengths (default: %(default)s)")
     parser.add_argument("--reps", metavar="N", type=int, default=3,
@@ -177,7 +181,7 @@ def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], le
     return out
 
 
-def _timed_pass(m: Method, prompts: list[str]) -> None:
+def _timed_pass(m: Method, prompts: list[list[int]]) -> None:
     """One repetition of ``m`` over every prompt, in order: one row of its table."""
     row = []
     for p in prompts:
@@ -221,7 +225,7 @@ class ForwardTimer:
             h.remove()
 
 
-def _model_share(m: Method, models: list[LoadedModel], prompts: list[str]) -> float:
+def _model_share(m: Method, models: list[LoadedModel], prompts: list[list[int]]) -> float:
     timer = ForwardTimer(models)
     wall = 0.0
     try:
@@ -232,7 +236,7 @@ def _model_share(m: Method, models: list[LoadedModel], prompts: list[str]) -> fl
     return timer.total / wall if wall else float("nan")
 
 
-def timed_reps(ms: list[Method], prompts: list[str], reps: int, section: Section) -> None:
+def timed_reps(ms: list[Method], prompts: list[list[int]], reps: int, section: Section) -> None:
     """``reps`` interleaved repetitions (method order rotated each time), a clock probe between them."""
     for rep in range(reps):
         if rep:
@@ -242,7 +246,7 @@ def timed_reps(ms: list[Method], prompts: list[str], reps: int, section: Section
             _timed_pass(m, prompts)
 
 
-def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[str], n: int, gammas: list[int], reps: int,
+def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[list[int]], n: int, gammas: list[int], reps: int,
             lever_gamma: int | None = None, extra: list[Method] | None = None) -> tuple[list[Method], int, dict[str, Any]]:
     """Warm up, then ``reps`` interleaved timed repetitions and one instrumented repetition, all in
     one timed section (the machine-wide lock, clock probes).
@@ -459,7 +463,9 @@ def run(args: argparse.Namespace) -> int:
     lever_gamma = _lever_gamma(args, gammas)
     edge = load(ModelSpec(args.edge, dtype=args.dtype, device=args.edge_device, threads=args.edge_threads))
     cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device=args.cloud_device, threads=args.cloud_threads))
-    prompts = [p.text for p in load_prompts(args.prompts, limit=args.limit)]
+    questions = load_prompts(args.prompts, limit=args.limit)
+    prompting = Prompting(cloud.tokenizer, args.chat_template, "cloud")
+    prompts = [prompting.render(q) for q in questions]  # token ids of each first turn: one turn per prompt here
     ms, graphs, timing = measure(edge, cloud, prompts, args.max_new_tokens, gammas, args.reps, lever_gamma)
     by = {m.label: m for m in ms}
     r = ratios(ms, _step_seconds(by["edge"]), _step_seconds(by["cloud"]))
@@ -469,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
     thr = threads.describe()
     e_thr, c_thr = threads.resolve(args.edge_threads), threads.resolve(args.cloud_threads)
     print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device}, cloud {cloud.device}; "
-          f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps interleaved")
+          f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps interleaved; "
+          f"{'chat template' if prompting.templated else 'raw text'}")
     print(f"threads: edge {e_thr}, cloud {c_thr} (default {thr['default_threads']}: OMP_NUM_THREADS "
           f"{thr['OMP_NUM_THREADS'] or 'unset'}, {thr['usable_cores']} usable cores); torch threads outside the runs "
           f"{thr['torch_threads']}")
@@ -523,7 +530,8 @@ def run(args: argparse.Namespace) -> int:
             "devices": {"edge": str(edge.device), "cloud": str(cloud.device)},
             "torch_threads": thr["torch_threads"],
             "threads": thr | {"edge": e_thr, "cloud": c_thr},
-            "prompts": prompts,
+            "prompts": [q.text for q in questions],
+            "prompting": prompting.describe(),
             "methods": [
                 {"label": m.label, "method": m.kind, "gamma": m.gamma, "schedule": m.schedule, "optimized": m.optimized,
                  "lever": m.lever, "tokens_per_s": m.tokens_per_s, "tokens_per_s_reps": m.rep_tokens_per_s,

@@ -62,6 +62,10 @@ def test_bench_quick_writes_a_complete_record(quick_run):
         assert math.isfinite(r[key]), key
     assert 0 <= r["alpha"] <= 1 and 0 <= r["loop_overhead"] <= 1
     assert record["git"]["commit"]
+    # the tiny tokenizer has no chat template: auto (the default) decodes raw text, and the record says so
+    assert record["settings"]["chat_template"] == "auto"
+    assert record["prompting"] == {"chat_template": "auto", "applied": False, "tokenizer": "cloud"}
+    assert len(record["prompts"]) == 2 and all(isinstance(p, str) for p in record["prompts"])
 
 
 def test_bench_record_has_intervals_tables_probes_and_threads(quick_run):
