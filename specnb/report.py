@@ -2,8 +2,8 @@
 
 The fairness rule: a speed-up is the ratio of two runs' tokens/s and is quoted only when the
 run and its reference used the same cloud model, the same cloud dtype, the same device class
-and the same set-up class, on the same workload (prompts, max new tokens, temperature). The
-set-up class is ``plain`` (eager steps, dynamic KV caches) or ``optimized`` (static caches,
+and the same set-up class, on the same workload (prompts, max new tokens, temperature, chat
+template or raw text). The set-up class is ``plain`` (eager steps, dynamic KV caches) or ``optimized`` (static caches,
 compiled steps); plain runs are compared with the plain ``cloud`` baseline, optimized runs with
 ``cloud_optimized``. The edge baseline has no cloud model and writes other text: its ratio is
 shown apart, labelled as a different model. Every compared pair is listed in the audit, flagged
@@ -29,7 +29,7 @@ METRICS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted"
            "rejected_rounds",
            "mean_accepted_len", "tokens_per_round", "cloud_calls", "edge_calls", "draft_s", "verify_s",
            "peak_mem_bytes", "compile_s", "warmup_s", "warmup_compile_s", "rep_spread")
-WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature")
+WORKLOAD = ("prompts", "num_prompts", "max_new_tokens", "temperature", "prompt_format")
 ROLE_USE = {name: m.roles for name, m in _methods.METHODS.items()}
 NA = "\u2013"  # an en dash: how a table shows a value that does not apply (or was not measured)
 
@@ -83,6 +83,13 @@ def _role(rec: dict[str, Any], role: str) -> dict[str, Any]:
             "threads": info.get("threads", s.get(f"{role}_threads"))}
 
 
+def prompt_format(settings: dict[str, Any]) -> str:
+    """What the models were fed: "chat template" or "raw text" (records made before ``chat_template``
+    existed, ``none``, and ``auto`` with a tokenizer that has no template all fed raw text). Part of the
+    workload: a templated run is compared with a raw-text one only under a loud flag."""
+    return "chat template" if settings.get("chat_template_applied") else "raw text"
+
+
 def record_row(rec: dict[str, Any]) -> dict[str, Any]:
     """The flat row of one record: identity, both roles, decoding settings, aggregate metrics."""
     s, agg = rec.get("settings") or {}, rec.get("aggregate") or {}
@@ -91,6 +98,7 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
     for role in ("edge", "cloud"):
         row.update({f"{role}_{k}": v for k, v in _role(rec, role).items()})
     row.update({k: s.get(k) for k in ("gamma", "verify", "seed", "optimized", "reps") + WORKLOAD})
+    row["prompt_format"] = prompt_format(s)
     row["setup"] = setup_class(rec.get("method", ""), s)
     known = _methods.METHODS.get(rec.get("method", ""))
     row["same_output"] = bool(known and known.reproduces_cloud(s))
@@ -159,7 +167,8 @@ def differences(row: pd.Series | dict, ref: pd.Series | dict) -> list[tuple[str,
     if row["setup"] != ref["setup"]:
         out.append((f"set-up {row['setup']} vs {ref['setup']}", f"配置类别 {row['setup']} 与 {ref['setup']} 不同"))
     if any(row[k] != ref[k] and not (pd.isna(row[k]) and pd.isna(ref[k])) for k in WORKLOAD):
-        out.append(("workload (prompts / max new tokens / temperature)", "工作负载（提示词/最大新词元/温度）不同"))
+        out.append(("workload (prompts / max new tokens / temperature / chat template)",
+                    "工作负载（提示词/最大新词元/温度/对话模板）不同"))
     return out
 
 

@@ -171,6 +171,19 @@ def test_workload_difference_is_unfair(study):
     assert "workload" in audit.loc[("speed-up", "speculative-mixed")].differs
 
 
+def test_a_templated_run_against_a_raw_text_reference_is_unfair(study):
+    """auto with a template and none (or an old record, or auto without a template) fed different prompts."""
+    fair = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    assert "chat template" not in fair.loc[("speed-up", "speculative-mixed")].differs
+    study[4]["settings"].update(chat_template="auto", chat_template_applied=True)
+    audit = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    assert not audit.loc[("speed-up", "speculative-mixed")].fair
+    assert "chat template" in audit.loc[("speed-up", "speculative-mixed")].differs
+    study[4]["settings"]["chat_template_applied"] = False  # auto, but the tokenizer had none: raw text, as the reference
+    df = report.results_frame(study)
+    assert set(df["prompt_format"]) == {"raw text"}
+
+
 def test_no_reference_is_flagged():
     df = report.results_frame([rec("spec-float32", "speculative", edge=("float32", "cpu"), cloud=("float32", "cpu"))])
     a = report.fairness_audit(df).iloc[0]
