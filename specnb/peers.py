@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from transformers import CompileConfig
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
 from .decoding import cache_size, thread_plan
@@ -20,11 +21,35 @@ def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.
     return box, module.register_forward_pre_hook(hook)
 
 
-def _static_setup(tokens: int) -> dict:
-    """``generate`` keywords of HF's fast set-up: static cache (our buckets), compiled calls (on CPU too)."""
+def _static_setup(model: LoadedModel, tokens: int) -> dict:
+    """``generate`` keywords of HF's fast set-up: static cache (our buckets), compiled calls (on CPU too).
+
+    A sliding-window model caps the cache at its window: Hugging Face's static sliding layers can roll a
+    rejected draft back only while they are no longer than the window, and assisted generation refuses
+    the cache otherwise ("requires a cache that can be cropped"). Past the window it cannot run at all:
+    refused here, with the set-up that can.
+    """
     compile_config = CompileConfig()
     compile_config._compile_all_devices = True  # generate only compiles on accelerators otherwise
-    return {"cache_implementation": "static", "max_cache_len": cache_size(tokens), "compile_config": compile_config}
+    size = cache_size(tokens)
+    window = sliding_window(model)
+    if window is not None and size > window:
+        if tokens > window:
+            raise ValueError(
+                f"{model.model.config.model_type}: prompt + max_new_tokens + gamma ({tokens} positions) pass its "
+                f"sliding window ({window}); Hugging Face's static cache cannot roll a rejected draft back past the "
+                "window, so its assisted generation refuses it. Use optimized=False (HF's dynamic cache rolls back "
+                "past the window), or a shorter prompt or max_new_tokens"
+            )
+        size = window
+    return {"cache_implementation": "static", "max_cache_len": size, "compile_config": compile_config}
+
+
+def sliding_window(model: LoadedModel) -> int | None:
+    """The smallest sliding window among the model's layers (None: no sliding layer), as HF's caches read it."""
+    _, per_layer = get_layer_types_and_kwargs(model.model.config.get_text_config(decoder=True))
+    windows = [kwargs["sliding_window"] for kwargs in per_layer if kwargs.get("sliding_window")]
+    return min(windows, default=None)
 
 
 def hf_assisted(
@@ -55,7 +80,9 @@ def hf_assisted(
     (sized in the same buckets as :class:`specnb.decoding.Steps`) and ``generate``'s automatic
     ``torch.compile`` of the verification calls with its default :class:`~transformers.CompileConfig`
     (enabled on CPU too). Hugging Face keeps the assistant eager on a dynamic cache by design.
-    It compiles on first use, inside ``generate``: warm it up on the prompts before timing it.
+    It compiles on first use, inside ``generate``: warm it up on the prompts before timing it. On a
+    sliding-window cloud the static cache is at most the window long, and a run past the window is
+    refused (Hugging Face cannot roll its static sliding layers back; the plain set-up can).
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
@@ -72,7 +99,7 @@ def hf_assisted(
     cloud_box, c_hook = _count_calls(cloud.model)
     edge_box, e_hook = _count_calls(edge.model)
     clock = Stopwatch(edge.device, cloud.device)
-    fast = _static_setup(ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
+    fast = _static_setup(cloud, ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
     try:
         reset_peak_memory(edge.device, cloud.device)
         with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
@@ -123,7 +150,7 @@ def hf_prompt_lookup(
     hook = cloud.model.register_forward_pre_hook(lambda _m, _a, kw: inputs.append(kw["input_ids"].shape[1]),
                                                  with_kwargs=True)
     clock = Stopwatch(cloud.device)
-    fast = _static_setup(ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
+    fast = _static_setup(cloud, ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
     try:
         reset_peak_memory(cloud.device)
         with torch.inference_mode(), thread_cap(cloud.spec.threads), clock:

@@ -75,14 +75,17 @@ def build_llama(
 
 # Per family: its config class and what it needs beyond the shared settings of :func:`family_config`
 # (head_dim where the default is the real models' 128 or 256; the sliding-window keys, filled in with
-# ``window``). Families with tied embeddings keep them, as their real models do.
+# ``window``). Qwen2 keeps its small models' tied embeddings; the Gemmas are untied here (tied, their
+# sqrt(hidden)-scaled embedding dominates a 2-layer model, which then emits one token over and over). Beyond
+# the families asked for: OLMo 2 and Granite, both shipped in sizes that make an edge/cloud pair
+# (OLMo 2 1B/7B/13B, Granite 3 2B/8B) and both with their own code paths (norms after attention and
+# on queries/keys; embedding, residual, attention and logit multipliers).
 FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {}),
     "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),  # as Qwen2.5 0.5B-3B
     "qwen3": ("Qwen3Config", {"head_dim": 8}),
     "mistral": ("MistralConfig", {"head_dim": 8, "sliding_window": "window"}),
-    "gemma2": ("Gemma2Config", {"head_dim": 8, "query_pre_attn_scalar": 8,
-                                "sliding_window": "window"}),  # layers alternate sliding / full
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": "window"}),  # sliding / full
     "gemma3": ("Gemma3TextConfig", {"head_dim": 8, "query_pre_attn_scalar": 8,
                                     "sliding_window": "window", "layer_types": ["sliding_attention", "full_attention"]}),
     "phi3": ("Phi3Config", {"sliding_window": "window"}),
