@@ -134,8 +134,9 @@ def static_cache(model: Model, size: int) -> StaticCache:
 
     Early allocation keeps one cache state (initialized) for every compiled call, so the
     compiled forward needs one graph per input shape instead of two. Every layer keeps every
-    position (:func:`keep_every_position`), rollback or not: a static sliding layer also branches on
-    a Python int (its length) once the window is full, which a compiled graph specializes on.
+    position (:func:`keep_every_position`), rollback or not: a static sliding layer also keeps its
+    length as a Python int, which a compiled graph guards on (a warmed-up step recompiled at the next
+    length on tiny Mistral, transformers 5.24).
     """
     config = model.model.config.get_text_config(decoder=True)
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
