@@ -32,7 +32,8 @@ class MethodParams(BaseModel):
 
     ``edge_dtype`` / ``cloud_dtype`` override ``dtype`` for one role when set. ``prompts`` is
     a built-in set (``builtin:NAME``) or a Spec-Bench style JSONL path; ``num_prompts`` keeps
-    the first N (questions: a multi-turn question runs all its turns). ``chat_template``:
+    N questions spread over the prompt categories (:func:`specnb.prompts.load_prompts`; a
+    multi-turn question runs all its turns). ``chat_template``:
     ``auto`` renders prompts with the tokenizer's chat template when it has one (multi-turn
     questions turn by turn), ``none`` feeds raw text, first turns only (see :mod:`specnb.chat`).
     ``warmup`` generations on the first prompt run before anything is measured, then

@@ -6,7 +6,8 @@ and docstrings to continue, in the standard library's own style. A JSONL file ho
 object per line, ``{"question_id": ..., "category": ..., "turns": ["first turn", ...]}``
 (Spec-Bench, MT-Bench); a prompt's text is its first turn, and all its turns are kept in
 ``turns`` (MT-Bench's questions have two: the second asks about the model's own first answer, so
-it can only be run after it; :mod:`specnb.chat` renders the conversation turn by turn).
+it can only be run after it; :mod:`specnb.chat` renders the conversation turn by turn). A limit
+on the number of prompts spreads over the categories (:func:`load_prompts`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,15 @@ BUILTIN: dict[str, list[Prompt]] = {
 
 
 def load_prompts(source: str, limit: int | None = None) -> list[Prompt]:
-    """Prompts from ``builtin:NAME`` or a Spec-Bench style JSONL file, the first ``limit``."""
+    """Prompts from ``builtin:NAME`` or a Spec-Bench style JSONL file; ``limit`` of them, spread over categories.
+
+    A limit takes one prompt of each category in turn (in the order the categories first appear),
+    each category's prompts in file order, until ``limit`` are taken; they come back in file order.
+    Why not simply the first ``limit``: prompt files are sorted by category (Spec-Bench's first 80
+    questions are all MT-bench), so "48 prompts" would measure one task and the per-category tables
+    would have one row. Every limit's prompts are the next smaller limit's plus one, so a short
+    analysis (the drift on 3 prompts) reads prompts its run also decoded.
+    """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of prompts or None, got {limit}")
     if source.startswith(BUILTIN_PREFIX):
@@ -90,7 +99,41 @@ def load_prompts(source: str, limit: int | None = None) -> list[Prompt]:
         prompts = list(BUILTIN[name])
     else:
         prompts = _read_jsonl(Path(source))
-    return prompts[:limit]
+    return prompts if limit is None else spread(prompts, limit)
+
+
+# Spec-Bench reports MT-bench's eight categories as one task, "multi-turn conversation" (its speed.py)
+MT_BENCH = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+SPEC_BENCH_TASKS = dict.fromkeys(MT_BENCH, "mt_bench")
+
+
+def task(category: str) -> str:
+    """The task a category is reported under: Spec-Bench's (MT-bench's categories are ``mt_bench``), else itself."""
+    return SPEC_BENCH_TASKS.get(category, category)
+
+
+def _round_robin(groups: list[list[int]]) -> list[int]:
+    """The first of every group, then the second of every group, ..."""
+    out: list[int] = []
+    for depth in range(max(map(len, groups), default=0)):
+        out += [g[depth] for g in groups if depth < len(g)]
+    return out
+
+
+def _grouped(items: list[int], key) -> list[list[int]]:
+    """``items`` grouped by ``key(item)``, groups in order of first appearance, items in order."""
+    groups: dict[str, list[int]] = {}
+    for i in items:
+        groups.setdefault(key(i), []).append(i)
+    return list(groups.values())
+
+
+def spread(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    """``limit`` prompts taken round-robin over the tasks, and within a task over its categories (MT-bench's
+    eight), each category in file order; returned in file order."""
+    tasks = _grouped(list(range(len(prompts))), lambda i: task(prompts[i].category))
+    order = _round_robin([_round_robin(_grouped(t, lambda i: prompts[i].category)) for t in tasks])
+    return [prompts[i] for i in sorted(order[:limit])]
 
 
 def _read_jsonl(path: Path) -> list[Prompt]:

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from . import methods as _methods
+from .prompts import SPEC_BENCH_TASKS
 from .runinfo import read_json
 
 REFERENCE = "cloud_optimized"  # the strongest baseline
@@ -315,9 +316,6 @@ def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- per category (Spec-Bench style)
 
-# Spec-Bench reports MT-bench's eight categories as one task, "multi-turn conversation" (its speed.py)
-MT_BENCH = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
-SPEC_BENCH_TASKS = dict.fromkeys(MT_BENCH, "mt_bench")
 CATEGORY_LABELS = {"mt_bench": "multi-turn conversation / 多轮对话", "translation": "translation / 翻译",
                    "summarization": "summarization / 摘要", "qa": "question answering / 问答",
                    "math_reasoning": "math reasoning / 数学推理", "rag": "RAG / 检索增强生成"}

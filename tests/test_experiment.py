@@ -131,7 +131,7 @@ def test_chat_template_is_recorded_and_names_its_own_result_file(tiny_pair, tmp_
     assert rec["settings"]["chat_template"] == "auto"
     assert rec["settings"]["chat_template_applied"] is False  # the tiny pair's tokenizer has no template: raw text
     assert rec["prompting"] == {"chat_template": "auto", "applied": False, "tokenizer": "cloud"}
-    assert [r["turn"] for r in rec["prompts"]] == [1, 1] and [r["id"] for r in rec["prompts"]] == ["code-00", "code-01"]
+    assert [r["turn"] for r in rec["prompts"]] == [1, 1] and [r["id"] for r in rec["prompts"]] == ["code-00", "code-05"]  # spread over categories
     auto, none = (experiment.default_result_path("cloud", params(tiny_pair, tmp_path, chat_template=m, result_path=None))
                   for m in ("auto", "none"))
     assert auto != none

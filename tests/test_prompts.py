@@ -19,10 +19,29 @@ def test_builtin_code_is_a_set_of_distinct_code_prompts():
         assert any(word in p.text for word in ("def ", "class ", '"""', "for ", "try:"))
 
 
-def test_limit_takes_the_first_prompts_in_order():
+def test_limit_spreads_over_categories_in_file_order():
     every = load_prompts("builtin:code")
-    assert load_prompts("builtin:code", limit=3) == every[:3]
+    four = load_prompts("builtin:code", limit=4)
+    assert [p.category for p in four] == ["signature", "class", "method", "docstring"]
+    assert four == [p for p in every if p in four]  # file order
     assert load_prompts("builtin:code", limit=1000) == every
+    for n in range(1, len(every)):  # each limit's prompts are the smaller limit's plus one
+        assert set(load_prompts("builtin:code", limit=n)) < set(load_prompts("builtin:code", limit=n + 1))
+
+
+def test_limit_spreads_over_spec_bench_tasks_and_mt_benchs_categories(tmp_path):
+    """Spec-Bench's file is sorted by category (its first 80 questions are MT-bench): a limit takes
+    every task in turn, and within MT-bench each of its eight categories in turn."""
+    from specnb.prompts import MT_BENCH, task
+
+    rows = [{"question_id": i, "category": c, "turns": [f"q{i}"]}
+            for i, c in enumerate([c for c in MT_BENCH for _ in range(3)] + ["translation"] * 3 + ["rag"] * 3)]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    six = load_prompts(str(path), limit=6)
+    assert [task(p.category) for p in six].count("mt_bench") == 2 and {"translation", "rag"} <= {p.category for p in six}
+    assert [p.category for p in six if task(p.category) == "mt_bench"] == ["writing", "roleplay"]
+    assert [int(p.id) for p in six] == sorted(int(p.id) for p in six)
 
 
 @pytest.mark.parametrize("limit", [0, -2])
