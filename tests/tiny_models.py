@@ -79,7 +79,8 @@ def build_llama(
 # sqrt(hidden)-scaled embedding dominates a 2-layer model, which then emits one token over and over). Beyond
 # the families asked for: OLMo 2 and Granite, both shipped in sizes that make an edge/cloud pair
 # (OLMo 2 1B/7B/13B, Granite 3 2B/8B) and both with their own code paths (norms after attention and
-# on queries/keys; embedding, residual, attention and logit multipliers).
+# on queries/keys; embedding, residual, attention and logit multipliers); Cohere 2 (Command R7B,
+# Command A), one more hybrid sliding/full family, with parallel attention and MLP and a logit scale.
 FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {}),
     "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),  # as Qwen2.5 0.5B-3B
@@ -93,8 +94,10 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "olmo2": ("Olmo2Config", {}),
     "granite": ("GraniteConfig", {"embedding_multiplier": 4.0, "residual_multiplier": 0.5,
                                   "attention_multiplier": 0.125, "logits_scaling": 2.0}),
+    "cohere2": ("Cohere2Config", {"head_dim": 8, "sliding_window": "window",
+                                  "layer_types": ["sliding_attention", "full_attention"]}),
 }
-SLIDING = ("mistral", "gemma2", "gemma3", "phi3")
+SLIDING = ("mistral", "gemma2", "gemma3", "phi3", "cohere2")
 
 
 def family_config(family: str, tokenizer: PreTrainedTokenizerFast, *, layers: int = 2, hidden: int = 32,
