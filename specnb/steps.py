@@ -82,6 +82,8 @@ class Steps:
             check_rollback(self.cache, model)  # before compiling: a refusal costs nothing
         if optimized and (COMPILE_BY_DEVICE.get(model.device.type, False) if compile is None else compile):
             self.compiled = _compiled_forward(model, size, shapes)
+        if model.device.type == "cuda":  # warm-up kernels still queued belong to compile_s, not to the timed run
+            torch.cuda.synchronize(model.device)
         self.compile_s = time.perf_counter() - t0
 
     def step(self, ids: torch.Tensor, keep: int, vocab: int) -> torch.Tensor:
