@@ -226,3 +226,22 @@ def test_drift_decodes_the_first_turn_as_the_run_rendered_it(chat_pair, monkeypa
         drift.measure(chat_pair["cloud"], [QUESTION], 4, dtypes=("float32", "bfloat16"), progress=False,
                       chat_template=mode)
         assert seen and all(ids == expected for ids in seen)
+
+
+def test_the_link_study_decodes_templated_ids_in_every_way(chat_pair):
+    """The edge-cloud study notebook renders prompts once (the cloud's template) and passes token ids: the
+    cloud-only, server-side and edge-cloud ways across a real `specnb serve` all decode them, greedily alike."""
+    from specnb import ModelSpec, autoregressive, connect, load
+    from specnb.link import local_server, study
+
+    edge = load(ModelSpec(chat_pair["edge"], dtype="float32", device="cpu", threads=1))
+    with local_server(chat_pair["cloud"], draft=chat_pair["edge"]) as address:
+        cloud = connect(address)
+        prompting = Prompting(cloud.tokenizer, "auto", "cloud")
+        assert prompting.templated
+        ids = [prompting.render(QUESTION)]
+        df = study.link_grid(edge, cloud, ids, rtts_ms=(0,), gammas=(2,), max_new_tokens=6, reps=1, server_gamma=2)
+    local = autoregressive(load(ModelSpec(chat_pair["cloud"], dtype="float32", device="cpu")), ids[0], 6).tokens
+    ways = df[df.method != "edge"]
+    assert set(ways.method) == {"cloud", "server_speculative", "edge_cloud"}
+    assert all(list(t) == local for t in ways.tokens)

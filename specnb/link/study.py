@@ -42,11 +42,12 @@ KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "dr
         "round_bytes_down", "round_server_s")
 
 
-def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
+def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
               max_new_tokens: int = 64, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0, reps: int = 2,
               server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
-    ``predicted_wall_s`` (from the run at ``rtts_ms[0]``). ``server_gamma=None`` skips server-side speculation."""
+    ``predicted_wall_s`` (from the run at ``rtts_ms[0]``). ``server_gamma=None`` skips server-side speculation.
+    ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`, as the study notebook does)."""
     order = random.Random(seed)
     rows: list[dict] = []
     for rep in range(reps):
