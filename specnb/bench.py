@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device of the cloud model; auto = the accelerator when there is one, else cpu (default: %(default)s)")
     threads.add_arguments(parser)
     parser.add_argument("--prompts", metavar="SET", default="builtin:code", help="prompt set: builtin:NAME or a Spec-Bench style JSONL (default: %(default)s)")
-    parser.add_argument("--limit", metavar="N", type=int, default=8, help="prompts used from the set (default: %(default)s)")
+    parser.add_argument("--limit", metavar="N", type=int, default=8, help="prompts used from the set, spread over its categories (default: %(default)s)")
     parser.add_argument("--chat-template", metavar="MODE", choices=MODES, default="auto",
                         help="auto: render each prompt's first turn with the cloud tokenizer's chat template when it has "
                              "one (as the grid does); none: raw text (default: %(default)s)")
