@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedConfig, PreTrainedTokenizerFast
 
 from specnb.zoo.tokenizer import train_tokenizer
 
@@ -52,18 +52,9 @@ def build_llama(
     """
     torch.manual_seed(seed)
     if base is not None:
-        model = LlamaForCausalLM.from_pretrained(base)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(noise * torch.randn_like(p) * p.std())
+        model = perturbed(base, noise)
     else:
-        cfg = LlamaConfig(
-            vocab_size=len(tokenizer) + pad_vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.eos_token_id,
-        )
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(family_config("llama", tokenizer, layers=layers, hidden=hidden, pad_vocab=pad_vocab))
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     model.config.eos_token_id = eos
     model.generation_config.eos_token_id = eos
@@ -119,16 +110,22 @@ def family_config(family: str, tokenizer: PreTrainedTokenizerFast, *, layers: in
     return getattr(transformers, name)(**settings)
 
 
+def perturbed(base: Path, noise: float):
+    """The tiny model saved at ``base`` with every weight moved by ``noise`` x its own std (a related draft)."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p) * p.std())
+    return model
+
+
 def build_family(folder: Path, tokenizer: PreTrainedTokenizerFast, family: str, *, seed: int,
                  base: Path | None = None, noise: float = 0.0, **config) -> Path:
     """Save a random model of ``family`` (:func:`family_config` takes ``config``) to ``folder`` with the
     tokenizer; ``base`` + ``noise``: a perturbed copy of another tiny model instead (a related draft)."""
     torch.manual_seed(seed)
     if base is not None:
-        model = AutoModelForCausalLM.from_pretrained(base)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(noise * torch.randn_like(p) * p.std())
+        model = perturbed(base, noise)
     else:
         model = AutoModelForCausalLM.from_config(family_config(family, tokenizer, **config))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
