@@ -422,10 +422,6 @@ def require_modules(step: str) -> None:
             "dependencies into it (pip install -e . after the CUDA torch), or run with the .venv that make setup builds")
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
-
-
 def grid_params_for(ctx: Context, folder: Path) -> Path:
     """The check's params YAML with the cloud put on the device under test (cpu in the dry run)."""
     import yaml
@@ -459,7 +455,7 @@ def check_grid(ctx: Context, fig: dict) -> None:
                                      "tokens_per_s": (r.get("aggregate") or {}).get("tokens_per_s"),
                                      "peak_mem_bytes": (r.get("aggregate") or {}).get("peak_mem_bytes")}
     fig["cells"] = cells
-    require(cells, f"no cell wrote a result (exit code {rc}); log tail:\n{_tail(log)}")
+    require(cells, f"no cell wrote a result (exit code {rc}); log tail:\n{runinfo.log_tail(log, lines=15)}")
     failed = {k: c["error"] for k, c in cells.items() if c["status"] != "ok"}
     require(not failed, f"{len(failed)} of {len(cells)} cells failed: {failed}")
     elsewhere = {k: c["cloud_device"] for k, c in cells.items() if not str(c["cloud_device"]).startswith(ctx.device.type)}
@@ -467,8 +463,8 @@ def check_grid(ctx: Context, fig: dict) -> None:
     audit = run_dir / "audit.csv"
     fig["audit_rows"] = max(len(audit.read_text().splitlines()) - 1, 0) if audit.is_file() else None
     fig["html"] = sorted(p.name for p in run_dir.glob("*.html"))
-    require(audit.is_file(), f"the audit did not run: no {audit}; log tail:\n{_tail(log)}")
-    require(rc == 0, f"specnb grid exited {rc}; log tail:\n{_tail(log)}")
+    require(audit.is_file(), f"the audit did not run: no {audit}; log tail:\n{runinfo.log_tail(log, lines=15)}")
+    require(rc == 0, f"specnb grid exited {rc}; log tail:\n{runinfo.log_tail(log, lines=15)}")
     fig["summary"] = f"{len(cells)} cells ok, audit {fig['audit_rows']} rows, {', '.join(fig['html'])}"
 
 
@@ -484,7 +480,7 @@ def check_bench(ctx: Context, fig: dict) -> None:
     fig.update(command=" ".join(cmd[2:]), log=str(log), record=str(record_path))
     rc = run_command(cmd, log, BUDGET_S["bench"] - 10)
     fig["returncode"] = rc
-    require(rc == 0 and record_path.is_file(), f"specnb bench exited {rc} without its record; log tail:\n{_tail(log)}")
+    require(rc == 0 and record_path.is_file(), f"specnb bench exited {rc} without its record; log tail:\n{runinfo.log_tail(log, lines=15)}")
     rec = runinfo.read_json(record_path)
     ratios = rec["ratios"]
     fig.update(devices=rec["devices"], graphs_compiled_while_timing=rec["graphs_compiled_while_timing"],

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .params import NOTEBOOKS, GridParams, MethodParams, relevant_fields
-from .runinfo import REPO_ROOT, now, read_json, write_json_atomic
+from .runinfo import REPO_ROOT, log_tail, now, read_json, write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RESULT, EXECUTED, LOG, CELL = "result.json", "executed.ipynb", "log.txt", "cell.json"
@@ -111,18 +111,6 @@ def cell_is_ok(cell: Cell) -> bool:
         return False
     ran = (res.get("cell") or {}).get("parameters")
     return ran is None or ran == cell.parameters
-
-
-def log_tail(*paths: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log; of several logs, each readable one under ``--- <name>``."""
-    out = []
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-        except OSError:
-            continue
-        out += [f"--- {path.name}", *text] if len(paths) > 1 else text
-    return "\n".join(out)
 
 
 def _cell_info(cell: Cell) -> dict[str, Any]:

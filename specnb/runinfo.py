@@ -129,3 +129,15 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def log_tail(*paths: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log; of several logs, each readable one under ``--- <name>``."""
+    out = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        out += [f"--- {path.name}", *text] if len(paths) > 1 else text
+    return "\n".join(out)
