@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .chat import Prompting
+from .metrics import first_divergence
 
 REFERENCE = "float32"
 FLOOR = "float32 (noise floor)"
@@ -90,14 +91,6 @@ def compare(ref_logp: torch.Tensor, low_logp: torch.Tensor) -> dict[str, float]:
     kl = (ref_logp.exp() * (ref_logp - low_logp)).sum(-1)
     top1 = (ref_logp.argmax(-1) == low_logp.argmax(-1)).double().mean()
     return {"top1_agreement": float(top1), "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """First index where two token lists differ (a length difference counts), None if equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def _margin(logp: torch.Tensor, at: int | None) -> float:

@@ -47,7 +47,7 @@ import torch
 from . import runinfo
 from .decoding import autoregressive, speculative
 from .dtypes import check_supported, native_bf16, parse_dtype
-from .metrics import Stopwatch, peak_memory_bytes, synchronize
+from .metrics import Stopwatch, first_divergence, peak_memory_bytes, synchronize
 from .models import LoadedModel, ModelSpec, load
 from .prompts import load_prompts
 
@@ -304,10 +304,7 @@ def check_peak_memory(ctx: Context, fig: dict) -> None:
 def agreement(reference: list[list[int]], outputs: list[list[int]]) -> dict[str, Any]:
     """How far ``outputs`` decode as ``reference`` (per prompt): ``match_rate`` is the mean share of
     reference tokens before the first divergence (tokens after it are shifted, so not compared)."""
-    firsts = []
-    for ref, out in zip(reference, outputs):
-        same = next((i for i, (x, y) in enumerate(zip(ref, out)) if x != y), min(len(ref), len(out)))
-        firsts.append(None if same == len(ref) == len(out) else same)
+    firsts = [first_divergence(ref, out) for ref, out in zip(reference, outputs)]
     rates = [1.0 if f is None else f / max(len(r), 1) for f, r in zip(firsts, reference)]
     return {"match_rate": sum(rates) / len(rates), "exact": sum(f is None for f in firsts),
             "prompts": len(firsts), "first_divergence": firsts}

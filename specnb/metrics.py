@@ -137,3 +137,11 @@ def summarize(
         "peak_mem_bytes": peak_mem_bytes,
         "compile_s": compile_s,
     }
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """First index where two token lists differ (a length difference counts), None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
