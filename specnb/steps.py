@@ -164,12 +164,23 @@ def keep_every_position(cache, size: int = 0):
     return cache
 
 
+# The cache layers :func:`crop` is known to put back exactly: attention layers that only keep keys and
+# values per position (sliding ones are replaced by full ones above). Anything else is refused by name,
+# whatever the layer says of itself: transformers 5.25 began to report linear-attention layers as
+# croppable although cropping one cannot take a rejected draft out of its recurrent state (a tiny
+# Qwen3-Next pair then failed mid-run inside transformers), so trusting ``is_croppable`` turned a clear
+# refusal into a crash, and could as well have turned it into wrong tokens.
+ROLLBACK_LAYERS = (DynamicLayer, StaticLayer, DynamicSlidingWindowLayer, StaticSlidingWindowLayer)
+
+
 def check_rollback(cache, model: Model) -> None:
     """Refuse, before any work, a cache that :func:`crop` cannot put back as it was: layers that carry a
-    recurrent state (linear attention, state-space or convolution layers) cannot forget a rejected draft."""
-    if cache.is_croppable:
+    recurrent state (linear attention, state-space or convolution layers), quantized or indexed layers
+    (never tested here) cannot forget a rejected draft exactly. An allow-list of exact types, so that a new
+    layer kind in a transformers release is refused until it is tested, never silently trusted."""
+    kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in ROLLBACK_LAYERS})
+    if not kinds:
         return
-    kinds = sorted({type(layer).__name__ for layer in cache.layers if not layer.is_croppable})
     raise ValueError(
         f"{model.model.config.model_type}: its cache layers ({', '.join(kinds)}) cannot be cut back after a "
         "rejected draft, so specnb cannot run it in speculative decoding; decode it with autoregressive(), "

@@ -138,6 +138,31 @@ def test_a_cache_that_cannot_roll_back_is_refused():
         check_rollback(Cache(layers=[LinearAttentionLayer()]), model)
 
 
+def test_a_real_recurrent_model_is_refused_before_any_work(tokenizer, tmp_path):
+    """End to end, on a tiny Qwen3-Next (linear attention + full attention) saved to a folder: whatever the
+    installed transformers says of its layers (5.25 calls linear-attention layers croppable), speculative
+    decoding refuses it by name before the first round, plain and optimized, instead of failing mid-run or
+    returning tokens that are not the cloud's. Autoregressive decoding still runs it."""
+    import transformers
+
+    config = transformers.Qwen3NextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        layer_types=["linear_attention", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+        linear_value_head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load(ModelSpec(str(tmp_path), device="cpu"))
+    assert len(autoregressive(model, PROMPTS[0], 4).tokens) == 4
+    for optimized in (False, True):
+        with pytest.raises(ValueError, match="qwen3_next.*LinearAttention.*autoregressive"):
+            speculative(model, model, PROMPTS[0], 8, gamma=GAMMA, optimized=optimized, compile=False)
+
+
 @pytest.mark.parametrize("pair", SLIDING, indirect=True)
 def test_hf_assisted_optimized_past_the_window_is_refused_by_name(pair):
     """Hugging Face's static sliding layers cannot roll back past the window (its assisted generation
