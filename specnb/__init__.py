@@ -18,10 +18,10 @@ if "torch" not in _sys.modules:
 else:
     _WAIT_POLICY_AT_TORCH_LOAD = "unknown: torch was loaded before specnb"
 
-from .decoding import autoregressive, speculative  # noqa: E402
+from .decode.loops import autoregressive, speculative  # noqa: E402
 from .dtypes import parse_dtype  # noqa: E402
-from .lookup import PromptLookup  # noqa: E402
-from .metrics import Generation  # noqa: E402
+from .decode.lookup import PromptLookup  # noqa: E402
+from .measure.metrics import Generation  # noqa: E402
 from .models import LoadedModel, ModelSpec, check_pair, load  # noqa: E402
 
 __all__ = [
@@ -31,9 +31,18 @@ __all__ = [
 from ._version import __version__  # noqa: E402
 
 
+# the modules the notebooks import by their short names (``from specnb import experiment, plots``)
+_NOTEBOOK_MODULES = {"experiment": ".study.experiment", "clock": ".measure.clock", "plots": ".report.plots",
+                     "findings": ".report.findings", "drift": ".report.drift"}
+
+
 def __getattr__(name: str):
-    """``connect`` and ``Link`` (:mod:`specnb.link`) load gRPC only when first used."""
+    """``connect`` and ``Link`` (:mod:`specnb.link`) load gRPC only when first used; the notebooks'
+    modules load pandas and matplotlib only when a notebook asks for them."""
     if name in ("connect", "Link"):
         from . import link
         return getattr(link, name)
+    if name in _NOTEBOOK_MODULES:
+        import importlib
+        return importlib.import_module(_NOTEBOOK_MODULES[name], __name__)
     raise AttributeError(f"module 'specnb' has no attribute {name!r}")

@@ -75,13 +75,13 @@ class LoadedModel:
 
     def drafter(self, settings):
         """This model as the drafter of one speculative generation (:class:`specnb.drafting.EdgeDrafter`)."""
-        from .drafting import EdgeDrafter  # imported here: drafting imports this module
+        from .decode.drafting import EdgeDrafter  # imported here: drafting imports this module
 
         return EdgeDrafter(self, settings)
 
     def verifier(self, settings):
         """This model as the verifier of one speculative generation (:class:`specnb.verifying.CloudVerifier`)."""
-        from .verifying import CloudVerifier  # imported here: verifying imports this module
+        from .decode.verifying import CloudVerifier  # imported here: verifying imports this module
 
         return CloudVerifier(self, settings)
 

@@ -13,7 +13,7 @@ import torch
 # microseconds). Tests that check thread caps set their own counts explicitly.
 torch.set_num_threads(1)
 
-from specnb.params import NOTEBOOKS
+from specnb.study.params import NOTEBOOKS
 
 from fake_notebooks import make_fake_notebook  # noqa: E402  (a plain module: 'conftest' is ambiguous under two roots)
 

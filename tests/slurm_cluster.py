@@ -441,9 +441,9 @@ def time_limit_run(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPat
     other tests; the last Slurm test joins it. Yields {"cell", "thread", "result" (once ended)}."""
     from fake_notebooks import make_fake_notebook
 
-    from specnb.grid import Cell
-    from specnb.params import NOTEBOOKS
-    from specnb.slurm import SlurmExecutor
+    from specnb.grid.cells import Cell
+    from specnb.study.params import NOTEBOOKS
+    from specnb.grid.slurm import SlurmExecutor
 
     run_dir = tmp_path_factory.mktemp("time-limit")
     notebook = run_dir / NOTEBOOKS["edge"]

@@ -18,8 +18,8 @@ import torch
 from transformers.cache_utils import Cache, LinearAttentionLayer
 
 from specnb import ModelSpec, autoregressive, load, speculative
-from specnb.peers import hf_assisted
-from specnb.steps import check_rollback
+from specnb.decode.hf_reference import hf_assisted
+from specnb.decode.steps import check_rollback
 from tiny_models import FAMILIES, SLIDING, build_family, build_tokenizer
 
 WINDOW = 12

@@ -11,9 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from specnb import bench, stats
+from specnb.bench import ratios as bench
+from specnb.measure import stats
 from specnb.cli import build_parser, main
-from specnb.metrics import Generation
+from specnb.measure.metrics import Generation
 from tiny_models import build_llama, build_tokenizer
 
 
@@ -119,7 +120,7 @@ def test_bench_help_gives_every_option_a_description_and_its_default():
 
 def test_bench_record_reads_into_the_summary_tables(quick_run):
     """The summary notebook's view of a bench record: ratios with goals, the lever table, the methods."""
-    from specnb import plots, report
+    from specnb.report import plots, frame as report
 
     _, _, folder = quick_run
     (folder / "bench-other.json").write_text('{"kind": "something else"}')
@@ -217,7 +218,7 @@ def test_lever_gains_carry_intervals_and_the_range_over_reps():
 
 def test_timed_reps_keep_a_table_per_method_and_probe_between_reps(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECNB_TIMING_LOCK", str(tmp_path / "lock"))
-    from specnb.timing import timed_section
+    from specnb.measure.timing import timed_section
 
     calls = []
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 from tokenizers.processors import TemplateProcessing
 
-from specnb import experiment
+from specnb.study import experiment
 from specnb.chat import Prompting, converse, conversation
-from specnb.params import METHODS, MethodParams, ParamsError, validate_method_params
+from specnb.study.params import METHODS, MethodParams, ParamsError, validate_method_params
 from specnb.prompts import Prompt
 
 from tiny_models import build_llama, build_tokenizer
@@ -209,7 +209,7 @@ def test_a_model_without_a_template_runs_raw_text_under_auto(tiny_pair, tmp_path
 def test_drift_decodes_the_first_turn_as_the_run_rendered_it(chat_pair, monkeypatch):
     """The precision analysis measures drift on the tokens a run decoded: templated for an ``auto`` run,
     raw text for a ``none`` run and for records made before the parameter existed."""
-    from specnb import drift
+    from specnb.report import drift
 
     seen: list[list[int]] = []
     real = drift._decode

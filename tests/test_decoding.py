@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specnb import ModelSpec, autoregressive, load, speculative
-from specnb.decoding import accept_greedy, accept_rank, accept_sample
+from specnb.decode.loops import accept_greedy, accept_rank, accept_sample
 from tiny_models import build_llama, build_tokenizer
 
 PROMPTS = [
@@ -271,7 +271,7 @@ def test_compiled_steps_hold_more_graphs_than_torch_default(pair, monkeypatch):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    import specnb.steps as steps
+    import specnb.decode.steps as steps
 
     cloud, edge = pair["cloud"], pair["related"]
     prompt = "for i in range(10):\n    print(i)\n" * 40  # > 256 tokens: a cache bucket no other test compiles

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from specnb import demo
+from specnb.study import demo
 from specnb.cli import main
 from tiny_models import build_llama, build_tokenizer
 

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from specnb import drift, findings
-from specnb.drift import FLOOR
+from specnb.report import drift, findings
+from specnb.report.drift import FLOOR
 
 NAN = math.nan
 
@@ -106,7 +106,7 @@ def test_no_divergence_and_no_floor():
 
 def test_floor_and_fed_decoding_match_free_running_greedy(tiny_pair, capsys):
     """The fed KV-cache decoding finds exactly where each dtype's own greedy output departs from float32's."""
-    from specnb.decoding import autoregressive
+    from specnb.decode.loops import autoregressive
     from specnb.models import ModelSpec, load
     from specnb.prompts import load_prompts
 

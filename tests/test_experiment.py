@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from specnb import experiment
-from specnb.params import METHODS, MethodParams, ParamsError
+from specnb.study import experiment
+from specnb.study.params import METHODS, MethodParams, ParamsError
 
 
 def params(tiny_pair, tmp_path, **kw) -> MethodParams:
@@ -86,7 +86,7 @@ def _has_cuda() -> bool:
 
 
 def test_default_result_names_are_unique_per_setting_and_never_in_the_checkout(tiny_pair, tmp_path, monkeypatch):
-    from specnb.runinfo import REPO_ROOT
+    from specnb.measure.provenance import REPO_ROOT
 
     monkeypatch.delenv("SPECNB_ADHOC_DIR", raising=False)
     g4 = experiment.default_result_path("speculative", params(tiny_pair, tmp_path, gamma=4, result_path=None))

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from specnb import gpucheck
+from specnb.bench import gpu_check as gpucheck
 from specnb.cli import build_parser
 
 CHECK_KEYS = {"name", "status", "seconds", "budget_s", "error", "traceback", "figures"}
@@ -96,7 +96,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_fails(capsys, tmp_path):
 
 def test_cli_has_the_subcommand():
     args = build_parser().parse_args(["gpu-check", "--device", "cpu", "--skip", "grid"])
-    assert args._module == "specnb.gpucheck" and args.skip == "grid"
+    assert args._module == "specnb.bench.gpu_check" and args.skip == "grid"
     with pytest.raises(SystemExit):
         gpucheck.main(["--skip", "nonsense"])
 

@@ -14,8 +14,8 @@ import nbformat
 import pytest
 import yaml
 
-from specnb.grid import Cell, cell_is_ok, expand, read_result, run_cell, write_failed_result
-from specnb.params import load_grid_params
+from specnb.grid.cells import Cell, cell_is_ok, expand, read_result, run_cell, write_failed_result
+from specnb.study.params import load_grid_params
 
 REPO = Path(__file__).resolve().parents[1]
 

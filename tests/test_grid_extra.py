@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from specnb.executor import core_sets
-from specnb.grid import expand
-from specnb.params import ParamsError, load_grid_params
+from specnb.grid.local import core_sets
+from specnb.grid.cells import expand
+from specnb.study.params import ParamsError, load_grid_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

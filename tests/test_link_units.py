@@ -11,8 +11,8 @@ from specnb.link import Link, best_gamma, crossover_r, predict, speedup_bound
 from specnb.link.emulate import Direction
 from specnb.link.split import accept_split, resample
 from specnb.link.wire import GRPC_PREFIX, Message, decode, encode, wire_bytes
-from specnb.metrics import Generation
-from specnb.schedule import speedup_limit
+from specnb.measure.metrics import Generation
+from specnb.decode.schedule import speedup_limit
 
 
 def test_wire_round_trip_and_size():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from specnb import methods, params, report
+from specnb.study import methods, params
+from specnb.report import frame as report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from specnb.grid import LOG, Cell, kernel_options, read_result, run_cell
-from specnb.params import NOTEBOOKS
+from specnb.grid.cells import LOG, Cell, kernel_options, read_result, run_cell
+from specnb.study.params import NOTEBOOKS
 
 
 def test_a_cell_log_has_no_plain_tcp_kernel_warning(tmp_path: Path, fake_notebooks: Path) -> None:

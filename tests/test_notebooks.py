@@ -1,6 +1,6 @@
 """The committed notebooks are their own source: checks that hold whatever a researcher saves.
 
-* each method notebook's ``parameters`` cell names every field of ``specnb.params.MethodParams``
+* each method notebook's ``parameters`` cell names every field of ``specnb.study.params.MethodParams``
   with its type (read with papermill's own parameter inference; default values are free);
 * no stored output carries a path of the machine that ran it;
 * test helpers stay out of the folder users browse.
@@ -20,7 +20,7 @@ import papermill
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from specnb.params import NOTEBOOKS, MethodParams
+from specnb.study.params import NOTEBOOKS, MethodParams
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -66,7 +66,7 @@ def parameter_problems(path: Path) -> list[str]:
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{name}: not a field of specnb.params.MethodParams{hint}; add it there or remove it here")
+            problems.append(f"{name}: not a field of specnb.study.params.MethodParams{hint}; add it there or remove it here")
     for name, field in fields.items():
         want = type_name(field.annotation)
         if name not in found:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from specnb.params import MethodParams, ParamsError, load_grid_params, validate_method_params
+from specnb.study.params import MethodParams, ParamsError, load_grid_params, validate_method_params
 
 
 def write_yaml(tmp_path: Path, data: dict) -> Path:
@@ -94,7 +94,7 @@ NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 @pytest.mark.parametrize("name", ["default", "edge3b_cloud7b", "memory_optimized"])
 def test_shipped_params_files_validate(name):
-    from specnb.grid import expand
+    from specnb.grid.cells import expand
 
     gp = load_grid_params(NB_DIR.parent / "params" / f"{name}.yaml")
     cells = expand(gp, "/tmp/specnb-never-written")
@@ -103,8 +103,8 @@ def test_shipped_params_files_validate(name):
 
 def test_chat_template_is_a_grid_axis_that_splits_every_method(tmp_path, fake_models):
     """Rendering with the template changes what every method decodes: auto and none are two cells each."""
-    from specnb.grid import expand
-    from specnb.params import METHODS, relevant_fields
+    from specnb.grid.cells import expand
+    from specnb.study.params import METHODS, relevant_fields
 
     assert all("chat_template" in relevant_fields(m) for m in METHODS)
     data = base(fake_models)

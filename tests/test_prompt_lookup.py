@@ -9,8 +9,8 @@ import torch
 from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
 from specnb import ModelSpec, PromptLookup, autoregressive, load, speculative
-from specnb.peers import hf_prompt_lookup
-from specnb.roles import Drafter, RoundSettings
+from specnb.decode.hf_reference import hf_prompt_lookup
+from specnb.decode.roles import Drafter, RoundSettings
 from tiny_models import build_llama, build_tokenizer
 
 PROMPTS = ["def parse(text):", "import os", "x"]

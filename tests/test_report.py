@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from specnb import report
+from specnb.report import frame as report
 
 
 def rec(cid, method, *, edge=None, cloud=None, tps=10.0, status="ok", acc=None, trace=(), **settings):
@@ -122,7 +122,7 @@ def test_speedup_interval_and_no_measurable_difference():
 
 
 def test_a_disturbed_clock_flags_every_speedup_using_the_cell():
-    from specnb.clock import clock_audit
+    from specnb.measure.clock import clock_audit
 
     base = dict(cloud=("float32", "cpu"))
     recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.0]),
@@ -141,7 +141,7 @@ def test_a_disturbed_clock_flags_every_speedup_using_the_cell():
 
 
 def test_overlapping_timed_sections_are_flagged():
-    from specnb.clock import clock_audit
+    from specnb.measure.clock import clock_audit
 
     recs = [timed(rec("a", "cloud", cloud=("float32", "cpu")), [1.0, 1.0], start=0),
             timed(rec("b", "cloud_optimized", cloud=("float32", "cpu")), [1.0, 1.0], start=0.5),
@@ -152,7 +152,7 @@ def test_overlapping_timed_sections_are_flagged():
 
 
 def test_slower_optimized_cloud_points_at_clock_or_setup():
-    from specnb.clock import clock_audit, slower_optimized
+    from specnb.measure.clock import clock_audit, slower_optimized
 
     recs = [timed(rec("cloud", "cloud", cloud=("float32", "cpu")), [1.0, 1.0]),
             timed(rec("opt", "cloud_optimized", cloud=("float32", "cpu")), [1.2, 1.2], start=2)]
@@ -208,7 +208,7 @@ def test_study_table_and_csv(study, tmp_path):
 
 
 def test_findings_are_bilingual_and_generated(study):
-    from specnb import findings
+    from specnb.report import findings
 
     df = report.results_frame(study)
     audit = report.fairness_audit(df)
@@ -225,7 +225,7 @@ def test_findings_are_bilingual_and_generated(study):
 def test_drift_math():
     import torch
 
-    from specnb import drift
+    from specnb.report import drift
 
     a = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64), -1)
     same = drift.compare(a, a)
@@ -239,7 +239,7 @@ def test_drift_math():
 
 
 def test_drift_on_tiny_pair(tiny_pair):
-    from specnb import drift
+    from specnb.report import drift
     from specnb.prompts import load_prompts
 
     rows = drift.measure(tiny_pair["cloud"], load_prompts("builtin:code", 2), 6)
@@ -253,7 +253,7 @@ def test_plots_draw(study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from specnb import plots
+    from specnb.report import plots
 
     df = report.results_frame(study)
     figs = [plots.tokens_per_s(df), plots.acceptance(df), plots.speedups(report.speedups(df)),
@@ -269,7 +269,7 @@ def test_analysis_notebooks_run_on_a_run_folder(study, tmp_path, which):
 
     import nbformat
 
-    from specnb.gridcli import run_analysis
+    from specnb.grid.cli import run_analysis
 
     records = study if which == "study" else [r | {"status": "failed"} for r in study[:2]]
     for r in records:
@@ -298,7 +298,7 @@ def test_load_results_from_a_folder_of_json(study, tmp_path):
 
 
 def test_findings_name_the_disturbed_clock_in_both_languages():
-    from specnb import findings
+    from specnb.report import findings
 
     base = dict(cloud=("float32", "cpu"))
     recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.0]),
@@ -393,7 +393,7 @@ def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
     import matplotlib
 
     matplotlib.use("Agg")
-    from specnb import plots
+    from specnb.report import plots
 
     rows = pd.DataFrame([{"prompt": f"p{i}", "dtype": d, "top1_agreement": 1.0} for i in range(3)
                          for d in ("float32 (noise floor)", "float16", "bfloat16")])
@@ -410,7 +410,7 @@ def test_for_reading_keeps_rounded_measurements_as_decimals():
 
 
 def test_findings_say_how_far_the_speedup_moves_across_categories(by_category):
-    from specnb import findings
+    from specnb.report import findings
 
     t = report.category_table(by_category)
     text = findings.markdown(findings.on_categories(t))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from specnb import ModelSpec, autoregressive, load, speculative
-from specnb.decoding import accept_greedy
-from specnb.roles import Drafter, RoundSettings, Verdict, Verifier, as_drafter, as_verifier
-from specnb.verifying import CloudVerifier
+from specnb.decode.loops import accept_greedy
+from specnb.decode.roles import Drafter, RoundSettings, Verdict, Verifier, as_drafter, as_verifier
+from specnb.decode.verifying import CloudVerifier
 from tiny_models import build_llama, build_tokenizer
 
 PROMPT = "def parse(text):"

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from specnb import runinfo
+from specnb.measure import provenance as runinfo
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specnb.schedule import Schedule, expected_tokens, speedup_limit
+from specnb.decode.schedule import Schedule, expected_tokens, speedup_limit
 
 
 def test_expected_tokens_and_speedup_limit():
@@ -48,7 +48,7 @@ def test_estimate_alpha_recovers_iid_acceptance_where_acceptance_rate_does_not()
     """Simulated rounds with i.i.d. acceptance 0.8 at gamma 5: the MLE finds 0.8, accepted/drafted reads ~0.54."""
     import random
 
-    from specnb.schedule import estimate_alpha
+    from specnb.decode.schedule import estimate_alpha
 
     rng = random.Random(0)
     alpha, gamma = 0.8, 5

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 import submitit
 
-from specnb.grid import Cell, read_result
-from specnb.params import NOTEBOOKS
-from specnb.slurm import ENDED, SlurmExecutor, SlurmSubmitError, _parse_states, slurm_states
+from specnb.grid.cells import Cell, read_result
+from specnb.study.params import NOTEBOOKS
+from specnb.grid.slurm import ENDED, SlurmExecutor, SlurmSubmitError, _parse_states, slurm_states
 
 # The session fixtures (slurm_cluster, time_limit_run) registered once for all test modules:
 # imported into each module instead, every module would start its own cluster.

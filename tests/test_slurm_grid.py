@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from specnb.slurm import ENDED, slurm_states
+from specnb.grid.slurm import ENDED, slurm_states
 
 # The session fixtures (slurm_cluster, time_limit_run) registered once for all test modules:
 # imported into each module instead, every module would start its own cluster.
@@ -155,7 +155,7 @@ def test_second_resume_reruns_only_the_failed_cell_and_matches_a_local_run(runs:
 
 def test_time_limit_is_recorded_as_timeout(time_limit_run: dict) -> None:
     """Last of the Slurm tests: the cell started early by tests/slurm_cluster.py ran past 1 min."""
-    from specnb.grid import read_result
+    from specnb.grid.cells import read_result
 
     time_limit_run["thread"].join(timeout=180)
     res = time_limit_run["result"]

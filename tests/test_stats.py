@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specnb.stats import Interval, as_table, ratio_interval, speed
+from specnb.measure.stats import Interval, as_table, ratio_interval, speed
 
 
 def table(tokens, seconds_by_rep):

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from specnb import experiment, timing
-from specnb.clock import clock_audit
-from specnb.params import MethodParams
+from specnb.study import experiment
+from specnb.measure import timing
+from specnb.measure.clock import clock_audit
+from specnb.study.params import MethodParams
 
 
 def params(tiny_pair, path, **kw) -> MethodParams:
@@ -60,7 +61,7 @@ def test_overlaps_are_found_per_host():
 
 def test_the_lock_makes_a_second_holder_wait(tmp_path):
     path = tmp_path / "l.lock"
-    code = ("import sys; sys.path.insert(0, sys.argv[2]); from specnb.timing import exclusive; from pathlib import Path\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from specnb.measure.timing import exclusive; from pathlib import Path\n"
             "print('ready', flush=True)\nwith exclusive(Path(sys.argv[1])) as waited: print(round(waited, 2))")
     with timing.exclusive(path):
         child = subprocess.Popen([sys.executable, "-c", code, str(path), str(timing.Path(__file__).parents[1])],
@@ -74,7 +75,7 @@ def test_the_lock_makes_a_second_holder_wait(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
 def test_a_busy_core_during_one_cells_timing_is_flagged_in_both_languages(tiny_pair, tmp_path):
-    from specnb import findings, report
+    from specnb.report import findings, frame as report
 
     core = sorted(os.sched_getaffinity(0))[0]
     before = os.sched_getaffinity(0)
@@ -106,7 +107,7 @@ def test_setups_share_the_lock_but_wait_for_a_timed_section(tmp_path, monkeypatc
 
     path = tmp_path / "l.lock"
     monkeypatch.setenv("SPECNB_TIMING_LOCK", str(path))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from specnb.timing import setup_section\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from specnb.measure.timing import setup_section\n"
             "print('ready', flush=True)\nwith setup_section() as waited: print(round(waited, 2))")
     root = str(timing.Path(__file__).parents[1])
     with timing.exclusive(path, fcntl.LOCK_SH):  # another set-up: no wait

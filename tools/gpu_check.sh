@@ -6,7 +6,7 @@
 #   SPECNB_PYTHON=python3 tools/gpu_check.sh   # use a Python that already has CUDA torch (offline machines)
 #   tools/gpu_check.sh --device cpu         # dry run of the plumbing on a machine without a GPU
 #
-# Other options: --skip grid,bench  --edge-threads N  --out DIR  (python -m specnb.gpucheck --help)
+# Other options: --skip grid,bench  --edge-threads N  --out DIR  (python -m specnb.bench.gpu_check --help)
 # Exit code: 0 every check passed, 1 some check failed, 2 no GPU to check (one line says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +22,4 @@ fi
 # run from this checkout even where specnb is not installed into $PY
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-exec "$PY" -m specnb.gpucheck "$@"
+exec "$PY" -m specnb.bench.gpu_check "$@"

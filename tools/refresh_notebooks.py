@@ -14,7 +14,7 @@ Refresh when the embedded pair, the library's output or a notebook changes, then
 Cells whose output is deterministic carry ``# NBVAL_CHECK_OUTPUT`` (checked by ``pytest --nbval-lax``);
 timing/memory cells carry ``# NBVAL_IGNORE_OUTPUT``. Stored outputs keep no stderr and no path of
 this machine (tests/test_notebooks.py checks both, and that each method notebook's parameters cell
-names the fields of specnb.params.MethodParams with their types).
+names the fields of specnb.study.params.MethodParams with their types).
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from typing import Any
 import grpc
 import torch
 
-from ..decoding import _check_common
-from ..metrics import Generation, summarize
-from ..roles import RoundSettings, Verdict
+from ..decode.loops import _check_common
+from ..measure.metrics import Generation, summarize
+from ..decode.roles import RoundSettings, Verdict
 from .emulate import Direction, Link, sleep_until
 from .service import KEEPALIVE, SERVICE, settings_to_dict, versions
 from .split import resample

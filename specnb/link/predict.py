@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schedule import expected_tokens
+from ..decode.schedule import expected_tokens
 from .emulate import Link
 
 MAX_GAMMA = 32

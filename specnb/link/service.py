@@ -33,9 +33,9 @@ import grpc
 import torch
 
 from .._version import __version__
-from ..decoding import speculative, warp
+from ..decode.loops import speculative, warp
 from ..models import LoadedModel
-from ..roles import RoundSettings
+from ..decode.roles import RoundSettings
 from .split import accept_split
 from .wire import Message, decode, encode
 

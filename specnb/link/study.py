@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..decoding import autoregressive, speculative
-from ..stats import ratio_interval
+from ..decode.loops import autoregressive, speculative
+from ..measure.stats import ratio_interval
 from .client import RemoteCloud
 from .emulate import Link
 from .predict import predict

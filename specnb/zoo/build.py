@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .. import runinfo
+from ..measure import provenance as runinfo
 from . import ZOO_ROOT
 from .corpus import Corpus, load_corpus
 from .train import Shape, TrainSettings, eval_loss, new_model, train

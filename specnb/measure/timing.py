@@ -68,7 +68,7 @@ def probe() -> float:
     """Seconds for a fixed one-thread float32 workload (median of :data:`PROBE_ROUNDS`)."""
     import torch
 
-    from .threads import thread_count
+    from ..threads import thread_count
 
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(PROBE_SIZE, PROBE_SIZE, generator=gen)

@@ -53,19 +53,20 @@ import numpy as np
 import torch
 from torch._dynamo.utils import counters
 
-from . import runinfo, threads
-from .clock import THRESHOLD, worst_deviation
-from .decoding import autoregressive, room_for_graphs, speculative
-from .demo import quiet_hf_internal_warnings
-from .metrics import Generation, synchronize
-from .models import LoadedModel, ModelSpec, load
-from .lookup import PromptLookup
-from .peers import hf_assisted, hf_prompt_lookup
-from .chat import MODES, Prompting
-from .prompts import load_prompts
-from .schedule import estimate_alpha, expected_tokens, speedup_limit
-from .stats import ratio_interval
-from .timing import Section, setup_section, timed_section
+from ..measure import provenance as runinfo
+from .. import threads
+from ..measure.clock import THRESHOLD, worst_deviation
+from ..decode.loops import autoregressive, room_for_graphs, speculative
+from ..study.demo import quiet_hf_internal_warnings
+from ..measure.metrics import Generation, synchronize
+from ..models import LoadedModel, ModelSpec, load
+from ..decode.lookup import PromptLookup
+from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
+from ..chat import MODES, Prompting
+from ..prompts import load_prompts
+from ..decode.schedule import estimate_alpha, expected_tokens, speedup_limit
+from ..measure.stats import ratio_interval
+from ..measure.timing import Section, setup_section, timed_section
 
 
 @dataclass

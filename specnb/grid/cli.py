@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .grid import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb, kernel_options
-from .params import GridParams, ParamsError, load_grid_params
-from .runinfo import git_state, machine, now, read_json, versions, write_json_atomic
+from .cells import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb, kernel_options
+from ..study.params import GridParams, ParamsError, load_grid_params
+from ..measure.provenance import git_state, machine, now, read_json, versions, write_json_atomic
 
 ANALYSIS_NOTEBOOKS = ("precision_analysis", "summary")
 
@@ -75,7 +75,7 @@ def make_executor(args: argparse.Namespace, gp: GridParams, run_dir: Path) -> An
         from .slurm import SlurmExecutor
 
         return SlurmExecutor(run_dir, **_slurm_options(args, gp))
-    from .executor import LocalExecutor
+    from .local import LocalExecutor
 
     return LocalExecutor(jobs=args.jobs or gp.runner.jobs)
 

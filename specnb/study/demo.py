@@ -12,12 +12,12 @@ import contextlib
 import logging
 from typing import Iterator
 
-from . import threads
-from .decoding import autoregressive, speculative
-from .models import ModelSpec, load
-from .peers import hf_assisted
-from .prompts import load_prompts
-from .threads import describe, resolve
+from .. import threads
+from ..decode.loops import autoregressive, speculative
+from ..models import ModelSpec, load
+from ..decode.hf_reference import hf_assisted
+from ..prompts import load_prompts
+from ..threads import describe, resolve
 
 SHOWN = ("new_tokens", "tokens_per_s", "acceptance_rate", "tokens_per_round", "cloud_calls", "edge_calls")
 WARMUP_TOKENS = 8  # the warm-up generation of each method

@@ -27,11 +27,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .chat import Prompting, converse, prompting_for
-from .metrics import Generation, summarize
+from ..chat import Prompting, converse, prompting_for
+from ..measure.metrics import Generation, summarize
 from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
-from . import methods, threads
-from .runinfo import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
+from . import methods
+from .. import threads
+from ..measure.provenance import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
 
 SCHEMA = "specnb.result/1"
 WARMUP_TOKENS = 8
@@ -67,7 +68,7 @@ def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
     Also checks, before any model loads, that the devices exist and support the dtypes, so a
     bad value stops the notebook with one clear error.
     """
-    from .dtypes import check_supported, resolve_device
+    from ..dtypes import check_supported, resolve_device
 
     if method not in METHODS:
         raise ParamsError(f"method {method!r} unknown; methods: {', '.join(METHODS)}")
@@ -142,7 +143,7 @@ def default_result_path(method: str, p: MethodParams) -> Path:
 def keep_good_result(path: Path) -> Path:
     """Where a failed run writes its record: ``path`` itself, unless ``path`` holds an ok result,
     which a failure never replaces: then ``<name>.failed.json`` beside it."""
-    from .runinfo import read_json
+    from ..measure.provenance import read_json
 
     old = read_json(path)
     if isinstance(old, dict) and old.get("status") == "ok":
@@ -158,7 +159,7 @@ def settings_dict(method: str, p: MethodParams) -> dict[str, Any]:
 
 def load_models(method: str, p: MethodParams) -> dict[str, Any]:
     """The LoadedModel of each role the method needs (the pair checked to share a tokenizer)."""
-    from .models import ModelSpec, check_pair, load
+    from ..models import ModelSpec, check_pair, load
 
     out = {}
     for role in ("edge", "cloud"):
@@ -173,7 +174,7 @@ def load_models(method: str, p: MethodParams) -> dict[str, Any]:
 
 def model_info(m: Any) -> dict[str, Any]:
     """What the record says about one loaded model."""
-    from .dtypes import device_class, device_name, parse_dtype
+    from ..dtypes import device_class, device_name, parse_dtype
 
     return {"model": m.spec.name_or_path, "dtype": parse_dtype(m.dtype), "device": str(m.device),
             "device_class": device_class(m.device), "device_name": device_name(m.device),
@@ -223,7 +224,7 @@ def timed_reps(fn: Callable[[str | list[int], int], Generation], prompts: list[A
     averaged over the repetitions) and the timing record: every (repetition, row) entry, the
     probes before / between / after, the section's start and end.
     """
-    from .timing import timed_section
+    from ..measure.timing import timed_section
 
     units = turn_units(prompts, prompting)
     row_of = {unit: i for i, unit in enumerate(units)}
@@ -272,7 +273,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def rep_figures(timing: dict[str, Any]) -> dict[str, Any]:
     """Per-repetition tokens/s and their spread ((max - min) / median), from the timing record."""
-    from .stats import as_table, speed, spread
+    from ..measure.stats import as_table, speed, spread
 
     table = as_table(timing["entries"])
     per_rep = [speed(table[rep:rep + 1]) for rep in range(timing["reps"])]
@@ -296,8 +297,8 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
     """
     import torch
 
-    from .prompts import load_prompts
-    from .timing import setup_section
+    from ..prompts import load_prompts
+    from ..measure.timing import setup_section
 
     path = Path(p.result_path) if p.result_path else default_result_path(method, p)
     record = new_record(method, p)

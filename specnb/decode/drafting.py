@@ -9,7 +9,7 @@ import torch
 from .roles import RoundSettings
 from .sampling import make_generator, pick
 from .steps import Model, Steps, as_ids, crop, rebuild
-from .threads import thread_count
+from ..threads import thread_count
 
 
 def _all_at_once(tokens: list[torch.Tensor]) -> list[int]:

@@ -31,8 +31,8 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
-from .chat import Prompting
-from .metrics import first_divergence
+from ..chat import Prompting
+from ..measure.metrics import first_divergence
 
 REFERENCE = "float32"
 FLOOR = "float32 (noise floor)"
@@ -51,7 +51,7 @@ class _Path:
 
 def _score(m: Any, ids: list[int], start: int) -> torch.Tensor:
     """Log-probabilities (float64, CPU) of the next token at positions ``start - 1 .. len(ids) - 2``, in one prefill."""
-    from .models import thread_cap
+    from ..models import thread_cap
 
     with torch.inference_mode(), thread_cap(m.spec.threads):
         logits = m.model(input_ids=torch.tensor([ids], device=m.device)).logits[0, start - 1:-1, : m.vocab_size]
@@ -67,8 +67,8 @@ def _decode(m: Any, ids: list[int], max_new_tokens: int, feed: list[int] | None 
     with ``feed`` it is fed those tokens instead, which is the same computation as its free-running
     decoding up to the first position where its own pick differs.
     """
-    from .decoding import Steps
-    from .models import thread_cap
+    from ..decode.loops import Steps
+    from ..models import thread_cap
 
     n = len(feed) if feed is not None else max_new_tokens
     vocab, eos = m.vocab_size, m.eos_ids
@@ -131,8 +131,8 @@ def measure(model: str, prompts: Iterable[Any], max_new_tokens: int, *, device: 
     """
     from tqdm import tqdm
 
-    from .dtypes import parse_dtype
-    from .models import ModelSpec, load
+    from ..dtypes import parse_dtype
+    from ..models import ModelSpec, load
 
     prompts = list(prompts)
     dtypes = [parse_dtype(d) for d in dtypes]
@@ -207,7 +207,7 @@ def for_run(records: list[dict[str, Any]], *, device: str | None = None, max_pro
     memory, a missing model) are reported in the note instead of stopping the analysis.
     ``float32`` in ``dtypes`` (the default) measures the noise floor.
     """
-    from .prompts import load_prompts
+    from ..prompts import load_prompts
 
     rec = next((r for r in records if r.get("status") == "ok" and r.get("cloud")), None)
     if rec is None:

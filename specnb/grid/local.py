@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .grid import LOG, Cell, read_result, run_cell, write_failed_result
+from .cells import LOG, Cell, read_result, run_cell, write_failed_result
 
 GRACE_S = 60  # beyond the per-notebook-cell timeout, for kernel start-up and clean-up
 

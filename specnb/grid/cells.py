@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .params import NOTEBOOKS, GridParams, MethodParams, relevant_fields
-from .runinfo import REPO_ROOT, log_tail, now, read_json, write_json_atomic
+from ..study.params import NOTEBOOKS, GridParams, MethodParams, relevant_fields
+from ..measure.provenance import REPO_ROOT, log_tail, now, read_json, write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RESULT, EXECUTED, LOG, CELL = "result.json", "executed.ipynb", "log.txt", "cell.json"

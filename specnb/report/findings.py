@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import methods as _methods
-from .clock import THRESHOLD
-from .report import METHOD_NAMES
+from ..study import methods as _methods
+from ..measure.clock import THRESHOLD
+from .frame import METHOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def on_categories(categories: pd.DataFrame) -> list[Text]:
     """How far the speed-up moves across prompt categories (:func:`specnb.report.category_table`), for the
     run with the best overall speed-up among those that reproduce the cloud's output: a workload-wide
     figure hides that (Spec-Bench's point), so the spread is said in words where there are 2+ categories."""
-    from .report import OVERALL
+    from .frame import OVERALL
 
     t = categories[categories["same_output"].astype(bool) & categories["speedup"].notna()]
     per = t[t["category"] != OVERALL]
@@ -276,7 +276,7 @@ def _draft_share(df: pd.DataFrame, cell_id: str) -> tuple[str, str]:
 
 def on_clock(clock: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
     """The clock audit in words: disturbed cells, and cloud_optimized slower than cloud (clock or set-up)."""
-    from .clock import slower_optimized
+    from ..measure.clock import slower_optimized
 
     out = []
     if not clock.empty:
@@ -316,8 +316,8 @@ def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFram
     acceptance, speed, its spread across prompt categories. ``clock`` is
     :func:`specnb.clock.clock_audit` (computed from ``df`` when None); ``categories`` is
     :func:`specnb.report.category_table` (no category finding when None)."""
-    from .clock import clock_audit
-    from .report import frame_records
+    from ..measure.clock import clock_audit
+    from .frame import frame_records
 
     clock = clock_audit(frame_records(df)) if clock is None else clock
     items = on_fairness(audit) + on_clock(clock, df) + on_failures(df) + on_mixes(audit, df)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .schedule import estimate_alpha
+from ..decode.schedule import estimate_alpha
 
 
 def synchronize(*devices: torch.device) -> None:

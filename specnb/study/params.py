@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import methods as _methods
-from .dtypes import parse_dtype
+from ..dtypes import parse_dtype
 
-METHODS = tuple(_methods.METHODS)  # the registry's names (specnb.methods)
+METHODS = tuple(_methods.METHODS)  # the registry's names (specnb.study.methods)
 NOTEBOOKS = {name: m.notebook for name, m in _methods.METHODS.items()}
 ROLES = ("edge", "cloud")
 
@@ -227,7 +227,7 @@ def validate_method_params(values: dict[str, Any], prefix: str = "") -> MethodPa
 
 def check_model_exists(name: str, where: str) -> None:
     """Fail, naming ``where``, when a ``zoo:`` name or local folder does not exist (hub ids pass)."""
-    from .models import locate
+    from ..models import locate
 
     try:
         locate(name)
@@ -238,7 +238,7 @@ def check_model_exists(name: str, where: str) -> None:
 def _check_prompts(source: str, where: str, base_dir: Path) -> str:
     """A prompt file must exist; relative paths are taken from the cwd, then the YAML's folder."""
     if source.startswith("builtin:"):
-        from .prompts import BUILTIN
+        from ..prompts import BUILTIN
 
         if source.removeprefix("builtin:") not in BUILTIN:
             known = ", ".join(f"builtin:{n}" for n in sorted(BUILTIN))

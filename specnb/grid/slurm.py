@@ -31,8 +31,8 @@ import submitit
 from submitit.core.utils import FailedJobError, pickle_load
 from submitit.slurm.slurm import read_job_id
 
-from .grid import Cell, read_result, run_cell, write_failed_result
-from .runinfo import REPO_ROOT, log_tail, now, read_json, write_json_atomic
+from .cells import Cell, read_result, run_cell, write_failed_result
+from ..measure.provenance import REPO_ROOT, log_tail, now, read_json, write_json_atomic
 
 JOBS_FILE = "jobs.json"
 # Slurm job states after which a job never runs again (see `man squeue`, JOB STATE CODES).

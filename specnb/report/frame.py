@@ -18,9 +18,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import methods as _methods
-from .prompts import SPEC_BENCH_TASKS
-from .runinfo import read_json
+from ..study import methods as _methods
+from ..prompts import SPEC_BENCH_TASKS
+from ..measure.provenance import read_json
 
 REFERENCE = "cloud_optimized"  # the strongest baseline
 REFERENCES = _methods.references()  # set-up class -> its baseline (plain: cloud, optimized: cloud_optimized)
@@ -54,7 +54,7 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def resolve_run(run_dir: str | Path | None) -> Path:
     """The run folder to analyse; None means the example run shipped beside the notebooks."""
-    from .runinfo import REPO_ROOT
+    from ..measure.provenance import REPO_ROOT
 
     path = REPO_ROOT / "notebooks" / "example_run" if run_dir is None else Path(run_dir)
     if not path.is_dir():
@@ -67,7 +67,7 @@ def _device_class(device: str | None) -> str | None:
     ``auto`` in the settings of a cell that failed before loading its model)."""
     if device is None or str(device) == "auto":
         return None
-    from .dtypes import device_class  # imports torch: only for records without the loaded role's class
+    from ..dtypes import device_class  # imports torch: only for records without the loaded role's class
 
     return device_class(device)
 
@@ -256,7 +256,7 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
     ``timing_disturbed`` when the clock audit flags either run; ``same_output`` is False for
     runs that do not reproduce the cloud's output (the edge alone, the lossy rank rule).
     """
-    from .clock import clock_audit, disturbed_cells
+    from ..measure.clock import clock_audit, disturbed_cells
 
     audit = fairness_audit(df) if audit is None else audit
     pairs = audit[audit["kind"] == "speed-up"].set_index("cell_id")
@@ -289,7 +289,7 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
 def _interval(row: pd.Series, ref: pd.Series, prompts: list[int] | None = None):
     """The bootstrap interval of ``row`` over ``ref`` from their timing entries (None if either
     was timed once or has no entries); ``prompts``: only these prompt positions (one category)."""
-    from .stats import as_table, ratio_interval
+    from ..measure.stats import as_table, ratio_interval
 
     tables = []
     for r in (row, ref):
@@ -578,7 +578,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Path]:
     """Write ``results.csv``, ``speedups.csv`` (with intervals), ``categories.csv`` (the same per prompt
     category, with mean accepted tokens), ``audit.csv`` and ``clock.csv`` into the run folder."""
     run_dir = Path(run_dir)
-    from .clock import clock_audit
+    from ..measure.clock import clock_audit
 
     records = load_results(run_dir)
     df = results_frame(records)
@@ -597,7 +597,7 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from .gridcli import run_analysis
+    from ..grid.cli import run_analysis
 
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "cells").is_dir():

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from .lookup import PromptLookup
-from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from .models import LoadedModel, check_pair, thread_cap
+from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
+from ..models import LoadedModel, check_pair, thread_cap
 from .roles import Drafter, RoundSettings, Verifier, as_drafter, as_verifier
 from .sampling import make_generator, pick, warp
 from .schedule import Schedule

@@ -7,9 +7,9 @@ import torch
 from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
-from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from .decoding import cache_size, thread_plan
-from .models import LoadedModel, check_pair, thread_cap
+from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
+from .loops import cache_size, thread_plan
+from ..models import LoadedModel, check_pair, thread_cap
 
 
 def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:

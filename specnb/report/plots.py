@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .report import DTYPE_ORDER, METHOD_NAMES
+from .frame import DTYPE_ORDER, METHOD_NAMES
 
 
 def _order(values: pd.Series) -> list[str]:

@@ -68,7 +68,7 @@ def _common(p: Any) -> dict[str, Any]:
 
 
 def _edge(m: dict[str, Any], p: Any) -> Decode:
-    from .decoding import autoregressive
+    from ..decode.loops import autoregressive
 
     def run(prompt: str | list[int], n: int):
         g = autoregressive(m["edge"], prompt, n, **_common(p))
@@ -79,7 +79,7 @@ def _edge(m: dict[str, Any], p: Any) -> Decode:
 
 def _cloud(optimized: bool) -> Callable[[dict[str, Any], Any], Decode]:
     def build(m: dict[str, Any], p: Any) -> Decode:
-        from .decoding import autoregressive
+        from ..decode.loops import autoregressive
 
         extra = {"optimized": True, "compile": p.compile_steps} if optimized else {}
         return lambda prompt, n: autoregressive(m["cloud"], prompt, n, **extra, **_common(p))
@@ -87,7 +87,7 @@ def _cloud(optimized: bool) -> Callable[[dict[str, Any], Any], Decode]:
 
 
 def _speculative(m: dict[str, Any], p: Any) -> Decode:
-    from .decoding import speculative
+    from ..decode.loops import speculative
 
     return lambda prompt, n: speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify,
                                          rank_k=p.rank_k, schedule=p.schedule, optimized=p.optimized,
@@ -102,7 +102,7 @@ def _unmeasured(g: Any, *keys: str) -> Any:
 
 
 def _hf_assisted(m: dict[str, Any], p: Any) -> Decode:
-    from .peers import hf_assisted
+    from ..decode.hf_reference import hf_assisted
 
     return lambda prompt, n: _unmeasured(hf_assisted(m["edge"], m["cloud"], prompt, n, gamma=p.gamma,
                                                      optimized=p.optimized, **_common(p)), "draft_s", "verify_s")
@@ -112,8 +112,8 @@ PROMPT_LOOKUP_NGRAM = 3  # longest n-gram matched (Spec-Bench's PLD setting)
 
 
 def _prompt_lookup(m: dict[str, Any], p: Any) -> Decode:
-    from .decoding import speculative
-    from .lookup import PromptLookup
+    from ..decode.loops import speculative
+    from ..decode.lookup import PromptLookup
 
     return lambda prompt, n: speculative(PromptLookup(max_ngram=PROMPT_LOOKUP_NGRAM), m["cloud"], prompt, n,
                                          gamma=p.gamma, verify=p.verify, rank_k=p.rank_k, schedule=p.schedule,
