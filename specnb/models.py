@@ -74,13 +74,13 @@ class LoadedModel:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def drafter(self, settings):
-        """This model as the drafter of one speculative generation (:class:`specnb.drafting.EdgeDrafter`)."""
+        """This model as the drafter of one speculative generation (:class:`specnb.decode.drafting.EdgeDrafter`)."""
         from .decode.drafting import EdgeDrafter  # imported here: drafting imports this module
 
         return EdgeDrafter(self, settings)
 
     def verifier(self, settings):
-        """This model as the verifier of one speculative generation (:class:`specnb.verifying.CloudVerifier`)."""
+        """This model as the verifier of one speculative generation (:class:`specnb.decode.verifying.CloudVerifier`)."""
         from .decode.verifying import CloudVerifier  # imported here: verifying imports this module
 
         return CloudVerifier(self, settings)

@@ -9,7 +9,7 @@ leaves what it measured. The checks, in order:
 1. ``environment``: torch / CUDA versions, device name, compute capability, memory;
 2. ``dtypes``: :func:`specnb.dtypes.check_supported` agrees with what actually runs (a forward
    pass of the embedded cloud in each dtype, finite logits);
-3. ``timer``: :class:`specnb.metrics.Stopwatch` waits for queued CUDA work (a big matmul timed
+3. ``timer``: :class:`specnb.measure.metrics.Stopwatch` waits for queued CUDA work (a big matmul timed
    with and without it; the synchronized time must be long enough to be real);
 4. ``peak_memory``: the recorded peak is > 0, holds the weights, excludes an allocation freed
    before the run (the reset works) and is plausible for the model's size;

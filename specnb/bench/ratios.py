@@ -3,12 +3,12 @@
 Runs are interleaved (each repetition runs every method over all prompts, in a rotated order),
 after a warm-up run of each method. Each method keeps a [reps, prompts, 2] table of (new tokens,
 seconds); its speed is all tokens over all seconds of the table (as the grid aggregates). Every
-speed-up carries a 95% interval (:func:`specnb.stats.ratio_interval`: percentile bootstrap over
+speed-up carries a 95% interval (:func:`specnb.measure.stats.ratio_interval`: percentile bootstrap over
 prompts, paired, x repetitions, paired too: repetition k of two methods ran minutes apart at most
 and shared the machine's state); an interval that holds 1.0 is printed "no measurable difference".
-The timed repetitions run inside :func:`specnb.timing.timed_section` (the machine-wide timing lock:
+The timed repetitions run inside :func:`specnb.measure.timing.timed_section` (the machine-wide timing lock:
 a grid cell and a bench never time at the same moment) with a clock probe before, between the
-repetitions and after; a probe more than :data:`specnb.clock.THRESHOLD` from their median flags
+repetitions and after; a probe more than :data:`specnb.measure.clock.THRESHOLD` from their median flags
 the run "TIMING DISTURBED". Printed ratios:
 
 * R1 = fastest speculative variant / cloud_optimized tokens/s (and each adaptive schedule);
@@ -25,7 +25,7 @@ the run "TIMING DISTURBED". Printed ratios:
   plain (eager, dynamic cache), and by gamma; beside it, prompt lookup over the plain cloud;
 * R3 = measured speed-up of the plain loop over the plain cloud loop / S(alpha, gamma, c), the expected speed-up
   of Leviathan et al. 2023 (Thm 3.8), with alpha (maximum-likelihood estimate under their i.i.d.
-  model, :func:`specnb.schedule.estimate_alpha`; not accepted / drafted, which is lower and would
+  model, :func:`specnb.decode.schedule.estimate_alpha`; not accepted / drafted, which is lower and would
   flatter R3) and c = edge step / cloud step measured here. S prices a verification of gamma + 1
   tokens as one cloud step; where it costs more (compute-bound CPUs) the gap shows in R3, so the
   verification's measured cost v (in cloud steps) and S with it, gamma c + v in the denominator,

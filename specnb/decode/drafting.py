@@ -1,4 +1,4 @@
-"""The edge model in this process as a :class:`~specnb.roles.Drafter`: drafts token by token on its KV cache."""
+"""The edge model in this process as a :class:`~specnb.decode.roles.Drafter`: drafts token by token on its KV cache."""
 
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
 """Autoregressive and speculative decoding, batch size 1.
 
-Both loops are built from the same pieces: :func:`~specnb.steps.forward` (one model call on a KV
+Both loops are built from the same pieces: :func:`~specnb.decode.steps.forward` (one model call on a KV
 cache, used for prefill, a decode step, a draft step and a verification alike; :class:`Steps` holds
-one model's cache and compiled step), :func:`~specnb.sampling.pick` (greedy or sampled choice of a
-token) and :func:`~specnb.sampling.warp` (temperature / top-k / top-p).
+one model's cache and compiled step), :func:`~specnb.decode.sampling.pick` (greedy or sampled choice of a
+token) and :func:`~specnb.decode.sampling.warp` (temperature / top-k / top-p).
 
 Speculative decoding (Leviathan et al. 2023; Chen et al. 2023), one round
-(:func:`speculative_round`; the roles are :mod:`specnb.roles`):
+(:func:`speculative_round`; the roles are :mod:`specnb.decode.roles`):
 
 1. a drafter proposes up to ``g`` tokens: the edge model one by one from its own KV cache
-   (:class:`~specnb.drafting.EdgeDrafter`), or an n-gram match (:class:`~specnb.lookup.PromptLookup`);
+   (:class:`~specnb.decode.drafting.EdgeDrafter`), or an n-gram match (:class:`~specnb.decode.lookup.PromptLookup`);
 2. the verifier scores the last accepted token plus the draft in ONE forward call of the cloud,
-   giving ``g + 1`` next-token distributions (:class:`~specnb.verifying.CloudVerifier`);
+   giving ``g + 1`` next-token distributions (:class:`~specnb.decode.verifying.CloudVerifier`);
 3. its rule keeps a prefix of the draft and adds one token of the cloud's own (a correction at the
    first rejection, or a bonus token after a fully accepted draft);
 4. both sides cut their state back to the tokens that survived; the edge catches up on the
@@ -157,9 +157,9 @@ def thread_plan(edge: Any, cloud: Any) -> tuple[int | None, int | None]:
     on a small CPU, more than a small model's step: README, "Threads"). So
     when the cloud runs on an accelerator (or elsewhere) the edge's cap holds for the whole run
     and nothing switches per round; only when both models share the CPU with different caps does
-    the count switch around each draft phase (:class:`~specnb.drafting.EdgeDrafter` caps its own
+    the count switch around each draft phase (:class:`~specnb.decode.drafting.EdgeDrafter` caps its own
     calls), and that cost lands in ``draft_s`` where it belongs. A drafter without a model
-    (:class:`~specnb.lookup.PromptLookup`) has no cap.
+    (:class:`~specnb.decode.lookup.PromptLookup`) has no cap.
     """
     e_threads = edge.spec.threads if isinstance(edge, LoadedModel) else None
     if not (isinstance(cloud, LoadedModel) and cloud.device.type == "cpu"):
@@ -220,19 +220,19 @@ def speculative(
     lossy). The two models may sit on different devices: only token ids, and for ``sample``
     the edge's draft probabilities, move between them. The edge's forward calls run under its
     thread cap (see :func:`thread_plan`). ``schedule`` sets the draft length per round
-    (:mod:`specnb.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
+    (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
     ``cost`` chooses up to ``gamma``). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to one of a few fixed widths
-    (:meth:`~specnb.schedule.Schedule.widths`) so that a few compiled graphs serve every round
+    (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
     (the padded positions are cropped with the rejected ones); ``"edge"`` or ``"cloud"`` gives
     that set-up to one model only. ``levers_off`` switches levers of the plain loop off for
     ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
-    ``max_new_tokens``. Metric definitions: :class:`specnb.metrics.Generation`.
+    ``max_new_tokens``. Metric definitions: :class:`specnb.measure.metrics.Generation`.
 
     ``edge`` may be any drafter (:class:`specnb.PromptLookup`, or an object with the methods of
-    :class:`specnb.roles.Drafter`) and ``cloud`` any verifier (:class:`specnb.roles.Verifier`); a loaded
-    model becomes one (:func:`specnb.roles.as_drafter`, :func:`~specnb.roles.as_verifier`). The
+    :class:`specnb.decode.roles.Drafter`) and ``cloud`` any verifier (:class:`specnb.decode.roles.Verifier`); a loaded
+    model becomes one (:func:`specnb.decode.roles.as_drafter`, :func:`~specnb.decode.roles.as_verifier`). The
     prompt is tokenized by the cloud, or by the edge when the cloud is not loaded here.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)

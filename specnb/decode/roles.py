@@ -1,6 +1,6 @@
 """The two roles of a speculative round, as interfaces: a *drafter* proposes, a *verifier* decides.
 
-One round (:func:`specnb.decoding.speculative` drives it; it does not know which implementations
+One round (:func:`specnb.decode.loops.speculative` drives it; it does not know which implementations
 it holds)::
 
     draft, q = drafter.draft(seq, g)          # up to g token ids; q: [len(draft), V] probabilities
@@ -45,9 +45,9 @@ class RoundSettings:
     ``rule``: ``greedy`` | ``sample`` | ``rank``; ``rank_k`` for ``rank``; ``temperature`` /
     ``top_k`` / ``top_p`` shape the distributions both sides sample from (``sample`` only);
     ``seed`` seeds the side's own generator (None: unseeded); ``optimized`` / ``compile``: the
-    side's set-up (static cache, compiled steps; see :class:`specnb.decoding.Steps`);
+    side's set-up (static cache, compiled steps; see :class:`specnb.decode.loops.Steps`);
     ``widths``: verification input lengths to pad to for fixed-shape compiled steps (empty: no
-    padding); ``levers_off``: ablations of the plain loop (:data:`specnb.decoding.LEVERS`);
+    padding); ``levers_off``: ablations of the plain loop (:data:`specnb.decode.loops.LEVERS`);
     ``max_len``: prompt + new tokens + longest draft + 1, so static caches can be sized;
     ``vocab``: the token ids both sides may emit, when the loop knows it (0: the model's own; a pair
     cuts its logits to the smaller of the two).

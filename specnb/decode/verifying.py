@@ -65,9 +65,9 @@ def accept_sample(draft: list[int], p: torch.Tensor, q: torch.Tensor, generator)
 
 
 class CloudVerifier:
-    """The cloud model in this process as a :class:`~specnb.roles.Verifier`, for one generation.
+    """The cloud model in this process as a :class:`~specnb.decode.roles.Verifier`, for one generation.
 
-    Its KV cache (:class:`~specnb.steps.Steps`: dynamic, or static and compiled when
+    Its KV cache (:class:`~specnb.decode.steps.Steps`: dynamic, or static and compiled when
     ``settings.optimized``) holds ``seq[:-1]`` between rounds. :meth:`score` runs ``[last] + draft``
     padded up to the next of ``settings.widths`` (one compiled graph per width) and :meth:`keep`
     cuts the cache back; :meth:`verify` is the two around the rule. Sampling draws from its own

@@ -1,8 +1,8 @@
 """The papermill grid: params YAML -> cells -> one executed notebook + result.json per cell.
 
 The unit of work is :func:`run_cell`, a plain function, so the local process pool
-(:class:`specnb.executor.LocalExecutor`) and the Slurm array (:mod:`specnb.slurm`) run the same
-cells. Imports go one way: the executors and the command line (:mod:`specnb.gridcli`, what
+(:class:`specnb.grid.local.LocalExecutor`) and the Slurm array (:mod:`specnb.grid.slurm`) run the same
+cells. Imports go one way: the executors and the command line (:mod:`specnb.grid.cli`, what
 ``specnb grid`` runs) import this module, never the reverse.
 
 A run folder holds ``manifest.json``, ``cells/<cell-id>/`` (``executed.ipynb``, ``result.json``,

@@ -77,7 +77,7 @@ def core_sets(jobs: int, cores: list[int] | None = None) -> list[tuple[int, ...]
     """The cores of each of ``jobs`` concurrent cells: disjoint, as even as possible.
 
     With more jobs than cores, cells share cores round-robin (their timed sections still never
-    overlap: :mod:`specnb.timing`; but one cell's set-up then runs beside another's timing, and
+    overlap: :mod:`specnb.measure.timing`; but one cell's set-up then runs beside another's timing, and
     the clock audit shows it).
     """
     if cores is None:
@@ -97,12 +97,12 @@ def core_sets(jobs: int, cores: list[int] | None = None) -> list[tuple[int, ...]
 
 
 class LocalExecutor:
-    """Process pool of ``jobs`` workers; each cell runs :func:`specnb.grid.run_cell` in a fresh process.
+    """Process pool of ``jobs`` workers; each cell runs :func:`specnb.grid.cells.run_cell` in a fresh process.
 
     Concurrent cells run on disjoint cores (:func:`core_sets`; Linux), with torch's default
     threads (OMP_NUM_THREADS) set to their core count unless ``threads_per_job`` or the
     environment says otherwise, so that parallel cells do not oversubscribe the cores. Their
-    timed repetitions additionally never overlap (the timing lock of :mod:`specnb.timing`).
+    timed repetitions additionally never overlap (the timing lock of :mod:`specnb.measure.timing`).
     """
 
     def __init__(self, jobs: int = 1, threads_per_job: int | None = None, poll_s: float = 0.2):

@@ -1,6 +1,6 @@
 """Run grid cells as one Slurm job array through submitit (``specnb grid ... --executor slurm``).
 
-Each cell is one array task running :func:`specnb.grid.run_cell`, the same plain function the
+Each cell is one array task running :func:`specnb.grid.cells.run_cell`, the same plain function the
 local executor runs, so results, resume and failure records are the same. The run folder gets
 
   slurm/                 submitit's pickles and each task's ``<array>_<task>_0_log.out/.err``

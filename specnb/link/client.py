@@ -174,7 +174,7 @@ class RemoteCloud:
 
 
 class RemoteVerifier:
-    """The cloud's side of one generation, across the link (a :class:`specnb.roles.Verifier`).
+    """The cloud's side of one generation, across the link (a :class:`specnb.decode.roles.Verifier`).
 
     ``begin`` sends nothing: the prompt and settings travel with the first round (one round trip
     saved). Greedy and rank rounds send ids up and (accepted, token) down. Sampling rounds use the

@@ -8,7 +8,7 @@ row also carries ``predicted_wall_s``: :func:`specnb.link.predict` from the same
 first RTT of the list, so prediction is checked against every live run.
 
 The summaries take those rows: :func:`speedups` (vs cloud-only over the same link, with the
-bootstrap intervals of :mod:`specnb.stats`), :func:`best_gammas`, :func:`prediction_errors`,
+bootstrap intervals of :mod:`specnb.measure.stats`), :func:`best_gammas`, :func:`prediction_errors`,
 :func:`bytes_per_token` and :func:`crossover_rtt` (the RTT past which cloud-only streaming wins).
 
 Measured on the embedded pair (zoo:tiny-edge threads=1 here, zoo:tiny-cloud threads=1 in

@@ -1,6 +1,6 @@
 """The clock audit: was each cell timed on an undisturbed core, and did timed sections overlap?
 
-Every cell times a fixed probe (:func:`specnb.timing.probe`) before, between and after its
+Every cell times a fixed probe (:func:`specnb.measure.timing.probe`) before, between and after its
 repetitions. On an undisturbed machine the probe takes the same time in every cell of a run;
 a probe that strays from the run's median by more than :data:`THRESHOLD` means something else
 ran on the cell's core while it was timed: the cell is flagged "timing disturbed" (计时受干扰),

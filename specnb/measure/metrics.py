@@ -75,7 +75,7 @@ class Generation:
     accepted by the cloud); ``acceptance_rate`` = accepted / drafted; ``rejected_rounds``
     (rounds whose draft the cloud cut short); ``alpha`` = accepted / (accepted + rejected_rounds),
     the per-token acceptance probability of Leviathan et al. (2023) estimated by maximum likelihood
-    under their i.i.d. model (:func:`specnb.schedule.estimate_alpha`; None where the rounds are not
+    under their i.i.d. model (:func:`specnb.decode.schedule.estimate_alpha`; None where the rounds are not
     observed, as for Hugging Face). ``acceptance_rate`` is not that alpha: drafts after the first
     rejection are discarded unseen, so it reads 0.54 where alpha is 0.8 at gamma 5. Two per-round
     averages that peers define differently:

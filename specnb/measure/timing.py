@@ -9,7 +9,7 @@
   overlap can be checked afterwards (:func:`overlaps`).
 * :func:`probe` times a short fixed workload (a float32 matrix product on one thread). A cell
   times it before, between and after its repetitions; the audit compares each cell's probes
-  with the run's median (:mod:`specnb.clock`): a probe that strays means something else used
+  with the run's median (:mod:`specnb.measure.clock`): a probe that strays means something else used
   the core while the cell was timed.
 
 The lock file is ``$SPECNB_TIMING_LOCK`` (``off`` disables the lock), else

@@ -92,7 +92,7 @@ def on_mixes(audit: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
 def on_drift(drift_summary: pd.DataFrame) -> list[Text]:
     """Drift in words: float32's noise floor first (when measured), then per low-precision dtype whether its
     greedy output departs from float32's, and whether float32's own noise between its two ways of computing
-    (one prefill vs KV-cache decoding) explains it. See :mod:`specnb.drift` for the measures."""
+    (one prefill vs KV-cache decoding) explains it. See :mod:`specnb.report.drift` for the measures."""
     from .drift import FLOOR
 
     floor = drift_summary.loc[FLOOR] if FLOOR in drift_summary.index else None
@@ -236,7 +236,7 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
 
 
 def on_categories(categories: pd.DataFrame) -> list[Text]:
-    """How far the speed-up moves across prompt categories (:func:`specnb.report.category_table`), for the
+    """How far the speed-up moves across prompt categories (:func:`specnb.report.frame.category_table`), for the
     run with the best overall speed-up among those that reproduce the cloud's output: a workload-wide
     figure hides that (Spec-Bench's point), so the spread is said in words where there are 2+ categories."""
     from .frame import OVERALL
@@ -314,8 +314,8 @@ def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFram
                     clock: pd.DataFrame | None = None, categories: pd.DataFrame | None = None) -> list[Text]:
     """All generated findings, most important first: fairness, the clock, failures, drift,
     acceptance, speed, its spread across prompt categories. ``clock`` is
-    :func:`specnb.clock.clock_audit` (computed from ``df`` when None); ``categories`` is
-    :func:`specnb.report.category_table` (no category finding when None)."""
+    :func:`specnb.measure.clock.clock_audit` (computed from ``df`` when None); ``categories`` is
+    :func:`specnb.report.frame.category_table` (no category finding when None)."""
     from ..measure.clock import clock_audit
     from .frame import frame_records
 

@@ -8,7 +8,7 @@ compiled steps); plain runs are compared with the plain ``cloud`` baseline, opti
 ``cloud_optimized``. The edge baseline has no cloud model and writes other text: its ratio is
 shown apart, labelled as a different model. Every compared pair is listed in the audit, flagged
 with what differs, in English and Chinese. Each quoted speed-up carries a 95% interval
-(:mod:`specnb.stats`) and the clock audit's verdict on both runs (:mod:`specnb.clock`).
+(:mod:`specnb.measure.stats`) and the clock audit's verdict on both runs (:mod:`specnb.measure.clock`).
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
     """tokens/s of each run over its reference's, quoted only where the audit says fair (else NaN).
 
     Each quoted ratio carries its 95% interval (``speedup_low`` / ``speedup_high``, a bootstrap
-    over prompts x repetitions, :func:`specnb.stats.ratio_interval`; NaN for a run timed once);
+    over prompts x repetitions, :func:`specnb.measure.stats.ratio_interval`; NaN for a run timed once);
     ``measurable`` is False when the interval holds 1.0 ("no measurable difference");
     ``timing_disturbed`` when the clock audit flags either run; ``same_output`` is False for
     runs that do not reproduce the cloud's output (the edge alone, the lossy rank rule).

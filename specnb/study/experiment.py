@@ -215,7 +215,7 @@ def turn_units(prompts: list[Any], prompting: Prompting) -> list[tuple[int, int]
 def timed_reps(fn: Callable[[str | list[int], int], Generation], prompts: list[Any], p: MethodParams,
                log: Callable[[str], None] | None = None, *,
                prompting: Prompting) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``p.reps`` timed passes over the prompts inside one :func:`specnb.timing.timed_section`.
+    """``p.reps`` timed passes over the prompts inside one :func:`specnb.measure.timing.timed_section`.
 
     Each repetition starts one question later than the previous one (rotated order, so no prompt
     always runs first after a probe); a multi-turn question runs its turns in order

@@ -4,8 +4,8 @@ A :class:`Method` says which notebook runs it, which models (roles) it loads, wh
 change what it runs (beyond the workload and its roles' model settings), its labels in English
 and 中文, its set-up class (``plain`` / ``optimized``, the fairness rule compares like with
 like), whether its output is the cloud's, and how it decodes one prompt. Parameter validation
-and grid de-duplication (:mod:`specnb.params`), dispatch (:mod:`specnb.experiment`), the
-report's labels, references and audit (:mod:`specnb.report`), plots and findings read it.
+and grid de-duplication (:mod:`specnb.study.params`), dispatch (:mod:`specnb.study.experiment`), the
+report's labels, references and audit (:mod:`specnb.report.frame`), plots and findings read it.
 
 Adding a method = one :data:`METHODS` entry + one notebook (copy the nearest one, change
 ``METHOD``).
