@@ -87,6 +87,6 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    from .measure.provenance import cpu_name
+    from .threads import cpu_name
 
     return cpu_name() or platform.machine() or "cpu"

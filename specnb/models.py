@@ -73,17 +73,6 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def drafter(self, settings):
-        """This model as the drafter of one speculative generation (:class:`specnb.decode.drafting.EdgeDrafter`)."""
-        from .decode.drafting import EdgeDrafter  # imported here: drafting imports this module
-
-        return EdgeDrafter(self, settings)
-
-    def verifier(self, settings):
-        """This model as the verifier of one speculative generation (:class:`specnb.decode.verifying.CloudVerifier`)."""
-        from .decode.verifying import CloudVerifier  # imported here: verifying imports this module
-
-        return CloudVerifier(self, settings)
 
 
 def locate(name_or_path: str) -> str:
@@ -160,3 +149,19 @@ def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:
             "decoding needs one tokenizer: pick an edge model of the cloud model's family"
         )
     return min(edge.vocab_size, cloud.vocab_size)
+
+def thread_plan(edge: Any, cloud: Any) -> tuple[int | None, int | None]:
+    """CPU thread caps for a two-model run: (for the whole run, for the edge's calls inside it).
+
+    torch's thread count is process-wide and changing it rebuilds the thread pools (milliseconds
+    on a small CPU, more than a small model's step: README, "Threads"). So
+    when the cloud runs on an accelerator (or elsewhere) the edge's cap holds for the whole run
+    and nothing switches per round; only when both models share the CPU with different caps does
+    the count switch around each draft phase (:class:`~specnb.decode.drafting.EdgeDrafter` caps its own
+    calls), and that cost lands in ``draft_s`` where it belongs. A drafter without a model
+    (:class:`~specnb.decode.lookup.PromptLookup`) has no cap.
+    """
+    e_threads = edge.spec.threads if isinstance(edge, LoadedModel) else None
+    if not (isinstance(cloud, LoadedModel) and cloud.device.type == "cpu"):
+        return e_threads, None
+    return cloud.spec.threads, e_threads

@@ -10,7 +10,7 @@ run on (its affinity mask) minus one left for everything else, at least one.
 
 Switching the count rebuilds OpenMP's pool (several ms on a small CPU), so a speculative run
 whose two models share the CPU uses one count for the whole run when their caps agree, and
-switches around each draft phase only when they differ (:func:`specnb.decode.loops.thread_plan`).
+switches around each draft phase only when they differ (:func:`specnb.models.thread_plan`).
 
 Importing specnb before torch also sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP
 threads waiting for work then sleep instead of spinning on a core another process needs.
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 
@@ -87,3 +89,13 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--cloud-threads", metavar="N", type=int, default=None,
                         help="intra-op CPU threads of the cloud model when it runs on the CPU (default: %(default)s = "
                              "the same default as the edge's)")
+
+def cpu_name() -> str | None:
+    """The CPU model (Linux: /proc/cpuinfo), e.g. to tell two 'x86_64' machines apart in a benchmark."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specnb import ModelSpec, autoregressive, load, speculative
-from specnb.decode.loops import accept_greedy, accept_rank, accept_sample
+from specnb.decode.verifying import accept_greedy, accept_rank, accept_sample
 from tiny_models import build_llama, build_tokenizer
 
 PROMPTS = [

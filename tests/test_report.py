@@ -269,7 +269,7 @@ def test_analysis_notebooks_run_on_a_run_folder(study, tmp_path, which):
 
     import nbformat
 
-    from specnb.grid.cli import run_analysis
+    from specnb.grid.analysis import run_analysis
 
     records = study if which == "study" else [r | {"status": "failed"} for r in study[:2]]
     for r in records:

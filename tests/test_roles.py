@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from specnb import ModelSpec, autoregressive, load, speculative
-from specnb.decode.loops import accept_greedy
-from specnb.decode.roles import Drafter, RoundSettings, Verdict, Verifier, as_drafter, as_verifier
+from specnb.decode.verifying import accept_greedy
+from specnb.decode.loops import as_drafter, as_verifier
+from specnb.decode.roles import Drafter, RoundSettings, Verdict, Verifier
 from specnb.decode.verifying import CloudVerifier
 from tiny_models import build_llama, build_tokenizer
 
@@ -122,7 +123,7 @@ def test_score_and_keep(pair):
     _, cloud = pair
     ids = cloud.encode(PROMPT)
     settings = RoundSettings(max_len=len(ids) + 16)
-    v = cloud.verifier(settings)
+    v = as_verifier(cloud, settings)
     v.begin(ids, settings)
     assert v.length == len(ids) - 1
     draft = [7, 8, 9]
@@ -145,7 +146,7 @@ def test_padded_score_keeps_only_real_positions(pair):
     _, cloud = pair
     ids = cloud.encode(PROMPT)
     settings = RoundSettings(max_len=len(ids) + 16, optimized=True, compile=False, widths=(5,))
-    v = cloud.verifier(settings)
+    v = as_verifier(cloud, settings)
     v.begin(ids, settings)
     logits = v.score(ids[-1], [7])  # padded to width 5
     assert logits.shape == (2, v.vocab) and v.length == len(ids) - 1 + 5

@@ -48,7 +48,7 @@ def test_estimate_alpha_recovers_iid_acceptance_where_acceptance_rate_does_not()
     """Simulated rounds with i.i.d. acceptance 0.8 at gamma 5: the MLE finds 0.8, accepted/drafted reads ~0.54."""
     import random
 
-    from specnb.decode.schedule import estimate_alpha
+    from specnb.measure.metrics import estimate_alpha
 
     rng = random.Random(0)
     alpha, gamma = 0.8, 5

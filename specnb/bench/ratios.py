@@ -56,7 +56,8 @@ from torch._dynamo.utils import counters
 from ..measure import provenance as runinfo
 from .. import threads
 from ..measure.clock import THRESHOLD, worst_deviation
-from ..decode.loops import autoregressive, room_for_graphs, speculative
+from ..decode.loops import autoregressive, speculative
+from ..decode.steps import room_for_graphs
 from ..study.demo import quiet_hf_internal_warnings
 from ..measure.metrics import Generation, synchronize
 from ..models import LoadedModel, ModelSpec, load
@@ -64,7 +65,8 @@ from ..decode.lookup import PromptLookup
 from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
 from ..chat import MODES, Prompting
 from ..prompts import load_prompts
-from ..decode.schedule import estimate_alpha, expected_tokens, speedup_limit
+from ..decode.schedule import expected_tokens, speedup_limit
+from ..measure.metrics import estimate_alpha
 from ..measure.stats import ratio_interval
 from ..measure.timing import Section, setup_section, timed_section
 

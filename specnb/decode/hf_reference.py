@@ -8,8 +8,8 @@ from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from .loops import cache_size, thread_plan
-from ..models import LoadedModel, check_pair, thread_cap
+from ..models import LoadedModel, check_pair, thread_cap, thread_plan
+from .steps import cache_size
 
 
 def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -72,12 +72,12 @@ def hf_assisted(
     counts: each cloud call verifies one round (``rounds = cloud_calls``), each edge call
     drafts one token (``drafted = edge_calls``), and every round emits its accepted drafts plus
     one cloud token (``accepted = new_tokens - rounds``). HF interleaves both models in one
-    loop, so thread caps follow the run-level half of :func:`specnb.decode.loops.thread_plan`: the
+    loop, so thread caps follow the run-level half of :func:`specnb.models.thread_plan`: the
     edge's cap when the cloud is on an accelerator, the cloud's when both share the CPU. Batch size 1; ``ttft_s`` is None
     (``generate`` does not expose it).
 
     ``optimized=True`` is Hugging Face's own fast set-up for the cloud: ``cache_implementation="static"``
-    (sized in the same buckets as :class:`specnb.decode.loops.Steps`) and ``generate``'s automatic
+    (sized in the same buckets as :class:`specnb.decode.steps.Steps`) and ``generate``'s automatic
     ``torch.compile`` of the verification calls with its default :class:`~transformers.CompileConfig`
     (enabled on CPU too). Hugging Face keeps the assistant eager on a dynamic cache by design.
     It compiles on first use, inside ``generate``: warm it up on the prompts before timing it. On a

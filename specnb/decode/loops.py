@@ -28,22 +28,14 @@ from typing import Any
 
 import torch
 
-from .lookup import PromptLookup
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from ..models import LoadedModel, check_pair, thread_cap
-from .roles import Drafter, RoundSettings, Verifier, as_drafter, as_verifier
-from .sampling import make_generator, pick, warp
+from ..models import LoadedModel, check_pair, thread_cap, thread_plan
+from .drafting import EdgeDrafter
+from .roles import Drafter, RoundSettings, Verifier
+from .sampling import make_generator, pick
 from .schedule import Schedule
-from .steps import (CACHE_BUCKET, COMPILE_BY_DEVICE, Steps, as_ids, cache_size, forward, no_compiling,
-                    room_for_graphs, static_cache)
-from .verifying import accept_greedy, accept_rank, accept_sample
-
-__all__ = [  # the pieces that moved to steps / sampling / verifying stay importable from here
-    "autoregressive", "speculative", "speculative_round", "thread_plan", "VERIFY_RULES", "OPTIMIZED", "LEVERS",
-    "accept_greedy", "accept_rank", "accept_sample", "forward", "warp", "pick", "make_generator", "as_ids",
-    "Steps", "cache_size", "CACHE_BUCKET", "COMPILE_BY_DEVICE", "no_compiling", "static_cache", "room_for_graphs",
-    "PromptLookup",
-]
+from .steps import Steps, no_compiling
+from .verifying import CloudVerifier
 
 VERIFY_RULES = ("greedy", "sample", "rank")
 OPTIMIZED = (False, True, "edge", "cloud")  # which models of a speculative run get the optimized set-up
@@ -149,22 +141,6 @@ def autoregressive(
 
 
 # ---------------------------------------------------------------------------- speculative
-
-def thread_plan(edge: Any, cloud: Any) -> tuple[int | None, int | None]:
-    """CPU thread caps for a two-model run: (for the whole run, for the edge's calls inside it).
-
-    torch's thread count is process-wide and changing it rebuilds the thread pools (milliseconds
-    on a small CPU, more than a small model's step: README, "Threads"). So
-    when the cloud runs on an accelerator (or elsewhere) the edge's cap holds for the whole run
-    and nothing switches per round; only when both models share the CPU with different caps does
-    the count switch around each draft phase (:class:`~specnb.decode.drafting.EdgeDrafter` caps its own
-    calls), and that cost lands in ``draft_s`` where it belongs. A drafter without a model
-    (:class:`~specnb.decode.lookup.PromptLookup`) has no cap.
-    """
-    e_threads = edge.spec.threads if isinstance(edge, LoadedModel) else None
-    if not (isinstance(cloud, LoadedModel) and cloud.device.type == "cpu"):
-        return e_threads, None
-    return cloud.spec.threads, e_threads
 
 
 def speculative_round(drafter: Drafter, verifier: Verifier, seq: list[int], g: int,
@@ -312,3 +288,33 @@ def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: 
         if ttft is None:
             ttft = clock.total
     return out, trace, drafted_trace, ttft or 0.0
+
+
+
+def as_drafter(edge: Any, settings: RoundSettings) -> Drafter:
+    """``edge`` as a drafter: itself if it is one, an :class:`~specnb.decode.drafting.EdgeDrafter` for a loaded model, else
+    built by its ``drafter(settings)`` factory."""
+    if isinstance(edge, Drafter):
+        return edge
+    if isinstance(edge, LoadedModel):
+        return EdgeDrafter(edge, settings)
+    factory = getattr(edge, "drafter", None)
+    if factory is None:
+        raise TypeError(f"cannot draft with {type(edge).__name__}: pass a loaded model (specnb.load), "
+                        "specnb.PromptLookup(...) or another Drafter")
+    return factory(settings)
+
+
+
+def as_verifier(cloud: Any, settings: RoundSettings) -> Verifier:
+    """``cloud`` as a verifier: itself if it is one, a :class:`~specnb.decode.verifying.CloudVerifier` for a loaded model, else
+    built by its ``verifier(settings)`` factory (a remote cloud's, :func:`specnb.connect`)."""
+    if isinstance(cloud, Verifier):
+        return cloud
+    if isinstance(cloud, LoadedModel):
+        return CloudVerifier(cloud, settings)
+    factory = getattr(cloud, "verifier", None)
+    if factory is None:
+        raise TypeError(f"cannot verify with {type(cloud).__name__}: pass a loaded model (specnb.load), "
+                        "a remote cloud (specnb.connect) or another Verifier")
+    return factory(settings)

@@ -16,10 +16,10 @@ Implementations:
 * verifiers: the cloud model in this process (a ``LoadedModel`` passed as ``cloud`` becomes one),
   a cloud across a link (:func:`specnb.connect`).
 
-``speculative(edge, cloud, ...)`` turns its arguments into these roles with :func:`as_drafter`
-and :func:`as_verifier`: an object that already is one is used as is; an object with a
-``drafter(**settings)`` / ``verifier(**settings)`` factory (a loaded model, a remote cloud)
-builds one for this generation.
+``speculative(edge, cloud, ...)`` turns its arguments into these roles with
+:func:`specnb.decode.loops.as_drafter` and :func:`specnb.decode.loops.as_verifier`: an object
+that already is one is used as is; a loaded model becomes the in-process role; an object with a
+``drafter(settings)`` / ``verifier(settings)`` factory (a remote cloud) builds one for this generation.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class RoundSettings:
     ``rule``: ``greedy`` | ``sample`` | ``rank``; ``rank_k`` for ``rank``; ``temperature`` /
     ``top_k`` / ``top_p`` shape the distributions both sides sample from (``sample`` only);
     ``seed`` seeds the side's own generator (None: unseeded); ``optimized`` / ``compile``: the
-    side's set-up (static cache, compiled steps; see :class:`specnb.decode.loops.Steps`);
+    side's set-up (static cache, compiled steps; see :class:`specnb.decode.steps.Steps`);
     ``widths``: verification input lengths to pad to for fixed-shape compiled steps (empty: no
     padding); ``levers_off``: ablations of the plain loop (:data:`specnb.decode.loops.LEVERS`);
     ``max_len``: prompt + new tokens + longest draft + 1, so static caches can be sized;
@@ -109,24 +109,3 @@ class Verifier(Protocol):
         """Extra metrics of this generation (a link adds ``link_s``, ``bytes_up``, ``bytes_down``,
         ``round_trips``), merged into ``Generation.metrics``."""
 
-
-def as_drafter(edge: Any, settings: RoundSettings) -> Drafter:
-    """``edge`` as a drafter: itself if it is one, else built by its ``drafter(settings)`` factory."""
-    if isinstance(edge, Drafter):
-        return edge
-    factory = getattr(edge, "drafter", None)
-    if factory is None:
-        raise TypeError(f"cannot draft with {type(edge).__name__}: pass a loaded model (specnb.load), "
-                        "specnb.PromptLookup(...) or another Drafter")
-    return factory(settings)
-
-
-def as_verifier(cloud: Any, settings: RoundSettings) -> Verifier:
-    """``cloud`` as a verifier: itself if it is one, else built by its ``verifier(settings)`` factory."""
-    if isinstance(cloud, Verifier):
-        return cloud
-    factory = getattr(cloud, "verifier", None)
-    if factory is None:
-        raise TypeError(f"cannot verify with {type(cloud).__name__}: pass a loaded model (specnb.load), "
-                        "a remote cloud (specnb.connect) or another Verifier")
-    return factory(settings)

@@ -6,13 +6,15 @@
 * ``cost``: choose the draft length that maximizes expected tokens per second under the
   i.i.d. acceptance model of Leviathan et al. (2023): a round drafting g tokens emits
   E(g) = (1 - a^(g+1)) / (1 - a) tokens on average and costs g * t_draft + t_verify, with
-  the acceptance probability a (:func:`estimate_alpha`) and the step costs measured so far in
+  the acceptance probability a (:func:`specnb.measure.metrics.estimate_alpha`) and the step costs measured so far in
   this run; up to ``gamma``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..measure.metrics import estimate_alpha
 
 SCHEDULES = ("constant", "heuristic", "cost")
 MAX_GAMMA = 16
@@ -24,19 +26,6 @@ def expected_tokens(alpha: float, g: int) -> float:
         return g + 1.0
     return (1.0 - alpha ** (g + 1)) / (1.0 - alpha)
 
-
-def estimate_alpha(accepted: int, rejected_rounds: int) -> float:
-    """Per-token acceptance probability alpha under the i.i.d. model, by maximum likelihood.
-
-    A round that drafted g tokens and kept n < g shows n acceptances and one rejection; a fully
-    accepted round shows g acceptances and no rejection (the next draft was never made). The
-    likelihood alpha^accepted * (1 - alpha)^rejected_rounds peaks at
-    accepted / (accepted + rejected_rounds). accepted / drafted is NOT this alpha: the drafts after
-    a rejection are discarded unseen, so it underestimates alpha (0.54 for alpha 0.8 at gamma 5),
-    and S(alpha, gamma, c) computed from it is too low.
-    """
-    total = accepted + rejected_rounds
-    return accepted / total if total else 1.0
 
 
 def speedup_limit(alpha: float, gamma: int, c: float) -> float:

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .cells import NOTEBOOK_DIR, Cell, cell_is_ok, expand, kernel_can_import_specnb, kernel_options
+from .analysis import print_headline, run_analysis
+from .cells import NOTEBOOK_DIR, Cell, cell_is_ok, expand
 from ..study.params import GridParams, ParamsError, load_grid_params
 from ..measure.provenance import git_state, machine, now, read_json, versions, write_json_atomic
-
-ANALYSIS_NOTEBOOKS = ("precision_analysis", "summary")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``specnb grid`` (local and Slurm executors)."""
@@ -96,59 +92,6 @@ def write_manifest(run_dir: Path, params: Path, gp: GridParams, cells: list[Cell
         "git": git_state(),
         "invocations": runs + [invocation],
     })
-
-
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Redirect file descriptors 1 and 2 (ours and the kernel's) to ``path`` for the block."""
-    saved = [os.dup(1), os.dup(2)]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved + [fd]:
-            os.close(f)
-
-
-def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Execute the precision-analysis and summary notebooks on ``run_dir``; export both to HTML.
-
-    ``drift`` holds the precision notebook's ``drift_device`` / ``drift_prompts`` (runner options).
-    """
-    import papermill as pm
-    from nbconvert import HTMLExporter
-
-    kernel_can_import_specnb()
-    out = {}
-    for name in ANALYSIS_NOTEBOOKS:
-        executed = run_dir / f"{name}.ipynb"
-        params = {"run_dir": str(run_dir)} | ((drift or {}) if name == "precision_analysis" else {})
-        started = time.monotonic()
-        print(f"analysis: {name}.ipynb ...", end="", flush=True)  # the kernel's own output goes to analysis.log
-        try:
-            with _output_to(run_dir / "analysis.log"):
-                pm.execute_notebook(str(notebook_dir / f"{name}.ipynb"), str(executed),
-                                    parameters=params, cwd=str(run_dir), **kernel_options())
-        except Exception as err:  # noqa: BLE001 - keep the executed notebook, report, go on
-            last = (str(err).strip().splitlines() or [""])[-1]
-            print(f"{name}.ipynb failed: {type(err).__name__}: {last} (see {executed})", file=sys.stderr)
-        print(f" {time.monotonic() - started:.0f} s", flush=True)
-        if executed.is_file():
-            # for readers: outputs and prose only (no code cells, no NBVAL markers); the .ipynb keeps the code
-            body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                                   exclude_output_prompt=True).from_filename(str(executed))
-            html = run_dir / f"{name}.html"
-            html.write_text(body, encoding="utf-8")
-            out[name] = html
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,4 +181,6 @@ def _execute(args: argparse.Namespace, gp: GridParams, params: Path, run_dir: Pa
         print(f"analysis done in {time.monotonic() - t1:.0f} s")
         for name, html in htmls.items():
             print(f"{name}: {html}")
+    print_headline(run_dir)
     return 1 if failed else 0
+

@@ -33,7 +33,8 @@ import grpc
 import torch
 
 from .._version import __version__
-from ..decode.loops import speculative, warp
+from ..decode.loops import as_verifier, speculative
+from ..decode.sampling import warp
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings
 from .split import accept_split
@@ -108,7 +109,7 @@ class Session:
     def _begin(self, settings: RoundSettings, prompt: list[int]) -> None:
         self._release()
         self.settings = settings
-        self.verifier = self.cloud.model.verifier(settings)  # the in-process cloud verifier, as is
+        self.verifier = as_verifier(self.cloud.model, settings)  # the in-process cloud verifier, as is
         self.verifier.begin(prompt, settings)
         self.length = len(prompt) - 1
         self.gen = getattr(self.verifier, "generator", None)  # seeded with settings.seed + 1 (None: unseeded)

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from ..decode.schedule import estimate_alpha
 
 
 def synchronize(*devices: torch.device) -> None:
@@ -61,6 +60,21 @@ def peak_memory_bytes(*devices: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+
+def estimate_alpha(accepted: int, rejected_rounds: int) -> float:
+    """Per-token acceptance probability alpha under the i.i.d. model, by maximum likelihood.
+
+    A round that drafted g tokens and kept n < g shows n acceptances and one rejection; a fully
+    accepted round shows g acceptances and no rejection (the next draft was never made). The
+    likelihood alpha^accepted * (1 - alpha)^rejected_rounds peaks at
+    accepted / (accepted + rejected_rounds). accepted / drafted is NOT this alpha: the drafts after
+    a rejection are discarded unseen, so it underestimates alpha (0.54 for alpha 0.8 at gamma 5),
+    and S(alpha, gamma, c) computed from it is too low.
+    """
+    total = accepted + rejected_rounds
+    return accepted / total if total else 1.0
+
+
 @dataclass
 class Generation:
     """One decoded continuation (batch size 1).
@@ -75,7 +89,7 @@ class Generation:
     accepted by the cloud); ``acceptance_rate`` = accepted / drafted; ``rejected_rounds``
     (rounds whose draft the cloud cut short); ``alpha`` = accepted / (accepted + rejected_rounds),
     the per-token acceptance probability of Leviathan et al. (2023) estimated by maximum likelihood
-    under their i.i.d. model (:func:`specnb.decode.schedule.estimate_alpha`; None where the rounds are not
+    under their i.i.d. model (:func:`estimate_alpha`; None where the rounds are not
     observed, as for Hugging Face). ``acceptance_rate`` is not that alpha: drafts after the first
     rejection are discarded unseen, so it reads 0.54 where alpha is 0.8 at gamma 5. Two per-round
     averages that peers define differently:

@@ -55,16 +55,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def cpu_name() -> str | None:
-    """The CPU model (Linux: /proc/cpuinfo), e.g. to tell two 'x86_64' machines apart in a benchmark."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
 
 def _memory_gib() -> float | None:
     try:

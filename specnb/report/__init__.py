@@ -8,3 +8,4 @@ from .frame import (accepted_lengths, acceptance_by_dtype, audit_view, bench_lev
                     bench_ratios, category_table, category_view, failed_cells, fairness_audit, for_reading,
                     load_bench, load_results, metric_table, prompt_table, resolve_run, results_frame, roles_table,
                     speedups, study_table, summarize_run, time_split, timing_table)
+from .headline import headline, headline_text  # noqa: F401,E402

@@ -67,7 +67,7 @@ def _decode(m: Any, ids: list[int], max_new_tokens: int, feed: list[int] | None 
     with ``feed`` it is fed those tokens instead, which is the same computation as its free-running
     decoding up to the first position where its own pick differs.
     """
-    from ..decode.loops import Steps
+    from ..decode.steps import Steps
     from ..models import thread_cap
 
     n = len(feed) if feed is not None else max_new_tokens

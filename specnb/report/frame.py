@@ -591,22 +591,6 @@ def summarize_run(run_dir: str | Path) -> dict[str, Path]:
             "clock": write_csv(clock_audit(records), run_dir / "clock.csv")}
 
 
-def add_arguments(parser: Any) -> None:
-    """``specnb summarize RUN_DIR``: re-run the analysis notebooks on a finished (or partial) run."""
-    parser.add_argument("run_dir", help="a run folder written by `specnb grid`")
-
-
-def run(args: Any) -> int:
-    from ..grid.cli import run_analysis
-
-    run_dir = Path(args.run_dir).resolve()
-    if not (run_dir / "cells").is_dir():
-        print(f"error: {run_dir} has no cells/ folder; pass a folder written by `specnb grid`")
-        return 2
-    for name, html in run_analysis(run_dir).items():
-        print(f"{name}: {html}")
-    return 0
-
 
 # ---------------------------------------------------------------------------- specnb bench records
 
