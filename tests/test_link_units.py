@@ -9,7 +9,7 @@ import torch
 
 from specnb.link import Link, best_gamma, crossover_r, predict, speedup_bound
 from specnb.link.emulate import Direction
-from specnb.link.split import accept_split, resample
+from specnb.decode.verifying import accept_sample, accept_split, residual_sample
 from specnb.link.wire import GRPC_PREFIX, Message, decode, encode, wire_bytes
 from specnb.measure.metrics import Generation
 from specnb.decode.schedule import speedup_limit
@@ -53,9 +53,21 @@ def test_split_rule_matches_target_distribution():
         qx = q[torch.arange(2), torch.tensor(draft)]
         n, tok = accept_split(draft, p, qx, gen)
         if tok is None:
-            tok = resample(p[n], q[n], gen)
+            tok = residual_sample(p[n], q[n], gen)
         counts[(draft[:n] + [tok])[0]] += 1
     assert 0.5 * (counts / trials - p[0]).abs().sum() < 0.03
+
+
+def test_the_split_rule_is_the_in_process_rule_draw_for_draw():
+    """Same generator state in, same (accepted, token) out: the link's halves and accept_sample are one rule."""
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]])
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]])
+    for seed in range(200):
+        draft = [int(torch.multinomial(q[i], 1, generator=torch.Generator().manual_seed(seed + i))) for i in range(2)]
+        whole = accept_sample(draft, p, q, torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        n, tok = accept_split(draft, p, q[torch.arange(2), torch.tensor(draft)], gen)
+        assert whole == (n, residual_sample(p[n], q[n], gen) if tok is None else tok)
 
 
 def _run(wall, rounds):

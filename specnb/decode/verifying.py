@@ -37,31 +37,69 @@ def accept_rank(draft: list[int], logits: torch.Tensor, k: int) -> tuple[int, in
     return n, int(logits[n].argmax())
 
 
-def accept_sample(draft: list[int], p: torch.Tensor, q: torch.Tensor, generator) -> tuple[int, int]:
-    """Speculative sampling: exact in distribution to sampling from the cloud.
+def accepted_prefix(draft: list[int], p: torch.Tensor, qx: torch.Tensor, generator) -> int:
+    """How many drafts speculative sampling keeps: x_i is accepted with probability
+    min(1, p_i(x_i) / q_i(x_i)), until the first rejection.
 
-    p: cloud probabilities [g+1, V]; q: edge probabilities the drafts were drawn from [g, V].
-    Accept draft x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection,
-    sample from normalize(max(0, p_i - q_i)); after a full acceptance, sample the bonus
-    token from p_g.
+    p: cloud probabilities [>= g, V]; qx: [g] the edge's probability of each drafted token (all the
+    rule needs of q to decide: what lets a link send 4 bytes per draft instead of a row of V).
     """
     g = len(draft)
     n = 0
     if g:
-        idx = torch.arange(g, device=p.device)
         x = torch.tensor(draft, device=p.device)
-        ratio = p[idx, x] / q[idx, x]
+        ratio = p[torch.arange(g, device=p.device), x] / qx.to(p.device)
         u = torch.rand(g, generator=generator, device=p.device)
         accepted = (u < ratio).tolist()  # u < ratio  <=>  accepted with probability min(1, ratio)
         while n < g and accepted[n]:
             n += 1
+    return n
+
+
+def residual_sample(p_row: torch.Tensor, q_row: torch.Tensor, generator) -> int:
+    """After a rejection: a sample of normalize(max(0, p - q)) (p itself if that is all zero).
+
+    A padded output layer on either side leaves the shared vocabulary: the first min(len) entries.
+    """
+    v = min(len(p_row), len(q_row))
+    p_row, q_row = p_row[:v], q_row[:v]
+    residual = (p_row - q_row).clamp_min(0.0)
+    total = residual.sum()
+    dist = residual / total if total > 0 else p_row
+    return int(torch.multinomial(dist, 1, generator=generator))
+
+
+def accept_sample(draft: list[int], p: torch.Tensor, q: torch.Tensor, generator) -> tuple[int, int]:
+    """Speculative sampling: exact in distribution to sampling from the cloud.
+
+    p: cloud probabilities [g+1, V]; q: edge probabilities the drafts were drawn from [g, V].
+    Accept draft x_i with probability min(1, p_i(x_i) / q_i(x_i)) (:func:`accepted_prefix`); at the
+    first rejection, sample from normalize(max(0, p_i - q_i)) (:func:`residual_sample`); after a full
+    acceptance, sample the bonus token from p_g.
+    """
+    g = len(draft)
+    qx = q[torch.arange(g, device=q.device), torch.tensor(draft, device=q.device)] if g else q[:0, 0]
+    n = accepted_prefix(draft, p, qx, generator)
     if n < g:
-        residual = (p[n] - q[n]).clamp_min(0.0)
-        total = residual.sum()
-        dist = residual / total if total > 0 else p[n]
-    else:
-        dist = p[g]
-    return n, int(torch.multinomial(dist, 1, generator=generator))
+        return n, residual_sample(p[n], q[n], generator)
+    return n, int(torch.multinomial(p[g], 1, generator=generator))
+
+
+def accept_split(draft: list[int], p: torch.Tensor, qx: torch.Tensor, generator) -> tuple[int, int | None]:
+    """The cloud's half of :func:`accept_sample` when the edge sits across a link (DSSD's split).
+
+    The edge sends up the draft ids and q_i(x_i) (4 + 4 bytes per token); the cloud decides
+    acceptance and either samples the bonus token itself (full acceptance: (accepted, token)) or
+    returns (accepted, None), and sends its row p_n down (4 bytes per vocabulary entry) for the edge,
+    which holds q_n, to draw :func:`residual_sample`. Full q rows up would cost 4 * V bytes per
+    drafted token every round; this costs 4 * V bytes only in rounds with a rejection. Exact in
+    distribution, as the same two steps run in the same order on the same generator.
+    """
+    g = len(draft)
+    n = accepted_prefix(draft, p, qx, generator)
+    if n == g:
+        return n, int(torch.multinomial(p[g], 1, generator=generator))
+    return n, None
 
 
 class CloudVerifier:
@@ -133,6 +171,17 @@ class CloudVerifier:
         n, token = self._rule(draft, logits, q)
         self.keep(start + 1 + n)  # the cache then holds seq + draft[:n]; the cloud's token is next round's input
         return Verdict(n, token)
+
+    def verify_split(self, last: int, draft: list[int], qx: torch.Tensor) -> tuple[int, int | None, torch.Tensor | None]:
+        """The sample rule with the edge across a link (:func:`accept_split`): ``qx`` holds only the
+        edge's probability of each draft. Returns (accepted, the cloud's token or None, the row p_n
+        the edge resamples from after a rejection or None)."""
+        start = self.length
+        s = self.settings
+        p = warp(self.score(last, draft), s.temperature, s.top_k, s.top_p)
+        n, token = accept_split(draft, p, qx, self.generator)
+        self.keep(start + 1 + n)
+        return n, token, (p[n] if token is None else None)
 
     def _greedy(self, draft: list[int], logits: torch.Tensor, q) -> tuple[int, int]:
         return accept_greedy(draft, logits.argmax(-1).tolist())

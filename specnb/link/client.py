@@ -31,9 +31,9 @@ import torch
 from ..decode.loops import _check_common
 from ..measure.metrics import Generation, summarize
 from ..decode.roles import RoundSettings, Verdict
+from ..decode.verifying import residual_sample
 from .emulate import Direction, Link, sleep_until
 from .service import KEEPALIVE, SERVICE, settings_to_dict, versions
-from .split import resample
 from .wire import Message, decode, encode, wire_bytes
 
 GENERATE_KW = ("temperature", "top_k", "top_p", "seed", "optimized", "compile")
@@ -178,7 +178,7 @@ class RemoteVerifier:
 
     ``begin`` sends nothing: the prompt and settings travel with the first round (one round trip
     saved). Greedy and rank rounds send ids up and (accepted, token) down. Sampling rounds use the
-    split of :mod:`specnb.link.split`: q of each drafted token up, the cloud's p row down only after
+    split of :func:`specnb.decode.verifying.accept_split`: q of each drafted token up, the cloud's p row down only after
     a rejection, and this side samples the residual.
     """
 
@@ -216,7 +216,7 @@ class RemoteVerifier:
         n, tok, server_us = msg.ints
         self.rounds.append((self.stream.last_up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
         if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
-            tok = resample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
+            tok = residual_sample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
         return Verdict(n, tok)
 
     def close(self) -> None:

@@ -34,10 +34,8 @@ import torch
 
 from .._version import __version__
 from ..decode.loops import as_verifier, speculative
-from ..decode.sampling import warp
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings
-from .split import accept_split
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
@@ -91,15 +89,12 @@ class Session:
             if self.verifier is None:
                 raise ValueError("a session's first round must carry the prompt and settings")
             last, draft = ints[0], ints[1:]
-            s = self.settings
             row = None
-            if s.rule == "sample":
-                p = warp(self.verifier.score(last, draft), s.temperature, s.top_k, s.top_p)
+            if self.settings.rule == "sample":
                 qx = torch.from_numpy(msg.floats.copy()) if msg.floats is not None else torch.zeros(0)
-                n, tok = accept_split(draft, p, qx, self.gen)
-                self.verifier.keep(self.length + 1 + n)
+                n, tok, p_row = self.verifier.verify_split(last, draft, qx)
                 if tok is None:
-                    row, tok = p[n].cpu().numpy(), -1
+                    row, tok = p_row.cpu().numpy(), -1
             else:
                 verdict = self.verifier.verify(last, draft, None)
                 n, tok = verdict.accepted, verdict.token
@@ -112,7 +107,6 @@ class Session:
         self.verifier = as_verifier(self.cloud.model, settings)  # the in-process cloud verifier, as is
         self.verifier.begin(prompt, settings)
         self.length = len(prompt) - 1
-        self.gen = getattr(self.verifier, "generator", None)  # seeded with settings.seed + 1 (None: unseeded)
 
     def generate(self, msg: Message) -> Iterator[Message]:
         """Cloud-only decoding streamed back as it decodes, or server-side speculation (one message)."""
