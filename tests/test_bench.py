@@ -143,7 +143,7 @@ def _table(speed: float, reps: int, tokens: np.ndarray, rng: np.random.Generator
     return [[(int(n), float(n / speed * (1 + noise * rng.standard_normal()))) for n in tokens] for _ in range(reps)]
 
 
-def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: int = 0) -> list[bench.Method]:
+def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: int = 0) -> list[bench.Variant]:
     """The methods :func:`bench.ratios` and :func:`bench.lever_table` need, with made-up tables."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(20, 40, size=prompts)  # greedy: every method emits the same tokens per prompt
@@ -163,7 +163,7 @@ def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: 
                 lever = rest.partition(" ")[2] or None
             else:
                 gamma, schedule = 4, rest
-        m = bench.Method(label, kind, run=lambda p: None, gamma=gamma, schedule=schedule, optimized=optimized, lever=lever,
+        m = bench.Variant(label, kind, run=lambda p: None, gamma=gamma, schedule=schedule, optimized=optimized, lever=lever,
                          table=_table(speed, reps, tokens, rng), accepted=80, drafted=100, rejected_rounds=20, rounds=30,
                          verify_s=0.3, model_share=None if optimized or kind == "cloud_optimized" else 0.9)
         out.append(m)
@@ -230,7 +230,7 @@ def test_timed_reps_keep_a_table_per_method_and_probe_between_reps(tmp_path, mon
                 "rounds": 1, "verify_s": None})
         return run
 
-    ms = [bench.Method(label, "speculative", fake(label)) for label in ("a", "b", "c")]
+    ms = [bench.Variant(label, "speculative", fake(label)) for label in ("a", "b", "c")]
     prompts = ["x", "yy", "zzz", "wwww"]
     with timed_section() as section:
         bench.timed_reps(ms, prompts, 3, section)

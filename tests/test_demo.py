@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from specnb.decode import loops
 from specnb.study import demo
+from specnb.study.methods import METHODS, WARMUP_TOKENS
 from specnb.cli import main
 from tiny_models import build_llama, build_tokenizer
 
@@ -14,19 +16,19 @@ def test_demo_runs_every_method(tmp_path, capsys, monkeypatch):
     build_llama(tmp_path / "cloud", tok, seed=0)
     build_llama(tmp_path / "edge", tok, seed=0, base=tmp_path / "cloud", noise=0.05)
     calls = []
-    real = demo.autoregressive
-    monkeypatch.setattr(demo, "autoregressive", lambda m, p, n, **kw: calls.append(n) or real(m, p, n, **kw))
+    real = loops.autoregressive
+    monkeypatch.setattr(loops, "autoregressive", lambda m, p, n, **kw: calls.append(n) or real(m, p, n, **kw))
     code = main(["demo", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
                  "--max-new-tokens", "12", "--prompt", "def f(x):"])
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0
-    for method in ("edge", "cloud", "cloud_optimized", "speculative", "hf_assisted"):
+    for method in METHODS:  # every method of the registry, prompt lookup included
         assert f"\n{method} " in out
     assert "identical to the cloud's greedy text: True" in out
     assert "a quick look, not a benchmark" in out and "`specnb bench`" in out
     # each autoregressive method: one short warm-up generation, then the timed one
-    assert calls == [demo.WARMUP_TOKENS, 12] * 3
+    assert calls == [WARMUP_TOKENS, 12] * 3
     assert "Passing `generation_config`" not in captured.out + captured.err
 
 

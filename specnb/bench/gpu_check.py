@@ -45,13 +45,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..measure import provenance as runinfo
+from ..measure.provenance import REPO_ROOT
+from ..threads import cpu_name
 from ..decode.loops import autoregressive, speculative
 from ..dtypes import check_supported, native_bf16, parse_dtype
 from ..measure.metrics import Stopwatch, first_divergence, peak_memory_bytes, synchronize
 from ..models import LoadedModel, ModelSpec, load
 from ..prompts import load_prompts
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EDGE, CLOUD = "zoo:tiny-edge", "zoo:tiny-cloud"
 DEADLINE_S = 570  # the whole check, on one GPU: under the 10 minutes it promises
 MIN_START_S = 20  # a check is skipped, not started, with less time than this left
@@ -192,7 +193,7 @@ def check_environment(ctx: Context, fig: dict) -> None:
     fig["torch_cuda"] = torch.version.cuda
     fig["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     fig["versions"] = runinfo.versions()
-    fig["cpu"] = runinfo.cpu_name()
+    fig["cpu"] = cpu_name()
     fig["cpu_count"] = os.cpu_count()
     if ctx.cuda:
         props = torch.cuda.get_device_properties(ctx.device)

@@ -61,7 +61,7 @@ from ..decode.steps import room_for_graphs
 from ..study.demo import quiet_hf_internal_warnings
 from ..measure.metrics import Generation, synchronize
 from ..models import LoadedModel, ModelSpec, load
-from ..decode.lookup import PromptLookup
+from ..decode.lookup import MAX_NGRAM, PromptLookup
 from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
 from ..chat import MODES, Prompting
 from ..prompts import load_prompts
@@ -69,12 +69,18 @@ from ..decode.schedule import expected_tokens, speedup_limit
 from ..measure.metrics import estimate_alpha
 from ..measure.stats import ratio_interval
 from ..measure.timing import Section, setup_section, timed_section
+from ..study.methods import METHODS
+
+PEERS = {"hf_prompt_lookup": "prompt_lookup"}  # Hugging Face's own loop for a registry method -> that method
 
 
 @dataclass
-class Method:
+class Variant:
+    """One timed variant of a registry method (:data:`specnb.study.methods.METHODS`: a gamma, a schedule,
+    a set-up, a lever off), or of a Hugging Face peer of one (:data:`PEERS`)."""
+
     label: str
-    kind: str  # edge | cloud | cloud_optimized | speculative | hf_assisted | prompt_lookup | hf_prompt_lookup
+    method: str  # a registry method's name, or a key of PEERS
     run: Callable[[str], Generation]
     gamma: int | None = None
     schedule: str | None = None
@@ -88,6 +94,11 @@ class Method:
     rounds: int = 0
     verify_s: float = 0.0
     model_share: float | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS and self.method not in PEERS:
+            raise ValueError(f"bench variant {self.label!r}: {self.method!r} is neither a registry method "
+                             f"({', '.join(METHODS)}) nor a peer ({', '.join(PEERS)})")
 
     @property
     def tokens_per_s(self) -> float:
@@ -148,43 +159,42 @@ LEVER_VARIANTS = {
 }
 
 
-PL_MAX_NGRAM = 3  # prompt lookup: longest n-gram matched, ours and Hugging Face's (max_matching_ngram_size)
 
 
-def methods(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], lever_gamma: int | None = None) -> list[Method]:
-    """Every method the benchmark compares, as closures over one prompt."""
+def variants(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], lever_gamma: int | None = None) -> list[Variant]:
+    """Every variant the benchmark compares, as closures over one prompt; each names its registry method."""
     out = [
-        Method("cloud", "cloud", lambda p: autoregressive(cloud, p, n)),
-        Method("cloud_optimized", "cloud_optimized", lambda p: autoregressive(cloud, p, n, optimized=True)),
-        Method("edge", "edge", lambda p: autoregressive(edge, p, n)),
+        Variant("cloud", "cloud", lambda p: autoregressive(cloud, p, n)),
+        Variant("cloud_optimized", "cloud_optimized", lambda p: autoregressive(cloud, p, n, optimized=True)),
+        Variant("edge", "edge", lambda p: autoregressive(edge, p, n)),
     ]
     for g in gammas:
-        out.append(Method(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
-        out.append(Method(f"spec+opt g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g, optimized=True), g, "constant", optimized=True))
-        out.append(Method(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
-        out.append(Method(f"hf+static g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g, optimized=True),
+        out.append(Variant(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+        out.append(Variant(f"spec+opt g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g, optimized=True), g, "constant", optimized=True))
+        out.append(Variant(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
+        out.append(Variant(f"hf+static g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g, optimized=True),
                           g, optimized=True, warm_all=True))
         # no edge model: prompt lookup drafts from the prompt and the output so far; both plain (eager, dynamic cache)
-        out.append(Method(f"prompt_lookup g={g}", "prompt_lookup",
-                          lambda p, g=g: speculative(PromptLookup(max_ngram=PL_MAX_NGRAM), cloud, p, n, gamma=g), g, "constant"))
-        out.append(Method(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
-                          lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=PL_MAX_NGRAM), g))
+        out.append(Variant(f"prompt_lookup g={g}", "prompt_lookup",
+                          lambda p, g=g: speculative(PromptLookup(max_ngram=MAX_NGRAM), cloud, p, n, gamma=g), g, "constant"))
+        out.append(Variant(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
+                          lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=MAX_NGRAM), g))
     top = max(gammas)
     for rule in ("heuristic", "cost"):
         start = 4 if rule == "heuristic" else max(top, 8)
         run = lambda p, r=rule, s=start: speculative(edge, cloud, p, n, gamma=s, schedule=r)  # noqa: E731
-        out.append(Method(f"speculative {rule}", "speculative", run, start, rule))
+        out.append(Variant(f"speculative {rule}", "speculative", run, start, rule))
     if lever_gamma is not None:
         g = lever_gamma
         if g not in gammas:
-            out.append(Method(f"speculative g={g}", "speculative", lambda p: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+            out.append(Variant(f"speculative g={g}", "speculative", lambda p: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
         for name, kw in LEVER_VARIANTS.items():
-            out.append(Method(f"speculative g={g} {name}", "speculative", lambda p, kw=kw: speculative(edge, cloud, p, n, gamma=g, **kw),
+            out.append(Variant(f"speculative g={g} {name}", "speculative", lambda p, kw=kw: speculative(edge, cloud, p, n, gamma=g, **kw),
                               g, "constant", optimized="optimized" in kw, lever=name))
     return out
 
 
-def _timed_pass(m: Method, prompts: list[list[int]]) -> None:
+def _timed_pass(m: Variant, prompts: list[list[int]]) -> None:
     """One repetition of ``m`` over every prompt, in order: one row of its table."""
     row = []
     for p in prompts:
@@ -228,7 +238,7 @@ class ForwardTimer:
             h.remove()
 
 
-def _model_share(m: Method, models: list[LoadedModel], prompts: list[list[int]]) -> float:
+def _model_share(m: Variant, models: list[LoadedModel], prompts: list[list[int]]) -> float:
     timer = ForwardTimer(models)
     wall = 0.0
     try:
@@ -239,7 +249,7 @@ def _model_share(m: Method, models: list[LoadedModel], prompts: list[list[int]])
     return timer.total / wall if wall else float("nan")
 
 
-def timed_reps(ms: list[Method], prompts: list[list[int]], reps: int, section: Section) -> None:
+def timed_reps(ms: list[Variant], prompts: list[list[int]], reps: int, section: Section) -> None:
     """``reps`` interleaved repetitions (method order rotated each time), a clock probe between them."""
     for rep in range(reps):
         if rep:
@@ -250,14 +260,14 @@ def timed_reps(ms: list[Method], prompts: list[list[int]], reps: int, section: S
 
 
 def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[list[int]], n: int, gammas: list[int], reps: int,
-            lever_gamma: int | None = None, extra: list[Method] | None = None) -> tuple[list[Method], int, dict[str, Any]]:
+            lever_gamma: int | None = None, extra: list[Variant] | None = None) -> tuple[list[Variant], int, dict[str, Any]]:
     """Warm up, then ``reps`` interleaved timed repetitions and one instrumented repetition, all in
     one timed section (the machine-wide lock, clock probes).
 
     Returns the methods, the number of graphs torch compiled during the timed repetitions (0
     unless some method compiled on the clock) and the timed section's record.
     """
-    ms = methods(edge, cloud, n, gammas, lever_gamma) + list(extra or [])
+    ms = variants(edge, cloud, n, gammas, lever_gamma) + list(extra or [])
     with room_for_graphs(), quiet_hf_internal_warnings():  # HF's compiled peer compiles in its warm-up
         with setup_section():  # warm-up (first-call allocations, compile, caches): never while another run is timed
             for m in ms:
@@ -271,14 +281,14 @@ def measure(edge: LoadedModel, cloud: LoadedModel, prompts: list[list[int]], n: 
             for m in ms:
                 # compiled steps call the model's forward directly, past the module hooks that time it,
                 # so the share is only measured where every call goes through the module
-                if not m.optimized and m.kind != "cloud_optimized":
+                if not m.optimized and m.method != "cloud_optimized":
                     m.model_share = _model_share(m, [edge, cloud], prompts)
     return ms, graphs, section.info
 
 
 # ---------------------------------------------------------------------------- ratios and intervals
 
-def interval(a: Method, b: Method) -> dict[str, Any]:
+def interval(a: Variant, b: Variant) -> dict[str, Any]:
     """Speed of ``a`` over speed of ``b`` with its 95% interval, repetitions paired (same process,
     interleaved); ``measurable`` is False when the interval holds 1.0."""
     iv = ratio_interval(np.asarray(a.table, dtype=float), np.asarray(b.table, dtype=float), paired_reps=True)
@@ -292,17 +302,17 @@ def ci_text(iv: dict[str, Any], digits: int = 2) -> str:
     return text if iv["measurable"] else text + ", no measurable difference"
 
 
-def _fixed(ms: list[Method], optimized: bool) -> list[Method]:
+def _fixed(ms: list[Variant], optimized: bool) -> list[Variant]:
     """The fixed-gamma speculative methods (not the lever variants), plain or ``spec+opt``."""
-    return [m for m in ms if m.kind == "speculative" and m.lever is None and m.schedule == "constant"
+    return [m for m in ms if m.method == "speculative" and m.lever is None and m.schedule == "constant"
             and m.optimized == optimized]
 
 
-def _fastest(ms: list[Method]) -> Method:
+def _fastest(ms: list[Variant]) -> Variant:
     return max(ms, key=lambda m: m.tokens_per_s)
 
 
-def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[str, Any]:
+def ratios(ms: list[Variant], edge_step_s: float, cloud_step_s: float) -> dict[str, Any]:
     """R1, R2, R3 and the loop overhead from measured methods; ``intervals`` holds each speed-up's
     95% interval under the key of its value (``R2_by_gamma g=4`` for the entries of a by-gamma dict)."""
     by = {m.label: m for m in ms}
@@ -312,7 +322,7 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
         ivs[key] = interval(by[num], by[den])
         return ivs[key]["value"]
 
-    spec = [m for m in ms if m.kind == "speculative" and m.lever is None]
+    spec = [m for m in ms if m.method == "speculative" and m.lever is None]
     plain, opt = _fixed(ms, False), _fixed(ms, True)
     fixed = plain + opt
     best = _fastest(plain)  # plain loop: same stack as HF assisted and the cloud loop
@@ -323,7 +333,7 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     measured = ratio("speedup_vs_cloud", best.label, "cloud")
     verify_cost = best.verify_s / best.rounds / cloud_step_s if best.rounds else float("nan")
     limit_v = expected_tokens(alpha, best.gamma) / (best.gamma * c + verify_cost)
-    lookup = [m for m in ms if m.kind == "prompt_lookup"]
+    lookup = [m for m in ms if m.method == "prompt_lookup"]
     best_pl = _fastest(lookup) if lookup else None
     gammas = sorted({m.gamma for m in fixed})
     ours_at = {g: _fastest([m for m in fixed if m.gamma == g]).label for g in gammas}
@@ -364,7 +374,7 @@ def ratios(ms: list[Method], edge_step_s: float, cloud_step_s: float) -> dict[st
     }
 
 
-def lever_table(ms: list[Method]) -> list[dict[str, Any]]:
+def lever_table(ms: list[Variant]) -> list[dict[str, Any]]:
     """What each lever buys, measured alone: tokens/s with it over tokens/s without it, same run.
 
     ``gain`` is the ratio of the two speeds with its 95% interval (``gain_low`` / ``gain_high``,
@@ -437,7 +447,7 @@ def interval_rows(record: dict[str, Any]):
     return pd.DataFrame(rows, columns=["ratio", "value", "low", "high", "measurable", "numerator", "denominator"])
 
 
-def _step_seconds(m: Method) -> float:
+def _step_seconds(m: Variant) -> float:
     return 1.0 / m.tokens_per_s
 
 
@@ -510,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
     line("   spec+opt / hf+static (compiled)", ci_text(ivs["R2_static"]))
     line("   by gamma", _by_gamma(r, "R2_static_by_gamma"))
     if "PL" in r:
-        line("prompt lookup / HF prompt lookup", f"{ci_text(ivs['PL'])}  ({r['PL_method']}; both plain, max n-gram {PL_MAX_NGRAM})")
+        line("prompt lookup / HF prompt lookup", f"{ci_text(ivs['PL'])}  ({r['PL_method']}; both plain, max n-gram {MAX_NGRAM})")
         line("   by gamma", _by_gamma(r, "PL_by_gamma"))
         line("   prompt lookup / cloud (plain)", ci_text(ivs["PL_vs_cloud"]))
     line("R3 speed-up vs cloud / S", f"{r['R3']:.2f}  (measured speed-up vs cloud {ci_text(ivs['speedup_vs_cloud'])})")
@@ -536,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
             "prompts": [q.text for q in questions],
             "prompting": prompting.describe(),
             "methods": [
-                {"label": m.label, "method": m.kind, "gamma": m.gamma, "schedule": m.schedule, "optimized": m.optimized,
+                {"label": m.label, "method": m.method, "gamma": m.gamma, "schedule": m.schedule, "optimized": m.optimized,
                  "lever": m.lever, "tokens_per_s": m.tokens_per_s, "tokens_per_s_reps": m.rep_tokens_per_s,
                  "table": [[list(e) for e in rep] for rep in m.table],
                  "acceptance_rate": m.accepted / m.drafted if m.drafted else None, "model_share": m.model_share}

@@ -9,6 +9,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
 from ..models import LoadedModel, check_pair, thread_cap, thread_plan
+from .lookup import MAX_NGRAM
 from .steps import cache_size
 
 
@@ -127,7 +128,7 @@ def hf_prompt_lookup(
     max_new_tokens: int,
     *,
     gamma: int = 4,
-    max_ngram: int = 3,
+    max_ngram: int = MAX_NGRAM,
     optimized: bool = False,
 ) -> Generation:
     """``cloud.model.generate(prompt_lookup_num_tokens=gamma, max_matching_ngram_size=max_ngram)``, greedy:

@@ -10,6 +10,8 @@ import torch
 from .roles import RoundSettings
 
 
+MAX_NGRAM = 3  # longest n-gram matched: Spec-Bench's prompt-lookup setting, ours and Hugging Face's
+
 class PromptLookup:
     """Drafts by n-gram match in the prompt and the output so far (greedy verification only).
 
@@ -23,7 +25,7 @@ class PromptLookup:
     so a round costs O(max_ngram) dictionary look-ups, not a scan of ``seq``.
     """
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, max_ngram: int = MAX_NGRAM, min_ngram: int = 1):
         if not isinstance(max_ngram, int) or not isinstance(min_ngram, int) or not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need integers 1 <= min_ngram <= max_ngram, got min_ngram={min_ngram!r}, max_ngram={max_ngram!r}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram

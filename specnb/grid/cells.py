@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..study.params import NOTEBOOKS, GridParams, MethodParams, relevant_fields
+from ..study import methods
+from ..study.params import NOTEBOOKS, GridParams, MethodParams, ParamsError, relevant_fields
 from ..measure.provenance import REPO_ROOT, log_tail, now, read_json, write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -66,16 +67,20 @@ def expand(gp: GridParams, run_dir: str | Path, notebook_dir: str | Path = NOTEB
     """
     run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir).resolve()
     base = gp.base_parameters()
-    cells, seen = [], set()
+    cells, seen, problems = [], set(), []
     for method, point in _points(gp):
         keep = relevant_fields(method)
         settings = MethodParams(**{**base, **point})
+        problems += [f"{method} at {point}: {p}" for p in methods.get(method).problems(settings.model_dump())]
         used = {k: getattr(settings, k) for k in point if k in keep}
         key = (method, tuple(sorted((k, str(getattr(settings, k))) for k in keep)))
         if key in seen:
             continue
         seen.add(key)
         cells.append((method, used, settings))
+    if problems:
+        raise ParamsError("invalid combinations (give such a method its own extra: entry):\n  "
+                          + "\n  ".join(dict.fromkeys(problems)))
     ids = [_cell_id(m, used) for m, used, _ in cells]
     out = []
     for (method, _, settings), cid in zip(cells, ids):

@@ -525,14 +525,14 @@ def failed_cells(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accepted_lengths(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per speculative round: accepted drafts (the decoding trace) and the cell's dtype."""
+    """One row per round of a drafting method: accepted drafts (the decoding trace) and the cell's dtype."""
     rows = []
     for rec in records:
-        if rec.get("status") == "ok" and rec.get("method") == "speculative":
+        if rec.get("status") == "ok" and rec.get("method") in _methods.drafting():
             dt = (rec.get("settings") or {}).get("cloud_dtype")
-            rows += [{"cell_id": rec["cell"]["cell_id"], "dtype": dt, "accepted": n}
+            rows += [{"cell_id": rec["cell"]["cell_id"], "method": rec["method"], "dtype": dt, "accepted": n}
                      for p in rec.get("prompts", []) for n in p.get("trace", [])]
-    return pd.DataFrame(rows, columns=["cell_id", "dtype", "accepted"])
+    return pd.DataFrame(rows, columns=["cell_id", "method", "dtype", "accepted"])
 
 
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..study import methods as _methods
 from .frame import DTYPE_ORDER, METHOD_NAMES
 
 
@@ -49,8 +50,8 @@ def tokens_per_s(df: pd.DataFrame) -> plt.Figure:
 
 
 def acceptance(df: pd.DataFrame) -> plt.Figure:
-    """Acceptance rate by cloud dtype, one bar per edge dtype, for the speculative methods."""
-    ok = df[(df["status"] == "ok") & df["method"].isin(["speculative", "hf_assisted"])]
+    """Acceptance rate by dtype pair, one bar per method that drafts (the registry says which)."""
+    ok = df[(df["status"] == "ok") & df["method"].isin(_methods.drafting())]
     if ok.empty:
         return _empty("acceptance")
     ok = ok.assign(Method=_variant_names(ok), pair=ok["edge_dtype"] + " / " + ok["cloud_dtype"])
@@ -93,9 +94,12 @@ def speedups(sp: pd.DataFrame) -> plt.Figure:
 
 
 def accepted_lengths(lengths: pd.DataFrame, gamma: int | None = None) -> plt.Figure:
-    """Histogram of accepted drafts per round (the speculative traces), by dtype."""
+    """Histogram of accepted drafts per round (the traces of every drafting method), by method and dtype."""
     if lengths.empty:
         return _empty("accepted length")
+    if "method" in lengths:  # one bar colour per method and dtype: prompt lookup's rounds are not the edge's
+        names = lengths["method"].map(METHOD_NAMES).fillna(lengths["method"])
+        lengths = lengths.assign(dtype=(names + " " + lengths["dtype"].fillna("").astype(str)).str.strip())
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.histplot(lengths, x="accepted", hue="dtype", hue_order=_order(lengths["dtype"]), discrete=True,
                  multiple="dodge", stat="probability", common_norm=False, shrink=0.8, ax=ax)

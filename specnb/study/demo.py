@@ -13,14 +13,13 @@ import logging
 from typing import Iterator
 
 from .. import threads
-from ..decode.loops import autoregressive, speculative
 from ..models import ModelSpec, load
-from ..decode.hf_reference import hf_assisted
 from ..prompts import load_prompts
 from ..threads import describe, resolve
+from .methods import METHODS, WARMUP_TOKENS
+from .params import MethodParams
 
 SHOWN = ("new_tokens", "tokens_per_s", "acceptance_rate", "tokens_per_round", "cloud_calls", "edge_calls")
-WARMUP_TOKENS = 8  # the warm-up generation of each method
 
 
 # Warnings transformers raises about its own internal calls, not about ours (transformers 5.x):
@@ -68,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     threads.add_arguments(parser)
     parser.add_argument("--prompt", metavar="TEXT", default=None, help="the prompt (default: the first prompt of builtin:code)")
     parser.add_argument("--max-new-tokens", metavar="N", type=int, default=48, help="new tokens (default: %(default)s)")
-    parser.add_argument("--gamma", metavar="G", type=int, default=4, help="draft length of speculative and hf_assisted (default: %(default)s)")
+    parser.add_argument("--gamma", metavar="G", type=int, default=MethodParams.model_fields["gamma"].default,
+                        help="draft length of the drafting methods (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,13 +76,10 @@ def run(args: argparse.Namespace) -> int:
         args.prompt = load_prompts("builtin:code", limit=1)[0].text
     edge = load(ModelSpec(args.edge, dtype=args.dtype, device="cpu", threads=args.edge_threads))
     cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device="auto", threads=args.cloud_threads))
-    runs = {
-        "edge": lambda n: autoregressive(edge, args.prompt, n),
-        "cloud": lambda n: autoregressive(cloud, args.prompt, n),
-        "cloud_optimized": lambda n: autoregressive(cloud, args.prompt, n, optimized=True),
-        "speculative": lambda n: speculative(edge, cloud, args.prompt, n, gamma=args.gamma),
-        "hf_assisted": lambda n: hf_assisted(edge, cloud, args.prompt, n, gamma=args.gamma),
-    }
+    # every method of the registry, each decoding as its notebook does at the notebooks' defaults
+    settings = MethodParams(gamma=args.gamma)
+    models = {"edge": edge, "cloud": cloud}
+    runs = {name: m.build(models, settings) for name, m in METHODS.items()}
     print("specnb demo: a quick look, not a benchmark: one prompt, one repetition, each method warmed up "
           "once before it is timed.\nFor figures to quote, use `specnb bench` (repetitions, 95% intervals, "
           "clock probes) or the grid (`specnb grid params/default.yaml`).")
@@ -93,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     texts = {}
     with quiet_hf_internal_warnings():
         for name, fn in runs.items():
-            fn(min(WARMUP_TOKENS, args.max_new_tokens))  # warm-up: first-call allocations; cloud_optimized compiles here
-            g = fn(args.max_new_tokens)
+            fn(args.prompt, min(WARMUP_TOKENS, args.max_new_tokens))  # warm-up: first-call allocations; cloud_optimized compiles here
+            g = fn(args.prompt, args.max_new_tokens)
             texts[name] = g.text
             cells = (g.metrics[k] for k in SHOWN)
             print(f"{name:<16}" + "".join(f"{'-' if v is None else (f'{v:.3f}' if isinstance(v, float) else v):>18}" for v in cells))

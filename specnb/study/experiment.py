@@ -31,11 +31,11 @@ from ..chat import Prompting, converse, prompting_for
 from ..measure.metrics import Generation, summarize
 from .params import METHODS, MethodParams, ParamsError, relevant_fields, validate_method_params
 from . import methods
+from .methods import WARMUP_TOKENS
 from .. import threads
 from ..measure.provenance import REPO_ROOT, git_state, machine, now, versions, write_json_atomic
 
 SCHEMA = "specnb.result/1"
-WARMUP_TOKENS = 8
 TIME_KEYS = ("wall_s", "ttft_s", "draft_s", "verify_s")  # averaged over repetitions per prompt
 SUM_KEYS = ("new_tokens", "wall_s", "rounds", "drafted", "accepted", "cloud_calls", "edge_calls",
             "draft_s", "verify_s")
@@ -76,6 +76,9 @@ def validate(method: str, namespace: Mapping[str, Any]) -> MethodParams:
     if unknown:
         raise ParamsError("; ".join(unknown))
     p = validate_method_params({k: namespace[k] for k in MethodParams.model_fields if k in namespace})
+    problems = methods.get(method).problems(p.model_dump())
+    if problems:
+        raise ParamsError("; ".join(problems))
     for role in ("edge", "cloud"):
         if uses(method, role):
             try:

@@ -3,12 +3,15 @@
 A :class:`Method` says which notebook runs it, which models (roles) it loads, which parameters
 change what it runs (beyond the workload and its roles' model settings), its labels in English
 and 中文, its set-up class (``plain`` / ``optimized``, the fairness rule compares like with
-like), whether its output is the cloud's, and how it decodes one prompt. Parameter validation
+like), whether its output is the cloud's, what drafts for it and which verification rules it
+allows (a combination it does not allow fails at validation, before a model loads), and how it
+decodes one prompt. Parameter validation
 and grid de-duplication (:mod:`specnb.study.params`), dispatch (:mod:`specnb.study.experiment`), the
 report's labels, references and audit (:mod:`specnb.report.frame`), plots and findings read it.
 
 Adding a method = one :data:`METHODS` entry + one notebook (copy the nearest one, change
-``METHOD``).
+``METHOD``). Adding a parameter a method uses = one field of :class:`specnb.study.params.MethodParams`,
+its name in the method's ``fields`` here, and its line in the method notebooks' parameters cells.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ ROLE_FIELDS = {role: frozenset({f"{role}_model", f"{role}_device", f"{role}_thre
                for role in ("edge", "cloud")}
 
 Decode = Callable[[str | list[int], int], Any]  # (prompt: text or token ids, max_new_tokens) -> Generation
+WARMUP_TOKENS = 8  # new tokens of the untimed warm-up generation before a method is timed (compiles, first-call allocations)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Method:
     fixed_setup: str | None = None  # its set-up class when no parameter chooses it
     same_output: bool = True  # reproduces the cloud's output (greedy: token for token)
     warm_all_prompts: Callable[[Any], bool] = lambda p: False  # compiles per prompt shape: warm them all up
+    drafter: str | None = None  # what proposes the tokens the cloud verifies ("edge model", "prompt lookup")
+    verify_rules: tuple[str, ...] = ()  # the verification rules it allows (when ``verify`` is one of its fields)
+    rules_why: str = ""  # why some rules are not allowed, for the error
 
     @property
     def relevant_fields(self) -> frozenset[str]:
@@ -55,6 +62,14 @@ class Method:
         if opt is not True:
             return f"{opt} optimized only"
         return "optimized" if settings.get("compile_steps") is not False else "optimized, not compiled"
+
+    def problems(self, settings: dict[str, Any]) -> list[str]:
+        """What in ``settings`` this method cannot run (empty: nothing), each naming the fix."""
+        rule = settings.get("verify")
+        if "verify" in self.fields and rule is not None and rule not in self.verify_rules:
+            return [f"verify: {rule!r} is not a rule of {self.name} ({self.rules_why}); "
+                    f"use verify = {' or '.join(self.verify_rules)}"]
+        return []
 
     def reproduces_cloud(self, settings: dict[str, Any]) -> bool:
         """Whether its output is the cloud's (False for another model, or a lossy rule)."""
@@ -108,19 +123,17 @@ def _hf_assisted(m: dict[str, Any], p: Any) -> Decode:
                                                      optimized=p.optimized, **_common(p)), "draft_s", "verify_s")
 
 
-PROMPT_LOOKUP_NGRAM = 3  # longest n-gram matched (Spec-Bench's PLD setting)
-
-
 def _prompt_lookup(m: dict[str, Any], p: Any) -> Decode:
     from ..decode.loops import speculative
     from ..decode.lookup import PromptLookup
 
-    return lambda prompt, n: speculative(PromptLookup(max_ngram=PROMPT_LOOKUP_NGRAM), m["cloud"], prompt, n,
+    return lambda prompt, n: speculative(PromptLookup(), m["cloud"], prompt, n,
                                          gamma=p.gamma, verify=p.verify, rank_k=p.rank_k, schedule=p.schedule,
                                          optimized=p.optimized, compile=p.compile_steps, **_common(p))
 
 
 PAIR = frozenset({"gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps"})
+ALL_RULES = ("greedy", "sample", "rank")  # the verification rules of the loop (specnb.decode.loops.VERIFY_RULES)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("edge", "edge_baseline.ipynb", ("edge",), frozenset(), "Edge baseline", "边缘基线", _edge,
@@ -129,11 +142,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            reference_of="plain", fixed_setup="plain"),
     Method("cloud_optimized", "cloud_optimized_baseline.ipynb", ("cloud",), frozenset({"compile_steps"}),
            "Cloud optimized", "云端优化基线", _cloud(True), reference_of="optimized", fixed_setup="optimized"),
-    Method("speculative", "speculative.ipynb", ("edge", "cloud"), PAIR, "Speculative", "推测解码", _speculative),
+    Method("speculative", "speculative.ipynb", ("edge", "cloud"), PAIR, "Speculative", "推测解码", _speculative,
+           drafter="edge model", verify_rules=ALL_RULES),
     Method("hf_assisted", "hf_assisted.ipynb", ("edge", "cloud"), frozenset({"gamma", "optimized"}),
-           "HF assisted", "HF 辅助生成", _hf_assisted, warm_all_prompts=lambda p: bool(p.optimized)),
+           "HF assisted", "HF 辅助生成", _hf_assisted, warm_all_prompts=lambda p: bool(p.optimized),
+           drafter="edge model"),
     Method("prompt_lookup", "prompt_lookup.ipynb", ("cloud",), PAIR, "Prompt lookup",
-           "提示词查找解码", _prompt_lookup),
+           "提示词查找解码", _prompt_lookup, drafter="prompt lookup", verify_rules=("greedy", "rank"),
+           rules_why="its n-gram drafts carry no probabilities to sample against"),
 )}
 
 
@@ -143,6 +159,11 @@ def get(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None
+
+
+def drafting() -> tuple[str, ...]:
+    """The methods with a drafter: those with an acceptance rate and accepted lengths to show."""
+    return tuple(name for name, m in METHODS.items() if m.drafter)
 
 
 def references() -> dict[str, str]:
