@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from specnb.report import frame as report
+from specnb.study import methods
 
 
 def rec(cid, method, *, edge=None, cloud=None, tps=10.0, status="ok", acc=None, trace=(), **settings):
@@ -256,9 +257,20 @@ def test_plots_draw(study):
     from specnb.report import plots
 
     df = report.results_frame(study)
-    figs = [plots.tokens_per_s(df), plots.acceptance(df), plots.speedups(report.speedups(df)),
-            plots.accepted_lengths(report.accepted_lengths(study)), plots.drift(pd.DataFrame())]
-    assert all(f.axes for f in figs)
+    sp = report.speedups(df)
+    # the speed-up bars: one per quoted run writing the cloud's text, at its value
+    quoted = sp[sp["fair"].astype(bool) & sp["same_output"].astype(bool) & sp["speedup"].notna()]
+    bars = [b.get_height() for b in plots.speedups(sp).axes[0].patches]
+    assert sorted(bars) == pytest.approx(sorted(quoted["speedup"]))
+    # acceptance: every method that drafts (the registry says which) and ran, prompt lookup included
+    legend = plots.acceptance(df).axes[0].get_legend()
+    drafted = {report.METHOD_NAMES[m] for m in df.loc[df["status"] == "ok", "method"] if m in methods.drafting()}
+    assert {t.get_text().split(" (")[0] for t in legend.get_texts()} == drafted
+    lengths = report.accepted_lengths(study)
+    assert set(lengths["method"]) <= set(methods.drafting()) and not lengths.empty
+    assert plots.accepted_lengths(lengths).axes[0].patches
+    assert plots.tokens_per_s(df).axes[0].patches
+    assert plots.drift(pd.DataFrame()).axes[0].get_title() != plots.tokens_per_s(df).axes[0].get_title()
 
 
 @pytest.mark.slow

@@ -44,7 +44,6 @@ some timing includes compilation.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -55,7 +54,7 @@ from torch._dynamo.utils import counters
 
 from ..measure import provenance as runinfo
 from .. import threads
-from ..measure.clock import THRESHOLD, worst_deviation
+from ..measure.clock import probe_summary
 from ..decode.loops import autoregressive, speculative
 from ..decode.steps import room_for_graphs
 from ..study.demo import quiet_hf_internal_warnings
@@ -68,7 +67,7 @@ from ..prompts import load_prompts
 from ..decode.schedule import expected_tokens, speedup_limit
 from ..measure.metrics import estimate_alpha
 from ..measure.stats import ratio_interval
-from ..measure.timing import Section, setup_section, timed_section
+from ..measure.timing import Section, rotated_reps, setup_section, timed_section
 from ..study.methods import METHODS
 
 PEERS = {"hf_prompt_lookup": "prompt_lookup"}  # Hugging Face's own loop for a registry method -> that method
@@ -251,11 +250,8 @@ def _model_share(m: Variant, models: list[LoadedModel], prompts: list[list[int]]
 
 def timed_reps(ms: list[Variant], prompts: list[list[int]], reps: int, section: Section) -> None:
     """``reps`` interleaved repetitions (method order rotated each time), a clock probe between them."""
-    for rep in range(reps):
-        if rep:
-            section.probe(f"rep {rep}")
-        shift = rep % len(ms)
-        for m in ms[shift:] + ms[:shift]:
+    for _, order in rotated_reps(section, reps, ms):
+        for m in order:
             _timed_pass(m, prompts)
 
 
@@ -412,39 +408,6 @@ def lever_table(ms: list[Variant]) -> list[dict[str, Any]]:
     return rows
 
 
-def clock_summary(probes: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, Any]:
-    """The bench's own clock audit: its probes (before, between the repetitions, after) against
-    their median; a probe more than ``threshold`` away flags the run, in English and 中文."""
-    secs = [p["seconds"] for p in probes]
-    med = statistics.median(secs)
-    i, dev = worst_deviation(secs, med)
-    worst = probes[i]
-    disturbed = abs(dev) > threshold
-    ms_ = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
-    return {
-        "probes": len(secs), "min_ms": min(secs) * 1e3, "median_ms": med * 1e3, "max_ms": max(secs) * 1e3,
-        "worst": worst["where"], "worst_deviation": dev, "threshold": threshold, "disturbed": disturbed,
-        "verdict": (f"TIMING DISTURBED: probe '{worst['where']}' {ms_(worst['seconds'])} is {dev:+.0%} from the median "
-                    f"{ms_(med)} (threshold {threshold:.0%}): something else used the CPU while this bench was timed; "
-                    "its figures are not fit to quote, re-run it on a quiet machine")
-        if disturbed else f"undisturbed clock (every probe within {threshold:.0%} of the median)",
-        "verdict_zh": (f"计时受干扰：“{worst['where']}”处的校准探针 {ms_(worst['seconds'])}，偏离中位数 {ms_(med)} "
-                       f"{dev:+.0%}（阈值 {threshold:.0%}）：计时期间有其他程序占用 CPU，结果不宜引用，请在空闲机器上重新运行")
-        if disturbed else f"计时未受干扰（所有校准探针均在中位数的 {threshold:.0%} 以内）",
-    }
-
-
-def interval_rows(record: dict[str, Any]):
-    """A bench record's speed-ups with their 95% intervals, one row each (for the summary notebook):
-    ratio key, value, low, high, measurable, numerator and denominator methods; then the levers."""
-    import pandas as pd
-
-    rows = [{"ratio": k} | v for k, v in (record.get("ratios", {}).get("intervals") or {}).items()]
-    for lv in record.get("levers", []):
-        if "gain_low" in lv:
-            rows.append({"ratio": f"lever: {lv['lever']} (g={lv['gamma']})", "value": lv["gain"], "low": lv["gain_low"],
-                         "high": lv["gain_high"], "measurable": lv["measurable"], "numerator": "with", "denominator": "without"})
-    return pd.DataFrame(rows, columns=["ratio", "value", "low", "high", "measurable", "numerator", "denominator"])
 
 
 def _step_seconds(m: Variant) -> float:
@@ -484,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
     r = ratios(ms, _step_seconds(by["edge"]), _step_seconds(by["cloud"]))
     ivs = r["intervals"]
     levers = lever_table(ms)
-    clock = clock_summary(timing["probes"])
+    clock = probe_summary(timing["probes"])
     thr = threads.describe()
     e_thr, c_thr = threads.resolve(args.edge_threads), threads.resolve(args.cloud_threads)
     print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device}, cloud {cloud.device}; "

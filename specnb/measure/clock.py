@@ -32,6 +32,32 @@ def _probes(rec: dict[str, Any]) -> list[float]:
     return [p["seconds"] for p in (rec.get("timing") or {}).get("probes", [])]
 
 
+def _stray(probe_s: float, median_s: float, deviation: float, where: str | None = None) -> tuple[str, str]:
+    """Why a probe flags its timing, in English and 中文: the one wording of both clock verdicts."""
+    at, at_zh = (f" '{where}'", f"“{where}”处的") if where else ("", "")
+    return (f"probe{at} {probe_s * 1e3:.1f} ms vs median {median_s * 1e3:.1f} ms ({deviation:+.0%})",
+            f"{at_zh}校准探针 {probe_s * 1e3:.1f} ms，中位数 {median_s * 1e3:.1f} ms（{deviation:+.0%}）")
+
+
+def probe_summary(probes: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, Any]:
+    """The clock audit of one process's timed section (``specnb bench``): its probes (before, between
+    the repetitions, after) against their median; a probe more than ``threshold`` away flags it."""
+    secs = [p["seconds"] for p in probes]
+    med = statistics.median(secs)
+    i, dev = worst_deviation(secs, med)
+    disturbed = abs(dev) > threshold
+    en, zh = _stray(secs[i], med, dev, probes[i]["where"])
+    return {
+        "probes": len(secs), "min_ms": min(secs) * 1e3, "median_ms": med * 1e3, "max_ms": max(secs) * 1e3,
+        "worst": probes[i]["where"], "worst_deviation": dev, "threshold": threshold, "disturbed": disturbed,
+        "verdict": (f"TIMING DISTURBED: {en} (threshold {threshold:.0%}): something else used the CPU while it was "
+                    "timed; its figures are not fit to quote, re-run on a quiet machine")
+        if disturbed else f"undisturbed clock (every probe within {threshold:.0%} of the median)",
+        "verdict_zh": (f"计时受干扰：{zh}（阈值 {threshold:.0%}）：计时期间有其他程序占用 CPU，结果不宜引用，请在空闲机器上重新运行")
+        if disturbed else f"计时未受干扰（所有校准探针均在中位数的 {threshold:.0%} 以内）",
+    }
+
+
 def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD) -> pd.DataFrame:
     """One row per ok cell with a timing record: its probes against the run's median, overlaps,
     and whether its timing was disturbed, in English and 中文."""
@@ -49,8 +75,9 @@ def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD)
         disturbed = abs(deviation) > threshold or bool(others)
         why, why_zh = [], []
         if abs(deviation) > threshold:
-            why.append(f"probe {worst * 1e3:.1f} ms vs run median {run_median * 1e3:.1f} ms ({deviation:+.0%})")
-            why_zh.append(f"校准探针 {worst * 1e3:.1f} ms，全次运行中位数 {run_median * 1e3:.1f} ms（{deviation:+.0%}）")
+            en, zh = _stray(worst, run_median, deviation)
+            why.append(en)
+            why_zh.append(zh)
         if others:
             why.append(f"timed section overlapped {', '.join(others)}")
             why_zh.append(f"计时区间与 {', '.join(others)} 重叠")

@@ -107,6 +107,17 @@ def setup_section(lock: bool = True) -> Iterator[float]:
         yield waited
 
 
+def rotated_reps(section: Section, reps: int, items: list[Any]) -> Iterator[tuple[int, list[Any]]]:
+    """``reps`` repetitions over ``items``, each starting one item later than the one before (no
+    item always runs first after a probe), with a clock probe of ``section`` between repetitions:
+    the repetition scheme of a grid cell (items = prompts) and of ``specnb bench`` (items = methods)."""
+    for rep in range(reps):
+        if rep:
+            section.probe(f"rep {rep}")
+        shift = rep % len(items)
+        yield rep, items[shift:] + items[:shift]
+
+
 @contextlib.contextmanager
 def timed_section(lock: bool = True) -> Iterator[Section]:
     """Around a method's timed repetitions: the machine-wide lock, a probe before and after,

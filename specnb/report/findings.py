@@ -29,10 +29,6 @@ def markdown(items: list[Text], numbered: bool = True) -> str:
     return "\n".join(f"{f'{i}.' if numbered else '-'} {t.en}  \n   {t.zh}" for i, t in enumerate(items, 1))
 
 
-def heading(en: str, zh: str, level: int = 2) -> str:
-    return f"{'#' * level} {en} / {zh}"
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 

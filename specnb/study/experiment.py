@@ -227,18 +227,15 @@ def timed_reps(fn: Callable[[str | list[int], int], Generation], prompts: list[A
     averaged over the repetitions) and the timing record: every (repetition, row) entry, the
     probes before / between / after, the section's start and end.
     """
-    from ..measure.timing import timed_section
+    from ..measure.timing import rotated_reps, timed_section
 
     units = turn_units(prompts, prompting)
     row_of = {unit: i for i, unit in enumerate(units)}
     runs: dict[int, list[Generation]] = {i: [] for i in range(len(units))}
     entries = []
     with timed_section() as section:
-        for rep in range(p.reps):
-            if rep:
-                section.probe(f"rep {rep}")
-            shift = rep % len(prompts)
-            for q in list(range(shift, len(prompts))) + list(range(shift)):
+        for rep, order in rotated_reps(section, p.reps, list(range(len(prompts)))):
+            for q in order:
                 for turn, g in enumerate(converse(fn, prompts[q], prompting, p.max_new_tokens), 1):
                     i = row_of[q, turn]
                     runs[i].append(g)
