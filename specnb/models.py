@@ -36,8 +36,25 @@ class ModelSpec:
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
 
+class TextIds:
+    """Text <-> token ids through ``self.tokenizer``: a loaded model's and a remote cloud's, the same way."""
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a prompt given as text or as ids."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(TextIds):
     """A causal LM ready to decode: eval mode, on its device, in its dtype."""
 
     model: torch.nn.Module
@@ -60,18 +77,6 @@ class LoadedModel:
             return frozenset()
         return frozenset([eos] if isinstance(eos, int) else eos)
 
-    def encode(self, prompt: str | list[int]) -> list[int]:
-        """Token ids of a prompt given as text or as ids."""
-        if isinstance(prompt, str):
-            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        else:
-            ids = [int(t) for t in prompt]
-        if not ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 

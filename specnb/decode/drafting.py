@@ -8,7 +8,7 @@ import torch
 
 from .roles import RoundSettings
 from .sampling import make_generator, pick
-from .steps import Model, Steps, as_ids, crop, rebuild
+from .steps import Model, Steps, as_ids, cut_for, start_generation
 from ..threads import thread_count
 
 
@@ -43,19 +43,10 @@ class EdgeDrafter:
         # one_sync off: each token goes to the host as it is drafted
         self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
         self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
-        self._cut = rebuild if "crop" in off else crop
+        self._cut = cut_for(off)
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
-        if settings != self.settings:  # another set-up than the one it was built for
-            self.__init__(self.model, settings)
-        elif self.length:
-            self.steps.reset()
-            self.calls = 0
-        if len(prompt_ids) > 1:
-            with thread_count(self.threads):
-                self.steps.prefill(prompt_ids[:-1], self.vocab, self._keep_logits)
-            self.calls += 1
-        self.length = len(prompt_ids) - 1
+        start_generation(self, prompt_ids, settings, lambda r: r._keep_logits, lambda: thread_count(self.threads))
 
     def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
         if g == 0:

@@ -221,6 +221,32 @@ def _compiled_forward(model: Model, cache_len: int, shapes: tuple[tuple[int, int
     return compiled
 
 
+def start_generation(role: Any, prompt_ids: list[int], settings: Any, keep_logits: Callable[[Any], int],
+                     around: Callable[[], Any] = contextlib.nullcontext) -> None:
+    """The start-up both in-process roles share (the edge drafter, the cloud verifier).
+
+    Built for another set-up: the role is rebuilt for ``settings``; else a used cache is reset. Then
+    every prompt token but the last goes into the cache in one call (the last is the first round's
+    input), inside ``around()`` (the edge's thread cap), keeping the logits ``keep_logits(role)`` says
+    (read after a rebuild: its levers), and ``role.length`` counts the cached tokens.
+    """
+    if settings != role.settings:
+        role.__init__(role.model, settings)
+    elif role.length:
+        role.steps.reset()
+        role.calls = 0
+    if len(prompt_ids) > 1:
+        with torch.inference_mode(), around():
+            role.steps.prefill(prompt_ids[:-1], role.vocab, keep_logits(role))
+        role.calls += 1
+    role.length = len(prompt_ids) - 1
+
+
+def cut_for(levers_off: Any) -> Callable[[Any, int, int], None]:
+    """How a role shortens its cache: :func:`crop` in place, or :func:`rebuild` with the ``crop`` lever off."""
+    return rebuild if "crop" in levers_off else crop
+
+
 def crop(cache, length: int, keep: int) -> None:
     """Cut a cache holding ``length`` positions back to its first ``keep``, in place."""
     if length > keep:

@@ -12,7 +12,7 @@ import torch
 
 from .roles import RoundSettings, Verdict
 from .sampling import make_generator, warp
-from .steps import Model, Steps, as_ids, crop, rebuild
+from .steps import Model, Steps, as_ids, cut_for, start_generation
 
 def accept_greedy(draft: list[int], target: list[int]) -> tuple[int, int]:
     """Longest prefix of ``draft`` equal to the cloud's argmax ``target`` (len(draft)+1), then the cloud's token."""
@@ -127,7 +127,7 @@ class CloudVerifier:
         self._pad_to = {n: next(w for w in widths if w >= n) for n in range(1, widths[-1] + 1)} if widths else {}
         off = settings.levers_off
         self._keep_logits: Callable[[int], int] = (lambda n: 0) if "logits_to_keep" in off else (lambda n: n)  # 0: all
-        self._cut = rebuild if "crop" in off else crop
+        self._cut = cut_for(off)
         self._rule = {"greedy": self._greedy, "rank": self._rank, "sample": self._sample}[settings.rule]
         seed = settings.seed
         self.generator = make_generator(None if seed is None else seed + 1, self.model.device)
@@ -135,16 +135,7 @@ class CloudVerifier:
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         if self.steps is None:
             raise RuntimeError("this verifier is closed; build a new one for the next generation")
-        if settings != self.settings:  # another set-up than the one it was built for
-            self.__init__(self.model, settings)
-        elif self.length:
-            self.steps.reset()
-            self.calls = 0
-        if len(prompt_ids) > 1:
-            with torch.inference_mode():
-                self.steps.prefill(prompt_ids[:-1], self.vocab, self._keep_logits(1))
-            self.calls += 1
-        self.length = len(prompt_ids) - 1
+        start_generation(self, prompt_ids, settings, lambda r: r._keep_logits(1))
 
     def score(self, last: int, draft: list[int]) -> torch.Tensor:
         """Logits [len(draft) + 1, vocab] of the cloud after each of ``[last] + draft``, in one forward call.

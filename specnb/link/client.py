@@ -30,6 +30,7 @@ import torch
 
 from ..decode.loops import _check_common
 from ..measure.metrics import Generation, summarize
+from ..models import TextIds
 from ..decode.roles import RoundSettings, Verdict
 from ..decode.verifying import residual_sample
 from .emulate import Direction, Link, sleep_until
@@ -53,7 +54,7 @@ def connect(address: str, link: Link | None = None, *, timeout_s: float = 10.0,
     return RemoteCloud(address, link or Link(), timeout_s=timeout_s, model=model, dtype=dtype)
 
 
-class RemoteCloud:
+class RemoteCloud(TextIds):
     """A connected cloud: quacks like a ``LoadedModel`` for tokenizing and the pair check, and
     builds a :class:`RemoteVerifier` per generation (``verifier(settings)``)."""
 
@@ -95,15 +96,7 @@ class RemoteCloud:
         if differ:
             warnings.warn(f"the cloud at {self.address} runs {', '.join(differ)}", stacklevel=3)
 
-    # ---- what a LoadedModel offers for prompts and the pair check
-    def encode(self, prompt: str | list[int]) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"] if isinstance(prompt, str) else [int(t) for t in prompt]
-        if not ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    # ---- what a LoadedModel offers (encode and decode come with TextIds)
 
     def __repr__(self) -> str:
         return f"RemoteCloud({self.address!r}, model={self.info['model']!r}, dtype={self.info['dtype']!r}, link={self.link})"
