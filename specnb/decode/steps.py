@@ -107,7 +107,8 @@ def no_compiling(*steps: Steps):
 
     An input that would need a new graph raises instead of silently timing a compilation (or,
     past torch's recompile limit, silently running eager). Set once per loop, not per call:
-    entering the stance costs ~20 µs per compiled call, 6% of the embedded edge's step.
+    entering the stance costs time on every compiled call, a visible share of a small model's step
+    (measured: docs/numbers.md).
     """
     if all(s.compiled is None for s in steps):
         yield

@@ -11,16 +11,11 @@
     predict(g, Link(rtt_ms=50))                                        # wall time on another link
 
 Transport: gRPC bidirectional streams (grpcio), one stream per generation, messages of
-:mod:`~specnb.link.wire` (no generated code). Measured on loopback on the project's 2-core CPU
-machine (shared, load 6-10), echoing a 40-byte message: gRPC stream 0.15-0.26 ms per round trip
-(median; p90 0.2-3 ms), gRPC unary calls no better, pyzmq DEALER/ROUTER 0.04 ms, an in-process
-call 0.1 µs. Inside a real run (embedded pair, RTT 0) a round's ``link_s`` (round trip minus the
-server's own time: serialization, the loopback socket, four thread hand-offs) has a median of
-1.1-2.1 ms (p10 1.0, p90 12 ms on that loaded machine). gRPC was chosen over pyzmq anyway: a stream
+:mod:`~specnb.link.wire` (no generated code). gRPC rather than a lighter socket library: a stream
 *is* a session (its end, however caused, frees the server's cache), the stack detects a dead peer
-(connection loss at once, keepalive pings within ~15 s), and it is what SpecEdge uses; ~0.1 ms
-more per round than pyzmq is below the RTT of any network an edge would use, and it is counted in
-``link_s``, never hidden.
+(connection loss at once, keepalive pings within ~15 s), and it is what SpecEdge uses. What the
+transport costs per round is measured, never hidden (``link_s``); the measured figures and the
+comparison with pyzmq are in docs/link.md.
 """
 
 from .client import RemoteCloud, RemoteError, RemoteVerifier, connect

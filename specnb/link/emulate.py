@@ -1,6 +1,6 @@
 """``Link``: a network profile, and its emulation on top of a real socket, in user space.
 
-The kernel of the project's machines has no ``netem`` qdisc (``tc qdisc ... netem`` is unknown;
+The kernels specnb was developed on had no ``netem`` qdisc (``tc qdisc ... netem`` is unknown;
 tbf and htb exist), so the profile is applied per message by the client process: each message is
 held back until it would have arrived over the profile's link, then handed on. One direction of
 the link is a wire of ``bandwidth_mbps`` followed by a one-way propagation delay::
@@ -11,7 +11,7 @@ the link is a wire of ``bandwidth_mbps`` followed by a one-way propagation delay
 
 ``jitter`` is uniform in [-jitter_ms, +jitter_ms] per message (netem's default law), from a
 seeded generator, clipped so that no delay is negative. This sits on top of whatever the real
-socket costs (on loopback ~0.15 ms per gRPC round trip, measured in :mod:`specnb.link`).
+socket costs (on loopback, a fraction of a millisecond per gRPC round trip: docs/link.md).
 ``Link()`` adds nothing: use it across a real network.
 """
 

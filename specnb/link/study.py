@@ -11,17 +11,7 @@ The summaries take those rows: :func:`speedups` (vs cloud-only over the same lin
 bootstrap intervals of :mod:`specnb.measure.stats`), :func:`best_gammas`, :func:`prediction_errors`,
 :func:`bytes_per_token` and :func:`crossover_rtt` (the RTT past which cloud-only streaming wins).
 
-Measured on the embedded pair (zoo:tiny-edge threads=1 here, zoo:tiny-cloud threads=1 in
-``specnb serve`` on loopback; builtin:code, 6 prompts x 3 reps, 64 greedy tokens, 2-core shared CPU
-machine, 2026-12-02): speed-up of edge-cloud speculation at its best gamma over cloud-only
-streaming across the same link 2.14x (95% CI 1.73-2.65, gamma 8) at RTT 0, 1.59x (1.34-1.90,
-gamma 8) at 5 ms, 1.15x (0.97-1.41, gamma 12) at 20 ms, 0.84x (0.56-1.28, gamma 12) at 50 ms,
-0.53x (0.42-0.67, gamma 12) at 100 ms; crossover predicted from the RTT-0 runs at 35 ms
-(bound: 43 ms); server-side speculation 1.7-2.0x at every RTT. Predicted vs live wall time
-(edge-cloud, totals, from the RTT-0 runs): -9.5% / -10.9% / -6.8% / -3.1% at 5 / 20 / 50 / 100 ms;
-the link part alone -9.6% / -4.3% / -2.3% / -1.0%. Live runs are slower than predicted because
-compute slows when it idles between rounds on this machine (the model's assumption is that it
-does not). Bytes per token (greedy): 15-18 up, 4-14 down.
+What these measured on the embedded pair, and when: docs/link.md.
 """
 
 from __future__ import annotations
