@@ -65,3 +65,17 @@ def tiny_pair(tmp_path_factory) -> dict[str, str]:
         tokenizer.save_pretrained(folder)
         out[role] = str(folder)
     return out
+
+
+@pytest.fixture(scope="session")
+def related_pair(tmp_path_factory) -> Path:
+    """The tests' speculative pair, built once: a folder with ``tok`` (the tokenizer), ``cloud`` (a
+    tiny random Llama, seed 0) and ``edge`` (the cloud perturbed by noise 0.05: a related draft that
+    is accepted often, as a distilled edge would be)."""
+    from tiny_models import build_llama, build_tokenizer
+
+    root = tmp_path_factory.mktemp("related_pair")
+    tok = build_tokenizer(root / "tok")
+    build_llama(root / "cloud", tok, seed=0)
+    build_llama(root / "edge", tok, seed=2, base=root / "cloud", noise=0.05)
+    return root

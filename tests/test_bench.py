@@ -16,23 +16,19 @@ from specnb.measure.clock import probe_summary
 from specnb.measure import stats
 from specnb.cli import build_parser, main
 from specnb.measure.metrics import Generation
-from tiny_models import build_llama, build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One ``specnb bench --quick`` on a tiny pair: (printed output, record, its folder)."""
+def quick_run(tmp_path_factory, related_pair):
+    """One ``specnb bench --quick`` on the related tiny pair: (printed output, record, its folder)."""
     tmp_path = tmp_path_factory.mktemp("bench")
-    tok = build_tokenizer(tmp_path / "tok")
-    build_llama(tmp_path / "cloud", tok, seed=0)
-    build_llama(tmp_path / "edge", tok, seed=0, base=tmp_path / "cloud", noise=0.05)
     out = tmp_path / "bench.json"
     env = pytest.MonkeyPatch()
     env.setenv("SPECNB_TIMING_LOCK", str(tmp_path / "timing.lock"))  # never wait for a bench or grid on this machine
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            code = main(["bench", "--quick", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
+            code = main(["bench", "--quick", "--edge", str(related_pair / "edge"), "--cloud", str(related_pair / "cloud"),
                          "--json", str(out)])
     finally:
         env.undo()

@@ -23,16 +23,15 @@ N = 24
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(related_pair, tmp_path_factory):
     """cloud, an unrelated edge, a related (perturbed cloud) edge, and a padded-vocab cloud."""
     root = tmp_path_factory.mktemp("tiny")
-    tok = build_tokenizer(root / "tok")
-    build_llama(root / "cloud", tok, seed=0)
+    tok = build_tokenizer()  # the related pair's (trained the same way)
     build_llama(root / "unrelated", tok, seed=1, layers=1)
-    build_llama(root / "related", tok, seed=2, base=root / "cloud", noise=0.05)
     build_llama(root / "padded", tok, seed=3, pad_vocab=16)
-    spec = lambda name: ModelSpec(str(root / name), device="cpu")  # noqa: E731
-    return {name: load(spec(name)) for name in ("cloud", "unrelated", "related", "padded")} | {"root": root}
+    folders = {"cloud": related_pair / "cloud", "related": related_pair / "edge",
+               "unrelated": root / "unrelated", "padded": root / "padded"}
+    return {name: load(ModelSpec(str(f), device="cpu")) for name, f in folders.items()} | {"root": related_pair}
 
 
 def hf_greedy(m, prompt, n):

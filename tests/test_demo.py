@@ -8,17 +8,13 @@ from specnb.decode import loops
 from specnb.study import demo
 from specnb.study.methods import METHODS, WARMUP_TOKENS
 from specnb.cli import main
-from tiny_models import build_llama, build_tokenizer
 
 
-def test_demo_runs_every_method(tmp_path, capsys, monkeypatch):
-    tok = build_tokenizer(tmp_path / "tok")
-    build_llama(tmp_path / "cloud", tok, seed=0)
-    build_llama(tmp_path / "edge", tok, seed=0, base=tmp_path / "cloud", noise=0.05)
+def test_demo_runs_every_method(related_pair, capsys, monkeypatch):
     calls = []
     real = loops.autoregressive
     monkeypatch.setattr(loops, "autoregressive", lambda m, p, n, **kw: calls.append(n) or real(m, p, n, **kw))
-    code = main(["demo", "--edge", str(tmp_path / "edge"), "--cloud", str(tmp_path / "cloud"),
+    code = main(["demo", "--edge", str(related_pair / "edge"), "--cloud", str(related_pair / "cloud"),
                  "--max-new-tokens", "12", "--prompt", "def f(x):"])
     captured = capsys.readouterr()
     out = captured.out

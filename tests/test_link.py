@@ -55,15 +55,13 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("link")
-    tok = build_tokenizer(root / "tok")
-    build_llama(root / "cloud", tok, seed=0)
-    build_llama(root / "edge", tok, seed=2, base=root / "cloud", noise=0.05)  # a related draft: long acceptances
-    other = build_tokenizer(root / "other-tok", extra_tokens=["<tool>", "</tool>"])
-    build_llama(root / "mismatched", other, seed=4, layers=1)
-    spec = lambda name: ModelSpec(str(root / name), device="cpu")  # noqa: E731
-    return {name: load(spec(name)) for name in ("cloud", "edge", "mismatched")} | {"root": root}
+def models(related_pair, tmp_path_factory):
+    """The related pair (a related draft: long acceptances) and a cloud with another tokenizer."""
+    other_root = tmp_path_factory.mktemp("link")
+    other = build_tokenizer(other_root / "other-tok", extra_tokens=["<tool>", "</tool>"])
+    mismatched = build_llama(other_root / "mismatched", other, seed=4, layers=1)
+    loaded = {name: load(ModelSpec(str(related_pair / name), device="cpu")) for name in ("cloud", "edge")}
+    return loaded | {"mismatched": load(ModelSpec(str(mismatched), device="cpu")), "root": related_pair}
 
 
 @pytest.fixture(scope="module")

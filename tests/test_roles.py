@@ -10,18 +10,15 @@ from specnb.decode.verifying import accept_greedy
 from specnb.decode.loops import as_drafter, as_verifier
 from specnb.decode.roles import Drafter, RoundSettings, Verdict, Verifier
 from specnb.decode.verifying import CloudVerifier
-from tiny_models import build_llama, build_tokenizer
 
 PROMPT = "def parse(text):"
 N = 16
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    tok = build_tokenizer(root / "tok")
-    cloud = load(ModelSpec(str(build_llama(root / "cloud", tok, seed=0)), device="cpu"))
-    edge = load(ModelSpec(str(build_llama(root / "edge", tok, seed=2, base=root / "cloud", noise=0.05)), device="cpu"))
+def pair(related_pair):
+    cloud = load(ModelSpec(str(related_pair / "cloud"), device="cpu"))
+    edge = load(ModelSpec(str(related_pair / "edge"), device="cpu"))
     return edge, cloud
 
 
