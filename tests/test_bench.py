@@ -115,19 +115,19 @@ def test_bench_help_gives_every_option_a_description_and_its_default():
 
 def test_bench_record_reads_into_the_summary_tables(quick_run):
     """The summary notebook's view of a bench record: ratios with goals, the lever table, the methods."""
-    from specnb.report import plots, frame as report
+    from specnb.report import plots, bench_records
 
     _, _, folder = quick_run
     (folder / "bench-other.json").write_text('{"kind": "something else"}')
-    [rec] = report.load_bench(folder)
-    ratios = report.bench_ratios(rec).set_index("ratio")
+    [rec] = bench_records.load_bench(folder)
+    ratios = bench_records.bench_ratios(rec).set_index("ratio")
     r = rec["ratios"]
     assert ratios.loc["R2", "value"] == r["R2"] and ratios.loc["R2", "goal"] == 1.3
     assert bool(ratios.loc["R1", "met"]) == (r["R1"] >= 1.5)
     assert bool(ratios.loc["loop overhead", "met"]) == (r["loop_overhead"] <= 0.10)
     assert ratios.loc["R2 plain / hf_assisted", "value"] == r["R2_same_stack"]
-    assert list(report.bench_levers(rec)["lever"]) == [row["lever"] for row in rec["levers"]]
-    assert len(report.bench_methods(rec)) == len(rec["methods"])
+    assert list(bench_records.bench_levers(rec)["lever"]) == [row["lever"] for row in rec["levers"]]
+    assert len(bench_records.bench_methods(rec)) == len(rec["methods"])
     drawn = plots.bench(rec).axes[0]
     assert [t.get_text() for t in drawn.get_yticklabels()] == [m["label"] for m in rec["methods"]]
     assert sorted(round(b.get_width(), 6) for b in drawn.patches if b.get_width()) == sorted(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from specnb.report.frame import SPEEDUP_COLUMNS
+from specnb.report.fairness import SPEEDUP_COLUMNS
 from specnb.report.headline import headline, headline_text, verdict
 
 EXAMPLE_RUN = Path(__file__).resolve().parents[1] / "notebooks" / "example_run"

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .frame import METHOD_NAMES, REFERENCES, _speedup_text, load_results, results_frame, speedups
+from .categories import _speedup_text
+from .fairness import speedups
+from .frame import METHOD_NAMES, REFERENCES, load_results, results_frame
 
 COLUMNS = ["method", "dtype", "vs", "speed-up (95% CI)", "same output", "verdict"]
 
