@@ -238,6 +238,7 @@ class RemoteVerifier:
         self.rounds: list[tuple[int, int, float, float, float]] = []  # up, down, link_s, server_s, emulated_s
         self._prompt_len = 0
         self._length: int | None = None  # tokens in the server's cache, as the server counts them
+        self._prompt_pending = False
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         self.close()
@@ -247,10 +248,10 @@ class RemoteVerifier:
         self._prompt_len = len(self._prompt)
         self._length = None
         self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
-        self.stream = Stream(self.cloud)
+        self._prompt_pending = True  # the session (a stream) opens with the first round, once it passed the checks
 
     def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
-        if self.stream is None:
+        if self.stream is None and not self._prompt_pending:
             raise RuntimeError("verify() before begin()")
         meta, ints = {}, []
         if self._prompt is not None:
@@ -263,6 +264,8 @@ class RemoteVerifier:
         request = Message("V", meta, ints + [last] + list(draft), qx)
         check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=self._length, rule=self.settings.rule)
         first = self._length is None
+        if self.stream is None:
+            self.stream, self._prompt_pending = Stream(self.cloud), False
         t0 = time.perf_counter()
         up_s = self.stream.send(request)
         what = (f"round {len(self.rounds) + 1}'s verdict ({len(draft)} drafted tokens"
@@ -277,6 +280,7 @@ class RemoteVerifier:
         return Verdict(n, tok)
 
     def close(self) -> None:
+        self._prompt_pending = False
         if self.stream is not None:
             self.stream.close()
             self.stream = None
