@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import grpc
 import numpy as np
@@ -137,6 +138,14 @@ def play(channel: grpc.Channel, messages: list[bytes]) -> str:
     return outcome
 
 
+def settled(remote) -> dict:
+    """The server's status once its last cancelled session is freed (freeing runs after the cancel returns)."""
+    deadline = time.monotonic() + HANG_S
+    while (status := remote.status())["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return status
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -176,10 +185,10 @@ def test_fuzzed_messages_never_reach_the_model_and_leave_nothing_behind(models, 
                 outcome = "refused" if outcome.startswith("refused:") else outcome  # (the field is checked in unit tests)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
         assert proc.poll() is None, "the server died"
-        status = remote.status()
+        status = settled(remote)
         assert status["sessions"] == 0 and status["caches"] == 0, status
         checks = lossless(models, remote)
-        status = remote.status()
+        status = settled(remote)
         assert status["sessions"] == 0 and status["caches"] == 0, status
         rss_after = rss_kb(proc.pid)
         n = sum(len(m) for m in sessions)
