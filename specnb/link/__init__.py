@@ -18,15 +18,17 @@ call 0.1 µs. Inside a real run (embedded pair, RTT 0) a round's ``link_s`` (rou
 server's own time: serialization, the loopback socket, four thread hand-offs) has a median of
 1.1-2.1 ms (p10 1.0, p90 12 ms on that loaded machine). gRPC was chosen over pyzmq anyway: a stream
 *is* a session (its end, however caused, frees the server's cache), the stack detects a dead peer
-(connection loss at once, keepalive pings within ~15 s), and it is what SpecEdge uses; ~0.1 ms
-more per round than pyzmq is below the RTT of any network an edge would use, and it is counted in
-``link_s``, never hidden.
+(connection loss at once; a frozen peer by the client's per-reply deadline, ``connect(deadline_s=...)``,
+and the server's idle timeout), and it is what SpecEdge uses; ~0.1 ms more per round than pyzmq is
+below the RTT of any network an edge would use, and it is counted in ``link_s``, never hidden.
+Limits, deadlines, tokens and TLS: ``docs/link-security.md`` and :mod:`specnb.link.limits`.
 """
 
 from .client import RemoteCloud, RemoteError, RemoteVerifier, connect
 from .emulate import Link
+from .limits import BadMessage, Limits
 from .local import local_server
 from .predict import best_gamma, crossover_r, link_steps, predict, speedup_bound
 
 __all__ = ["connect", "Link", "RemoteCloud", "RemoteVerifier", "RemoteError", "predict", "speedup_bound",
-           "best_gamma", "crossover_r", "link_steps", "local_server"]
+           "best_gamma", "crossover_r", "link_steps", "local_server", "Limits", "BadMessage"]

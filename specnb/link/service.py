@@ -10,8 +10,9 @@ One gRPC service ``specnb.Cloud`` with three methods, all carrying :mod:`specnb.
   after each rejection); a ``G`` message generates on the server (cloud-only, streamed back token
   by token, or server-side speculation with ``--draft``). The session ends, and its cache is freed,
   when the stream ends for any reason: the client closes it, cancels it, or vanishes (the
-  connection drops; keepalive pings find a silent peer within ~15 s), or the client stops sending
-  for longer than the server's idle timeout (``--idle-timeout``: the server cancels the session).
+  connection drops; keepalive pings find a silent peer, in up to a minute as measured), or the
+  client stops sending for longer than the server's idle timeout (``--idle-timeout``: the server
+  cancels the session).
 
 Every message is checked before any model call (:mod:`specnb.link.limits`): a bad one ends its
 session with one error naming the field and the limit. With a token (``--token``), every call must
