@@ -112,7 +112,8 @@ def test_an_idle_client_is_dropped_and_a_bad_message_ends_only_its_session(model
         want = autoregressive(models["cloud"], PROMPT, 12).tokens  # the server goes on serving
         assert speculative(models["edge"], connect(address), PROMPT, 12, gamma=3).tokens == want
     finally:
-        stop(proc)
+        _, err = stop(proc)
+    assert "Traceback" not in err, err[-2000:]
 
 
 def test_the_client_checks_a_message_against_the_servers_limits_before_sending(models):
@@ -126,6 +127,11 @@ def test_the_client_checks_a_message_against_the_servers_limits_before_sending(m
             autoregressive(remote, [1, 2], 9)
         s = remote.status()
         assert s["served"] == 0 and s["refused"] == 0  # refused at the edge: nothing was sent
+        # a real session with a static cache sized by max_len fits its own checks to the last round
+        for gamma in (1, 4):
+            want = speculative(models["edge"], models["cloud"], [5, 6, 7], 8, gamma=gamma, optimized="cloud", compile=False)
+            got = speculative(models["edge"], remote, [5, 6, 7], 8, gamma=gamma, optimized="cloud", compile=False)
+            assert got.tokens == want.tokens and len(got.tokens) == 8
     finally:
         stop(proc)
 

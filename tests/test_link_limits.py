@@ -134,3 +134,10 @@ def test_limits_must_be_positive_and_bound_the_message_size():
 def test_settings_in_gives_the_round_settings_the_client_sent():
     s = RoundSettings(rule="rank", rank_k=3, seed=5, optimized=True, widths=(1, 2, 5), levers_off=frozenset({"crop"}), max_len=40)
     assert settings_in(settings_to_dict(s), LIMITS, VOCAB) == s
+
+
+def test_a_later_round_past_the_sessions_own_max_len_is_refused():
+    assert verify(Message("V", {}, [1, 2, 3]), length=20, rule="greedy")  # 20 + last + 2 drafts = 23 places
+    with pytest.raises(BadMessage, match="past the session's own max_len 22"):
+        check_verify(Message("V", {}, [1, 2, 3]), LIMITS, VOCAB, length=20, rule="greedy", max_len=22)
+    check_verify(Message("V", {}, [1, 2, 3]), LIMITS, VOCAB, length=20, rule="greedy", max_len=23)

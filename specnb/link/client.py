@@ -196,7 +196,7 @@ class RemoteCloud:
         up = stream.send(request)
         what = ("the reply of speculation on the server (one message, after the whole generation)" if method == "speculative"
                 else f"cloud-only decoding's tokens (up to {max_new_tokens})")
-        stream.read_ahead(what)
+        stream.read_ahead(what, extra_s=up)
         out: list[int] = []
         ttft = None
         server_s = 0.0  # sum of the per-message times (speculation on the server sends one)
@@ -262,7 +262,8 @@ class RemoteVerifier:
         if sample and draft:
             qx = q[torch.arange(len(draft), device=q.device), torch.tensor(draft, device=q.device)].float().cpu().numpy()
         request = Message("V", meta, ints + [last] + list(draft), qx)
-        check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=self._length, rule=self.settings.rule)
+        check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=self._length, rule=self.settings.rule,
+                     max_len=self.settings.max_len if self._length is not None else 0)
         first = self._length is None
         if self.stream is None:
             self.stream, self._prompt_pending = Stream(self.cloud), False
@@ -270,7 +271,7 @@ class RemoteVerifier:
         up_s = self.stream.send(request)
         what = (f"round {len(self.rounds) + 1}'s verdict ({len(draft)} drafted tokens"
                 f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
-        msg, down, down_s = self.stream.recv(what, setup=first)
+        msg, down, down_s = self.stream.recv(what, setup=first, extra_s=up_s)  # (the emulated uplink delay is not the server's)
         rt = time.perf_counter() - t0
         n, tok, server_us = msg.ints
         self._length = (len(ints) - 1 if first else self._length) + 1 + n
@@ -373,7 +374,7 @@ class Stream:
             self._pending = None
         return raw, time.perf_counter()
 
-    def read_ahead(self, what: str) -> None:
+    def read_ahead(self, what: str, extra_s: float = 0.0) -> None:
         """For a streamed reply: take messages off the socket as they come (a thread), so that each is
         delayed from its own arrival, not from when the caller asks for it. Each message has the
         deadline (the first: plus the set-up allowance)."""
@@ -383,7 +384,7 @@ class Stream:
             setup = True
             while True:
                 try:
-                    item = self._next(what, self._allowed(setup))
+                    item = self._next(what, self._allowed(setup) + (extra_s if setup else 0.0))
                 except (ConnectionError, PermissionError) as err:
                     self._inbox.put(err)
                     return
@@ -394,15 +395,16 @@ class Stream:
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def recv(self, what: str = "a reply", setup: bool = False) -> tuple[Message, int, float]:
+    def recv(self, what: str = "a reply", setup: bool = False, extra_s: float = 0.0) -> tuple[Message, int, float]:
         """The next message, its size and the delay the link profile added to it (``what``: what the
-        edge waits for, named if it is overdue; ``setup``: the session's first reply)."""
+        edge waits for, named if it is overdue; ``setup``: the session's first reply; ``extra_s``: more
+        time allowed, e.g. the emulated delay of the message it answers)."""
         if self._failed:
             raise self._failed
         item = self._inbox.get() if self._inbox is not None else None
         try:
             if item is None:
-                item = self._next(what, self._allowed(setup))
+                item = self._next(what, self._allowed(setup) + extra_s)
             elif isinstance(item, (ConnectionError, PermissionError)):
                 raise item
         except (ConnectionError, PermissionError) as err:

@@ -185,13 +185,14 @@ def _count(field: str, value: Any, low: int, limit: int, flag: str) -> int:
     return value
 
 
-def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None, rule: str | None
-                 ) -> tuple[RoundSettings | None, list[int], int, list[int]]:
+def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None, rule: str | None,
+                 max_len: int = 0) -> tuple[RoundSettings | None, list[int], int, list[int]]:
     """A ``V`` message against the limits and the session so far.
 
     ``length``: tokens already in the session's cache (None: no round yet, so this one must carry
-    the prompt and settings); ``rule``: the session's verification rule. Returns (settings or None,
-    prompt, last token, draft).
+    the prompt and settings); ``rule``: the session's verification rule; ``max_len``: the session's
+    own cache size (its settings' ``max_len``, 0: none). Returns (settings or None, prompt, last
+    token, draft).
     """
     extra = set(msg.meta) - {"begin", "prompt"}
     if extra:
@@ -220,9 +221,9 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     after = length + 2 + len(draft)  # cache + last + draft, and the cloud's own token
     if after > limits.max_session_tokens:
         raise _too_many("session tokens", after, limits.max_session_tokens, limits.flag("max_session_tokens"))
-    cap = settings.max_len if settings is not None else 0
-    if cap and after > cap:
-        raise BadMessage("session tokens", f"{after} is past the session's own max_len {cap}")
+    cap = settings.max_len if settings is not None else max_len
+    if cap and after - 1 > cap:  # the cache holds the last token and the draft; a static one has cap places
+        raise BadMessage("session tokens", f"{after - 1} is past the session's own max_len {cap}")
     _check_q(msg, draft, rule)
     return settings, prompt, last, draft
 

@@ -98,7 +98,7 @@ class Session:
         begun = self.verifier is not None
         settings, prompt, last, draft = check_verify(
             msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
-            rule=self.settings.rule if begun else None)  # before any model call
+            rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0)  # before any model call
         with self.cloud.lock, torch.inference_mode():
             if settings is not None:
                 self._begin(settings, prompt)
