@@ -70,6 +70,8 @@ def access(args: argparse.Namespace) -> tuple[str | None, tuple[bytes, bytes] | 
     if not is_loopback(args.host) and token is None and not args.insecure:
         raise ValueError(f"refusing to listen on {args.host} without a token: anyone who reaches the port could use "
                          f"the model. Give --token (or set {TOKEN_ENV}), or say --insecure if the network is yours")
+    if not args.idle_timeout > 0:
+        raise ValueError(f"--idle-timeout must be > 0 seconds, got {args.idle_timeout}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     tls = None
