@@ -123,7 +123,7 @@ class RemoteCloud:
         self.tokenizer = _load_tokenizer(info["tokenizer"])
         self.vocab_size = int(info["vocab_size"])
         self.eos_ids = frozenset(info["eos_ids"])
-        self.limits = Limits(**info["limits"])
+        self.limits = Limits(**info.get("limits", {}))  # a server from before the limits: the defaults
         self.up = Direction(link, link.seed)
         self.down = Direction(link, link.seed + 1)
 
