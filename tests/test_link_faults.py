@@ -110,7 +110,11 @@ def test_an_idle_client_is_dropped_and_a_bad_message_ends_only_its_session(model
             q.put(None)
             ch.close()
         want = autoregressive(models["cloud"], PROMPT, 12).tokens  # the server goes on serving
-        assert speculative(models["edge"], connect(address), PROMPT, 12, gamma=3).tokens == want
+        remote = connect(address)
+        assert speculative(models["edge"], remote, PROMPT, 12, gamma=3).tokens == want
+        time.sleep(2.5)  # past --idle-timeout with no call: the server closes the connection; the channel reconnects
+        assert speculative(models["edge"], remote, PROMPT, 12, gamma=3).tokens == want
+        assert autoregressive(remote, PROMPT, 12).tokens == want
     finally:
         _, err = stop(proc)
     assert "Traceback" not in err, err[-2000:]
