@@ -13,15 +13,17 @@
 Transport: gRPC bidirectional streams (grpcio), one stream per generation, messages of
 :mod:`~specnb.link.wire` (no generated code). gRPC rather than a lighter socket library: a stream
 *is* a session (its end, however caused, frees the server's cache), the stack detects a dead peer
-(connection loss at once, keepalive pings within ~15 s), and it is what SpecEdge uses. What the
-transport costs per round is measured, never hidden (``link_s``); the measured figures and the
-comparison with pyzmq are in docs/link.md.
+(connection loss at once; a frozen peer by the client's per-reply deadline, ``connect(deadline_s=...)``,
+and the server's idle timeout), and it is what SpecEdge uses. What the transport costs per round is
+measured, never hidden (``link_s``); the measured figures and the comparison with pyzmq are in
+docs/link.md. Limits, deadlines, tokens and TLS: docs/link-security.md and :mod:`specnb.link.limits`.
 """
 
 from .client import RemoteCloud, RemoteError, RemoteVerifier, connect
 from .emulate import Link
+from .limits import BadMessage, Limits
 from .local import local_server
 from .predict import best_gamma, crossover_r, link_steps, predict, speedup_bound
 
 __all__ = ["connect", "Link", "RemoteCloud", "RemoteVerifier", "RemoteError", "predict", "speedup_bound",
-           "best_gamma", "crossover_r", "link_steps", "local_server"]
+           "best_gamma", "crossover_r", "link_steps", "local_server", "Limits", "BadMessage"]

@@ -11,12 +11,22 @@ metrics add ``link_s`` (round-trip time minus the server's own time: the link pl
 ``round_trips``, ``server_s`` (time the server spent on the rounds), ``emulated_s`` (delay the
 :class:`~specnb.link.emulate.Link` profile added) and per-round lists ``round_bytes_up``,
 ``round_bytes_down``, ``round_link_s``, ``round_server_s``, ``round_emulated_s``.
+
+Deadlines: every reply the edge waits for (a round's verdict, each streamed token) must come within
+``deadline_s`` (a session's first reply, which includes the prefill and any set-up on the server,
+within ``setup_s + deadline_s``); past it the call is cancelled and one ``ConnectionError`` names
+the address, what was pending and how long it waited. gRPC offers deadlines per call, not per
+message of a stream, so a watchdog thread per stream cancels the call (``call.cancel()``); gRPC's
+keepalive pings stay on for connections that go quiet between generations. Messages are checked
+here against the server's limits before they are sent (:mod:`specnb.link.limits`), as the server
+checks them again.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import os
 import queue
 import tempfile
 import threading
@@ -34,10 +44,14 @@ from ..models import TextIds
 from ..decode.roles import RoundSettings, Verdict
 from ..decode.verifying import residual_sample
 from .emulate import Direction, Link, sleep_until
+from .limits import Limits, check_generate, check_verify
 from .service import KEEPALIVE, SERVICE, settings_to_dict, versions
 from .wire import Message, decode, encode, wire_bytes
 
 GENERATE_KW = ("temperature", "top_k", "top_p", "seed", "optimized", "compile")
+TOKEN_ENV = "SPECNB_TOKEN"
+DEADLINE_S = 15.0  # default: longest wait for one reply (a verdict, a streamed token)
+SETUP_S = 120.0  # default: extra allowance for a session's first reply (prefill, static cache, compiling)
 
 
 class RemoteError(RuntimeError):
@@ -45,41 +59,72 @@ class RemoteError(RuntimeError):
 
 
 def connect(address: str, link: Link | None = None, *, timeout_s: float = 10.0,
-            model: str | None = None, dtype: str | None = None) -> "RemoteCloud":
+            model: str | None = None, dtype: str | None = None, deadline_s: float = DEADLINE_S,
+            setup_s: float = SETUP_S, token: str | None = None, tls: bool | str | bytes | None = None) -> "RemoteCloud":
     """A cloud model served by ``specnb serve`` at ``address`` (``HOST:PORT``), across ``link``.
 
     ``link``: the profile emulated on top of the real connection (default ``Link()``: none).
     ``model`` / ``dtype``: what you expect the server to hold; a different one is refused.
+    ``timeout_s``: to connect and for each unary call (hello, status). ``deadline_s``: the longest
+    wait for any one reply of a session (a round's verdict, a streamed token; default 15 s, where a
+    round takes milliseconds); ``setup_s`` more for a session's first reply (prefill, static cache,
+    compiling; default 120 s). A server that misses one gives a ``ConnectionError`` naming the address,
+    what was pending and how long it waited. ``token``: the server's shared token (default:
+    ``$SPECNB_TOKEN``). ``tls``: True (trust the system's roots), a PEM file path or PEM bytes (trust
+    that certificate, e.g. a self-signed one), or None (plain connection).
     """
-    return RemoteCloud(address, link or Link(), timeout_s=timeout_s, model=model, dtype=dtype)
+    for name, value, low in (("timeout_s", timeout_s, 1e-3), ("deadline_s", deadline_s, 1e-3), ("setup_s", setup_s, 0.0)):
+        if not value >= low:
+            raise ValueError(f"{name} must be at least {low:g} seconds, got {value!r}")
+    return RemoteCloud(address, link or Link(), timeout_s=timeout_s, model=model, dtype=dtype, deadline_s=deadline_s,
+                       setup_s=setup_s, token=token if token is not None else os.environ.get(TOKEN_ENV), tls=tls)
+
+
+def _credentials(tls: bool | str | bytes | None) -> grpc.ChannelCredentials | None:
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    pem = tls if isinstance(tls, bytes) else Path(tls).read_bytes()
+    return grpc.ssl_channel_credentials(root_certificates=pem)
 
 
 class RemoteCloud(TextIds):
     """A connected cloud: quacks like a ``LoadedModel`` for tokenizing and the pair check, and
     builds a :class:`RemoteVerifier` per generation (``verifier(settings)``)."""
 
-    def __init__(self, address: str, link: Link, *, timeout_s: float, model: str | None, dtype: str | None):
+    def __init__(self, address: str, link: Link, *, timeout_s: float, model: str | None, dtype: str | None,
+                 deadline_s: float = DEADLINE_S, setup_s: float = SETUP_S, token: str | None = None,
+                 tls: bool | str | bytes | None = None):
         self.address, self.link = address, link
-        self.channel = grpc.insecure_channel(address, options=KEEPALIVE + [("grpc.max_receive_message_length", 64 << 20)])
+        self.timeout_s, self.deadline_s, self.setup_s = timeout_s, deadline_s, setup_s
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        options = KEEPALIVE + [("grpc.max_receive_message_length", 64 << 20)]
+        creds = _credentials(tls)
+        self.channel = (grpc.insecure_channel(address, options=options) if creds is None
+                        else grpc.secure_channel(address, creds, options=options))
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
             self.channel.close()
             raise ConnectionError(f"no specnb cloud answers at {address} within {timeout_s:g} s "
-                                  "(is 'specnb serve' running there, on that port?)") from None
+                                  "(is 'specnb serve' running there, on that port"
+                                  f"{', with TLS' if creds else ', without TLS'}?)") from None
         self._hello = self.channel.unary_unary(f"/{SERVICE}/Hello")
         self._status = self.channel.unary_unary(f"/{SERVICE}/Status")
         self._session = self.channel.stream_stream(f"/{SERVICE}/Session")
         try:
-            info = decode(self._hello(encode(Message("H", meta=versions())), timeout=timeout_s)).meta
+            info = decode(self._hello(encode(Message("H", meta=versions())), timeout=timeout_s, metadata=self.metadata)).meta
         except grpc.RpcError as err:
             self.channel.close()
-            raise ConnectionError(f"the specnb cloud at {address} refused the connection: {err.details()}") from None
+            kind = PermissionError if err.code() == grpc.StatusCode.UNAUTHENTICATED else ConnectionError
+            raise kind(f"the specnb cloud at {address} refused the connection: {err.details()}") from None
         self.info = {k: v for k, v in info.items() if k != "tokenizer"}
         self._check(model, dtype)
         self.tokenizer = _load_tokenizer(info["tokenizer"])
         self.vocab_size = int(info["vocab_size"])
         self.eos_ids = frozenset(info["eos_ids"])
+        self.limits = Limits(**info.get("limits", {}))  # a server from before the limits: the defaults
         self.up = Direction(link, link.seed)
         self.down = Direction(link, link.seed + 1)
 
@@ -114,7 +159,7 @@ class RemoteCloud(TextIds):
     def status(self) -> dict[str, Any]:
         """The server's session count (``sessions``: open now; ``served``: since it started)."""
         try:
-            return decode(self._status(b"", timeout=10)).meta
+            return decode(self._status(b"", timeout=self.timeout_s, metadata=self.metadata)).meta
         except grpc.RpcError as err:
             raise ConnectionError(f"the specnb cloud at {self.address} does not answer: {err.details()}") from None
 
@@ -137,10 +182,14 @@ class RemoteCloud(TextIds):
 
     def _generate(self, method: str, prompt, max_new_tokens: int, kw: dict) -> Generation:
         ids = self.encode(prompt)
+        request = Message("G", meta={"method": method, "kw": kw, "max_new_tokens": max_new_tokens}, ints=ids)
+        check_generate(request, self.limits, self.vocab_size, has_draft=self.info.get("draft") is not None)  # as the server will
         stream = Stream(self)
         t0 = time.perf_counter()
-        up = stream.send(Message("G", meta={"method": method, "kw": kw, "max_new_tokens": max_new_tokens}, ints=ids))
-        stream.read_ahead()
+        up = stream.send(request)
+        what = ("the reply of speculation on the server (one message, after the whole generation)" if method == "speculative"
+                else f"cloud-only decoding's tokens (up to {max_new_tokens})")
+        stream.read_ahead(what, extra_s=up)
         out: list[int] = []
         ttft = None
         server_s = 0.0  # sum of the per-message times (speculation on the server sends one)
@@ -181,6 +230,8 @@ class RemoteVerifier:
         self.stream: Stream | None = None
         self.rounds: list[tuple[int, int, float, float, float]] = []  # up, down, link_s, server_s, emulated_s
         self._prompt_len = 0
+        self._length: int | None = None  # tokens in the server's cache, as the server counts them
+        self._prompt_pending = False
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         self.close()
@@ -188,11 +239,12 @@ class RemoteVerifier:
         self.rounds = []
         self._prompt = list(prompt_ids)
         self._prompt_len = len(self._prompt)
+        self._length = None
         self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
-        self.stream = Stream(self.cloud)
+        self._prompt_pending = True  # the session (a stream) opens with the first round, once it passed the checks
 
     def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
-        if self.stream is None:
+        if self.stream is None and not self._prompt_pending:
             raise RuntimeError("verify() before begin()")
         meta, ints = {}, []
         if self._prompt is not None:
@@ -202,17 +254,27 @@ class RemoteVerifier:
         qx = None
         if sample and draft:
             qx = q[torch.arange(len(draft), device=q.device), torch.tensor(draft, device=q.device)].float().cpu().numpy()
+        request = Message("V", meta, ints + [last] + list(draft), qx)
+        check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=self._length, rule=self.settings.rule,
+                     max_len=self.settings.max_len if self._length is not None else 0)
+        first = self._length is None
+        if self.stream is None:
+            self.stream, self._prompt_pending = Stream(self.cloud), False
         t0 = time.perf_counter()
-        up_s = self.stream.send(Message("V", meta, ints + [last] + list(draft), qx))
-        msg, down, down_s = self.stream.recv()
+        up_s = self.stream.send(request)
+        what = (f"round {len(self.rounds) + 1}'s verdict ({len(draft)} drafted tokens"
+                f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
+        msg, down, down_s = self.stream.recv(what, setup=first, extra_s=up_s)  # (the emulated uplink delay is not the server's)
         rt = time.perf_counter() - t0
         n, tok, server_us = msg.ints
+        self._length = (len(ints) - 1 if first else self._length) + 1 + n
         self.rounds.append((self.stream.last_up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
         if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
             tok = residual_sample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
         return Verdict(n, tok)
 
     def close(self) -> None:
+        self._prompt_pending = False
         if self.stream is not None:
             self.stream.close()
             self.stream = None
@@ -230,16 +292,41 @@ class Stream:
 
     Messages up wait in a queue until their emulated arrival (gRPC's sending thread sleeps, not the
     caller); messages down are held on receipt until theirs. Any failure of the connection becomes
-    one ``ConnectionError`` naming the address.
+    one ``ConnectionError`` naming the address. A watchdog thread cancels the call when a reply is
+    overdue (see the module's docstring: gRPC has no per-message deadline).
     """
 
     def __init__(self, cloud: RemoteCloud):
         self.cloud = cloud
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._call = cloud._session(self._requests())
+        self._call = cloud._session(self._requests(), metadata=cloud.metadata)
         self.bytes_up = self.bytes_down = self.last_up = 0
         self._failed: Exception | None = None
         self._inbox: queue.SimpleQueue | None = None
+        self._pending: tuple[float, float, str] | None = None  # (waiting since, allowed seconds, for what)
+        self._overdue: str | None = None
+        self._closed = threading.Event()
+        self._setup_left = True  # the session's first reply gets setup_s more
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        """Cancel the call once the reply waited for is overdue (checked every tick: ~1/20 of the deadline)."""
+        tick = min(0.25, self.cloud.deadline_s / 20)
+        while not self._closed.wait(tick):
+            pending = self._pending
+            if pending is None:
+                continue
+            since, allowed, what = pending
+            waited = time.monotonic() - since
+            if waited > allowed:
+                self._overdue = (f"the specnb cloud at {self.cloud.address} sent nothing for {waited:.1f} s while the "
+                                 f"edge waited for {what} (deadline {allowed:g} s, connect(deadline_s=..., setup_s=...)): "
+                                 "the server is frozen, overloaded or cut off")
+                self._call.cancel()
+                return
+
+    def _allowed(self, setup: bool) -> float:
+        return self.cloud.deadline_s + (self.cloud.setup_s if setup else 0.0)
 
     def _requests(self):
         while True:
@@ -262,46 +349,58 @@ class Stream:
         self.bytes_up += nbytes
         return due - now
 
-    def _next(self) -> tuple[bytes, float]:
-        """The next message from gRPC and when it arrived here."""
+    def _next(self, what: str, allowed: float) -> tuple[bytes, float]:
+        """The next message from gRPC and when it arrived here; ``what`` and ``allowed`` for the watchdog."""
+        self._pending = (time.monotonic(), allowed, what)
         try:
             raw = next(self._call)
         except grpc.RpcError as err:
+            if self._overdue:
+                raise ConnectionError(self._overdue) from None
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise PermissionError(f"the specnb cloud at {self.cloud.address}: {err.details()}") from None
             raise ConnectionError(f"lost the specnb cloud at {self.cloud.address} mid-generation "
                                   f"({err.code().name}: {err.details()})") from None
         except StopIteration:
             raise ConnectionError(f"the specnb cloud at {self.cloud.address} ended the session unexpectedly") from None
+        finally:
+            self._pending = None
         return raw, time.perf_counter()
 
-    def read_ahead(self) -> None:
+    def read_ahead(self, what: str, extra_s: float = 0.0) -> None:
         """For a streamed reply: take messages off the socket as they come (a thread), so that each is
-        delayed from its own arrival, not from when the caller asks for it."""
+        delayed from its own arrival, not from when the caller asks for it. Each message has the
+        deadline (the first: plus the set-up allowance)."""
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
 
         def pump() -> None:
+            setup = True
             while True:
                 try:
-                    item = self._next()
-                except ConnectionError as err:
+                    item = self._next(what, self._allowed(setup) + (extra_s if setup else 0.0))
+                except (ConnectionError, PermissionError) as err:
                     self._inbox.put(err)
                     return
+                setup = False
                 self._inbox.put(item)
                 if item[0][:1] in (b"d", b"e"):
                     return
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def recv(self) -> tuple[Message, int, float]:
-        """The next message, its size and the delay the link profile added to it."""
+    def recv(self, what: str = "a reply", setup: bool = False, extra_s: float = 0.0) -> tuple[Message, int, float]:
+        """The next message, its size and the delay the link profile added to it (``what``: what the
+        edge waits for, named if it is overdue; ``setup``: the session's first reply; ``extra_s``: more
+        time allowed, e.g. the emulated delay of the message it answers)."""
         if self._failed:
             raise self._failed
         item = self._inbox.get() if self._inbox is not None else None
         try:
             if item is None:
-                item = self._next()
-            elif isinstance(item, ConnectionError):
+                item = self._next(what, self._allowed(setup) + extra_s)
+            elif isinstance(item, (ConnectionError, PermissionError)):
                 raise item
-        except ConnectionError as err:
+        except (ConnectionError, PermissionError) as err:
             self._failed = err
             raise err from None
         raw, now = item
@@ -311,7 +410,7 @@ class Stream:
         self.bytes_down += nbytes
         msg = decode(raw)
         if msg.kind == "e":
-            kind = ValueError if msg.meta.get("type") == "ValueError" else RemoteError
+            kind = ValueError if msg.meta.get("type") in ("ValueError", "BadMessage") else RemoteError
             self._failed = kind(f"the specnb cloud at {self.cloud.address}: {msg.meta.get('error')}")
             raise self._failed
         return msg, nbytes, due - now
@@ -320,6 +419,7 @@ class Stream:
         return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
     def close(self) -> None:
+        self._closed.set()
         self._q.put(None)
         self._call.cancel()
 

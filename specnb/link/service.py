@@ -10,7 +10,13 @@ One gRPC service ``specnb.Cloud`` with three methods, all carrying :mod:`specnb.
   after each rejection); a ``G`` message generates on the server (cloud-only, streamed back token
   by token, or server-side speculation with ``--draft``). The session ends, and its cache is freed,
   when the stream ends for any reason: the client closes it, cancels it, or vanishes (the
-  connection drops; keepalive pings find a silent peer within ~15 s).
+  connection drops; keepalive pings find a silent peer, in up to a minute as measured), or the
+  client stops sending for longer than the server's idle timeout (``--idle-timeout``: the server
+  cancels the session).
+
+Every message is checked before any model call (:mod:`specnb.link.limits`): a bad one ends its
+session with one error naming the field and the limit. With a token (``--token``), every call must
+carry it (gRPC metadata ``authorization: Bearer TOKEN``); see ``docs/link-security.md``.
 
 Sessions run concurrently on the server's threads; their model calls take turns (one lock per
 server: batch size 1, no batching across sessions), so no session sees another's state.
@@ -19,6 +25,7 @@ server: batch size 1, no batching across sessions), so no session sees another's
 from __future__ import annotations
 
 import base64
+import hmac
 import itertools
 import queue
 import tempfile
@@ -36,6 +43,7 @@ from .._version import __version__
 from ..decode.loops import as_verifier, speculative
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings
+from .limits import BadMessage, Limits, check_generate, check_verify, parse
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
@@ -60,6 +68,7 @@ def settings_to_dict(s: RoundSettings) -> dict[str, Any]:
 
 
 def settings_from_dict(d: dict[str, Any]) -> RoundSettings:
+    """Trusted input only (the server reads a client's settings through :func:`specnb.link.limits.settings_in`)."""
     d = dict(d)
     d["widths"] = tuple(d.get("widths", ()))
     d["levers_off"] = frozenset(d.get("levers_off", ()))
@@ -77,18 +86,21 @@ class Session:
         self.cloud = cloud
         self.verifier = None
         self.length = 0  # tokens in the verifier's cache: seq[:-1]
+        self.used = ""  # the kind of the session's first message: one generation per session
         self._stop = threading.Event()
 
     def verify(self, msg: Message) -> Message:
+        if self.used == "G":
+            raise BadMessage("kind", "a session carries one generation: open a new session for another")
+        self.used = "V"
         t0 = time.perf_counter()
-        ints = msg.ints
+        begun = self.verifier is not None
+        settings, prompt, last, draft = check_verify(
+            msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
+            rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0)  # before any model call
         with self.cloud.lock, torch.inference_mode():
-            if "begin" in msg.meta:
-                self._begin(settings_from_dict(msg.meta["begin"]), ints[: msg.meta["prompt"]])
-                ints = ints[msg.meta["prompt"]:]
-            if self.verifier is None:
-                raise ValueError("a session's first round must carry the prompt and settings")
-            last, draft = ints[0], ints[1:]
+            if settings is not None:
+                self._begin(settings, prompt)
             row = None
             if self.settings.rule == "sample":
                 qx = torch.from_numpy(msg.floats.copy()) if msg.floats is not None else torch.zeros(0)
@@ -105,16 +117,19 @@ class Session:
         self._release()
         self.settings = settings
         self.verifier = as_verifier(self.cloud.model, settings)  # the in-process cloud verifier, as is
+        self.cloud.built += 1  # (under the model lock, as is ``freed``)
         self.verifier.begin(prompt, settings)
         self.length = len(prompt) - 1
 
     def generate(self, msg: Message) -> Iterator[Message]:
         """Cloud-only decoding streamed back as it decodes, or server-side speculation (one message)."""
-        kw, n_new, prompt = dict(msg.meta.get("kw", {})), int(msg.meta["max_new_tokens"]), msg.ints
+        if self.used:
+            raise BadMessage("kind", "a session carries one generation: open a new session for another")
+        self.used = "G"
+        method, kw, n_new, prompt = check_generate(msg, self.cloud.limits, self.cloud.model.vocab_size,
+                                                   has_draft=self.cloud.draft is not None)  # before any model call
         t0 = time.perf_counter()
-        if msg.meta.get("method") == "speculative":
-            if self.cloud.draft is None:
-                raise ValueError("this server has no draft model: start it with 'specnb serve --draft MODEL'")
+        if method == "speculative":
             with self.cloud.lock:
                 g = speculative(self.cloud.draft, self.cloud.model, prompt, n_new, **kw)
             yield Message("t", ints=[_us(t0)] + g.tokens)
@@ -177,26 +192,48 @@ class Session:
         if self.verifier is not None:
             self.verifier.close()
             self.verifier = None
+            self.cloud.freed += 1
 
 
 class CloudService:
     """The server's state: the model(s), the open sessions, and the handlers of the three methods."""
 
-    def __init__(self, model: LoadedModel, draft: LoadedModel | None = None, max_sessions: int = 8):
+    def __init__(self, model: LoadedModel, draft: LoadedModel | None = None, max_sessions: int = 8, *,
+                 limits: Limits | None = None, token: str | None = None, idle_timeout_s: float = 120.0):
         self.model, self.draft, self.max_sessions = model, draft, max_sessions
+        self.limits, self.token, self.idle_timeout_s = limits or Limits(), token or None, idle_timeout_s
         self.lock = threading.Lock()
         self.sessions: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._table = threading.Lock()
         self.served = 0
+        self.built = self.freed = 0  # verifiers (KV caches) built and freed, see ``caches``
+        self.stopped = threading.Event()
+        self.refused = 0  # sessions ended by a bad message
+        self.idle_dropped = 0  # sessions cancelled by the idle timeout
+        self._waiting: dict[int, tuple[float, Any]] = {}  # sid -> (waiting for the client since, its context)
         self.info = versions() | {
+            "limits": asdict(self.limits), "idle_timeout_s": idle_timeout_s,
             "model": model.spec.name_or_path, "dtype": model.spec.dtype, "device": str(model.device),
             "vocab_size": model.vocab_size, "eos_ids": sorted(model.eos_ids),
             "draft": None if draft is None else draft.spec.name_or_path, "tokenizer": _tokenizer_files(model),
         }
 
+    def _admit(self, context) -> None:
+        """With a token, every call must carry it (compared in constant time)."""
+        if self.token is None:
+            return
+        sent = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "this specnb cloud needs its token: "
+                          "connect(..., token=...) or set SPECNB_TOKEN")
+
     def hello(self, raw: bytes, context) -> bytes:
-        client = decode(raw).meta
+        self._admit(context)
+        try:
+            client = parse_hello(raw)
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if client.get("protocol") != PROTOCOL:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"link protocol {client.get('protocol')} (specnb {client.get('specnb')}) is not this "
@@ -204,11 +241,23 @@ class CloudService:
         return encode(Message("h", meta=self.info))
 
     def status(self, raw: bytes, context) -> bytes:
+        self._admit(context)
         with self._table:
             return encode(Message("s", meta={"sessions": len(self.sessions), "served": self.served,
-                                             "peers": sorted(self.sessions.values())}))
+                                             "refused": self.refused, "idle_dropped": self.idle_dropped,
+                                             "caches": self.caches, "peers": sorted(self.sessions.values())}))
+
+    @property
+    def caches(self) -> int:
+        """Verifiers (KV caches) built and not yet freed: 0 whenever no session is open, else memory leaked."""
+        return self.built - self.freed
+
+    def close(self) -> None:
+        """Stop the idle reaper (after the gRPC server has stopped)."""
+        self.stopped.set()
 
     def session(self, requests: Iterator[bytes], context) -> Iterator[bytes]:
+        self._admit(context)
         with self._table:
             if len(self.sessions) >= self.max_sessions:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server holds {self.max_sessions} sessions, its limit")
@@ -218,9 +267,14 @@ class CloudService:
         state = Session(self)
         context.add_callback(lambda: self._free(sid, state))  # runs however the stream ends
         try:
-            for raw in requests:
-                msg = decode(raw)
+            while True:
+                self._waiting[sid] = (time.monotonic(), context)  # the idle clock runs while we wait for the client
+                raw = next(requests, None)
+                self._waiting.pop(sid, None)
+                if raw is None:
+                    break
                 try:
+                    msg = parse(raw)
                     if msg.kind == "V":
                         yield encode(state.verify(msg))
                     elif msg.kind == "G":
@@ -229,17 +283,34 @@ class CloudService:
                     else:
                         raise ValueError(f"unknown message kind {msg.kind!r}")
                 except Exception as err:  # the client gets the error as one message; the session ends
-                    yield encode(Message("e", meta={"type": type(err).__name__, "error": str(err)}))
+                    if isinstance(err, BadMessage):
+                        with self._table:
+                            self.refused += 1
+                    meta = {"type": type(err).__name__, "error": str(err), "field": getattr(err, "field", None)}
+                    yield encode(Message("e", meta=meta))
                     return
         finally:
             self._free(sid, state)
 
     def _free(self, sid: int, state: Session) -> None:
+        self._waiting.pop(sid, None)
         with self._table:
             if self.sessions.pop(sid, None) is None:
                 return
         with self.lock:
             state.close()
+
+    def reap_idle(self, now: float | None = None) -> int:
+        """Cancel the sessions that have waited for their client longer than the idle timeout (a client
+        that stopped sending holds a KV cache and a worker thread); returns how many."""
+        now = time.monotonic() if now is None else now
+        stale = [(sid, ctx) for sid, (since, ctx) in list(self._waiting.items()) if now - since > self.idle_timeout_s]
+        for sid, ctx in stale:
+            self._waiting.pop(sid, None)
+            ctx.cancel()  # ends the stream: its callback frees the session
+        with self._table:
+            self.idle_dropped += len(stale)
+        return len(stale)
 
 
 def _tokenizer_files(model: LoadedModel) -> dict[str, str]:
@@ -249,10 +320,29 @@ def _tokenizer_files(model: LoadedModel) -> dict[str, str]:
         return {p.name: base64.b64encode(p.read_bytes()).decode() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def start(cloud: CloudService, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.Server, int]:
-    """Serve ``cloud`` on ``host:port`` (0: a free port); returns the started server and its port."""
+def parse_hello(raw: bytes) -> dict[str, Any]:
+    """A hello's meta: an object, or a ValueError."""
+    try:
+        meta = decode(raw).meta
+    except Exception as err:  # noqa: BLE001 - any garbage
+        raise ValueError(f"malformed hello ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError("malformed hello (meta is not an object)")
+    return meta
+
+
+def start(cloud: CloudService, host: str = "127.0.0.1", port: int = 0,
+          tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.Server, int]:
+    """Serve ``cloud`` on ``host:port`` (0: a free port); returns the started server and its port.
+
+    ``tls``: (certificate chain, private key), PEM bytes: serve over TLS. The largest message gRPC
+    accepts follows the operator's limits, and a thread cancels sessions idle past the timeout.
+    """
     workers = cloud.max_sessions + 4
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS,
+    options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options += [("grpc.max_receive_message_length", cloud.limits.max_message_bytes()),
+                ("grpc.max_connection_idle_ms", int(cloud.idle_timeout_s * 1000))]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                          maximum_concurrent_rpcs=workers)
     handlers = {
         "Hello": grpc.unary_unary_rpc_method_handler(cloud.hello),
@@ -260,8 +350,19 @@ def start(cloud: CloudService, host: str = "127.0.0.1", port: int = 0) -> tuple[
         "Session": grpc.stream_stream_rpc_method_handler(cloud.session),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(tls[1], tls[0])]))
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
+    tick = min(1.0, cloud.idle_timeout_s / 4)
+    threading.Thread(target=_reaper, args=(cloud, server, tick), daemon=True).start()
     return server, bound
+
+
+def _reaper(cloud: CloudService, server: grpc.Server, tick: float) -> None:
+    """Every ``tick`` seconds, cancel the idle sessions, until the server stops."""
+    while not cloud.stopped.wait(tick):
+        cloud.reap_idle()

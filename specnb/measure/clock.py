@@ -6,6 +6,10 @@ a probe that strays from the run's median by more than :data:`THRESHOLD` means s
 ran on the cell's core while it was timed: the cell is flagged "timing disturbed" (计时受干扰),
 and so is every speed-up that uses it. Cells whose timed sections overlapped on one host are
 flagged too (the timing lock should make that impossible; a cell run without it can cause it).
+The probe does not feel everything (a busy neighbour slows a Python-heavy decode loop more than a
+matrix product), so a cell is also flagged when other processes used more than
+:data:`specnb.neighbours.OTHERS_CORES` cores during its timed section, or its repetitions' tokens/s
+spread by more than :data:`specnb.neighbours.SPREAD` (:mod:`specnb.neighbours`), saying by how much.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from . import neighbours
 from .timing import overlaps
 
 THRESHOLD = 0.10  # a probe more than 10% away from the run's median flags its cell
 COLUMNS = ["cell_id", "probe_ms", "run_probe_ms", "worst_deviation", "rep_spread", "overlaps_with",
-           "disturbed", "verdict", "verdict_zh"]
+           "others_cores", "cpu_pressure", "disturbed", "verdict", "verdict_zh"]
 
 
 def worst_deviation(seconds: list[float], reference: float) -> tuple[int, float]:
@@ -72,7 +77,10 @@ def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD)
         i, deviation = worst_deviation(probes, run_median)
         worst = probes[i]
         others = sorted({b if a == cid else a for a, b in pairs if cid in (a, b)})
-        disturbed = abs(deviation) > threshold or bool(others)
+        near = neighbours.read(r["timing"])
+        spread = (r.get("aggregate") or {}).get("rep_spread")
+        spread_bad = spread is not None and spread == spread and spread > neighbours.SPREAD  # (NaN: not bad)
+        disturbed = abs(deviation) > threshold or bool(others) or neighbours.shared(near) or spread_bad
         why, why_zh = [], []
         if abs(deviation) > threshold:
             en, zh = _stray(worst, run_median, deviation)
@@ -81,10 +89,18 @@ def clock_audit(records: Iterable[dict[str, Any]], threshold: float = THRESHOLD)
         if others:
             why.append(f"timed section overlapped {', '.join(others)}")
             why_zh.append(f"计时区间与 {', '.join(others)} 重叠")
+        if neighbours.shared(near):
+            en, zh = neighbours.words(near)
+            why.append(en)
+            why_zh.append(zh)
+        if spread_bad:
+            why.append(f"its repetitions' tokens/s spread {spread:.0%} (over {neighbours.SPREAD:.0%})")
+            why_zh.append(f"各次重复的词元/秒相差 {spread:.0%}（超过 {neighbours.SPREAD:.0%}）")
         rows.append({
             "cell_id": cid, "probe_ms": statistics.median(probes) * 1e3, "run_probe_ms": run_median * 1e3,
             "worst_deviation": deviation, "rep_spread": (r.get("aggregate") or {}).get("rep_spread"),
-            "overlaps_with": ", ".join(others), "disturbed": disturbed,
+            "overlaps_with": ", ".join(others), "others_cores": near.others_cores, "cpu_pressure": near.pressure,
+            "disturbed": disturbed,
             "verdict": f"TIMING DISTURBED: {'; '.join(why)}" if disturbed else "undisturbed clock",
             "verdict_zh": f"计时受干扰：{'；'.join(why_zh)}" if disturbed else "计时未受干扰",
         })

@@ -11,6 +11,8 @@
   times it before, between and after its repetitions; the audit compares each cell's probes
   with the run's median (:mod:`specnb.measure.clock`): a probe that strays means something else used
   the core while the cell was timed.
+* Each timed section also records the CPU other processes used during it, in all and per
+  repetition, and the CPU pressure (:mod:`specnb.neighbours`): what the probe cannot feel.
 
 The lock file is ``$SPECNB_TIMING_LOCK`` (``off`` disables the lock), else
 ``<tempdir>/specnb-timing-<uid>.lock``: node-local, so Slurm cells on different nodes do not
@@ -28,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from . import neighbours
 
 PROBE_SIZE = 256  # matrix side
 PROBE_ROUNDS = 5  # a probe is the median of this many timings
@@ -89,10 +93,19 @@ class Section:
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "probes": []}
+        self.marks: list | None = None  # CPU counters at the section's start, each repetition's end, its end
 
     def probe(self, where: str) -> None:
         """Time the probe now and note where (``before``, ``rep 1``, ``after``)."""
+        if self.marks is not None:  # inside the timed section: a repetition ends here
+            self.marks.append(neighbours.sample())
         self.info["probes"].append({"where": where, "seconds": probe(), "at": time.time()})
+
+    def close_marks(self) -> None:
+        """The neighbours of the whole section and of each repetition, from the marks."""
+        marks, self.marks = self.marks or [], None
+        self.info["neighbours"] = neighbours.between(marks[0], marks[-1]) if len(marks) > 1 else None
+        self.info["neighbours_reps"] = [neighbours.between(a, b) for a, b in zip(marks, marks[1:])]
 
 
 @contextlib.contextmanager
@@ -128,10 +141,13 @@ def timed_section(lock: bool = True) -> Iterator[Section]:
         section.info.update(lock=path.name if path else None, waited_s=round(waited, 3))  # the name: no machine path
         section.probe("before")
         section.info["start"] = time.time()
+        section.marks = [neighbours.sample()]
         try:
             yield section
         finally:
             section.info["end"] = time.time()
+            section.marks.append(neighbours.sample())
+            section.close_marks()
             section.probe("after")
 
 

@@ -278,10 +278,13 @@ def on_clock(clock: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
     if not clock.empty:
         bad = clock[clock["disturbed"].astype(bool)]
         if bad.empty:
+            from ..measure.neighbours import OTHERS_CORES, SPREAD
             out.append(Text(f"All {len(clock)} timed cells ran on an undisturbed clock (every probe within "
-                            f"{_pct(THRESHOLD)} of the run's median, no overlapping timed sections).",
+                            f"{_pct(THRESHOLD)} of the run's median, no overlapping timed sections, other processes "
+                            f"under {OTHERS_CORES:g} cores where measured, repetitions within {_pct(SPREAD)}).",
                             f"全部 {len(clock)} 个计时单元的时钟未受干扰（所有校准探针与本次运行中位数相差不超过 "
-                            f"{_pct(THRESHOLD)}，计时区间互不重叠）。"))
+                            f"{_pct(THRESHOLD)}，计时区间互不重叠，其他进程占用低于 {OTHERS_CORES:g} 个核心（有测量时），"
+                            f"各次重复相差不超过 {_pct(SPREAD)}）。"))
         else:
             ids = ", ".join(bad["cell_id"])
             out.append(Text(f"TIMING DISTURBED in {len(bad)} cell(s) ({ids}): something else used their cores while "

@@ -1,0 +1,69 @@
+"""``specnb serve`` subprocesses for the link's fault, access and fuzz tests (loopback only, always stopped)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from specnb import ModelSpec, load
+from tiny_models import build_llama, build_tokenizer
+
+HANG_S = 60  # "no hang": generous, the machine is shared
+
+
+def build_pair(root: Path) -> dict:
+    """The tiny related pair of tests/test_link.py: a cloud and an edge that drafts it well."""
+    tok = build_tokenizer(root / "tok")
+    build_llama(root / "cloud", tok, seed=0)
+    build_llama(root / "edge", tok, seed=2, base=root / "cloud", noise=0.05)
+    return {name: load(ModelSpec(str(root / name), device="cpu")) for name in ("cloud", "edge")} | {"root": root}
+
+
+def launch(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--device", "cpu", "--threads", "1",
+           "--host", host, "--port", "0", *extra]
+    clean = {k: v for k, v in os.environ.items() if k != "SPECNB_TOKEN"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean | (env or {}))
+
+
+def start_server(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``specnb serve`` on ``host``, port 0; returns the process and the address it printed."""
+    proc = launch(model, *extra, host=host, env=env)
+    line = readline(proc)
+    match = re.fullmatch(rf"listening on ({re.escape(host)}:\d+)\n", line)
+    if not match:
+        stop(proc)
+        pytest.fail(f"specnb serve did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def readline(proc: subprocess.Popen) -> str:
+    """The next line ``proc`` prints ('' if it exits first), or the test fails after HANG_S (never a hang)."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(HANG_S)
+    if not box:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{proc.args[:4]} printed no line within {HANG_S} s")
+    return box[0]
+
+
+def stop(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGCONT (in case it was frozen), SIGTERM, and its remaining stdout / stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
