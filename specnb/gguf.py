@@ -9,9 +9,11 @@ GGUF's own dequantization computes in (e.g. Q4_1: w = d * q + m, d and m float16
 casting the copy to bfloat16 or float16 at load gives the tensors transformers gives when asked for
 that dtype straight from the file (a test checks it).
 
-A GGUF-loaded model carries transformers' quantizer (``hf_quantizer``, ``is_quantized`` and a
-``quantization_config`` in its config) although its weights are dense; ``save_pretrained``
-refuses such a model, so the flags are dropped before saving (:func:`_drop_quantizer`).
+A model read from GGUF the plain way carries transformers' quantizer (``hf_quantizer``,
+``is_quantized`` and a ``quantization_config`` in its config) even where its weights are dense, and
+``save_pretrained`` refuses it; :func:`dequantize` asks for dense weights explicitly, which transformers
+5.25 loads without the quantizer, and :func:`_drop_quantizer` drops the flags before saving anyway
+(versions that attach them; a test checks that dropping them unblocks the save).
 
 The copy is keyed by the file's sha256, computed at every load (about 0.3 s for 93 MB): a file
 replaced under the same name gets a copy of its own, and the record names the exact bytes.
