@@ -263,3 +263,15 @@ def test_cli_lists_the_fetched_model(gguf_file, capsys):
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(MODEL))
     assert line.split()[1] == "yes"
+
+
+def test_the_smollm2_preset_validates(gguf_file):
+    """params/smollm2_cpu.yaml: its model name resolves once fetched; every cell is the real cloud, templated."""
+    from specnb.grid import expand
+    from specnb.params import load_grid_params
+
+    cells = expand(load_grid_params(ROOT / "params" / "smollm2_cpu.yaml"), "/tmp/specnb-never-written")
+    assert len(cells) == 12 and len({c.cell_id for c in cells}) == 12
+    assert {c.parameters["cloud_model"] for c in cells} == {MODEL}
+    assert {c.parameters["chat_template"] for c in cells} == {"auto"}
+    assert {c.method for c in cells} == {"cloud", "cloud_optimized", "prompt_lookup"}
