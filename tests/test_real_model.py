@@ -215,7 +215,10 @@ def test_chat_template_renders_as_the_tokenizers_own(cloud, spec_bench):
 
 
 def test_prompt_lookup_greedy_equals_the_clouds_greedy_output(cloud, spec_bench):
-    """On trained weights and real prompts, with drafts accepted: token-identical to plain greedy decoding."""
+    """On trained weights and real prompts, with drafts accepted: token-identical to plain greedy decoding,
+    and to Hugging Face's prompt lookup (the peer ``specnb bench`` compares it with)."""
+    from specnb.peers import hf_prompt_lookup
+
     prompting = Prompting(cloud.tokenizer, "auto")
     accepted = 0
     for prompt in spec_bench[:3]:
@@ -223,6 +226,7 @@ def test_prompt_lookup_greedy_equals_the_clouds_greedy_output(cloud, spec_bench)
         plain = autoregressive(cloud, ids, 24)
         spec = speculative(PromptLookup(max_ngram=3), cloud, ids, 24, gamma=4)
         assert spec.tokens == plain.tokens, prompt.id
+        assert hf_prompt_lookup(cloud, ids, 24, gamma=4, max_ngram=3).tokens == plain.tokens, prompt.id
         accepted += spec.metrics["accepted"]
     assert accepted > 0  # otherwise the check above compares plain decoding with itself
 
