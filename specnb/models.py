@@ -1,4 +1,4 @@
-"""Model specs, loading (local folder, Hugging Face id or ``zoo:`` name) and the pair check."""
+"""Model specs, loading (local folder, Hugging Face id, ``zoo:`` name, ``.gguf`` file or ``registry:`` name) and the pair check."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any, Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import zoo
+from . import gguf, registry, zoo
 from .dtypes import check_supported, parse_dtype, resolve_device, torch_dtype
 from .threads import thread_count
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load: ``name_or_path`` is a local folder, a Hugging Face id or ``zoo:NAME``.
+    """What to load: ``name_or_path`` is a local folder, a Hugging Face id, ``zoo:NAME``, a ``.gguf``
+    file or ``registry:NAME`` (a GGUF fetched by ``specnb models fetch NAME``, :mod:`specnb.registry`).
 
     ``dtype`` is a name or alias (see :mod:`specnb.dtypes`); ``device`` is ``auto`` (CUDA
     when present), ``cpu``, ``cuda`` or ``cuda:N``; ``threads`` caps the CPU threads this
@@ -62,6 +63,7 @@ class LoadedModel(TextIds):
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
+    source: dict[str, Any] | None = None  # a GGUF file's provenance (:func:`specnb.gguf.describe`)
 
     @property
     def vocab_size(self) -> int:
@@ -81,10 +83,16 @@ class LoadedModel(TextIds):
 
 
 def locate(name_or_path: str) -> str:
-    """Where ``from_pretrained`` should look: a zoo folder, a local folder, or the hub id as is."""
+    """Where ``from_pretrained`` should look: a zoo folder, a local folder, a GGUF file, or the hub id as is."""
     if name_or_path.startswith(zoo.PREFIX):
         return str(zoo.resolve(name_or_path))
+    if name_or_path.startswith(registry.PREFIX):
+        return str(registry.resolve(name_or_path))
     path = Path(name_or_path).expanduser()
+    if gguf.is_gguf(name_or_path):
+        if not path.is_file():
+            raise ValueError(f"GGUF file {name_or_path!r} does not exist; check the path")
+        return str(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"{name_or_path!r} is a folder without config.json; pass a Hugging Face model folder")
@@ -99,6 +107,10 @@ def load(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
     check_supported(spec.dtype, device)
     where = locate(spec.name_or_path)
+    source = None
+    if gguf.is_gguf(where):  # read once into a dense copy in the cache, loaded from there as a folder
+        folder, source = gguf.prepare(where, registry.models_home())
+        where = str(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         with thread_cap(spec.threads), _no_loading_bar():
@@ -111,7 +123,8 @@ def load(spec: ModelSpec) -> LoadedModel:
             "'zoo:tiny-edge' / 'zoo:tiny-cloud'."
         ) from err
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=torch_dtype(spec.dtype))
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=torch_dtype(spec.dtype),
+                       source=source)
 
 
 @contextlib.contextmanager

@@ -181,7 +181,8 @@ def model_info(m: Any) -> dict[str, Any]:
 
     return {"model": m.spec.name_or_path, "dtype": parse_dtype(m.dtype), "device": str(m.device),
             "device_class": device_class(m.device), "device_name": device_name(m.device),
-            "threads": threads.resolve(m.spec.threads), "threads_set": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters())}
+            "threads": threads.resolve(m.spec.threads), "threads_set": m.spec.threads, "parameters": sum(t.numel() for t in m.model.parameters()),
+            **({"gguf": m.source} if getattr(m, "source", None) else {})}
 
 
 def decoder(method: str, models: dict[str, Any], p: MethodParams) -> Callable[[str | list[int], int], Generation]:
