@@ -102,7 +102,7 @@ def describe(path: str | os.PathLike, digest: str | None = None) -> dict[str, An
 
 def prepare(path: str | os.PathLike, cache: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """(folder of the file's dense copy, the file's record): the copy is made on the first load only."""
-    from .runinfo import read_json
+    from .measure.provenance import read_json
 
     require()
     path = Path(path).expanduser().resolve()
@@ -129,7 +129,7 @@ def dense_copy(source: dict[str, Any], cache: str | os.PathLike) -> Path:
     Made in a temporary folder beside the target and renamed into place, so a crash leaves no half
     copy and two processes making it at once both end with one complete folder.
     """
-    from .runinfo import write_json_atomic
+    from .measure.provenance import write_json_atomic
 
     folder = dense_folder(source["sha256"], cache)
     if is_complete(folder):

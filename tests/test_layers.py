@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("specnb._version", "specnb.threads", "specnb.prompts", "specnb.chat", "specnb.zoo",
               "specnb.zoo.corpus", "specnb.zoo.tokenizer", "specnb.zoo.train")),
     ("measure", ("specnb.measure",)),
-    ("models", ("specnb.dtypes", "specnb.models")),
+    ("models", ("specnb.dtypes", "specnb.models", "specnb.gguf", "specnb.registry")),
     ("decode", ("specnb.decode",)),
     ("study / link", ("specnb.study", "specnb.link")),
     ("report", ("specnb.report",)),

@@ -111,7 +111,7 @@ def test_failed_download_and_unknown_name_are_one_error_each(tmp_path, monkeypat
 
 def test_registry_names_are_checked_where_models_are_named(tmp_path, monkeypatch):
     """params YAML / notebook parameters: a model not fetched (or unknown) fails before any cell runs."""
-    from specnb.params import ParamsError, check_model_exists
+    from specnb.study.params import ParamsError, check_model_exists
 
     monkeypatch.setenv(registry.ENV, str(tmp_path))
     with pytest.raises(ParamsError, match=f"cloud_model: registry model '{NAME}' is not fetched.*specnb models fetch {NAME}"):
@@ -169,7 +169,7 @@ def spec_bench():
 
 
 def test_gguf_provenance_is_recorded(cloud, gguf_file):
-    from specnb.experiment import model_info
+    from specnb.study.experiment import model_info
 
     info = model_info(cloud)["gguf"]
     assert info["file"] == str(gguf_file.resolve())
@@ -217,7 +217,7 @@ def test_chat_template_renders_as_the_tokenizers_own(cloud, spec_bench):
 def test_prompt_lookup_greedy_equals_the_clouds_greedy_output(cloud, spec_bench):
     """On trained weights and real prompts, with drafts accepted: token-identical to plain greedy decoding,
     and to Hugging Face's prompt lookup (the peer ``specnb bench`` compares it with)."""
-    from specnb.peers import hf_prompt_lookup
+    from specnb.decode.hf_reference import hf_prompt_lookup
 
     prompting = Prompting(cloud.tokenizer, "auto")
     accepted = 0
@@ -232,7 +232,7 @@ def test_prompt_lookup_greedy_equals_the_clouds_greedy_output(cloud, spec_bench)
 
 
 def test_drift_of_half_precisions_is_measured_against_the_float32_floor(gguf_file, spec_bench):
-    from specnb import drift
+    from specnb.report import drift
 
     rows = drift.measure(MODEL, spec_bench[:2], 12, dtypes=("float32", "float16", "bfloat16"), threads=1,
                          progress=False, chat_template="auto")
@@ -248,8 +248,8 @@ def test_drift_of_half_precisions_is_measured_against_the_float32_floor(gguf_fil
 
 def test_a_method_run_by_short_name_records_the_gguf(gguf_file, tmp_path):
     """``cloud_model: registry:NAME`` through the run a notebook makes (``-p cloud_model`` / params YAML)."""
-    from specnb import experiment
-    from specnb.params import MethodParams
+    from specnb.study import experiment
+    from specnb.study.params import MethodParams
 
     p = MethodParams(cloud_model=MODEL, cloud_device="cpu", cloud_threads=1, prompts=str(SPEC_BENCH),
                      num_prompts=1, max_new_tokens=6, warmup=0, reps=1, chat_template="auto",
@@ -271,8 +271,8 @@ def test_cli_lists_the_fetched_model(gguf_file, capsys):
 
 def test_the_smollm2_preset_validates(gguf_file):
     """params/smollm2_cpu.yaml: its model name resolves once fetched; every cell is the real cloud, templated."""
-    from specnb.grid import expand
-    from specnb.params import load_grid_params
+    from specnb.grid.cells import expand
+    from specnb.study.params import load_grid_params
 
     cells = expand(load_grid_params(ROOT / "params" / "smollm2_cpu.yaml"), "/tmp/specnb-never-written")
     assert len(cells) == 12 and len({c.cell_id for c in cells}) == 12
