@@ -71,5 +71,9 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
 
 def print_headline(run_dir: Path) -> None:
     """The run's fair speed-ups with their intervals and verdicts, printed in the terminal (the
-    summary notebook opens with the same table)."""
-    print(headline_text(run_dir))
+    summary notebook opens with the same table). The cells are done by then: a record the table
+    cannot read is said in one line, and the run's exit code stays the cells'."""
+    try:
+        print(headline_text(run_dir))
+    except Exception as err:  # noqa: BLE001 - the results are on disk; say why there is no table
+        print(f"no headline table: {type(err).__name__}: {err} (the records are in {run_dir / 'cells'})", file=sys.stderr)
