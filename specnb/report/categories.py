@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..prompts import SPEC_BENCH_TASKS
 from .fairness import _interval, speedups
-from .frame import METHOD_NAMES, NA, results_frame
+from .frame import METHOD_NAMES, NA, results_frame, speedup_text
 
 
 CATEGORY_LABELS = {"mt_bench": "multi-turn conversation / 多轮对话", "translation": "translation / 翻译",
@@ -94,12 +94,6 @@ def category_table(records: list[dict[str, Any]], *, tasks: dict[str, str] | Non
     return pd.DataFrame(out, columns=CATEGORY_COLUMNS)
 
 
-def _speedup_text(speedup: float, low: float, high: float) -> str:
-    """``1.52x (1.40-1.63)``; without the interval for a run timed once; "–" when not quoted."""
-    if pd.isna(speedup):
-        return NA
-    return f"{speedup:.2f}x" + ("" if pd.isna(low) else f" ({low:.2f}-{high:.2f})")
-
 
 def category_view(table: pd.DataFrame, value: str = "speedup", same_output_only: bool = True) -> pd.DataFrame:
     """Spec-Bench's layout of :func:`category_table`: one row per run, one column per category, then overall.
@@ -112,7 +106,7 @@ def category_view(table: pd.DataFrame, value: str = "speedup", same_output_only:
     if t.empty:
         return pd.DataFrame()
     if value == "speedup":
-        cells = [_speedup_text(*v) for v in zip(t["speedup"], t["speedup_low"], t["speedup_high"])]
+        cells = [speedup_text(*v) for v in zip(t["speedup"], t["speedup_low"], t["speedup_high"])]
     else:
         cells = [NA if pd.isna(v) else round(float(v), 4) for v in t[value]]
     wide = t.assign(value=cells).pivot(index="cell_id", columns="category", values="value")

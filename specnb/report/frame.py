@@ -132,3 +132,9 @@ def variant(method: str, setup: str) -> str:
     known = _methods.METHODS.get(method)
     fixed = known is not None and known.fixed_setup is not None  # one set-up only: its name says it
     return method if fixed or setup == "plain" else f"{method} ({setup})"
+
+def speedup_text(speedup: float, low: float, high: float) -> str:
+    """``1.52x (1.40-1.63)``; without the interval for a run timed once; "–" when not quoted."""
+    if pd.isna(speedup):
+        return NA
+    return f"{speedup:.2f}x" + ("" if pd.isna(low) else f" ({low:.2f}-{high:.2f})")
