@@ -44,6 +44,7 @@ class EdgeDrafter:
         self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
         self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
         self._cut = rebuild if "crop" in off else crop
+        self.suppress: torch.Tensor | None = None  # [vocab] bool: tokens it may not draft (a translating drafter's)
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         if settings != self.settings:  # another set-up than the one it was built for
@@ -65,6 +66,8 @@ class EdgeDrafter:
             inp = as_ids(seq[self.length:], self.model.device)
             for _ in range(g):
                 logits = self.steps.step(inp, self._keep_logits, self.vocab)[-1]
+                if self.suppress is not None:
+                    logits = logits.masked_fill(self.suppress, float("-inf"))
                 tok, q = pick(logits, self.temperature, self.settings.top_k, self.settings.top_p, self.generator)
                 tokens.append(self._on_draft(tok))
                 qs.append(q)
