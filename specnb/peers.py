@@ -10,6 +10,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 from .metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
 from .decoding import cache_size, thread_plan
 from .models import LoadedModel, check_pair, thread_cap
+from .translate import same_tokenizer
 
 
 def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -83,10 +84,15 @@ def hf_assisted(
     It compiles on first use, inside ``generate``: warm it up on the prompts before timing it. On a
     sliding-window cloud the static cache is at most the window long, and a run past the window is
     refused (Hugging Face cannot roll its static sliding layers back; the plain set-up can).
+
+    An edge with another tokenizer than the cloud's is passed as Hugging Face asks (``tokenizer=``,
+    ``assistant_tokenizer=``): its universal assisted generation, the peer of :mod:`specnb.translate`.
+    Its counts are read off the calls as above (its assistant may take several tokens in its first
+    call of a round: still one call, so ``drafted`` counts calls, not tokens).
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
-    check_pair(edge, cloud)
+    universal = _tokenizers(edge, cloud)
     ids = torch.tensor([cloud.encode(prompt)], device=cloud.device)
     cfg = edge.model.generation_config
     cfg.num_assistant_tokens = gamma
@@ -106,7 +112,7 @@ def hf_assisted(
             out = cloud.model.generate(
                 ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
-                pad_token_id=eos[0] if eos else None, **sampling, **fast,
+                pad_token_id=eos[0] if eos else None, **sampling, **fast, **universal,
             )
     finally:
         c_hook.remove()
@@ -119,6 +125,16 @@ def hf_assisted(
         peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
     )
     return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)
+
+
+def _tokenizers(edge: LoadedModel, cloud: LoadedModel) -> dict:
+    """``generate`` keywords for the pair: none for one tokenizer (checked as :func:`check_pair` does); for
+    two, both tokenizers, which switches Hugging Face to its universal assisted generation (text-level
+    re-tokenization when greedy, the token-level intersection when sampling), as its docs ask."""
+    if same_tokenizer(edge, cloud):
+        check_pair(edge, cloud)
+        return {}
+    return {"tokenizer": cloud.tokenizer, "assistant_tokenizer": edge.tokenizer}
 
 
 def hf_prompt_lookup(

@@ -320,7 +320,8 @@ class TranslatingDrafter:
     """
 
     def __init__(self, inner: Drafter, edge_tokenizer: Any, cloud_tokenizer: Any, settings: RoundSettings, *,
-                 edge_vocab: int | None = None, cloud_vocab: int | None = None, lookbehind: int = LOOKBEHIND):
+                 edge_vocab: int | None = None, cloud_vocab: int | None = None, lookbehind: int = LOOKBEHIND,
+                 max_steps: int = 2, beyond: int = 0):
         if not isinstance(lookbehind, int) or lookbehind < 1:
             raise ValueError(f"lookbehind must be a positive integer, got {lookbehind!r}")
         self.inner = inner
@@ -328,6 +329,7 @@ class TranslatingDrafter:
         self.cloud_vocab = cloud_vocab or len(cloud_tokenizer)
         self.edge_vocab = edge_vocab or len(edge_tokenizer)
         self.lookbehind = lookbehind
+        self.max_steps, self.beyond = max_steps, beyond
         self.settings = settings
         self.sampling = settings.rule == "sample"
         self.steps = getattr(inner, "steps", None)  # the loop guards compiled steps it finds here
@@ -380,14 +382,22 @@ class TranslatingDrafter:
             self.counts["held_rounds"] += 1
             return [], None
         self._sync_edge()
-        e_draft, q = self.inner.draft(self.e_ids, g)
         self.counts["translated_rounds"] += 1
-        if self.sampling:
+        e_draft, q = self.inner.draft(self.e_ids, g)
+        if self.sampling:  # one edge token, one cloud token
             e_draft, q = self._cut_unmapped(e_draft, q)
-        self._extend_edge(e_draft)
-        if self.sampling:
+            self._extend_edge(e_draft)
             return self._to_cloud_ids(e_draft, q)
-        return self._to_cloud_text(e_draft, g), None
+        self._extend_edge(e_draft)
+        drafted = list(e_draft)
+        ids, straddled = self._to_cloud_text(drafted)
+        while len(ids) < g + self.beyond and len(drafted) < self.max_steps * g:  # its text covers too few cloud tokens
+            more, _ = self.inner.draft(self.e_ids, min(g + self.beyond - len(ids), self.max_steps * g - len(drafted)))
+            self._extend_edge(more)
+            drafted += more
+            ids, straddled = self._to_cloud_text(drafted)
+        self.counts["boundary_mismatches"] += straddled
+        return ids[:g], None
 
     def rollback(self, length: int) -> None:
         """Nothing here: the next :meth:`draft` re-syncs both sides to the sequence that survived."""
@@ -448,7 +458,7 @@ class TranslatingDrafter:
         self.e_ids[keep:] = ids[r:]
         self.e_end[keep:] = ends[r:]
         self.e_text = bytearray(self.text)
-        self.inner.rollback(keep)
+        self.inner.rollback(min(keep, len(self.e_ids) - 1))  # its cache holds at most all but the last token
 
     def _extend_edge(self, e_draft: list[int]) -> None:
         piece = self.bridge.edge.piece
@@ -458,22 +468,22 @@ class TranslatingDrafter:
             self.e_end.append(len(self.e_text))
 
     # ---- the draft in the cloud's ids
-    def _to_cloud_text(self, e_draft: list[int], g: int) -> list[int]:
-        """The draft's text as cloud tokens that continue the cloud's sequence (see the module doc)."""
+    def _to_cloud_text(self, e_draft: list[int]) -> tuple[list[int], bool]:
+        """The draft's text as cloud tokens that continue the cloud's sequence (see the module doc), and
+        whether the cloud's tokenizer merged it into the sequence's last token (a boundary mismatch)."""
         end = len(self.text)
         data = valid_prefix(self.bridge.edge.render(e_draft))
         if not data:
-            return []
+            return [], False
         cloud = self.bridge.cloud
         start = self.c_end[len(self.c_end) - self.lookbehind - 1] if len(self.c_end) > self.lookbehind else 0
         while 0 < start < end and self.text[start] & 0xC0 == 0x80:  # never start inside a character
             start -= 1
         res = cloud.encode_after(bytes(self.text[start:]) + data, end - start, at_start=start == 0)
-        if res == "straddle":  # the cloud's tokenizer merges the draft into the sequence's last token
-            self.counts["boundary_mismatches"] += 1
+        straddled = res == "straddle"  # the cloud's tokenizer merges the draft into the sequence's last token
         if isinstance(res, str):
             res = cloud.encode_after(data, 0)  # the draft's text alone
-        return [] if isinstance(res, str) else res[0][:g]
+        return ([] if isinstance(res, str) else res[0]), straddled
 
     def _cut_unmapped(self, e_draft: list[int], q: torch.Tensor) -> tuple[list[int], torch.Tensor]:
         """Sampling: a draft token off the map can only come from an all-unmapped distribution: stop there."""

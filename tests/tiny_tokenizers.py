@@ -59,3 +59,36 @@ def build_sentencepiece(folder: Path | None = None, vocab_size: int = 500) -> Pr
     if folder is not None:
         fast.save_pretrained(folder)
     return fast
+
+
+def build_trained(folder: Path, tokenizer: PreTrainedTokenizerFast, *, seed: int, steps: int = 120,
+                  text: str | None = None, hidden: int = 64, layers: int = 2) -> Path:
+    """A tiny Llama trained for ``steps`` Adam steps on ``text`` (default: both texts of this module), saved
+    with its tokenizer. Two models trained on the same text, whatever their tokenizers, continue it the
+    same way: a pair whose drafts get accepted, so translation is measured, not only checked."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tiny_models import family_config
+
+    torch.manual_seed(seed)
+    config = family_config("llama", tokenizer, layers=layers, hidden=hidden)
+    config.initializer_range = 0.02
+    model = LlamaForCausalLM(config)
+    ids = torch.tensor(tokenizer(text or (TEXT + OTHER_TEXT), add_special_tokens=False)["input_ids"])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    window = 64
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - window - 1, (16,), generator=gen)
+        batch = torch.stack([ids[s:s + window + 1] for s in starts.tolist()])
+        loss = torch.nn.functional.cross_entropy(model(input_ids=batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
