@@ -293,11 +293,29 @@ def same_tokenizer(edge: Any, cloud: Any) -> bool:
     return edge.tokenizer.get_vocab() == cloud.tokenizer.get_vocab()
 
 
-def vocab_overlap(edge: Any, cloud: Any) -> float:
-    """Share of the edge's tokens whose bytes are one cloud token (1.0 for one tokenizer)."""
+def pair_info(edge: Any, cloud: Any) -> dict[str, Any]:
+    """What a result records about a pair's tokenizers: ``tokenizers`` ``same`` | ``different`` and
+    ``vocab_overlap``, the share of the edge's tokens whose bytes are one cloud token (1.0 for one
+    tokenizer). Refuses, by name, a tokenizer the translation cannot read (see :func:`token_bytes`)."""
     if same_tokenizer(edge, cloud):
-        return 1.0
-    return bridge(edge.tokenizer, cloud.tokenizer, edge.vocab_size, cloud.vocab_size).overlap
+        return {"tokenizers": "same", "vocab_overlap": 1.0, "edge_vocab": edge.vocab_size, "cloud_vocab": cloud.vocab_size}
+    overlap = bridge(edge.tokenizer, cloud.tokenizer, edge.vocab_size, cloud.vocab_size).overlap
+    return {"tokenizers": "different", "vocab_overlap": overlap, "edge_vocab": edge.vocab_size, "cloud_vocab": cloud.vocab_size}
+
+
+# counters a translating drafter adds to a generation's metrics, summed over a run's prompts
+TRANSLATION_COUNTS = ("translated_rounds", "boundary_mismatches", "retokenized", "held_rounds", "unmapped_stops")
+
+
+def translation_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The translation counters summed over prompt rows, with mismatches per translated round (empty
+    when no row drafted through a translation)."""
+    if not any("translated_rounds" in r for r in rows):
+        return {}
+    out = {k: sum(r.get(k) or 0 for r in rows) for k in TRANSLATION_COUNTS}
+    rounds = out["translated_rounds"]
+    out["mismatches_per_round"] = (out["boundary_mismatches"] + out["retokenized"]) / rounds if rounds else None
+    return out
 
 
 # ---------------------------------------------------------------------------- the drafter
