@@ -77,6 +77,16 @@ class EdgeDrafter:
         self.calls += g
         return draft, torch.stack(qs) if self.sampling else None
 
+    def catch_up(self, seq: list[int]) -> None:
+        """Feed ``seq[self.length:-1]`` in one eager call, so that the next :meth:`draft` feeds one token. For
+        a caller whose context grows by more than the 1 or 2 tokens a round feeds (a translating drafter
+        re-syncing its text), with compiled steps that take only those shapes."""
+        if len(seq) - 1 > self.length:
+            with thread_count(self.threads):
+                self.steps.prefill(seq[self.length:-1], self.vocab, self._keep_logits)
+            self.calls += 1
+            self.length = len(seq) - 1
+
     def rollback(self, length: int) -> None:
         keep = min(self.length, length)
         self._cut(self.steps.cache, self.length, keep)

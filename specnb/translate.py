@@ -54,6 +54,7 @@ import torch
 from .roles import Drafter, RoundSettings
 
 LOOKBEHIND = 8  # tokens re-encoded behind the end of a sequence, for the tokenizer's context
+EDGE_POSITIONS = 4  # an optimized edge's static cache holds this many of its tokens per cloud position
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -351,6 +352,8 @@ class TranslatingDrafter:
         self.settings = settings
         self.sampling = settings.rule == "sample"
         self.steps = getattr(inner, "steps", None)  # the loop guards compiled steps it finds here
+        self.compiled = getattr(self.steps, "compiled", None) is not None and hasattr(inner, "catch_up")
+        self.room = EDGE_POSITIONS * settings.max_len if settings.optimized else None  # a static cache's length
         if self.sampling:
             if not (self.bridge.edge_to_cloud >= 0).any():
                 raise ValueError("the edge and cloud tokenizers share no token, so the edge cannot draft for "
@@ -401,6 +404,9 @@ class TranslatingDrafter:
             return [], None
         self._sync_edge()
         self.counts["translated_rounds"] += 1
+        self._room(g)
+        if self.compiled:  # compiled steps take 1 or 2 new tokens: feed a longer re-synced context eagerly
+            self.inner.catch_up(self.e_ids)
         e_draft, q = self.inner.draft(self.e_ids, g)
         if self.sampling:  # one edge token, one cloud token
             e_draft, q = self._cut_unmapped(e_draft, q)
@@ -416,6 +422,12 @@ class TranslatingDrafter:
             ids, straddled = self._to_cloud_text(drafted)
         self.counts["boundary_mismatches"] += straddled
         return ids[:g], None
+
+    def _room(self, g: int) -> None:
+        if self.room is not None and len(self.e_ids) + self.max_steps * g > self.room:
+            raise ValueError(f"the edge's text takes {len(self.e_ids)} of its tokens, past the {self.room} its static "
+                             f"cache was sized for ({EDGE_POSITIONS} per cloud position); use optimized='cloud' or "
+                             "False for this pair (the edge's cache then grows)")
 
     def rollback(self, length: int) -> None:
         """Nothing here: the next :meth:`draft` re-syncs both sides to the sequence that survived."""
@@ -526,10 +538,7 @@ class TranslatingDrafter:
 def translating(edge: Any, cloud: Any, settings: RoundSettings, **kw: Any) -> TranslatingDrafter:
     """``edge`` (a loaded model) as a drafter in ``cloud``'s token ids (``cloud``: a loaded model or a remote
     cloud: anything with ``tokenizer`` and ``vocab_size``). ``kw``: :class:`TranslatingDrafter`'s options."""
-    if settings.optimized:
-        raise ValueError("an edge with another tokenizer than the cloud's drafts on a plain cache: re-syncing its "
-                         "context feeds it inputs of any length, which compiled fixed-shape steps refuse; use "
-                         "optimized='cloud' (the cloud's set-up alone) or optimized=False")
-    inner = edge.drafter(replace(settings, vocab=edge.vocab_size))
+    # the edge's sequence counts its own tokens: room for EDGE_POSITIONS of them per cloud position
+    inner = edge.drafter(replace(settings, vocab=edge.vocab_size, max_len=EDGE_POSITIONS * settings.max_len))
     return TranslatingDrafter(inner, edge.tokenizer, cloud.tokenizer, settings, edge_vocab=edge.vocab_size,
                               cloud_vocab=cloud.vocab_size, **kw)
