@@ -388,7 +388,7 @@ class TranslatingDrafter:
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         self._reset()
         self._sync_cloud(prompt_ids)
-        self._sync_edge()
+        self._sync_edge(cut_cache=False)  # the edge's cache is built by its begin, below
         if not self.e_ids:  # nothing the edge can read (a prompt of dropped special tokens): start from its EOS
             eos = getattr(self.bridge.edge.tokenizer, "eos_token_id", None)
             self.e_ids, self.e_end = [eos if eos is not None else 0], [0]
@@ -459,7 +459,7 @@ class TranslatingDrafter:
     def _end(self, count: int) -> int:
         return self.e_end[count - 1] if count > len(self.head) else 0
 
-    def _sync_edge(self) -> None:
+    def _sync_edge(self, cut_cache: bool = True) -> None:
         """Make the edge's tokens spell ``text``: keep those whose bytes survived, re-encode from an anchor."""
         survive = common_prefix(self.text, self.e_text)
         m = len(self.e_ids)
@@ -488,7 +488,8 @@ class TranslatingDrafter:
         self.e_ids[keep:] = ids[r:]
         self.e_end[keep:] = ends[r:]
         self.e_text = bytearray(self.text)
-        self.inner.rollback(min(keep, len(self.e_ids) - 1))  # its cache holds at most all but the last token
+        if cut_cache:
+            self.inner.rollback(min(keep, len(self.e_ids) - 1))  # its cache holds at most all but the last token
 
     def _extend_edge(self, e_draft: list[int]) -> None:
         piece = self.bridge.edge.piece

@@ -168,6 +168,14 @@ def test_edge_context_spells_the_cloud_text_every_round(pair):
     assert len(seen) > 3 and all(seen)
 
 
+def test_levers_off_keep_the_output_with_another_tokenizer(pair):
+    """The ablations of the plain loop (e.g. caches rebuilt instead of cropped) hold through the translation."""
+    want = autoregressive(pair["cloud"], PROMPTS[2], N).tokens
+    for lever in ("crop", "one_sync", "logits_to_keep"):
+        for _ in range(2):  # a second generation on the same models: nothing left over from the first
+            assert speculative(pair["bytelevel"], pair["cloud"], PROMPTS[2], N, gamma=3, levers_off=[lever]).tokens == want
+
+
 @pytest.mark.parametrize("optimized", [True, "edge", "cloud"])
 def test_optimized_set_ups_keep_the_output_with_another_tokenizer(pair, optimized):
     """Static caches (compiled or not): the edge re-syncs its context in one eager call, then drafts in the
