@@ -340,7 +340,7 @@ class TranslatingDrafter:
 
     def __init__(self, inner: Drafter, edge_tokenizer: Any, cloud_tokenizer: Any, settings: RoundSettings, *,
                  edge_vocab: int | None = None, cloud_vocab: int | None = None, lookbehind: int = LOOKBEHIND,
-                 max_steps: int = 2, beyond: int = 0):
+                 max_steps: int = 2):
         if not isinstance(lookbehind, int) or lookbehind < 1:
             raise ValueError(f"lookbehind must be a positive integer, got {lookbehind!r}")
         self.inner = inner
@@ -348,7 +348,7 @@ class TranslatingDrafter:
         self.cloud_vocab = cloud_vocab or len(cloud_tokenizer)
         self.edge_vocab = edge_vocab or len(edge_tokenizer)
         self.lookbehind = lookbehind
-        self.max_steps, self.beyond = max_steps, beyond
+        self.max_steps = max_steps  # greedy: edge steps per round, at most max_steps x gamma
         self.settings = settings
         self.sampling = settings.rule == "sample"
         self.steps = getattr(inner, "steps", None)  # the loop guards compiled steps it finds here
@@ -392,7 +392,7 @@ class TranslatingDrafter:
         if not self.e_ids:  # nothing the edge can read (a prompt of dropped special tokens): start from its EOS
             eos = getattr(self.bridge.edge.tokenizer, "eos_token_id", None)
             self.e_ids, self.e_end = [eos if eos is not None else 0], [0]
-        self.inner.begin(self.e_ids, replace(settings, vocab=self.edge_vocab))
+        self.inner.begin(self.e_ids, edge_settings(settings, self.edge_vocab))
         self._restrict()
 
     def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
@@ -415,8 +415,8 @@ class TranslatingDrafter:
         self._extend_edge(e_draft)
         drafted = list(e_draft)
         ids, straddled = self._to_cloud_text(drafted)
-        while len(ids) < g + self.beyond and len(drafted) < self.max_steps * g:  # its text covers too few cloud tokens
-            more, _ = self.inner.draft(self.e_ids, min(g + self.beyond - len(ids), self.max_steps * g - len(drafted)))
+        while len(ids) < g and len(drafted) < self.max_steps * g:  # its text covers too few cloud tokens
+            more, _ = self.inner.draft(self.e_ids, min(g - len(ids), self.max_steps * g - len(drafted)))
             self._extend_edge(more)
             drafted += more
             ids, straddled = self._to_cloud_text(drafted)
@@ -536,10 +536,15 @@ class TranslatingDrafter:
         return table[torch.tensor(e_draft, device=q.device)].tolist(), qc
 
 
+def edge_settings(settings: RoundSettings, edge_vocab: int) -> RoundSettings:
+    """The edge's own settings: its vocabulary, and room for EDGE_POSITIONS of its tokens per cloud position
+    (its sequence counts its own tokens; a static cache is sized by it)."""
+    return replace(settings, vocab=edge_vocab, max_len=EDGE_POSITIONS * settings.max_len)
+
+
 def translating(edge: Any, cloud: Any, settings: RoundSettings, **kw: Any) -> TranslatingDrafter:
     """``edge`` (a loaded model) as a drafter in ``cloud``'s token ids (``cloud``: a loaded model or a remote
     cloud: anything with ``tokenizer`` and ``vocab_size``). ``kw``: :class:`TranslatingDrafter`'s options."""
-    # the edge's sequence counts its own tokens: room for EDGE_POSITIONS of them per cloud position
-    inner = edge.drafter(replace(settings, vocab=edge.vocab_size, max_len=EDGE_POSITIONS * settings.max_len))
+    inner = edge.drafter(edge_settings(settings, edge.vocab_size))
     return TranslatingDrafter(inner, edge.tokenizer, cloud.tokenizer, settings, edge_vocab=edge.vocab_size,
                               cloud_vocab=cloud.vocab_size, **kw)
