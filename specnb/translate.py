@@ -340,7 +340,7 @@ class TranslatingDrafter:
 
     def __init__(self, inner: Drafter, edge_tokenizer: Any, cloud_tokenizer: Any, settings: RoundSettings, *,
                  edge_vocab: int | None = None, cloud_vocab: int | None = None, lookbehind: int = LOOKBEHIND,
-                 max_steps: int = 2):
+                 max_steps: int = 2, heal: bool = True):
         if not isinstance(lookbehind, int) or lookbehind < 1:
             raise ValueError(f"lookbehind must be a positive integer, got {lookbehind!r}")
         self.inner = inner
@@ -349,6 +349,7 @@ class TranslatingDrafter:
         self.edge_vocab = edge_vocab or len(edge_tokenizer)
         self.lookbehind = lookbehind
         self.max_steps = max_steps  # greedy: edge steps per round, at most max_steps x gamma
+        self.heal = heal  # greedy: token healing of the context's last token (see _healed_draft)
         self.settings = settings
         self.sampling = settings.rule == "sample"
         self.steps = getattr(inner, "steps", None)  # the loop guards compiled steps it finds here
@@ -382,7 +383,9 @@ class TranslatingDrafter:
         self.e_ids: list[int] = list(self.head)
         self.e_end: list[int | None] = [0] * len(self.head)
         self.e_text = bytearray()  # the bytes the edge's tokens spell (may run past ``text``: its draft)
-        self.counts = dict(translated_rounds=0, boundary_mismatches=0, retokenized=0, held_rounds=0, unmapped_stops=0)
+        self.counts = dict(translated_rounds=0, boundary_mismatches=0, retokenized=0, held_rounds=0, unmapped_stops=0,
+                           healed_rounds=0, heal_misses=0)
+        self._fresh = False
 
     # ---- the seam
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
@@ -407,21 +410,56 @@ class TranslatingDrafter:
         self._room(g)
         if self.compiled:  # compiled steps take 1 or 2 new tokens: feed a longer re-synced context eagerly
             self.inner.catch_up(self.e_ids)
-        e_draft, q = self.inner.draft(self.e_ids, g)
         if self.sampling:  # one edge token, one cloud token
+            e_draft, q = self.inner.draft(self.e_ids, g)
             e_draft, q = self._cut_unmapped(e_draft, q)
             self._extend_edge(e_draft)
             return self._to_cloud_ids(e_draft, q)
-        self._extend_edge(e_draft)
-        drafted = list(e_draft)
-        ids, straddled = self._to_cloud_text(drafted)
+        if self.heal and self._fresh and len(self.e_ids) > len(self.head) + 1 and self.e_end[-2] is not None:
+            ids = self._healed_draft(g)
+            if ids is not None:
+                return ids, None
+        return self._text_draft(g, b""), None
+
+    def _text_draft(self, g: int, pending: bytes) -> list[int] | None:
+        """Greedy: the edge drafts until its text covers ``g`` cloud tokens (at most ``max_steps`` x g steps); the
+        cloud tokens of that text. ``pending``: bytes the draft must start with, which the cloud already has
+        (token healing); None when the draft does not start with them."""
+        drafted: list[int] = []
+        ids: list[int] = []
+        straddled = False
         while len(ids) < g and len(drafted) < self.max_steps * g:  # its text covers too few cloud tokens
-            more, _ = self.inner.draft(self.e_ids, min(g - len(ids), self.max_steps * g - len(drafted)))
+            more, _ = self.inner.draft(self.e_ids, (g if not drafted else g - len(ids)) + (not drafted and bool(pending)))
             self._extend_edge(more)
             drafted += more
-            ids, straddled = self._to_cloud_text(drafted)
+            data = self.bridge.edge.render(drafted)
+            if not (data.startswith(pending) or pending.startswith(data)):
+                return None
+            ids, straddled = self._to_cloud_text(data[len(pending):])
         self.counts["boundary_mismatches"] += straddled
-        return ids[:g], None
+        return ids[:g]
+
+    def _healed_draft(self, g: int) -> list[int] | None:
+        """Token healing: the re-sync ended the edge's context with a token the cloud's text made (often a
+        short one, e.g. a lone space where the edge writes " jumps"); the edge drafts from before it, and its
+        draft counts only if it spells that token's bytes first. None (context restored) when it does not."""
+        last, end = self.e_ids[-1], self.e_end[-1]
+        start = self.e_end[-2]
+        pending = bytes(self.text[start:end])
+        del self.e_ids[-1], self.e_end[-1], self.e_text[start:]
+        base = len(self.e_ids)
+        self.inner.rollback(base - 1)
+        ids = self._text_draft(g, pending)
+        if ids is not None:
+            self.counts["healed_rounds"] += 1
+            return ids
+        self.counts["heal_misses"] += 1
+        del self.e_ids[base:], self.e_end[base:]  # drop the failed draft, put the token back
+        self.e_ids.append(last)
+        self.e_end.append(end)
+        self.e_text = bytearray(self.text[:end])
+        self.inner.rollback(base)
+        return None
 
     def _room(self, g: int) -> None:
         if self.room is not None and len(self.e_ids) + self.max_steps * g > self.room:
@@ -484,6 +522,7 @@ class TranslatingDrafter:
         while r < min(len(old), len(ids)) and old[r] == ids[r] and ends[r] is not None and self.e_end[a + r] == ends[r]:
             r += 1
         self.counts["retokenized"] += max(0, m - (a + r))  # surviving edge tokens split anew
+        self._fresh = len(ids) > r  # the context now ends with tokens of the cloud's text (token healing)
         keep = a + r
         self.e_ids[keep:] = ids[r:]
         self.e_end[keep:] = ends[r:]
@@ -499,11 +538,11 @@ class TranslatingDrafter:
             self.e_end.append(len(self.e_text))
 
     # ---- the draft in the cloud's ids
-    def _to_cloud_text(self, e_draft: list[int]) -> tuple[list[int], bool]:
-        """The draft's text as cloud tokens that continue the cloud's sequence (see the module doc), and
+    def _to_cloud_text(self, text: bytes) -> tuple[list[int], bool]:
+        """The draft's ``text`` as cloud tokens that continue the cloud's sequence (see the module doc), and
         whether the cloud's tokenizer merged it into the sequence's last token (a boundary mismatch)."""
         end = len(self.text)
-        data = valid_prefix(self.bridge.edge.render(e_draft))
+        data = valid_prefix(text)
         if not data:
             return [], False
         cloud = self.bridge.cloud

