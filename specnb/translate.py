@@ -10,8 +10,11 @@ ids on the round's side of the seam, so the verifier and the loop are unchanged.
   anchor ``lookbehind`` edge tokens back (so a word the cloud finished is re-split the way the edge would
   split it); the edge drafts ``g`` of its tokens greedily; their text is encoded by the cloud's tokenizer
   *together with* the cloud's last ``lookbehind`` tokens, and the draft is the cloud tokens after the
-  point where the cloud's sequence ends. Lossless whatever the translation does: the cloud verifies every
-  drafted id, so the output is the cloud's greedy output token for token.
+  point where the cloud's sequence ends. Token healing: when the edge's context ends with a token made
+  from the cloud's text (often a piece the edge would not write alone, e.g. a lone space before a word it
+  spells ``" jumps"``), the edge drafts from before that token and its draft counts only if it spells the
+  token's bytes first. Lossless whatever the translation does: the cloud verifies every drafted id, so
+  the output is the cloud's greedy output token for token.
   Assumes: both tokenizers are "text in, text out" (decoding a token sequence gives its bytes, see
   :func:`token_bytes`). Loses acceptance (never correctness) where: (a) the cloud's canonical split of
   ``tail + draft text`` merges across the end of its sequence (the cloud ended on ``" th"``, the edge
@@ -305,7 +308,8 @@ def pair_info(edge: Any, cloud: Any) -> dict[str, Any]:
 
 
 # counters a translating drafter adds to a generation's metrics, summed over a run's prompts
-TRANSLATION_COUNTS = ("translated_rounds", "boundary_mismatches", "retokenized", "held_rounds", "unmapped_stops")
+TRANSLATION_COUNTS = ("translated_rounds", "boundary_mismatches", "retokenized", "held_rounds", "unmapped_stops",
+                      "healed_rounds", "heal_misses")
 
 
 def translation_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -335,7 +339,8 @@ class TranslatingDrafter:
     draft text the cloud's tokenizer merged into the sequence's last token); ``retokenized`` (edge tokens
     re-split after the fact); ``held_rounds`` (no draft: the sequence ended inside a character);
     ``unmapped_stops`` (sampling: drafts cut because the edge's restricted distribution was empty);
-    ``vocab_overlap``.
+    ``healed_rounds`` / ``heal_misses`` (greedy: token healing kept / given up, the latter costing a
+    re-draft); ``vocab_overlap``.
     """
 
     def __init__(self, inner: Drafter, edge_tokenizer: Any, cloud_tokenizer: Any, settings: RoundSettings, *,

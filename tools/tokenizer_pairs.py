@@ -98,7 +98,7 @@ def main() -> int:
             }
             if key == "speculative" and name != "same":
                 rounds = tot("translated_rounds")
-                pair[key] |= {k: tot(k) for k in ("boundary_mismatches", "retokenized", "held_rounds")}
+                pair[key] |= {k: tot(k) for k in ("boundary_mismatches", "retokenized", "held_rounds", "healed_rounds", "heal_misses")}
                 pair[key]["mismatches_per_round"] = (tot("boundary_mismatches") + tot("retokenized")) / rounds
         # sampling (T = 1): acceptance only, over 3 seeds per prompt
         samp = [speculative(edge, cloud, p, n, gamma=g, verify="sample", temperature=1.0, seed=s) for p in prompts for s in range(3)]
