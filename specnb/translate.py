@@ -434,13 +434,16 @@ class TranslatingDrafter:
         ids: list[int] = []
         straddled = False
         while len(ids) < g and len(drafted) < self.max_steps * g:  # its text covers too few cloud tokens
-            more, _ = self.inner.draft(self.e_ids, (g if not drafted else g - len(ids)) + (not drafted and bool(pending)))
+            data = self.bridge.edge.render(drafted)
+            # while the pending bytes are not spelled yet, one token at a time: a miss costs one step
+            more, _ = self.inner.draft(self.e_ids, 1 if len(data) < len(pending) else g - len(ids))
             self._extend_edge(more)
             drafted += more
             data = self.bridge.edge.render(drafted)
             if not (data.startswith(pending) or pending.startswith(data)):
                 return None
-            ids, straddled = self._to_cloud_text(data[len(pending):])
+            if len(data) > len(pending):
+                ids, straddled = self._to_cloud_text(data[len(pending):])
         self.counts["boundary_mismatches"] += straddled
         return ids[:g]
 
