@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
@@ -108,7 +111,7 @@ def hf_assisted(
     fast = _static_setup(cloud, ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
     try:
         reset_peak_memory(edge.device, cloud.device)
-        with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
+        with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), _edge_kept(edge, cloud, universal), clock:
             out = cloud.model.generate(
                 ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
@@ -125,6 +128,30 @@ def hf_assisted(
         peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
     )
     return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)
+
+
+@contextlib.contextmanager
+def _edge_kept(edge: LoadedModel, cloud: LoadedModel, universal: dict) -> Iterator[None]:
+    """Undo what Hugging Face's universal assisted *sampling* does to the edge model in place: it swaps the
+    assistant's output layer for one pruned to the shared tokens and its input embedding for a remapping
+    one (``_PruneReindexingLMHead``, ``_MapInputEmbedding``; transformers 5.25), clears its repetition
+    penalty, and caches that translator per tokenizer pair. Left so, the edge is another model for every
+    later run (specnb's drafts crashed on its 285-row output layer). Restored after each call, and the
+    cached translator dropped so that the next call prunes afresh."""
+    if not universal:
+        yield
+        return
+    model = edge.model
+    inp, out, penalty = model.get_input_embeddings(), model.get_output_embeddings(), model.generation_config.repetition_penalty
+    try:
+        yield
+    finally:
+        model.set_input_embeddings(inp)
+        model.set_output_embeddings(out)
+        model.generation_config.repetition_penalty = penalty
+        from transformers.generation.candidate_generator import AssistantVocabTranslatorCache
+
+        AssistantVocabTranslatorCache._cache.pop(cloud.tokenizer, None)
 
 
 def _tokenizers(edge: LoadedModel, cloud: LoadedModel) -> dict:

@@ -264,6 +264,23 @@ def test_hf_universal_assisted_generation_is_the_peer(pair, edge):
     assert ran >= 1  # it crashed on 5 of these 6 prompts with the byte-level edge (transformers 5.25)
 
 
+def test_hf_universal_sampling_leaves_the_edge_model_as_it_was(pair):
+    """Hugging Face's universal assisted sampling prunes the assistant's output layer and remaps its input
+    embedding in place; hf_assisted puts them back, so the edge is the same model for what runs next."""
+    from specnb.peers import hf_assisted
+
+    edge, cloud = pair["bytelevel"], pair["cloud"]
+    before = (edge.model.get_input_embeddings(), edge.model.get_output_embeddings())
+    want = speculative(edge, cloud, PROMPTS[1], 8, gamma=2, verify="sample", temperature=1.0, seed=3).tokens
+    for seed in range(2):
+        try:
+            hf_assisted(edge, cloud, PROMPTS[1], 8, gamma=2, temperature=1.0, seed=seed)
+        except RuntimeError as err:
+            assert "cannot reshape tensor of 0 elements" in str(err)
+    assert (edge.model.get_input_embeddings(), edge.model.get_output_embeddings()) == before
+    assert speculative(edge, cloud, PROMPTS[1], 8, gamma=2, verify="sample", temperature=1.0, seed=3).tokens == want
+
+
 def test_through_a_real_specnb_serve(pair):
     """The cloud across a real gRPC link: its tokenizer travels in the hello, the edge translates locally."""
     from test_link import start_server, stop

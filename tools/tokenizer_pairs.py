@@ -7,7 +7,8 @@ Builds (in --out) a cloud and three edges trained briefly on the same text (test
 one with the cloud's tokenizer (the reference), one with another byte-level BPE, one SentencePiece-style;
 then, per edge, times the cloud alone, ``speculative`` and ``hf_assisted`` (greedy), interleaved over
 ``--reps`` repetitions on one thread each, and prints tokens/s over the cloud's with 95% intervals,
-acceptance, tokens per round, mismatches per round and vocabulary overlap; sampling acceptance (T=1) too.
+acceptance, tokens per round, mismatches per round and vocabulary overlap; sampling acceptance (T=1) too,
+and whether sampling is exact (first-token total variation from the cloud's distribution, both methods).
 Writes ``tokenizer_pairs.json`` in --out.
 """
 
@@ -26,6 +27,38 @@ PROMPTS = [
     "def parse(text):", "The quick brown", "class Stack:\n    def push(self, item):",
     "Unicode: café, naïve", "for i in range(10):\n", "while True:\n",
 ]
+
+
+# exactness of sampling: the first new token over TV_DRAWS seeds against the cloud's own distribution (T = 1),
+# on a prompt where the edge's likeliest next token is not one cloud token (for the pairs with two tokenizers)
+TV_PROMPTS = {"same": "class Stack:\n    def push(self, item):\n        self.items.",
+              "bytelevel": "class Stack:\n    def push(self, item):\n        self.items.",
+              "sentencepiece": "The quick brown fox"}
+TV_DRAWS = 400
+
+
+def first_token_tv(edge, cloud, text: str, draws: int) -> dict:
+    """Total variation between the cloud's next-token distribution and the first token that speculative
+    sampling (specnb, then Hugging Face) emits, over ``draws`` seeds: the 8 likeliest tokens + the rest."""
+    import torch
+
+    from specnb import speculative
+    from specnb.peers import hf_assisted
+
+    prompt = cloud.encode(text)
+    with torch.inference_mode():
+        p = torch.softmax(cloud.model(torch.tensor([prompt])).logits[0, -1, : cloud.vocab_size].float(), -1)
+    top = torch.topk(p, 8).indices
+    ref = torch.cat([p[top], (1 - p[top].sum()).view(1)])
+    out = {"prompt": text, "draws": draws}
+    for key, run in (("speculative", lambda s: speculative(edge, cloud, prompt, 2, gamma=1, verify="sample", temperature=1.0, seed=s)),
+                     ("hf_assisted", lambda s: hf_assisted(edge, cloud, prompt, 2, gamma=1, temperature=1.0, seed=s))):
+        counts = torch.zeros_like(p)
+        for s in range(draws):
+            counts[run(s).tokens[0]] += 1
+        emp = torch.cat([counts[top] / draws, (draws - counts[top].sum()).view(1) / draws])
+        out[key] = 0.5 * (emp - ref).abs().sum().item()
+    return out
 
 
 def main() -> int:
@@ -113,6 +146,7 @@ def main() -> int:
         pair["sampling"] = {"speculative_acceptance": acc(samp), "hf_acceptance": acc(hf_s),
                             "speculative_tokens_per_round": sum(x.metrics["new_tokens"] for x in samp) / sum(x.metrics["rounds"] for x in samp),
                             "hf_tokens_per_round": sum(x.metrics["new_tokens"] for x in hf_s) / sum(x.metrics["rounds"] for x in hf_s)}
+        pair["first_token_tv"] = first_token_tv(edge, cloud, TV_PROMPTS[name], TV_DRAWS)
         record["pairs"][name] = pair
         print(name, json.dumps(pair, indent=1, default=float), flush=True)
     record["torch_threads"] = torch.get_num_threads()
