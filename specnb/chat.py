@@ -26,8 +26,8 @@ The answer kept for the next turn is the method's decoded output (special tokens
 whitespace stripped), cut at ``max_new_tokens`` like any answer.
 
 Which tokenizer: the cloud's for every method with a cloud (the edge drafts in the cloud's token
-space, and :func:`specnb.models.check_pair` checks that the two tokenizers are one), the edge's
-for the edge alone. A cloud across the link brings its tokenizer files, template included.
+space: with one tokenizer directly, with another through :mod:`specnb.decode.translate`, which re-encodes
+the rendered text for the edge), the edge's for the edge alone. A cloud across the link brings its tokenizer files, template included.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ class EdgeDrafter:
         self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
         self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
         self._cut = cut_for(off)
+        self.suppress: torch.Tensor | None = None  # [vocab] bool: tokens it may not draft (a translating drafter's)
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         start_generation(self, prompt_ids, settings, lambda r: r._keep_logits, lambda: thread_count(self.threads))
@@ -56,6 +57,8 @@ class EdgeDrafter:
             inp = as_ids(seq[self.length:], self.model.device)
             for _ in range(g):
                 logits = self.steps.step(inp, self._keep_logits, self.vocab)[-1]
+                if self.suppress is not None:
+                    logits = logits.masked_fill(self.suppress, float("-inf"))
                 tok, q = pick(logits, self.temperature, self.settings.top_k, self.settings.top_p, self.generator)
                 tokens.append(self._on_draft(tok))
                 qs.append(q)
@@ -64,6 +67,16 @@ class EdgeDrafter:
         self.length = len(seq) + g - 1  # it fed seq + draft[:-1]
         self.calls += g
         return draft, torch.stack(qs) if self.sampling else None
+
+    def catch_up(self, seq: list[int]) -> None:
+        """Feed ``seq[self.length:-1]`` in one eager call, so that the next :meth:`draft` feeds one token. For
+        a caller whose context grows by more than the 1 or 2 tokens a round feeds (a translating drafter
+        re-syncing its text), with compiled steps that take only those shapes."""
+        if len(seq) - 1 > self.length:
+            with thread_count(self.threads):
+                self.steps.prefill(seq[self.length:-1], self.vocab, self._keep_logits)
+            self.calls += 1
+            self.length = len(seq) - 1
 
     def rollback(self, length: int) -> None:
         keep = min(self.length, length)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
@@ -11,6 +14,7 @@ from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_pe
 from ..models import LoadedModel, check_pair, thread_cap, thread_plan
 from .lookup import MAX_NGRAM
 from .steps import cache_size
+from .translate import same_tokenizer
 
 
 def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -84,10 +88,15 @@ def hf_assisted(
     It compiles on first use, inside ``generate``: warm it up on the prompts before timing it. On a
     sliding-window cloud the static cache is at most the window long, and a run past the window is
     refused (Hugging Face cannot roll its static sliding layers back; the plain set-up can).
+
+    An edge with another tokenizer than the cloud's is passed as Hugging Face asks (``tokenizer=``,
+    ``assistant_tokenizer=``): its universal assisted generation, the peer of :mod:`specnb.decode.translate`.
+    Its counts are read off the calls as above (its assistant may take several tokens in its first
+    call of a round: still one call, so ``drafted`` counts calls, not tokens).
     """
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
-    check_pair(edge, cloud)
+    universal = _tokenizers(edge, cloud)
     ids = torch.tensor([cloud.encode(prompt)], device=cloud.device)
     cfg = edge.model.generation_config
     cfg.num_assistant_tokens = gamma
@@ -103,11 +112,11 @@ def hf_assisted(
     fast = _static_setup(cloud, ids.shape[1] + max_new_tokens + gamma + 1) if optimized else {}
     try:
         reset_peak_memory(edge.device, cloud.device)
-        with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), clock:
+        with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]), _edge_kept(edge, cloud, universal), clock:
             out = cloud.model.generate(
                 ids, attention_mask=torch.ones_like(ids), assistant_model=edge.model,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos,
-                pad_token_id=eos[0] if eos else None, **sampling, **fast,
+                pad_token_id=eos[0] if eos else None, **sampling, **fast, **universal,
             )
     finally:
         c_hook.remove()
@@ -120,6 +129,40 @@ def hf_assisted(
         peak_mem_bytes=peak_memory_bytes(edge.device, cloud.device),
     )
     return Generation(tokens=new, text=cloud.decode(new), metrics=metrics)
+
+
+@contextlib.contextmanager
+def _edge_kept(edge: LoadedModel, cloud: LoadedModel, universal: dict) -> Iterator[None]:
+    """Undo what Hugging Face's universal assisted *sampling* does to the edge model in place: it swaps the
+    assistant's output layer for one pruned to the shared tokens and its input embedding for a remapping
+    one (``_PruneReindexingLMHead``, ``_MapInputEmbedding``; transformers 5.25), clears its repetition
+    penalty, and caches that translator per tokenizer pair. Left so, the edge is another model for every
+    later run (specnb's drafts crashed on its 285-row output layer). Restored after each call, and the
+    cached translator dropped so that the next call prunes afresh."""
+    if not universal:
+        yield
+        return
+    model = edge.model
+    inp, out, penalty = model.get_input_embeddings(), model.get_output_embeddings(), model.generation_config.repetition_penalty
+    try:
+        yield
+    finally:
+        model.set_input_embeddings(inp)
+        model.set_output_embeddings(out)
+        model.generation_config.repetition_penalty = penalty
+        from transformers.generation.candidate_generator import AssistantVocabTranslatorCache
+
+        AssistantVocabTranslatorCache._cache.pop(cloud.tokenizer, None)
+
+
+def _tokenizers(edge: LoadedModel, cloud: LoadedModel) -> dict:
+    """``generate`` keywords for the pair: none for one tokenizer (checked as :func:`check_pair` does); for
+    two, both tokenizers, which switches Hugging Face to its universal assisted generation (text-level
+    re-tokenization when greedy, the token-level intersection when sampling), as its docs ask."""
+    if same_tokenizer(edge, cloud):
+        check_pair(edge, cloud)
+        return {}
+    return {"tokenizer": cloud.tokenizer, "assistant_tokenizer": edge.tokenizer}
 
 
 def hf_prompt_lookup(

@@ -35,6 +35,7 @@ from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
 from .schedule import Schedule
 from .steps import Steps, no_compiling
+from .translate import same_tokenizer, translating
 from .verifying import CloudVerifier
 
 VERIFY_RULES = ("greedy", "sample", "rank")
@@ -157,6 +158,16 @@ def speculative_round(drafter: Drafter, verifier: Verifier, seq: list[int], g: i
     return draft[: verdict.accepted] + [verdict.token], len(draft), verdict.accepted
 
 
+def _has_tokenizer(side: Any) -> bool:
+    return hasattr(side, "tokenizer") and hasattr(side, "vocab_size")
+
+
+def _translates(edge: Any, cloud: Any) -> bool:
+    """The edge is a model with another tokenizer than the cloud's: it drafts through a translation
+    (:mod:`specnb.decode.translate`); a drafter passed as is (already a :class:`Drafter`) is never wrapped."""
+    return isinstance(edge, LoadedModel) and _has_tokenizer(cloud) and not same_tokenizer(edge, cloud)
+
+
 def _devices(*sides: Any) -> list[torch.device]:
     return [d for d in (getattr(s, "device", None) for s in sides) if isinstance(d, torch.device)]
 
@@ -219,19 +230,20 @@ def speculative(
     if text is None:
         raise TypeError("speculative needs a tokenizer on one side: pass a loaded model (specnb.load) as edge or cloud")
     ids = text.encode(prompt)
+    translate = _translates(edge, cloud)  # another tokenizer: the edge drafts through specnb.decode.translate
     c_opt = optimized in (True, "cloud")
     settings = RoundSettings(
         rule=verify, rank_k=rank_k, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, compile=compile,
         levers_off=off, max_len=len(ids) + max_new_tokens + plan.longest() + 1,
-        # both sides hold a tokenizer (a loaded model, a remote cloud): refuse a mismatch, share the vocabulary
-        vocab=check_pair(edge, cloud) if all(hasattr(x, "tokenizer") and hasattr(x, "vocab_size") for x in (edge, cloud)) else 0,
+        # both sides hold a tokenizer (a loaded model, a remote cloud): share the vocabulary, or translate
+        vocab=check_pair(edge, cloud) if _has_tokenizer(edge) and _has_tokenizer(cloud) and not translate else 0,
     )
     e_settings = replace(settings, optimized=optimized in (True, "edge"))
     c_settings = replace(settings, optimized=c_opt, widths=plan.widths() if c_opt else ())  # padded widths
     e_devs, c_devs = _devices(edge), _devices(cloud)
 
     with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]):
-        drafter = as_drafter(edge, e_settings)
+        drafter = translating(edge, cloud, e_settings) if translate else as_drafter(edge, e_settings)
         verifier = as_verifier(cloud, c_settings)
         try:
             reset_peak_memory(*e_devs, *c_devs)

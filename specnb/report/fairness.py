@@ -84,6 +84,8 @@ def fairness_audit(df: pd.DataFrame) -> pd.DataFrame:
         if len(ROLE_USE[row["method"]]) == 2 and (row["edge_dtype"] != row["cloud_dtype"]
                                                    or row["edge_class"] != row["cloud_class"]):
             rows.append(_within_audit(row))
+        if row.get("tokenizers") == "different":
+            rows.append(_tokenizer_audit(row))
     cols = ["kind", "cell_id", "reference", "comparison", "fair", "differs", "differs_zh", "verdict", "verdict_zh"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -121,6 +123,22 @@ def _within_audit(row: pd.Series) -> dict[str, Any]:
         "differs_zh": "；".join(f"{zh} {a} 与 {b} 不同" for _, zh, a, b in diff),
         "verdict": f"mixed set-up inside one run ({pair}): its acceptance rate reflects the mix",
         "verdict_zh": f"同一运行内配置不一致（{pair}）：接受率受此影响",
+    }
+
+
+def _tokenizer_audit(row: pd.Series) -> dict[str, Any]:
+    """A pair with two tokenizers: its output is still the cloud's (the translation is lossless), so its
+    speed-up stands; its acceptance measures the translation as well as the models."""
+    overlap = row.get("vocab_overlap")
+    share = f"{100 * overlap:.1f}%" if overlap is not None and not pd.isna(overlap) else "unknown"
+    return {
+        "kind": "tokenizers", "cell_id": row["cell_id"], "reference": None,
+        "comparison": f"{label(row)}: edge {row['edge_model']} / cloud {row['cloud_model']}", "fair": True,
+        "differs": f"tokenizers differ (vocabulary overlap {share})", "differs_zh": f"分词器不同（词表重合 {share}）",
+        "verdict": (f"different tokenizers: the edge drafts through a translation (overlap {share}); the output is "
+                    "still the cloud's, its acceptance rate also measures the translation"),
+        "verdict_zh": (f"分词器不同：边缘模型经转换后起草（词表重合 {share}）；输出仍与云端一致，"
+                       "其接受率同时反映了转换的损失"),
     }
 
 

@@ -85,6 +85,19 @@ def on_mixes(audit: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
                  "请与精度一致的运行对比。")]
 
 
+def on_tokenizers(audit: pd.DataFrame) -> list[Text]:
+    """Runs whose edge and cloud have different tokenizers (the edge drafted through a translation)."""
+    two = audit[audit["kind"] == "tokenizers"] if not audit.empty else audit
+    if two.empty:
+        return []
+    ids = ", ".join(two["cell_id"])
+    return [Text(f"{len(two)} run(s) pair models with different tokenizers ({ids}): the edge drafted through a "
+                 "translation, so their output is still the cloud's but their acceptance rate also measures the "
+                 "translation (vocabulary overlap and mismatches per round in the results table).",
+                 f"{len(two)} 个运行的两个模型分词器不同（{ids}）：边缘模型经转换后起草，输出仍与云端一致，"
+                 "但接受率同时反映了转换的损失（词表重合率与每轮不匹配数见结果表）。")]
+
+
 def on_drift(drift_summary: pd.DataFrame) -> list[Text]:
     """Drift in words: float32's noise floor first (when measured), then per low-precision dtype whether its
     greedy output departs from float32's, and whether float32's own noise between its two ways of computing
@@ -319,7 +332,7 @@ def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFram
     from .fairness import frame_records
 
     clock = clock_audit(frame_records(df)) if clock is None else clock
-    items = on_fairness(audit) + on_clock(clock, df) + on_failures(df) + on_mixes(audit, df)
+    items = on_fairness(audit) + on_clock(clock, df) + on_failures(df) + on_mixes(audit, df) + on_tokenizers(audit)
     if drift_summary is not None and not drift_summary.empty:
         items += on_drift(drift_summary)
     if acceptance is not None:

@@ -97,6 +97,9 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
     row["same_output"] = bool(known and known.reproduces_cloud(s))
     row.update({k: agg.get(k) for k in METRICS})
     row["num_prompts"] = agg.get("prompts", s.get("num_prompts"))
+    pair = rec.get("pair") or {}  # a pair with two tokenizers drafts through a translation (specnb.decode.translate)
+    row["tokenizers"], row["vocab_overlap"] = pair.get("tokenizers"), pair.get("vocab_overlap")
+    row["mismatches_per_round"] = agg.get("mismatches_per_round")
     row["timing"] = rec.get("timing")  # per-repetition entries and probes: intervals and the clock audit
     return row
 

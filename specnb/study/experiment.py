@@ -5,7 +5,8 @@ The record::
 
     {"schema", "status": "ok" | "failed", "error", "method", "settings": {every parameter, dtypes
      resolved, chat_template_applied}, "edge": {model, dtype, device, device_class, device_name,
-     threads} | None, "cloud": {...} | None, "prompting": {chat_template, applied, tokenizer},
+     threads} | None, "cloud": {...} | None, "pair": {tokenizers: same | different, vocab_overlap,
+     edge_vocab, cloud_vocab} (two-model methods), "prompting": {chat_template, applied, tokenizer},
      "prompts": [per-prompt row: id, turn, category, metrics (time metrics: the mean over
      repetitions), tokens, text, trace], "timing": {reps, entries: [(rep, prompt, tokens,
      seconds)], probes, start, end, host, lock, waited_s}, "threads", "warmup", "aggregate":
@@ -161,7 +162,9 @@ def settings_dict(method: str, p: MethodParams) -> dict[str, Any]:
 
 
 def load_models(method: str, p: MethodParams) -> dict[str, Any]:
-    """The LoadedModel of each role the method needs (the pair checked to share a tokenizer)."""
+    """The LoadedModel of each role the method needs (the pair checked: one tokenizer, or two that
+    :mod:`specnb.decode.translate` can read)."""
+    from ..decode.translate import pair_info, same_tokenizer
     from ..models import ModelSpec, check_pair, load
 
     out = {}
@@ -170,8 +173,11 @@ def load_models(method: str, p: MethodParams) -> dict[str, Any]:
             spec = ModelSpec(getattr(p, f"{role}_model"), dtype=_dtype(p, role),
                              device=getattr(p, f"{role}_device"), threads=getattr(p, f"{role}_threads"))
             out[role] = load(spec)
-    if len(out) == 2:
-        check_pair(out["edge"], out["cloud"])
+    if len(out) == 2:  # one tokenizer, or two the edge can draft through (specnb.decode.translate)
+        if same_tokenizer(out["edge"], out["cloud"]):
+            check_pair(out["edge"], out["cloud"])
+        else:
+            pair_info(out["edge"], out["cloud"])  # refuses a tokenizer the translation cannot read
     return out
 
 
@@ -269,7 +275,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     agg = summarize(**sums, ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
                     peak_mem_bytes=max((r.get("peak_mem_bytes") or 0 for r in rows), default=0),
                     compile_s=max((r.get("compile_s") or 0 for r in rows), default=0.0))
-    return agg | {"prompts": len(rows)}
+    from .translate import translation_totals
+    return agg | {"prompts": len(rows)} | translation_totals(rows)
 
 
 def rep_figures(timing: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +318,9 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
         with setup_section() as waited:  # never while another run is timed (a shared hold of the timing lock)
             models = load_models(method, p)
             record.update({role: model_info(m) for role, m in models.items()})
+            if len(models) == 2:
+                from .translate import pair_info
+                record["pair"] = pair_info(models["edge"], models["cloud"])
             prompting = prompting_for(models, p.chat_template)
             record["prompting"] = prompting.describe()
             record["settings"]["chat_template_applied"] = prompting.templated
