@@ -275,7 +275,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     agg = summarize(**sums, ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
                     peak_mem_bytes=max((r.get("peak_mem_bytes") or 0 for r in rows), default=0),
                     compile_s=max((r.get("compile_s") or 0 for r in rows), default=0.0))
-    from .translate import translation_totals
+    from ..decode.translate import translation_totals
     return agg | {"prompts": len(rows)} | translation_totals(rows)
 
 
@@ -319,7 +319,7 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
             models = load_models(method, p)
             record.update({role: model_info(m) for role, m in models.items()})
             if len(models) == 2:
-                from .translate import pair_info
+                from ..decode.translate import pair_info
                 record["pair"] = pair_info(models["edge"], models["cloud"])
             prompting = prompting_for(models, p.chat_template)
             record["prompting"] = prompting.describe()
