@@ -115,3 +115,46 @@ def test_prompt_lookup_keeps_its_rule_and_adaptive_caps_it_by_cost(models):
     assert plan.drafter is None
     g = speculative(PromptLookup(), cloud, PROMPTS[1], N, gamma=6, schedule="adaptive")
     assert g.tokens == autoregressive(cloud, PROMPTS[1], N).tokens
+
+
+def test_params_accept_every_schedule():
+    from typing import get_args
+
+    from specnb.decode.schedule import SCHEDULES
+    from specnb.study.params import MethodParams
+
+    assert get_args(MethodParams.model_fields["schedule"].annotation) == SCHEDULES
+
+
+def _delays(direction, sent_times):
+    return [round((direction.arrival(0, t) - t) * 1e3, 6) for t in sent_times]
+
+
+def test_link_profile_by_rounds_changes_the_delay_and_restarts_per_session():
+    from specnb.link.emulate import Direction, Link
+    from specnb.link.profile import LinkProfile
+
+    profile = LinkProfile.steps([(0, Link(rtt_ms=5)), (2, Link(rtt_ms=50)), (4, Link(rtt_ms=20))], by="round")
+    d = Direction(profile, 0)
+    sent = [10.0 * i for i in range(6)]  # far apart: no queueing behind the previous message
+    assert _delays(d, sent) == [2.5, 2.5, 25.0, 25.0, 10.0, 10.0]
+    d.restart()
+    assert _delays(d, [100.0]) == [2.5]
+
+
+def test_link_profile_by_elapsed_time_and_a_trace():
+    from specnb.link.emulate import Direction
+    from specnb.link.profile import LinkProfile
+
+    d = Direction(LinkProfile.trace([4, 40, 8], every=1.0, by="s"), 0)
+    assert _delays(d, [5.0, 5.5, 6.2, 7.0, 9.0]) == [2.0, 2.0, 20.0, 4.0, 4.0]
+
+
+def test_link_profile_refuses_bad_stages():
+    from specnb.link.emulate import Link
+    from specnb.link.profile import LinkProfile
+
+    with pytest.raises(ValueError, match="increasing starts beginning at 0"):
+        LinkProfile.steps([(1, Link(5)), (2, Link(50))])
+    with pytest.raises(ValueError, match="by='s' or by='round'|changes by"):
+        LinkProfile.steps([(0, Link(5))], by="minute")
