@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from specnb import ModelSpec, PromptLookup, autoregressive, load, speculative
-from specnb.decode.adaptive import (Calibration, Controller, Costs, best_length, expected_emitted, keep_drafting,
-                                    round_time)
+from specnb.decode.adaptive import (Calibration, Controller, Costs, best_length, continuation_pays, expected_emitted,
+                                    keep_drafting, round_time)
 from specnb.decode.schedule import Schedule
 
 PROMPTS = ["def parse(text):", "class Stack:\n    def push(self, item):", "for i in range(10):\n    print("]
@@ -31,6 +31,28 @@ def test_marginal_rule_stops_at_the_best_length_when_acceptance_is_steady(p, t_d
         prefix *= p
         emitted += prefix
     assert k == max(1, best_length([p] * cap, t_draft, a, b))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.6, 0.8, 0.95])
+@pytest.mark.parametrize("t_draft,a,b", [(0.002, 0.005, 0.0005), (0.002, 0.05, 0.0005), (0.01, 0.003, 0.001)])
+def test_lookahead_rule_agrees_with_the_marginal_rule_when_acceptance_is_steady(p, t_draft, a, b):
+    cap = 32
+    k, prefix, emitted = 1, p, 1 + p
+    while k < cap and continuation_pays(prefix, emitted, k, p, cap - k, t_draft, a, b):
+        k += 1
+        prefix *= p
+        emitted += prefix
+    assert k == max(1, best_length([p] * cap, t_draft, a, b))
+
+
+def test_lookahead_rides_over_one_unsure_token_where_the_marginal_rule_stops():
+    """Slow link, sure drafts (alpha 0.9), then one token at acceptance 0.3: one more at 0.3 does not pay
+    by itself, but the sure tokens after it do."""
+    t_draft, a, b = 0.002, 0.05, 0.0005
+    ps = [0.9, 0.9, 0.3]
+    prefix, emitted = 0.9 * 0.9 * 0.3, expected_emitted(ps)
+    assert not keep_drafting(prefix, emitted, 3, 0.3, t_draft, a, b)
+    assert continuation_pays(prefix, emitted, 3, 0.9, 13, t_draft, a, b)
 
 
 def test_best_length_grows_with_the_round_cost():

@@ -30,14 +30,24 @@ and costs ``T(k) = k t_d + a + b k`` (draft, then verify with the link). The con
     P_k p_{k+1} / (t_d + b)  >  E(k) / T(k)                                   (marginal rule)
 
 i.e. while the expected gain of one more token per its cost beats the round's current rate. The
-next token's ``p_{k+1}`` is unknown before it is drafted; the controller takes the last one's,
-``p_k`` (confidences run in streaks: easy spans, then hard ones), so the rule is a threshold on the
-calibrated acceptance that the controller moves each token::
+next token's ``p_{k+1}`` is unknown before it is drafted, and the marginal rule is myopic: a
+single unsure token among sure ones makes "one more" look bad although the tokens after it would pay
+(measured on the embedded pair through the link, a controller on the marginal rule with
+``p_{k+1} = p_k`` drafted 3-6 tokens a round where a fixed 12-16 was best, and ran at 0.80-0.87x
+of the best fixed gamma: docs/adaptive-gamma.md). So the controller looks ahead: after the k-th
+draft, with P_k and E(k) from the calibrated ``p_1..p_k`` of this round, it keeps drafting while
+*some* continuation of ``m`` more tokens (``m <= gamma - k``), each accepted with the run's mean
+acceptance ``alpha`` (the i.i.d. estimate over all judged drafts), beats stopping now::
 
-    keep drafting while  p_k > E(k) (t_d + b) / (P_k T(k))
+    keep drafting while  max_{1<=m<=gamma-k} E(k+m) / T(k+m)  >  E(k) / T(k),
+    E(k+m) = E(k) + P_k (alpha + alpha^2 + ... + alpha^m)
 
-A high RTT makes ``a``, hence ``T(k)``, large and the threshold low: drafts run long. A cheap link
-makes drafts stop at the first unsure token. Before the first round the controller knows no costs
+With a steady acceptance this stops exactly where the marginal rule does (the rate is unimodal in
+``k``); with ``P_k`` it still reads this round's confidences: unsure tokens shrink what every later
+token can add, so hard spans stop early and easy ones run to the cap.
+
+A high RTT makes ``a``, hence ``T(k)``, large: a lower P_k still pays, drafts run long. A cheap link
+makes drafts stop after the first unsure tokens. Before the first round the controller knows no costs
 and uses the ``confidence`` rule.
 
 Why it should beat a fixed gamma: a fixed gamma is tuned for the *average* acceptance and one
@@ -95,6 +105,23 @@ def keep_drafting(prefix: float, emitted: float, k: int, p_next: float, t_draft:
     return prefix * p_next * round_time(k, t_draft, a, b) > emitted * (t_draft + b)
 
 
+def continuation_pays(prefix: float, emitted: float, k: int, alpha: float, left: int,
+                      t_draft: float, a: float, b: float) -> bool:
+    """The lookahead rule: some draft of ``m`` more tokens (1 <= m <= ``left``), each accepted with the
+    run's mean acceptance ``alpha``, has a higher rate E(k+m) / T(k+m) than stopping now at E(k) / T(k).
+
+    With a steady acceptance it stops where :func:`keep_drafting` does; unlike it, it rides over a dip
+    (one unsure token among sure ones lowers P_k once, not the value of every token after it).
+    """
+    rate = emitted / round_time(k, t_draft, a, b)
+    for m in range(1, left + 1):
+        prefix *= alpha
+        emitted += prefix
+        if emitted / round_time(k + m, t_draft, a, b) > rate:
+            return True
+    return False
+
+
 def best_length(ps: list[float], t_draft: float, a: float, b: float) -> int:
     """argmax_k E(k) / T(k) over k = 0..len(ps), all acceptances known (the rule's target; for tests and docs)."""
     return max(range(len(ps) + 1), key=lambda k: expected_emitted(ps[:k]) / round_time(k, t_draft, a, b))
@@ -127,6 +154,10 @@ class Calibration:
         b = self._bin(c)
         centre = (b + 0.5) / self.bins
         return (self.hits[b] + self.prior * centre) / (self.tries[b] + self.prior)
+
+    def mean(self) -> float:
+        """The run's acceptance of a judged draft, whatever its confidence (the i.i.d. alpha, +1/+2 prior)."""
+        return (sum(self.hits) + 1.0) / (sum(self.tries) + 2.0)
 
     def observe(self, confidences: list[float], accepted: int) -> None:
         for j, c in enumerate(confidences[: accepted + 1]):
@@ -173,9 +204,9 @@ class Costs:
 
 
 class Controller:
-    """The ``adaptive`` schedule's per-token stop rule (the module's marginal rule), learning as it goes.
+    """The ``adaptive`` schedule's per-token stop rule (the module's lookahead rule), learning as it goes.
 
-    ``begin_round()`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
+    ``begin_round(cap)`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
     ``observe(...)`` after the round, with the confidences of what was drafted.
     """
 
@@ -184,8 +215,8 @@ class Controller:
         self.costs = costs or Costs()
         self.begin_round()
 
-    def begin_round(self) -> None:
-        self._prefix, self._emitted = 1.0, 1.0
+    def begin_round(self, cap: int = 16) -> None:
+        self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
         if self.costs.known:
             self._t_draft = self.costs.t_draft
             self._a, self._b = self.costs.line()
@@ -196,7 +227,8 @@ class Controller:
         p = self.calibration.p(confidence)
         self._prefix *= p
         self._emitted += self._prefix
-        return not keep_drafting(self._prefix, self._emitted, k, p, self._t_draft, self._a, self._b)
+        return not continuation_pays(self._prefix, self._emitted, k, self.calibration.mean(), self._cap - k,
+                                     self._t_draft, self._a, self._b)
 
     def observe(self, confidences: list[float], drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         self.calibration.observe(confidences[:drafted], accepted)

@@ -88,7 +88,7 @@ class Schedule:
         if priced and self.rounds and self.drafted:
             self.current = self._best_by_cost()
         if self.controller is not None:
-            self.controller.begin_round()
+            self.controller.begin_round(self.current)
         return self.current
 
     def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
