@@ -153,6 +153,8 @@ class Calibration:
     def p(self, c: float) -> float:
         b = self._bin(c)
         centre = (b + 0.5) / self.bins
+        if sum(self.tries) >= self.bins:  # enough judged drafts: shrink towards the run's mean, not the confidence
+            centre = self.mean()
         return (self.hits[b] + self.prior * centre) / (self.tries[b] + self.prior)
 
     def mean(self) -> float:
