@@ -13,7 +13,7 @@ import sys
 SUBCOMMANDS = {
     # name: (module, one-line help)
     "grid": ("specnb.grid.cli", "run a params YAML grid of notebooks with papermill, then the summary and audit"),
-    "bench": ("specnb.bench.ratios", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
+    "bench": ("specnb.bench.cli", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
     "demo": ("specnb.study.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
     "summarize": ("specnb.grid.summarize", "re-run the precision analysis and summary notebooks on a run folder"),
     "serve": ("specnb.link.serve", "serve a cloud model as the verifier of edge-cloud speculation, over gRPC"),

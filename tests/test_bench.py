@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from specnb.bench import ratios as bench
+from specnb.bench import passes, ratios, variants
 from specnb.measure.clock import probe_summary
 from specnb.measure import stats
 from specnb.cli import build_parser, main
@@ -116,19 +116,19 @@ def test_bench_help_gives_every_option_a_description_and_its_default():
 
 def test_bench_record_reads_into_the_summary_tables(quick_run):
     """The summary notebook's view of a bench record: ratios with goals, the lever table, the methods."""
-    from specnb.report import plots, frame as report
+    from specnb.report import plots, bench_records
 
     _, _, folder = quick_run
     (folder / "bench-other.json").write_text('{"kind": "something else"}')
-    [rec] = report.load_bench(folder)
-    ratios = report.bench_ratios(rec).set_index("ratio")
+    [rec] = bench_records.load_bench(folder)
+    table = bench_records.bench_ratios(rec).set_index("ratio")
     r = rec["ratios"]
-    assert ratios.loc["R2", "value"] == r["R2"] and ratios.loc["R2", "goal"] == 1.3
-    assert bool(ratios.loc["R1", "met"]) == (r["R1"] >= 1.5)
-    assert bool(ratios.loc["loop overhead", "met"]) == (r["loop_overhead"] <= 0.10)
-    assert ratios.loc["R2 plain / hf_assisted", "value"] == r["R2_same_stack"]
-    assert list(report.bench_levers(rec)["lever"]) == [row["lever"] for row in rec["levers"]]
-    assert len(report.bench_methods(rec)) == len(rec["methods"])
+    assert table.loc["R2", "value"] == r["R2"] and table.loc["R2", "goal"] == 1.3
+    assert bool(table.loc["R1", "met"]) == (r["R1"] >= 1.5)
+    assert bool(table.loc["loop overhead", "met"]) == (r["loop_overhead"] <= 0.10)
+    assert table.loc["R2 plain / hf_assisted", "value"] == r["R2_same_stack"]
+    assert list(bench_records.bench_levers(rec)["lever"]) == [row["lever"] for row in rec["levers"]]
+    assert len(bench_records.bench_methods(rec)) == len(rec["methods"])
     drawn = plots.bench(rec).axes[0]
     assert [t.get_text() for t in drawn.get_yticklabels()] == [m["label"] for m in rec["methods"]]
     assert sorted(round(b.get_width(), 6) for b in drawn.patches if b.get_width()) == sorted(
@@ -143,8 +143,8 @@ def _table(speed: float, reps: int, tokens: np.ndarray, rng: np.random.Generator
     return [[(int(n), float(n / speed * (1 + noise * rng.standard_normal()))) for n in tokens] for _ in range(reps)]
 
 
-def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: int = 0) -> list[bench.Variant]:
-    """The methods :func:`bench.ratios` and :func:`bench.lever_table` need, with made-up tables."""
+def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: int = 0) -> list[variants.Variant]:
+    """The methods :func:`ratios.ratios` and :func:`ratios.lever_table` need, with made-up tables."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(20, 40, size=prompts)  # greedy: every method emits the same tokens per prompt
     kinds = {"cloud": ("cloud", None, None), "cloud_optimized": ("cloud_optimized", None, None), "edge": ("edge", None, None)}
@@ -163,7 +163,7 @@ def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: 
                 lever = rest.partition(" ")[2] or None
             else:
                 gamma, schedule = 4, rest
-        m = bench.Variant(label, kind, run=lambda p: None, gamma=gamma, schedule=schedule, optimized=optimized, lever=lever,
+        m = variants.Variant(label, kind, run=lambda p: None, gamma=gamma, schedule=schedule, optimized=optimized, lever=lever,
                          table=_table(speed, reps, tokens, rng), accepted=80, drafted=100, rejected_rounds=20, rounds=30,
                          verify_s=0.3, model_share=None if optimized or kind == "cloud_optimized" else 0.9)
         out.append(m)
@@ -181,7 +181,7 @@ SPEEDS = {"cloud": 50.0, "cloud_optimized": 60.0, "edge": 400.0,
 def test_ratios_carry_paired_intervals_of_the_right_tables():
     ms = _synthetic(SPEEDS)
     by = {m.label: m for m in ms}
-    r = bench.ratios(ms, 1 / by["edge"].tokens_per_s, 1 / by["cloud"].tokens_per_s)
+    r = ratios.ratios(ms, 1 / by["edge"].tokens_per_s, 1 / by["cloud"].tokens_per_s)
     ivs = r["intervals"]
     assert r["best_gamma"] == 2 and r["R1_method"] == "spec+opt g=2" and r["R2_method"] == "spec+opt g=2"
     expected = stats.ratio_interval(np.asarray(by["spec+opt g=2"].table), np.asarray(by["cloud_optimized"].table),
@@ -192,8 +192,8 @@ def test_ratios_carry_paired_intervals_of_the_right_tables():
     # the same-stack ratio at g=4 is 90 / 89: the interval holds 1.0, said in words
     g4 = ivs["R2_same_stack_by_gamma g=4"]
     assert g4["denominator"] == "hf_assisted g=4" and not g4["measurable"]
-    assert bench.ci_text(g4).endswith("no measurable difference")
-    assert "no measurable difference" not in bench.ci_text(ivs["R1"])
+    assert ratios.ci_text(g4).endswith("no measurable difference")
+    assert "no measurable difference" not in ratios.ci_text(ivs["R1"])
     assert ivs["speedup_vs_cloud"]["denominator"] == "cloud" and r["speedup_vs_cloud"] == ivs["speedup_vs_cloud"]["value"]
     assert set(r["R2_by_gamma"]) == {2, 4} and r["R2_by_gamma"][4] == ivs["R2_by_gamma g=4"]["value"]
     assert ivs["R2_by_gamma g=4"]["numerator"] == "spec+opt g=4"  # the faster of ours at that gamma
@@ -207,7 +207,7 @@ def test_ratios_carry_paired_intervals_of_the_right_tables():
 
 def test_lever_gains_carry_intervals_and_the_range_over_reps():
     ms = _synthetic(SPEEDS)
-    rows = {row["lever"]: row for row in bench.lever_table(ms)}
+    rows = {row["lever"]: row for row in ratios.lever_table(ms)}
     edge = rows["edge compiled"]
     assert math.isclose(edge["gain"], 2.0, rel_tol=0.1) and edge["measurable"]
     assert edge["gain_low"] <= edge["gain"] <= edge["gain_high"] and edge["gain_min"] <= edge["gain_max"]
@@ -230,10 +230,10 @@ def test_timed_reps_keep_a_table_per_method_and_probe_between_reps(tmp_path, mon
                 "rounds": 1, "verify_s": None})
         return run
 
-    ms = [bench.Variant(label, "speculative", fake(label)) for label in ("a", "b", "c")]
+    ms = [variants.Variant(label, "speculative", fake(label)) for label in ("a", "b", "c")]
     prompts = ["x", "yy", "zzz", "wwww"]
     with timed_section() as section:
-        bench.timed_reps(ms, prompts, 3, section)
+        passes.timed_reps(ms, prompts, 3, section)
     for m in ms:
         assert np.asarray(m.table).shape == (3, 4, 2)
         assert [n for n, _ in m.table[0]] == [1, 2, 3, 4]  # prompts in the same order in every rep: pairable

@@ -109,6 +109,8 @@ def test_cli_failing_cell_isolated_and_manifest(tmp_path, fake_models, fake_note
     # resume re-runs only the failed cells (now passing)
     again = run_grid(params, out, fake_notebooks, env={"FAKE_FAIL_DTYPE": "none"})
     assert again.returncode == 0, again.stderr
+    # the run ends with its headline: here the fake cells record no speeds, so there is none to quote
+    assert again.stdout.rstrip().splitlines()[-1] == "no fair speed-up to quote (see audit.csv for why)", again.stdout
     inv = json.loads((out / "manifest.json").read_text())["invocations"]
     assert sorted(inv[-1]["cells_to_run"]) == ["cloud-float16", "speculative-float16"]
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from specnb.report.frame import SPEEDUP_COLUMNS
-from specnb.report.headline import headline, headline_text, verdict
+from specnb.report.fairness import SPEEDUP_COLUMNS
+from specnb.grid.analysis import headline_text
+from specnb.report.headline import headline, verdict
 
 EXAMPLE_RUN = Path(__file__).resolve().parents[1] / "notebooks" / "example_run"
 

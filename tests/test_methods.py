@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from specnb.study import methods, params
-from specnb.report import frame as report
+from specnb.report import frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def test_every_method_has_its_notebook_and_derived_tables():
         assert (ROOT / "notebooks" / m.notebook).is_file(), m.notebook
         nb = (ROOT / "notebooks" / m.notebook).read_text()
         assert f"METHOD = '{name}'" in nb or f'METHOD = \\"{name}\\"' in nb
-    assert report.REFERENCES == {"plain": "cloud", "optimized": "cloud_optimized"}
+    assert frame.REFERENCES == {"plain": "cloud", "optimized": "cloud_optimized"}
 
 
 def test_relevant_fields_follow_roles_and_declared_parameters():

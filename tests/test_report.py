@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from specnb.report import frame as report
+from specnb.report import categories, fairness, frame, tables
 from specnb.study import methods
 
 
@@ -46,17 +46,17 @@ def study():
 
 
 def test_frame_has_one_row_per_cell_with_roles(study):
-    df = report.results_frame(study)
+    df = frame.results_frame(study)
     assert len(df) == 7 and list(df["method"].unique()) == ["edge", "cloud", "cloud_optimized", "speculative"]
     edge = df[df.cell_id == "edge-float32"].iloc[0]
     assert (edge.edge_dtype, edge.edge_class) == ("float32", "CPU") and pd.isna(edge.cloud_dtype)
-    failed = report.failed_cells(df)
+    failed = tables.failed_cells(df)
     assert list(failed.cell_id) == ["cloud-bfloat16"] and "boom" in failed.error[0]
 
 
 def test_audit_flags_dtype_and_device_class(study):
-    df = report.results_frame(study)
-    audit = report.fairness_audit(df).set_index(["kind", "cell_id"])
+    df = frame.results_frame(study)
+    audit = fairness.fairness_audit(df).set_index(["kind", "cell_id"])
     edge = audit.loc[("speed-up", "edge-float32")]
     # the edge baseline's fairest reference is the float32 cloud on GPU: the device class differs
     assert not edge.fair and edge.reference == "cloud_optimized-float32"
@@ -73,20 +73,20 @@ def test_audit_flags_dtype_and_device_class(study):
 
 
 def test_study_mix_edge_vs_float16_cloud_is_named():
-    df = report.results_frame([rec("edge-float32", "edge", edge=("float32", "cpu")),
+    df = frame.results_frame([rec("edge-float32", "edge", edge=("float32", "cpu")),
                                rec("cloud_optimized-float16", "cloud_optimized", cloud=("float16", "cuda"))])
-    a = report.fairness_audit(df).iloc[0]
+    a = fairness.fairness_audit(df).iloc[0]
     assert not a.fair and "Edge float32+CPU vs Cloud float16+GPU" in a.verdict
     assert "dtype float32 vs float16" in a.differs
 
 
 def test_speedups_only_when_fair(study):
-    df = report.results_frame(study)
-    sp = report.speedups(df).set_index("cell_id")
+    df = frame.results_frame(study)
+    sp = fairness.speedups(df).set_index("cell_id")
     assert sp.loc["speculative-mixed", "speedup"] == pytest.approx(60 / 40)  # plain vs the plain cloud
     # a plain loop against the optimized baseline is like with unlike: flagged, not quoted
     assert math.isnan(sp.loc["speculative-float32", "speedup"])
-    assert "set-up plain vs optimized" in report.fairness_audit(df).set_index("cell_id").loc["speculative-float32", "differs"]
+    assert "set-up plain vs optimized" in fairness.fairness_audit(df).set_index("cell_id").loc["speculative-float32", "differs"]
     assert math.isnan(sp.loc["edge-float32", "speedup"]) and not sp.loc["edge-float32", "same_output"]
     assert math.isnan(sp.loc["speculative-mixed", "speedup_low"])  # timed once: no interval
 
@@ -94,7 +94,7 @@ def test_speedups_only_when_fair(study):
 def test_optimized_runs_compare_with_cloud_optimized(study):
     study.append(rec("speculative-float32-opt", "speculative", edge=("float32", "cuda:0"), cloud=("float32", "cuda:0"),
                      tps=50, acc=0.75, optimized=True))
-    sp = report.speedups(report.results_frame(study)).set_index("cell_id")
+    sp = fairness.speedups(frame.results_frame(study)).set_index("cell_id")
     assert sp.loc["speculative-float32-opt", "reference"] == "cloud_optimized-float32"
     assert sp.loc["speculative-float32-opt", "speedup"] == pytest.approx(50 / 25)
     assert sp.loc["speculative-float32-opt", "setup"] == "optimized"
@@ -114,7 +114,7 @@ def test_speedup_interval_and_no_measurable_difference():
     recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.1, 0.9]),
             timed(rec("fast", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.55, 0.45], start=2),
             timed(rec("same", "hf_assisted", edge=("float32", "cpu"), **base), [1.05, 0.95, 1.0], start=4)]
-    sp = report.speedups(report.results_frame(recs)).set_index("cell_id")
+    sp = fairness.speedups(frame.results_frame(recs)).set_index("cell_id")
     fast, same = sp.loc["fast"], sp.loc["same"]
     assert fast.speedup == pytest.approx(2.0) and fast.speedup_low < 2.0 < fast.speedup_high and fast.measurable
     assert same.speedup_low < 1.0 < same.speedup_high and not same.measurable
@@ -132,12 +132,12 @@ def test_a_disturbed_clock_flags_every_speedup_using_the_cell():
     clock = clock_audit(recs).set_index("cell_id")
     assert bool(clock.loc["hf", "disturbed"]) and not clock.loc["spec", "disturbed"]
     assert "TIMING DISTURBED" in clock.loc["hf", "verdict"] and "计时受干扰" in clock.loc["hf", "verdict_zh"]
-    sp = report.speedups(report.results_frame(recs)).set_index("cell_id")
+    sp = fairness.speedups(frame.results_frame(recs)).set_index("cell_id")
     assert sp.loc["hf", "timing_disturbed"] and not sp.loc["spec", "timing_disturbed"]
     assert "TIMING DISTURBED" in sp.loc["hf", "note"] and "计时受干扰" in sp.loc["hf", "note_zh"]
     # the reference disturbed: every speed-up against it is flagged
     recs[0]["timing"]["probes"][0]["seconds"] = 0.02
-    sp = report.speedups(report.results_frame(recs))
+    sp = fairness.speedups(frame.results_frame(recs))
     assert sp["timing_disturbed"].all()
 
 
@@ -157,7 +157,7 @@ def test_slower_optimized_cloud_points_at_clock_or_setup():
 
     recs = [timed(rec("cloud", "cloud", cloud=("float32", "cpu")), [1.0, 1.0]),
             timed(rec("opt", "cloud_optimized", cloud=("float32", "cpu")), [1.2, 1.2], start=2)]
-    df = report.results_frame(recs)
+    df = frame.results_frame(recs)
     [case] = slower_optimized(df, clock_audit(recs))
     assert case["cause"] == "set-up" and "slower than cloud" in case["en"] and "慢于" in case["zh"]
     recs[1]["timing"]["probes"][1]["seconds"] = 0.013
@@ -167,53 +167,53 @@ def test_slower_optimized_cloud_points_at_clock_or_setup():
 
 def test_workload_difference_is_unfair(study):
     study[4]["settings"]["max_new_tokens"] = 64
-    audit = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    audit = fairness.fairness_audit(frame.results_frame(study)).set_index(["kind", "cell_id"])
     assert not audit.loc[("speed-up", "speculative-mixed")].fair
     assert "workload" in audit.loc[("speed-up", "speculative-mixed")].differs
 
 
 def test_a_templated_run_against_a_raw_text_reference_is_unfair(study):
     """auto with a template and none (or an old record, or auto without a template) fed different prompts."""
-    fair = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    fair = fairness.fairness_audit(frame.results_frame(study)).set_index(["kind", "cell_id"])
     assert "chat template" not in fair.loc[("speed-up", "speculative-mixed")].differs
     study[4]["settings"].update(chat_template="auto", chat_template_applied=True)
-    audit = report.fairness_audit(report.results_frame(study)).set_index(["kind", "cell_id"])
+    audit = fairness.fairness_audit(frame.results_frame(study)).set_index(["kind", "cell_id"])
     assert not audit.loc[("speed-up", "speculative-mixed")].fair
     assert "chat template" in audit.loc[("speed-up", "speculative-mixed")].differs
     study[4]["settings"]["chat_template_applied"] = False  # auto, but the tokenizer had none: raw text, as the reference
-    df = report.results_frame(study)
+    df = frame.results_frame(study)
     assert set(df["prompt_format"]) == {"raw text"}
 
 
 def test_no_reference_is_flagged():
-    df = report.results_frame([rec("spec-float32", "speculative", edge=("float32", "cpu"), cloud=("float32", "cpu"))])
-    a = report.fairness_audit(df).iloc[0]
-    assert not a.fair and pd.isna(a.reference) and math.isnan(report.speedups(df).speedup[0])
+    df = frame.results_frame([rec("spec-float32", "speculative", edge=("float32", "cpu"), cloud=("float32", "cpu"))])
+    a = fairness.fairness_audit(df).iloc[0]
+    assert not a.fair and pd.isna(a.reference) and math.isnan(fairness.speedups(df).speedup[0])
 
 
 def test_acceptance_pivot_and_lengths(study):
-    df = report.results_frame(study)
-    acc = report.acceptance_by_dtype(df)
+    df = frame.results_frame(study)
+    acc = tables.acceptance_by_dtype(df)
     assert acc.loc["float32", "float16"] == 0.5 and acc.loc["float32", "float32"] == 0.75
-    lengths = report.accepted_lengths(study)
+    lengths = tables.accepted_lengths(study)
     assert sorted(lengths.accepted) == [0, 2, 4, 4, 4]
 
 
 def test_study_table_and_csv(study, tmp_path):
-    df = report.results_frame(study)
-    t = report.study_table(df)
+    df = frame.results_frame(study)
+    t = tables.study_table(df)
     first = t[t["method / 方法"] == "Edge baseline"].iloc[0]
     assert list(first) == ["Edge baseline", "float32", "N/A", "CPU", "N/A", 2]
-    back = pd.read_csv(report.write_csv(df, tmp_path / "r.csv"))
+    back = pd.read_csv(frame.write_csv(df, tmp_path / "r.csv"))
     assert len(back) == len(df)
 
 
 def test_findings_are_bilingual_and_generated(study):
     from specnb.report import findings
 
-    df = report.results_frame(study)
-    audit = report.fairness_audit(df)
-    recs = findings.recommendations(df, audit, report.speedups(df, audit), acceptance=report.acceptance_by_dtype(df))
+    df = frame.results_frame(study)
+    audit = fairness.fairness_audit(df)
+    recs = findings.recommendations(df, audit, fairness.speedups(df, audit), acceptance=tables.acceptance_by_dtype(df))
     text = findings.markdown(recs)
     assert all(t.en and t.zh for t in recs)
     assert "edge-float32" in text and "device class" in text and "设备" in text  # the unfair edge comparison
@@ -256,17 +256,17 @@ def test_plots_draw(study):
     matplotlib.use("Agg")
     from specnb.report import plots
 
-    df = report.results_frame(study)
-    sp = report.speedups(df)
+    df = frame.results_frame(study)
+    sp = fairness.speedups(df)
     # the speed-up bars: one per quoted run writing the cloud's text, at its value
     quoted = sp[sp["fair"].astype(bool) & sp["same_output"].astype(bool) & sp["speedup"].notna()]
     bars = [b.get_height() for b in plots.speedups(sp).axes[0].patches]
     assert sorted(bars) == pytest.approx(sorted(quoted["speedup"]))
     # acceptance: every method that drafts (the registry says which) and ran, prompt lookup included
     legend = plots.acceptance(df).axes[0].get_legend()
-    drafted = {report.METHOD_NAMES[m] for m in df.loc[df["status"] == "ok", "method"] if m in methods.drafting()}
+    drafted = {frame.METHOD_NAMES[m] for m in df.loc[df["status"] == "ok", "method"] if m in methods.drafting()}
     assert {t.get_text().split(" (")[0] for t in legend.get_texts()} == drafted
-    lengths = report.accepted_lengths(study)
+    lengths = tables.accepted_lengths(study)
     assert set(lengths["method"]) <= set(methods.drafting()) and not lengths.empty
     assert plots.accepted_lengths(lengths).axes[0].patches
     assert plots.tokens_per_s(df).axes[0].patches
@@ -305,7 +305,7 @@ def test_load_results_from_a_folder_of_json(study, tmp_path):
     for r in study[:2]:
         body = {k: v for k, v in r.items() if k != "cell"}
         (tmp_path / f"{r['cell']['cell_id']}.json").write_text(json.dumps(body))
-    ids = sorted(r["cell"]["cell_id"] for r in report.load_results(tmp_path))
+    ids = sorted(r["cell"]["cell_id"] for r in frame.load_results(tmp_path))
     assert ids == ["cloud-float16", "edge-float32"]
 
 
@@ -315,9 +315,9 @@ def test_findings_name_the_disturbed_clock_in_both_languages():
     base = dict(cloud=("float32", "cpu"))
     recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.0]),
             timed(rec("spec", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.5], probes=(0.010, 0.02), start=2)]
-    df = report.results_frame(recs)
-    audit = report.fairness_audit(df)
-    text = findings.markdown(findings.recommendations(df, audit, report.speedups(df, audit)))
+    df = frame.results_frame(recs)
+    audit = fairness.fairness_audit(df)
+    text = findings.markdown(findings.recommendations(df, audit, fairness.speedups(df, audit)))
     assert "TIMING DISTURBED in 1 cell(s) (spec)" in text and "计时受干扰" in text
     assert "re-run before quoting" in text and "引用前请重新运行" in text
 
@@ -352,14 +352,14 @@ def by_category():
 
 
 def test_category_table_speedup_and_accepted_tokens_per_task(by_category):
-    t = report.category_table(by_category)
+    t = categories.category_table(by_category)
     assert set(t["cell_id"]) == {"spec"}  # only quoted (like-for-like) pairs; the reference itself is not a row
     t = t.set_index("category")
     assert list(t.index) == ["mt_bench", "translation", "overall"]  # Spec-Bench's task, in order of appearance
     assert t.loc["translation", "speedup"] == pytest.approx(2.0) and t.loc["mt_bench", "speedup"] == pytest.approx(1.0)
     assert t.loc["translation", "prompts"] == 2 and t.loc["overall", "prompts"] == 4
     assert t.loc["translation", "measurable"] and not t.loc["mt_bench", "measurable"]  # interval [1, 1] holds 1.0
-    overall = report.speedups(report.results_frame(by_category)).set_index("cell_id").loc["spec"]
+    overall = fairness.speedups(frame.results_frame(by_category)).set_index("cell_id").loc["spec"]
     assert t.loc["overall", "speedup"] == overall.speedup == pytest.approx(32 / 3 / 8)  # the speed-up table's row
     # Spec-Bench's mean accepted tokens: tokens per round, the cloud's own token included; gpt-fast's one less
     assert t.loc["translation", "tokens_per_round"] == 4.0 and t.loc["mt_bench", "tokens_per_round"] == 2.0
@@ -370,7 +370,7 @@ def test_category_table_speedup_and_accepted_tokens_per_task(by_category):
 def test_category_table_groups_by_category_not_id_and_needs_the_same_prompts(by_category):
     cloud, spec, _ = by_category
     spec["prompts"][0]["id"] = "something-else"  # the reference decoded other prompts in that position
-    t = report.category_table([cloud, spec], tasks={}).set_index("category")
+    t = categories.category_table([cloud, spec], tasks={}).set_index("category")
     assert list(t.index) == ["writing", "translation", "overall"]  # no task map: categories as recorded
     assert t.loc[["writing", "translation"], "speedup"].isna().all()  # no like-for-like pairs per category
     assert t.loc["overall", "speedup"] == pytest.approx(32 / 3 / 8)
@@ -378,27 +378,27 @@ def test_category_table_groups_by_category_not_id_and_needs_the_same_prompts(by_
 
 
 def test_category_view_is_spec_bench_layout(by_category):
-    t = report.category_table(by_category)
-    view = report.category_view(t)
+    t = categories.category_table(by_category)
+    view = categories.category_view(t)
     assert list(view.columns) == ["method / 方法", "multi-turn conversation / 多轮对话", "translation / 翻译",
                                   "overall / 总体", "timing disturbed / 计时受干扰"]
     assert view.loc["spec", "translation / 翻译"] == "2.00x (2.00-2.00)"
-    mat = report.category_view(t, "tokens_per_round")
+    mat = categories.category_view(t, "tokens_per_round")
     assert mat.loc["spec", "multi-turn conversation / 多轮对话"] == 2.0
-    edge = report.category_table([by_category[0], categorized("edge", "edge", [("1", "qa", 8, 0.1, 0)] * 4,
+    edge = categories.category_table([by_category[0], categorized("edge", "edge", [("1", "qa", 8, 0.1, 0)] * 4,
                                                                 edge=("float32", "cpu"))])
-    assert report.category_view(edge).empty and not report.category_view(edge, same_output_only=False).empty
+    assert categories.category_view(edge).empty and not categories.category_view(edge, same_output_only=False).empty
 
 
 def test_for_reading_shows_missing_values_as_a_dash():
     t = pd.DataFrame({"gamma": [4.0, None], "rate": [0.12345, float("nan")], "name": ["a", None],
                       "flag": pd.array([True, None], dtype="boolean"), "full": [1.23456, 2.0]})
-    out = report.for_reading(t, digits=3)
-    assert list(out["gamma"]) == ["4", report.NA] and list(out["rate"]) == ["0.123", report.NA]
-    assert list(out["name"]) == ["a", report.NA] and list(out["flag"]) == [True, report.NA]
+    out = tables.for_reading(t, digits=3)
+    assert list(out["gamma"]) == ["4", frame.NA] and list(out["rate"]) == ["0.123", frame.NA]
+    assert list(out["name"]) == ["a", frame.NA] and list(out["flag"]) == [True, frame.NA]
     assert out["full"].dtype == float and out["full"][0] == 1.235  # no missing value: stays a number, rounded
     assert "NaN" not in out.to_string() and "None" not in out.to_string()
-    assert report.for_reading(t, float_format="{:.2g}")["rate"][0] == "0.12"
+    assert tables.for_reading(t, float_format="{:.2g}")["rate"][0] == "0.12"
 
 
 def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
@@ -409,7 +409,7 @@ def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
 
     rows = pd.DataFrame([{"prompt": f"p{i}", "dtype": d, "top1_agreement": 1.0} for i in range(3)
                          for d in ("float32 (noise floor)", "float16", "bfloat16")])
-    for fig in (plots.drift(rows), plots.category_speedups(report.category_table(by_category))):
+    for fig in (plots.drift(rows), plots.category_speedups(categories.category_table(by_category))):
         fig.canvas.draw()
         ax = fig.axes[0]
         legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
@@ -418,13 +418,13 @@ def test_category_and_drift_plots_keep_their_legends_off_the_bars(by_category):
 
 def test_for_reading_keeps_rounded_measurements_as_decimals():
     t = pd.DataFrame({"tokens_per_s": [256.04, float("nan")]})
-    assert list(report.for_reading(t, digits=1)["tokens_per_s"]) == ["256.0", report.NA]
+    assert list(tables.for_reading(t, digits=1)["tokens_per_s"]) == ["256.0", frame.NA]
 
 
 def test_findings_say_how_far_the_speedup_moves_across_categories(by_category):
     from specnb.report import findings
 
-    t = report.category_table(by_category)
+    t = categories.category_table(by_category)
     text = findings.markdown(findings.on_categories(t))
     assert "spec runs at 1.00x on mt_bench and 2.00x on translation (overall 1.33x)" in text
     assert "2.00 to 4.00" in text and "加速比取决于任务" in text
@@ -450,6 +450,6 @@ def test_spec_bench_questions_group_into_its_six_tasks(tmp_path):
     path = tmp_path / "question.jsonl"
     path.write_text("\n".join(json.dumps(q) for q in SPEC_BENCH_LINES), encoding="utf-8")
     record = {"prompts": [{"id": p.id, "category": p.category} for p in load_prompts(str(path))]}
-    groups = report.prompt_groups(record)
+    groups = categories.prompt_groups(record)
     assert list(groups) == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
-    assert groups["mt_bench"] == [0, 1] and all(t in report.CATEGORY_LABELS for t in groups)
+    assert groups["mt_bench"] == [0, 1] and all(t in categories.CATEGORY_LABELS for t in groups)

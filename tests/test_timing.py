@@ -75,7 +75,7 @@ def test_the_lock_makes_a_second_holder_wait(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
 def test_a_busy_core_during_one_cells_timing_is_flagged_in_both_languages(tiny_pair, tmp_path):
-    from specnb.report import findings, frame as report
+    from specnb.report import findings, frame
 
     core = sorted(os.sched_getaffinity(0))[0]
     before = os.sched_getaffinity(0)
@@ -92,12 +92,12 @@ def test_a_busy_core_during_one_cells_timing_is_flagged_in_both_languages(tiny_p
             busy.wait()
     finally:
         os.sched_setaffinity(0, before)
-    records = report.load_results(tmp_path / "run")
+    records = frame.load_results(tmp_path / "run")
     clock = clock_audit(records).set_index("cell_id")
     assert bool(clock.loc["busy", "disturbed"])
     assert clock.loc["busy", "worst_deviation"] > max(abs(clock.loc[f"clean{i}", "worst_deviation"]) for i in range(3))
     assert "TIMING DISTURBED" in clock.loc["busy", "verdict"] and "计时受干扰" in clock.loc["busy", "verdict_zh"]
-    df = report.results_frame(records)
+    df = frame.results_frame(records)
     text = findings.markdown(findings.on_clock(clock.reset_index(), df))
     assert "busy" in text and "TIMING DISTURBED" in text and "计时受干扰" in text
 

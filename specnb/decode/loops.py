@@ -292,31 +292,27 @@ def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: 
     return out, trace, drafted_trace, ttft or 0.0
 
 
+def _as_role(obj: Any, settings: RoundSettings, role: type, in_process: Any, factory: str, verb: str, hint: str) -> Any:
+    """``obj`` as a ``role``: itself if it is one, the in-process role for a loaded model, else built by
+    its ``factory(settings)`` method (a remote cloud's)."""
+    if isinstance(obj, role):
+        return obj
+    if isinstance(obj, LoadedModel):
+        return in_process(obj, settings)
+    build = getattr(obj, factory, None)
+    if build is None:
+        raise TypeError(f"cannot {verb} with {type(obj).__name__}: pass a loaded model (specnb.load), {hint}")
+    return build(settings)
+
 
 def as_drafter(edge: Any, settings: RoundSettings) -> Drafter:
-    """``edge`` as a drafter: itself if it is one, an :class:`~specnb.decode.drafting.EdgeDrafter` for a loaded model, else
-    built by its ``drafter(settings)`` factory."""
-    if isinstance(edge, Drafter):
-        return edge
-    if isinstance(edge, LoadedModel):
-        return EdgeDrafter(edge, settings)
-    factory = getattr(edge, "drafter", None)
-    if factory is None:
-        raise TypeError(f"cannot draft with {type(edge).__name__}: pass a loaded model (specnb.load), "
-                        "specnb.PromptLookup(...) or another Drafter")
-    return factory(settings)
-
+    """``edge`` as a drafter (:class:`~specnb.decode.drafting.EdgeDrafter` for a loaded model)."""
+    return _as_role(edge, settings, Drafter, EdgeDrafter, "drafter", "draft",
+                    "specnb.PromptLookup(...) or another Drafter")
 
 
 def as_verifier(cloud: Any, settings: RoundSettings) -> Verifier:
-    """``cloud`` as a verifier: itself if it is one, a :class:`~specnb.decode.verifying.CloudVerifier` for a loaded model, else
-    built by its ``verifier(settings)`` factory (a remote cloud's, :func:`specnb.connect`)."""
-    if isinstance(cloud, Verifier):
-        return cloud
-    if isinstance(cloud, LoadedModel):
-        return CloudVerifier(cloud, settings)
-    factory = getattr(cloud, "verifier", None)
-    if factory is None:
-        raise TypeError(f"cannot verify with {type(cloud).__name__}: pass a loaded model (specnb.load), "
-                        "a remote cloud (specnb.connect) or another Verifier")
-    return factory(settings)
+    """``cloud`` as a verifier (:class:`~specnb.decode.verifying.CloudVerifier` for a loaded model, a
+    remote cloud's own, :func:`specnb.connect`)."""
+    return _as_role(cloud, settings, Verifier, CloudVerifier, "verifier", "verify",
+                    "a remote cloud (specnb.connect) or another Verifier")

@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..report.headline import headline_text
+import pandas as pd
+
+from ..report.fairness import speedups
+from ..report.frame import load_results, results_frame
+from ..report.headline import COLUMNS, headline
 from .cells import NOTEBOOK_DIR, kernel_can_import_specnb, kernel_options
 
 ANALYSIS_NOTEBOOKS = ("precision_analysis", "summary")
@@ -71,5 +75,24 @@ def run_analysis(run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR, drift: dict[s
 
 def print_headline(run_dir: Path) -> None:
     """The run's fair speed-ups with their intervals and verdicts, printed in the terminal (the
-    summary notebook opens with the same table)."""
-    print(headline_text(run_dir))
+    summary notebook opens with the same table). The cells are done by then: a record the table
+    cannot read is said in one line, and the run's exit code stays the cells'."""
+    try:
+        print(headline_text(run_dir))
+    except Exception as err:  # noqa: BLE001 - the results are on disk; say why there is no table
+        print(f"no headline table: {type(err).__name__}: {err} (the records are in {run_dir / 'cells'})", file=sys.stderr)
+
+
+def headline_text(run_dir: str | Path) -> str:
+    """The headline of the run folder ``run_dir`` as plain text for a terminal."""
+    records = load_results(run_dir)
+    if not records:
+        return f"no results in {run_dir}: no headline"
+    table = headline(speedups(results_frame(records)))
+    if table.empty:
+        return "no fair speed-up to quote (see audit.csv for why)"
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        widths = {c: int(table[c].str.len().max()) for c in COLUMNS}
+        text = table.to_string(index=False, justify="left",
+                               formatters={c: (lambda v, w=w: f"{v:<{w}}") for c, w in widths.items()})
+        return "fair speed-ups (95% intervals):\n" + "\n".join(line.rstrip() for line in text.splitlines())

@@ -232,10 +232,10 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
 
 
 def on_categories(categories: pd.DataFrame) -> list[Text]:
-    """How far the speed-up moves across prompt categories (:func:`specnb.report.frame.category_table`), for the
+    """How far the speed-up moves across prompt categories (:func:`specnb.report.categories.category_table`), for the
     run with the best overall speed-up among those that reproduce the cloud's output: a workload-wide
     figure hides that (Spec-Bench's point), so the spread is said in words where there are 2+ categories."""
-    from .frame import OVERALL
+    from .categories import OVERALL
 
     t = categories[categories["same_output"].astype(bool) & categories["speedup"].notna()]
     per = t[t["category"] != OVERALL]
@@ -311,9 +311,9 @@ def recommendations(df: pd.DataFrame, audit: pd.DataFrame, speedups: pd.DataFram
     """All generated findings, most important first: fairness, the clock, failures, drift,
     acceptance, speed, its spread across prompt categories. ``clock`` is
     :func:`specnb.measure.clock.clock_audit` (computed from ``df`` when None); ``categories`` is
-    :func:`specnb.report.frame.category_table` (no category finding when None)."""
+    :func:`specnb.report.categories.category_table` (no category finding when None)."""
     from ..measure.clock import clock_audit
-    from .frame import frame_records
+    from .fairness import frame_records
 
     clock = clock_audit(frame_records(df)) if clock is None else clock
     items = on_fairness(audit) + on_clock(clock, df) + on_failures(df) + on_mixes(audit, df)

@@ -1,7 +1,8 @@
 """The headline of a run: its fair speed-ups with their 95% intervals and the audits' verdicts.
 
 What a reader needs first, before any list of cells: the summary notebook opens with it, and
-``specnb grid`` / ``specnb summarize`` print it in the terminal beside the report paths. Only the
+``specnb grid`` / ``specnb summarize`` print it in the terminal beside the report paths
+(:func:`specnb.grid.analysis.headline_text`). Only the
 speed-ups the fairness audit quotes appear (same cloud model, dtype, device class, set-up class and
 workload); the verdict column carries the audit's words and the clock audit's flag.
 """
@@ -9,11 +10,10 @@ workload); the verdict column carries the audit's words and the clock audit's fl
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 
-from .frame import METHOD_NAMES, REFERENCES, _speedup_text, load_results, results_frame, speedups
+from .frame import METHOD_NAMES, REFERENCES, speedup_text
 
 COLUMNS = ["method", "dtype", "vs", "speed-up (95% CI)", "same output", "verdict"]
 
@@ -36,22 +36,8 @@ def headline(sp: pd.DataFrame) -> pd.DataFrame:
                                                                                  ascending=[True, False])
     rows = [{"method": METHOD_NAMES.get(r.method, r.method), "dtype": r.dtype,
              "vs": METHOD_NAMES.get(REFERENCES.get(r.setup), r.reference),
-             "speed-up (95% CI)": _speedup_text(r.speedup, r.speedup_low, r.speedup_high),
+             "speed-up (95% CI)": speedup_text(r.speedup, r.speedup_low, r.speedup_high),
              "same output": "yes" if r.same_output else "no", "verdict": verdict(r.note)}
             for r in quoted.itertuples()]
     return pd.DataFrame(rows, columns=COLUMNS)
 
-
-def headline_text(run_dir: str | Path) -> str:
-    """The headline of the run folder ``run_dir`` as plain text for a terminal."""
-    records = load_results(run_dir)
-    if not records:
-        return f"no results in {run_dir}: no headline"
-    table = headline(speedups(results_frame(records)))
-    if table.empty:
-        return "no fair speed-up to quote (see audit.csv for why)"
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        widths = {c: int(table[c].str.len().max()) for c in COLUMNS}
-        text = table.to_string(index=False, justify="left",
-                               formatters={c: (lambda v, w=w: f"{v:<{w}}") for c, w in widths.items()})
-        return "fair speed-ups (95% intervals):\n" + "\n".join(line.rstrip() for line in text.splitlines())

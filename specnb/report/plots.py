@@ -139,7 +139,7 @@ def _legend_outside(ax: plt.Axes, title: str | None = None, right: bool = False)
 
 
 def category_speedups(table: pd.DataFrame) -> plt.Figure:
-    """Fair speed-ups per prompt category and overall (:func:`specnb.report.frame.category_table`), one bar
+    """Fair speed-ups per prompt category and overall (:func:`specnb.report.categories.category_table`), one bar
     per run with its 95% interval; runs writing other text left out, as in :func:`speedups`."""
     keep = table["same_output"].astype(bool) & table["speedup"].notna()
     t = table[keep]

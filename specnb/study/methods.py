@@ -7,7 +7,7 @@ like), whether its output is the cloud's, what drafts for it and which verificat
 allows (a combination it does not allow fails at validation, before a model loads), and how it
 decodes one prompt. Parameter validation
 and grid de-duplication (:mod:`specnb.study.params`), dispatch (:mod:`specnb.study.experiment`), the
-report's labels, references and audit (:mod:`specnb.report.frame`), plots and findings read it.
+report's labels and references (:mod:`specnb.report.frame`), its audit (:mod:`specnb.report.fairness`), plots and findings read it.
 
 Adding a method = one :data:`METHODS` entry + one notebook (copy the nearest one, change
 ``METHOD``). Adding a parameter a method uses = one field of :class:`specnb.study.params.MethodParams`,

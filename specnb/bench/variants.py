@@ -1,0 +1,102 @@
+"""What ``specnb bench`` times: each variant names the registry method (or Hugging Face peer) it is
+a variant of, with its gamma, schedule, set-up or lever, and keeps its timed table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..decode.loops import autoregressive, speculative
+from ..measure.metrics import Generation
+from ..models import LoadedModel
+from ..decode.lookup import MAX_NGRAM, PromptLookup
+from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
+from ..study.methods import METHODS
+
+ADAPTIVE = ("heuristic", "cost", "adaptive")  # the schedules bench times beside the fixed gammas
+
+
+PEERS = {"hf_prompt_lookup": "prompt_lookup"}  # Hugging Face's own loop for a registry method -> that method
+
+
+@dataclass
+class Variant:
+    """One timed variant of a registry method (:data:`specnb.study.methods.METHODS`: a gamma, a schedule,
+    a set-up, a lever off), or of a Hugging Face peer of one (:data:`PEERS`)."""
+
+    label: str
+    method: str  # a registry method's name, or a key of PEERS
+    run: Callable[[str], Generation]
+    gamma: int | None = None
+    schedule: str | None = None
+    optimized: bool = False
+    lever: str | None = None  # set on the lever-table variants
+    warm_all: bool = False  # compiles on first use of each shape: warm up on every prompt
+    table: list[list[tuple[int, float]]] = field(default_factory=list)  # [reps][prompts] = (new tokens, seconds)
+    accepted: int = 0
+    drafted: int = 0
+    rejected_rounds: int = 0
+    rounds: int = 0
+    verify_s: float = 0.0
+    model_share: float | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS and self.method not in PEERS:
+            raise ValueError(f"bench variant {self.label!r}: {self.method!r} is neither a registry method "
+                             f"({', '.join(METHODS)}) nor a peer ({', '.join(PEERS)})")
+
+    @property
+    def tokens_per_s(self) -> float:
+        """All new tokens over all seconds of the timed repetitions."""
+        t = np.asarray(self.table, dtype=float)
+        return float(t[..., 0].sum() / t[..., 1].sum())
+
+    @property
+    def rep_tokens_per_s(self) -> list[float]:
+        """Tokens/s of each repetition (all its prompts)."""
+        return [sum(n for n, _ in rep) / sum(s for _, s in rep) for rep in self.table]
+
+
+# lever-table variants of the plain loop: label suffix -> speculative() keyword arguments
+LEVER_VARIANTS = {
+    "edge compiled": {"optimized": "edge"},
+    "cloud compiled": {"optimized": "cloud"},
+    "-logits_to_keep": {"levers_off": ("logits_to_keep",)},
+    "-one_sync": {"levers_off": ("one_sync",)},
+    "-crop": {"levers_off": ("crop",)},
+}
+
+
+def variants(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], lever_gamma: int | None = None) -> list[Variant]:
+    """Every variant the benchmark compares, as closures over one prompt; each names its registry method."""
+    out = [
+        Variant("cloud", "cloud", lambda p: autoregressive(cloud, p, n)),
+        Variant("cloud_optimized", "cloud_optimized", lambda p: autoregressive(cloud, p, n, optimized=True)),
+        Variant("edge", "edge", lambda p: autoregressive(edge, p, n)),
+    ]
+    for g in gammas:
+        out.append(Variant(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+        out.append(Variant(f"spec+opt g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g, optimized=True), g, "constant", optimized=True))
+        out.append(Variant(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
+        out.append(Variant(f"hf+static g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g, optimized=True),
+                          g, optimized=True, warm_all=True))
+        # no edge model: prompt lookup drafts from the prompt and the output so far; both plain (eager, dynamic cache)
+        out.append(Variant(f"prompt_lookup g={g}", "prompt_lookup",
+                          lambda p, g=g: speculative(PromptLookup(max_ngram=MAX_NGRAM), cloud, p, n, gamma=g), g, "constant"))
+        out.append(Variant(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
+                          lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=MAX_NGRAM), g))
+    top = max(gammas)
+    for rule in ADAPTIVE:
+        start = 4 if rule == "heuristic" else max(top, 8)
+        run = lambda p, r=rule, s=start: speculative(edge, cloud, p, n, gamma=s, schedule=r)  # noqa: E731
+        out.append(Variant(f"speculative {rule}", "speculative", run, start, rule))
+    if lever_gamma is not None:
+        g = lever_gamma
+        if g not in gammas:
+            out.append(Variant(f"speculative g={g}", "speculative", lambda p: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+        for name, kw in LEVER_VARIANTS.items():
+            out.append(Variant(f"speculative g={g} {name}", "speculative", lambda p, kw=kw: speculative(edge, cloud, p, n, gamma=g, **kw),
+                              g, "constant", optimized="optimized" in kw, lever=name))
+    return out
