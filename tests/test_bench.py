@@ -49,7 +49,8 @@ def test_bench_quick_writes_a_complete_record(quick_run):
     assert record["graphs_compiled_while_timing"] == 0
     levers = {row["lever"]: row for row in record["levers"]}
     assert {"edge compiled", "cloud compiled", "logits_to_keep", "one_sync", "crop", "edge + cloud compiled (spec+opt)",
-            "heuristic schedule vs best fixed gamma", "cost schedule vs best fixed gamma"} <= set(levers)
+            "heuristic schedule vs best fixed gamma", "cost schedule vs best fixed gamma",
+            "adaptive schedule vs best fixed gamma"} <= set(levers)
     for row in levers.values():  # one rep in --quick: the per-rep ratio is the ratio of the speeds
         assert math.isclose(row["gain"], row["with"] / row["without"])
         assert math.isclose(row["gain_min"], row["gain"]) and math.isclose(row["gain_max"], row["gain"])
@@ -172,7 +173,7 @@ def _synthetic(speeds: dict[str, float], reps: int = 4, prompts: int = 6, seed: 
 SPEEDS = {"cloud": 50.0, "cloud_optimized": 60.0, "edge": 400.0,
           "speculative g=2": 100.0, "spec+opt g=2": 120.0, "hf_assisted g=2": 60.0, "hf+static g=2": 100.0,
           "speculative g=4": 90.0, "spec+opt g=4": 110.0, "hf_assisted g=4": 89.0, "hf+static g=4": 100.0,
-          "speculative heuristic": 95.0, "speculative cost": 98.0,
+          "speculative heuristic": 95.0, "speculative cost": 98.0, "speculative adaptive": 99.0,
           "speculative g=4 edge compiled": 180.0, "speculative g=4 -crop": 90.5,
           "prompt_lookup g=2": 70.0, "hf_prompt_lookup g=2": 50.0, "prompt_lookup g=4": 75.0, "hf_prompt_lookup g=4": 60.0}
 

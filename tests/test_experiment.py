@@ -47,7 +47,7 @@ def test_greedy_speculative_matches_cloud(tiny_pair, tmp_path):
 def test_optimized_speculative_and_schedule_match_cloud(tiny_pair, tmp_path):
     cloud = experiment.run("cloud_optimized", params(tiny_pair, tmp_path, compile_steps=False,
                                                      result_path=str(tmp_path / "c.json")))
-    for extra in ({"optimized": True, "compile_steps": False}, {"schedule": "heuristic"}):
+    for extra in ({"optimized": True, "compile_steps": False}, {"schedule": "heuristic"}, {"schedule": "adaptive"}):
         spec = experiment.run("speculative", params(tiny_pair, tmp_path, **extra))
         assert [r["tokens"] for r in spec["prompts"]] == [r["tokens"] for r in cloud["prompts"]], extra
         assert spec["settings"] | extra == spec["settings"]

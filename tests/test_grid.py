@@ -195,3 +195,11 @@ def test_resume_without_out_picks_the_newest_run(tmp_path, fake_models, fake_not
     assert again.returncode == 0 and f"run folder: {run}" in again.stdout and "0 to run, 1 already ok" in again.stdout
     nothing = subprocess.run(base + ["--resume"], cwd=tmp_path / "outputs", capture_output=True, text=True, env=env)
     assert nothing.returncode == 2 and "no earlier run" in nothing.stderr
+
+
+def test_a_grid_cell_can_use_the_adaptive_schedule(tmp_path, fake_models, fake_notebooks):
+    gp = load_grid_params(params_file(tmp_path, fake_models, ["speculative"], ["float32"],
+                                      gamma=[8], schedule=["constant", "adaptive"]))
+    cells = expand(gp, tmp_path / "run", fake_notebooks)
+    assert [c.parameters["schedule"] for c in cells] == ["constant", "adaptive"]
+    assert [c.cell_id for c in cells] == ["speculative-float32-g8-constant", "speculative-float32-g8-adaptive"]

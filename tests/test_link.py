@@ -231,3 +231,27 @@ def test_local_server_reports_a_server_that_cannot_start(tmp_path):
     with pytest.raises(RuntimeError, match="did not start"):
         with local_server(str(tmp_path / "no-such-model"), timeout_s=HANG_S):
             pass
+
+
+def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server):
+    """schedule='adaptive' through the link on a LinkProfile keeps the greedy output; the study runs it
+    beside fixed gammas and sets it against the best of them."""
+    from specnb.link import study
+    from specnb.link.profile import LinkProfile
+
+    edge, cloud = models["edge"], models["cloud"]
+    profile = LinkProfile.steps([(0, Link(rtt_ms=1)), (3, Link(rtt_ms=4))], by="round")
+    remote = connect(server, link=profile)
+    g = speculative(edge, remote, PROMPTS[0], N, gamma=8, schedule="adaptive")
+    assert g.tokens == autoregressive(cloud, PROMPTS[0], N).tokens
+    df = study.link_grid(edge, connect(server), PROMPTS[:2], rtts_ms=(1, profile), gammas=(2, 4), max_new_tokens=8,
+                         reps=2, server_gamma=None, schedules=("adaptive",))
+    spec = df[df.method.str.startswith("edge_cloud")]
+    assert set(spec.method) == {"edge_cloud", "edge_cloud:adaptive"} and set(df.rtt_ms.dropna()) == {1, profile.label}
+    assert df[df.rtt_ms == profile.label].predicted_wall_s.isna().all()
+    table = study.against_best_fixed(df)
+    assert len(table) == 2 * 3 and (table.low <= table.vs_best_fixed).all() and (table.vs_best_fixed <= table.high).all()
+    best = table[(table.method == "edge_cloud") & (table.gamma == table.best_fixed_gamma)]
+    assert (best.vs_best_fixed == 1).all()
+    ad = table[table.method == "edge_cloud:adaptive"]
+    assert (ad.drafted_p90 <= 4).all() and (ad.gamma == 4).all()

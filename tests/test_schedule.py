@@ -40,7 +40,7 @@ def test_constant_and_bad_name():
     s = Schedule("constant", 3)
     s.update(3, 0, 1.0, 1.0)
     assert s.next() == 3
-    with pytest.raises(ValueError, match="unknown draft schedule 'fast'; use one of constant, heuristic, cost"):
+    with pytest.raises(ValueError, match="unknown draft schedule 'fast'; use one of constant, heuristic, cost, confidence, adaptive"):
         Schedule("fast", 3)
 
 

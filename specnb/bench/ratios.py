@@ -50,7 +50,7 @@ import numpy as np
 from ..decode.schedule import expected_tokens, speedup_limit
 from ..measure.metrics import estimate_alpha
 from ..measure.stats import ratio_interval
-from .variants import Variant
+from .variants import ADAPTIVE, Variant
 
 
 def interval(a: Variant, b: Variant) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def lever_table(ms: list[Variant]) -> list[dict[str, Any]]:
         if f"spec+opt g={g}" in by:
             rows.append(row("edge + cloud compiled (spec+opt)", f"spec+opt g={g}", base, g))
     best = _fastest(_fixed(ms, False))
-    for rule in ("heuristic", "cost"):
+    for rule in (r for r in ADAPTIVE if f"speculative {r}" in by):  # records from before a schedule existed lack it
         rows.append(row(f"{rule} schedule vs best fixed gamma", f"speculative {rule}", best.label, best.gamma))
     return rows
 

@@ -15,6 +15,8 @@ from ..decode.lookup import MAX_NGRAM, PromptLookup
 from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
 from ..study.methods import METHODS
 
+ADAPTIVE = ("heuristic", "cost", "adaptive")  # the schedules bench times beside the fixed gammas
+
 
 PEERS = {"hf_prompt_lookup": "prompt_lookup"}  # Hugging Face's own loop for a registry method -> that method
 
@@ -86,7 +88,7 @@ def variants(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], l
         out.append(Variant(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
                           lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=MAX_NGRAM), g))
     top = max(gammas)
-    for rule in ("heuristic", "cost"):
+    for rule in ADAPTIVE:
         start = 4 if rule == "heuristic" else max(top, 8)
         run = lambda p, r=rule, s=start: speculative(edge, cloud, p, n, gamma=s, schedule=r)  # noqa: E731
         out.append(Variant(f"speculative {rule}", "speculative", run, start, rule))

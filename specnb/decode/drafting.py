@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 
 from .roles import RoundSettings
+from .adaptive import top_probability
 from .sampling import make_generator, pick
 from .steps import Model, Steps, as_ids, cut_for, start_generation
 from ..threads import thread_count
@@ -45,6 +46,10 @@ class EdgeDrafter:
         self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
         self._cut = cut_for(off)
         self.suppress: torch.Tensor | None = None  # [vocab] bool: tokens it may not draft (a translating drafter's)
+        # per-token stop rule (specnb.decode.adaptive), called as stop(k, confidence) after the k-th
+        # draft; None: draft all g (no per-token host sync). confidences: those of the last draft.
+        self.stop: Callable[[int, float], bool] | None = None
+        self.confidences: list[float] = []
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         start_generation(self, prompt_ids, settings, lambda r: r._keep_logits, lambda: thread_count(self.threads))
@@ -55,7 +60,8 @@ class EdgeDrafter:
         tokens, qs = [], []
         with thread_count(self.threads):
             inp = as_ids(seq[self.length:], self.model.device)
-            for _ in range(g):
+            self.confidences = []
+            for k in range(1, g + 1):
                 logits = self.steps.step(inp, self._keep_logits, self.vocab)[-1]
                 if self.suppress is not None:
                     logits = logits.masked_fill(self.suppress, float("-inf"))
@@ -63,9 +69,13 @@ class EdgeDrafter:
                 tokens.append(self._on_draft(tok))
                 qs.append(q)
                 inp = tok.view(1, 1)
+                if self.stop is not None:
+                    self.confidences.append(top_probability(logits, q))
+                    if k < g and self.stop(k, self.confidences[-1]):
+                        break
             draft = self._to_host(tokens)
-        self.length = len(seq) + g - 1  # it fed seq + draft[:-1]
-        self.calls += g
+        self.length = len(seq) + len(draft) - 1  # it fed seq + draft[:-1]
+        self.calls += len(draft)
         return draft, torch.stack(qs) if self.sampling else None
 
     def catch_up(self, seq: list[int]) -> None:

@@ -208,7 +208,8 @@ def speculative(
     the edge's draft probabilities, move between them. The edge's forward calls run under its
     thread cap (see :func:`thread_plan`). ``schedule`` sets the draft length per round
     (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
-    ``cost`` chooses up to ``gamma``). ``optimized=True`` gives both models the set-up of the
+    ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive`` stop a draft of up to ``gamma``
+    after an unsure token, :mod:`specnb.decode.adaptive`). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to one of a few fixed widths
     (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
@@ -245,6 +246,7 @@ def speculative(
     with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]):
         drafter = translating(edge, cloud, e_settings) if translate else as_drafter(edge, e_settings)
         verifier = as_verifier(cloud, c_settings)
+        plan.attach(drafter)  # a per-token stop rule, for the schedules that have one
         try:
             reset_peak_memory(*e_devs, *c_devs)
             clock, draft_clock, verify_clock = Stopwatch(*e_devs, *c_devs), Stopwatch(*e_devs), Stopwatch(*c_devs)

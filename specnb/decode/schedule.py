@@ -8,6 +8,10 @@
   E(g) = (1 - a^(g+1)) / (1 - a) tokens on average and costs g * t_draft + t_verify, with
   the acceptance probability a (:func:`specnb.measure.metrics.estimate_alpha`) and the step costs measured so far in
   this run; up to ``gamma``.
+* ``confidence`` and ``adaptive``: up to ``gamma``, the draft stopping after any token by a rule
+  on the drafter's confidence (a fixed threshold; a cost-aware controller):
+  :mod:`specnb.decode.adaptive`. A drafter without probabilities (prompt lookup) keeps its own
+  length rule; ``adaptive`` then caps it by the ``cost`` rule.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..measure.metrics import estimate_alpha
+from .adaptive import STOPPING, can_stop, stop_rule
 
-SCHEDULES = ("constant", "heuristic", "cost")
+SCHEDULES = ("constant", "heuristic", "cost") + STOPPING
 MAX_GAMMA = 16
 
 
@@ -54,6 +59,13 @@ class Schedule:
         if self.rule not in SCHEDULES:
             raise ValueError(f"unknown draft schedule {self.rule!r}; use one of {', '.join(SCHEDULES)}")
         self.current = self.gamma
+        self.stop, self.controller = stop_rule(self.rule) if self.rule in STOPPING else (None, None)
+        self.drafter = None  # the drafter the stop rule is attached to (attach)
+
+    def attach(self, drafter) -> None:
+        """Give ``drafter`` this schedule's per-token stop rule, when both have one (:mod:`.adaptive`)."""
+        if self.stop is not None and can_stop(drafter):
+            drafter.stop, self.drafter = self.stop, drafter
 
     def longest(self) -> int:
         """The longest draft this schedule can ask for."""
@@ -72,8 +84,11 @@ class Schedule:
         return tuple(sorted({min(2**k + 1, top) for k in range(top.bit_length() + 1)} | {top}))
 
     def next(self) -> int:
-        if self.rule == "cost" and self.rounds and self.drafted:
+        priced = self.rule == "cost" or (self.rule == "adaptive" and self.drafter is None)
+        if priced and self.rounds and self.drafted:
             self.current = self._best_by_cost()
+        if self.controller is not None:
+            self.controller.begin_round(self.current)
         return self.current
 
     def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
@@ -83,6 +98,8 @@ class Schedule:
         self.draft_s += draft_s
         self.verify_s += verify_s
         self.rounds += 1
+        if self.controller is not None and self.drafter is not None:
+            self.controller.observe(self.drafter.confidences, drafted, accepted, draft_s, verify_s)
         if self.rule == "heuristic" and drafted:
             step = 2 if accepted == drafted else -1
             self.current = max(1, min(MAX_GAMMA, self.current + step))

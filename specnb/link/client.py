@@ -300,6 +300,7 @@ class Stream:
         self.cloud = cloud
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._call = cloud._session(self._requests(), metadata=cloud.metadata)
+        cloud.up.restart(), cloud.down.restart()  # a changing link (LinkProfile) starts again per session
         self.bytes_up = self.bytes_down = self.last_up = 0
         self._failed: Exception | None = None
         self._inbox: queue.SimpleQueue | None = None

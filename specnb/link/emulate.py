@@ -42,6 +42,11 @@ class Link:
     def emulated(self) -> bool:
         return bool(self.rtt_ms or self.jitter_ms or self.bandwidth_mbps)
 
+    def at(self, elapsed_s: float, message: int) -> "Link":
+        """The profile in force at a point of a session: always this one (a changing link:
+        :class:`specnb.link.profile.LinkProfile`)."""
+        return self
+
     def transfer_s(self, nbytes: int) -> float:
         """Time ``nbytes`` occupy the wire: bytes * 8 / bandwidth."""
         return 0.0 if not self.bandwidth_mbps else nbytes * 8 / (self.bandwidth_mbps * 1e6)
@@ -69,13 +74,21 @@ class Direction:
         self._free = 0.0
         self._last = 0.0
         self._lock = threading.Lock()
+        self.restart()
+
+    def restart(self) -> None:
+        """A new session: a changing link (``LinkProfile``) starts again at its first stage."""
+        self._t0: float | None = None
+        self._count = 0
 
     def arrival(self, nbytes: int, sent: float) -> float:
         """Arrival time (``time.perf_counter`` clock) of ``nbytes`` handed to the link at ``sent``."""
-        link = self.link
-        if not link.emulated:
+        if not self.link.emulated:
             return sent
         with self._lock:
+            self._t0 = sent if self._t0 is None else self._t0
+            link = self.link.at(sent - self._t0, self._count)
+            self._count += 1
             start = max(sent, self._free)
             self._free = start + link.transfer_s(nbytes)
             jitter = self._rng.uniform(-link.jitter_ms, link.jitter_ms) if link.jitter_ms else 0.0

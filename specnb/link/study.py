@@ -34,10 +34,15 @@ KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "dr
 
 def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
               max_new_tokens: int = 64, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0, reps: int = 2,
-              server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+              server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None,
+              schedules: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
-    ``predicted_wall_s`` (from the run at ``rtts_ms[0]``). ``server_gamma=None`` skips server-side speculation.
-    ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`, as the study notebook does)."""
+    ``drafted`` (draft length per round), ``predicted_wall_s`` (from the run at ``rtts_ms[0]``).
+    ``server_gamma=None`` skips server-side speculation. ``schedules``: draft-length schedules run as
+    methods ``edge_cloud:<schedule>`` with gamma = ``max(gammas)`` (their cap). An entry of ``rtts_ms``
+    may be a :class:`specnb.link.profile.LinkProfile` (a changing link; its rows carry its label and
+    no prediction). ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`,
+    as the study notebook does)."""
     order = random.Random(seed)
     rows: list[dict] = []
     for rep in range(reps):
@@ -45,13 +50,17 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
             g = autoregressive(edge, prompt, max_new_tokens)
             rows.append(_row(g, "edge", None, None, rep, pi))
             for rtt in order.sample(list(rtts_ms), len(rtts_ms)):
-                remote = cloud.with_link(Link(rtt, bandwidth_mbps, jitter_ms, seed=seed + rep))
+                changing = hasattr(rtt, "at") and not isinstance(rtt, Link)  # a LinkProfile
+                remote = cloud.with_link(rtt.with_seed(seed + rep) if changing else Link(rtt, bandwidth_mbps, jitter_ms, seed=seed + rep))
+                rtt = rtt.label if changing else rtt
                 runs = [("cloud", None, lambda r=remote, p=prompt: autoregressive(r, p, max_new_tokens))]
                 if server_gamma:
                     runs.append(("server_speculative", server_gamma,
                                  lambda r=remote, p=prompt: r.server_speculative(p, max_new_tokens, gamma=server_gamma)))
                 runs += [("edge_cloud", gm, lambda r=remote, p=prompt, gm=gm: speculative(edge, r, p, max_new_tokens, gamma=gm))
                          for gm in gammas]
+                runs += [(f"edge_cloud:{sc}", max(gammas), lambda r=remote, p=prompt, sc=sc:
+                          speculative(edge, r, p, max_new_tokens, gamma=max(gammas), schedule=sc)) for sc in schedules]
                 for method, gamma, fn in order.sample(runs, len(runs)):
                     g = fn()
                     rows.append(_row(g, method, gamma, rtt, rep, pi))
@@ -71,7 +80,7 @@ def predicted(df: pd.DataFrame, base_rtt: float, bandwidth_mbps: float | None = 
     out = []
     for r in df.to_dict("records"):
         b = base.get(key(r))
-        out.append(None if b is None or r["method"] == "edge" else
+        out.append(None if b is None or r["method"] == "edge" or isinstance(r["rtt_ms"], str) else
                    predict(_Run(b), Link(r["rtt_ms"], bandwidth_mbps, jitter_ms)))
     return pd.Series(out, index=df.index, dtype=float)
 
@@ -86,19 +95,45 @@ class _Run:
 
 def _row(g: Any, method: str, gamma: int | None, rtt: float | None, rep: int, prompt: int) -> dict:
     return {"method": method, "gamma": gamma, "rtt_ms": rtt, "rep": rep, "prompt": prompt,
-            **{k: g.metrics.get(k) for k in KEPT}, "tokens": tuple(g.tokens)}
+            **{k: g.metrics.get(k) for k in KEPT}, "tokens": tuple(g.tokens), "drafted": tuple(g.drafted_trace or ())}
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Speed of each method (and gamma) over cloud-only streaming across the same link: value and 95% interval."""
     out = []
-    for rtt in sorted(df["rtt_ms"].dropna().unique()):
+    for rtt in sorted(df["rtt_ms"].dropna().unique(), key=_rtt_order):
         cloud = _entries(df[(df.method == "cloud") & (df.rtt_ms == rtt)])
         others = df[(df.method != "cloud") & ((df.rtt_ms == rtt) | df.rtt_ms.isna())]
         for (method, gamma), part in others.groupby(["method", others.gamma.fillna(0)]):
             iv = ratio_interval(_entries(part), cloud, paired_reps=True)
             out.append({"rtt_ms": rtt, "method": method, "gamma": int(gamma) or None, "speedup": iv.value,
                         "low": iv.low, "high": iv.high, "tokens_per_s": part.new_tokens.sum() / part.wall_s.sum()})
+    return pd.DataFrame(out)
+
+
+def _rtt_order(rtt: float | str) -> tuple:
+    """Fixed RTTs by value, then changing links (labels) by name."""
+    return (1, 0.0, rtt) if isinstance(rtt, str) else (0, float(rtt), "")
+
+
+def against_best_fixed(df: pd.DataFrame) -> pd.DataFrame:
+    """Per link: each method's speed over the best fixed gamma of edge-cloud speculation on that link
+    (chosen after the fact, the strongest baseline), with the paired bootstrap interval, and the
+    drafted length per round (mean, 10th / 50th / 90th percentile)."""
+    out = []
+    for rtt in sorted(df["rtt_ms"].dropna().unique(), key=_rtt_order):
+        here = df[df.rtt_ms == rtt]
+        spec = here[here.method.str.startswith("edge_cloud")]
+        fixed = spec[spec.method == "edge_cloud"]
+        speeds = fixed.groupby("gamma").apply(lambda x: x.new_tokens.sum() / x.wall_s.sum(), include_groups=False)
+        best = fixed[fixed.gamma == speeds.idxmax()]
+        for (method, gamma), part in spec.groupby(["method", "gamma"]):
+            iv = ratio_interval(_entries(part), _entries(best), paired_reps=True)
+            lengths = pd.Series([n for t in part.drafted for n in t], dtype=float)
+            out.append({"link": rtt, "method": method, "gamma": int(gamma), "tokens_per_s": part.new_tokens.sum() / part.wall_s.sum(),
+                        "vs_best_fixed": iv.value, "low": iv.low, "high": iv.high, "best_fixed_gamma": int(speeds.idxmax()),
+                        "drafted_mean": lengths.mean(), "drafted_p10": lengths.quantile(0.1),
+                        "drafted_p50": lengths.median(), "drafted_p90": lengths.quantile(0.9)})
     return pd.DataFrame(out)
 
 

@@ -62,7 +62,7 @@ class MethodParams(BaseModel):
     gamma: int = Field(4, ge=1)
     verify: Literal["greedy", "sample", "rank"] = "greedy"
     rank_k: int = Field(5, ge=1)
-    schedule: Literal["constant", "heuristic", "cost"] = "constant"
+    schedule: Literal["constant", "heuristic", "cost", "confidence", "adaptive"] = "constant"
     optimized: bool = False
     compile_steps: bool | None = None
     temperature: float = Field(0.0, ge=0.0)

@@ -1,0 +1,257 @@
+"""Draft lengths that adapt per round: a per-token stop rule, and a controller that prices each draft.
+
+Two ``schedule`` values of :func:`specnb.speculative` live here (:mod:`specnb.decode.schedule` holds
+the others); both draft up to ``gamma`` tokens and may stop a round's draft after any token:
+
+* ``confidence``: stop after a drafted token whose confidence (the drafter's own top probability)
+  is below :data:`CONFIDENCE_THRESHOLD` (0.4, the default of Hugging Face's
+  ``assistant_confidence_threshold``). Long drafts on easy text, short on hard text; blind to costs.
+* ``adaptive``: a cost-aware controller (:class:`Controller`). It learns, from the run itself,
+
+  - ``P(accept | confidence)``: binned calibration (:class:`Calibration`), from the confidences of
+    the drafted tokens and how many of each round's draft the verifier kept;
+  - ``t_d``, the cost of one draft step (exponentially weighted mean of draft time / drafted);
+  - ``v(k) = a + b k``, the cost of verifying ``k`` drafts, *link included* (the loop's verify clock
+    spans the round trip to a remote cloud): an exponentially weighted least-squares line over the
+    recent rounds, so a change of RTT or bandwidth moves ``a`` within a few rounds;
+
+  and stops drafting at the length that maximizes the expected tokens per second of the round.
+
+The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
+it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
+own, so a round that stops after ``k`` drafts emits on average::
+
+    E(k) = 1 + sum_{j=1..k} P_j,    P_j = prod_{i=1..j} p_i     (P_j: the first j drafts all survive)
+
+and costs ``T(k) = k t_d + a + b k`` (draft, then verify with the link). The controller wants the
+``k`` maximizing the rate ``R(k) = E(k) / T(k)``. Drafting one more token changes E by
+``P_k p_{k+1}`` and T by ``t_d + b``, and ``R(k+1) > R(k)`` exactly when
+
+    P_k p_{k+1} / (t_d + b)  >  E(k) / T(k)                                   (marginal rule)
+
+i.e. while the expected gain of one more token per its cost beats the round's current rate. The
+next token's ``p_{k+1}`` is unknown before it is drafted, and the marginal rule is myopic: a
+single unsure token among sure ones makes "one more" look bad although the tokens after it would pay
+(measured on the embedded pair through the link, a controller on the marginal rule with
+``p_{k+1} = p_k`` drafted 3-6 tokens a round where a fixed 12-16 was best, and ran at 0.80-0.87x
+of the best fixed gamma: docs/adaptive-gamma.md). So the controller looks ahead: after the k-th
+draft, with P_k and E(k) from the calibrated ``p_1..p_k`` of this round, it keeps drafting while
+*some* continuation of ``m`` more tokens (``m <= gamma - k``), each accepted with the run's mean
+acceptance ``alpha`` (the i.i.d. estimate over all judged drafts), beats stopping now::
+
+    keep drafting while  max_{1<=m<=gamma-k} E(k+m) / T(k+m)  >  E(k) / T(k),
+    E(k+m) = E(k) + P_k (alpha + alpha^2 + ... + alpha^m)
+
+With a steady acceptance this stops exactly where the marginal rule does (the rate is unimodal in
+``k``); with ``P_k`` it still reads this round's confidences: unsure tokens shrink what every later
+token can add, so hard spans stop early and easy ones run to the cap.
+
+A high RTT makes ``a``, hence ``T(k)``, large: a lower P_k still pays, drafts run long. A cheap link
+makes drafts stop after the first unsure tokens. Before the first round the controller knows no costs
+and uses the ``confidence`` rule.
+
+Why it should beat a fixed gamma: a fixed gamma is tuned for the *average* acceptance and one
+link. Here the length follows the text token by token (the confidence sees a hard span coming, a
+fixed gamma pays for drafts that the verifier will throw away, and stops short on easy spans) and
+the link round by round (the intercept ``a`` tracks the RTT). With i.i.d. acceptance ``p`` and
+fixed costs the rule reduces to the best fixed gamma of Leviathan et al. (2023) (the rate is
+unimodal in ``k``), so on stationary text and link it loses only its estimation noise; the gains come
+from variance in confidence and in the link. SpecDec++ (2024) stops on a learned acceptance head
+with the same comparison of a stop threshold against costs; here the head is the draft's own
+probability, calibrated online.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+CONFIDENCE_THRESHOLD = 0.4  # Hugging Face's default assistant_confidence_threshold
+STOPPING = ("confidence", "adaptive")  # the schedules that stop a draft per token
+
+
+def top_probability(logits: torch.Tensor, probs: torch.Tensor | None) -> float:
+    """The drafter's confidence in the token it just drafted: the top of its distribution (a host sync).
+
+    ``probs``: the (warped) distribution a sampling drafter drew from; None when drafting greedily,
+    then the softmax of ``logits``."""
+    p = probs if probs is not None else torch.softmax(logits.float(), dim=-1)
+    return float(p.max())
+
+
+# ---------------------------------------------------------------------------- the model, pure
+
+def expected_emitted(ps: list[float]) -> float:
+    """E(k) = 1 + sum_j prod_{i<=j} p_i: mean tokens a round emits when it verifies drafts with acceptances ``ps``."""
+    total, prefix = 1.0, 1.0
+    for p in ps:
+        prefix *= p
+        total += prefix
+    return total
+
+
+def round_time(k: int, t_draft: float, a: float, b: float) -> float:
+    """T(k) = k t_d + a + b k: drafting k tokens, then verifying them (a: per round, link included)."""
+    return k * (t_draft + b) + a
+
+
+def keep_drafting(prefix: float, emitted: float, k: int, p_next: float, t_draft: float, a: float, b: float) -> bool:
+    """The marginal rule: one more draft pays when its expected gain per cost beats the current rate.
+
+    ``prefix`` = P_k, ``emitted`` = E(k) after ``k`` drafts; true when P_k p_next / (t_d + b) > E(k) / T(k).
+    """
+    return prefix * p_next * round_time(k, t_draft, a, b) > emitted * (t_draft + b)
+
+
+def continuation_pays(prefix: float, emitted: float, k: int, alpha: float, left: int,
+                      t_draft: float, a: float, b: float) -> bool:
+    """The lookahead rule: some draft of ``m`` more tokens (1 <= m <= ``left``), each accepted with the
+    run's mean acceptance ``alpha``, has a higher rate E(k+m) / T(k+m) than stopping now at E(k) / T(k).
+
+    With a steady acceptance it stops where :func:`keep_drafting` does; unlike it, it rides over a dip
+    (one unsure token among sure ones lowers P_k once, not the value of every token after it).
+    """
+    rate = emitted / round_time(k, t_draft, a, b)
+    for m in range(1, left + 1):
+        prefix *= alpha
+        emitted += prefix
+        if emitted / round_time(k + m, t_draft, a, b) > rate:
+            return True
+    return False
+
+
+def best_length(ps: list[float], t_draft: float, a: float, b: float) -> int:
+    """argmax_k E(k) / T(k) over k = 0..len(ps), all acceptances known (the rule's target; for tests and docs)."""
+    return max(range(len(ps) + 1), key=lambda k: expected_emitted(ps[:k]) / round_time(k, t_draft, a, b))
+
+
+# ---------------------------------------------------------------------------- what the run teaches
+
+@dataclass
+class Calibration:
+    """P(accept | confidence) in equal bins of [0, 1], each with a prior of ``prior`` pseudo-rounds at
+    the bin's centre (a well-calibrated drafter: acceptance = confidence until the run says otherwise).
+
+    A round that kept ``n`` of its drafts shows drafts 1..n accepted and draft n+1 rejected; the
+    drafts after the first rejection were never judged (censored) and teach nothing.
+    """
+
+    bins: int = 10
+    prior: float = 2.0
+    hits: list[float] = field(default_factory=list)
+    tries: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.hits = self.hits or [0.0] * self.bins
+        self.tries = self.tries or [0.0] * self.bins
+
+    def _bin(self, c: float) -> int:
+        return min(self.bins - 1, max(0, int(c * self.bins)))
+
+    def p(self, c: float) -> float:
+        b = self._bin(c)
+        centre = (b + 0.5) / self.bins
+        if sum(self.tries) >= self.bins:  # enough judged drafts: shrink towards the run's mean, not the confidence
+            centre = self.mean()
+        return (self.hits[b] + self.prior * centre) / (self.tries[b] + self.prior)
+
+    def mean(self) -> float:
+        """The run's acceptance of a judged draft, whatever its confidence (the i.i.d. alpha, +1/+2 prior)."""
+        return (sum(self.hits) + 1.0) / (sum(self.tries) + 2.0)
+
+    def observe(self, confidences: list[float], accepted: int) -> None:
+        for j, c in enumerate(confidences[: accepted + 1]):
+            b = self._bin(c)
+            self.tries[b] += 1
+            self.hits[b] += j < accepted
+
+
+@dataclass
+class Costs:
+    """Step costs from the recent rounds, each older round weighted ``decay`` times less.
+
+    ``t_draft``: draft seconds per drafted token. ``verify(k) = a + b k``: weighted least squares of a
+    round's verify seconds on its draft length (b >= 0; b = 0 while the lengths seen do not spread).
+    """
+
+    decay: float = 0.8
+    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # sums of w, w k, w k^2, w y, w k y
+    _d: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sums of w draft_s, w k
+
+    @property
+    def known(self) -> bool:
+        return self._s[0] > 0 and self._d[1] > 0
+
+    def observe(self, k: int, draft_s: float, verify_s: float) -> None:
+        self._s = [x * self.decay for x in self._s]
+        self._d = [x * self.decay for x in self._d]
+        for i, v in enumerate((1.0, k, k * k, verify_s, k * verify_s)):
+            self._s[i] += v
+        if k:
+            self._d[0] += draft_s
+            self._d[1] += k
+
+    @property
+    def t_draft(self) -> float:
+        return self._d[0] / self._d[1] if self._d[1] else 0.0
+
+    def line(self) -> tuple[float, float]:
+        """(a, b) of verify(k) = a + b k."""
+        w, wk, wkk, wy, wky = self._s
+        det = w * wkk - wk * wk
+        b = max(0.0, (w * wky - wk * wy) / det) if det > 1e-9 * w * w else 0.0
+        return max(0.0, (wy - b * wk) / w), b
+
+
+class Controller:
+    """The ``adaptive`` schedule's per-token stop rule (the module's lookahead rule), learning as it goes.
+
+    ``begin_round(cap)`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
+    ``observe(...)`` after the round, with the confidences of what was drafted.
+    """
+
+    def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None):
+        self.calibration = calibration or Calibration()
+        self.costs = costs or Costs()
+        self.begin_round()
+
+    def begin_round(self, cap: int = 16) -> None:
+        self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
+        if self.costs.known:
+            self._t_draft = self.costs.t_draft
+            self._a, self._b = self.costs.line()
+
+    def stop(self, k: int, confidence: float) -> bool:
+        if not self.costs.known:
+            return confidence < CONFIDENCE_THRESHOLD
+        p = self.calibration.p(confidence)
+        self._prefix *= p
+        self._emitted += self._prefix
+        return not continuation_pays(self._prefix, self._emitted, k, self.calibration.mean(), self._cap - k,
+                                     self._t_draft, self._a, self._b)
+
+    def observe(self, confidences: list[float], drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self.calibration.observe(confidences[:drafted], accepted)
+        self.costs.observe(drafted, draft_s, verify_s)
+
+
+def threshold_stop(k: int, confidence: float) -> bool:
+    """The ``confidence`` schedule: stop after a token drafted with top probability below the threshold."""
+    return confidence < CONFIDENCE_THRESHOLD
+
+
+def stop_rule(rule: str) -> tuple[Callable[[int, float], bool], Controller | None]:
+    """The per-token stop rule of a stopping schedule, and its controller when it learns."""
+    if rule == "adaptive":
+        c = Controller()
+        return c.stop, c
+    if rule == "confidence":
+        return threshold_stop, None
+    raise ValueError(f"{rule!r} is not a stopping schedule; use one of {', '.join(STOPPING)}")
+
+
+def can_stop(drafter: Any) -> bool:
+    """Whether ``drafter`` takes a per-token stop rule (it drafts token by token with probabilities)."""
+    return hasattr(drafter, "stop") and hasattr(drafter, "confidences")

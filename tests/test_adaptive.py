@@ -1,0 +1,182 @@
+"""Adaptive draft lengths: the per-token stop rule, the cost model's maths, and greedy output kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from specnb import ModelSpec, PromptLookup, autoregressive, load, speculative
+from specnb.decode.adaptive import (Calibration, Controller, Costs, best_length, continuation_pays, expected_emitted,
+                                    keep_drafting, round_time)
+from specnb.decode.schedule import Schedule
+
+PROMPTS = ["def parse(text):", "class Stack:\n    def push(self, item):", "for i in range(10):\n    print("]
+N = 24
+
+
+def test_expected_emitted_is_one_plus_the_survival_sums():
+    assert expected_emitted([]) == 1.0
+    assert expected_emitted([0.5, 0.5]) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_emitted([1.0, 0.0, 1.0]) == 2.0
+
+
+@pytest.mark.parametrize("p", [0.3, 0.6, 0.8, 0.95])
+@pytest.mark.parametrize("t_draft,a,b", [(0.002, 0.005, 0.0005), (0.002, 0.05, 0.0005), (0.01, 0.003, 0.001)])
+def test_marginal_rule_stops_at_the_best_length_when_acceptance_is_steady(p, t_draft, a, b):
+    """With the same p per token the rate E(k)/T(k) is unimodal: stopping at the first k where one more
+    does not pay is the argmax (the drafter decides after its k-th token, so k >= 1)."""
+    cap = 32
+    k, prefix, emitted = 1, p, 1 + p
+    while k < cap and keep_drafting(prefix, emitted, k, p, t_draft, a, b):
+        k += 1
+        prefix *= p
+        emitted += prefix
+    assert k == max(1, best_length([p] * cap, t_draft, a, b))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.6, 0.8, 0.95])
+@pytest.mark.parametrize("t_draft,a,b", [(0.002, 0.005, 0.0005), (0.002, 0.05, 0.0005), (0.01, 0.003, 0.001)])
+def test_lookahead_rule_agrees_with_the_marginal_rule_when_acceptance_is_steady(p, t_draft, a, b):
+    cap = 32
+    k, prefix, emitted = 1, p, 1 + p
+    while k < cap and continuation_pays(prefix, emitted, k, p, cap - k, t_draft, a, b):
+        k += 1
+        prefix *= p
+        emitted += prefix
+    assert k == max(1, best_length([p] * cap, t_draft, a, b))
+
+
+def test_lookahead_rides_over_one_unsure_token_where_the_marginal_rule_stops():
+    """Slow link, sure drafts (alpha 0.9), then one token at acceptance 0.3: one more at 0.3 does not pay
+    by itself, but the sure tokens after it do."""
+    t_draft, a, b = 0.002, 0.05, 0.0005
+    ps = [0.9, 0.9, 0.3]
+    prefix, emitted = 0.9 * 0.9 * 0.3, expected_emitted(ps)
+    assert not keep_drafting(prefix, emitted, 3, 0.3, t_draft, a, b)
+    assert continuation_pays(prefix, emitted, 3, 0.9, 13, t_draft, a, b)
+
+
+def test_best_length_grows_with_the_round_cost():
+    ps = [0.8] * 32
+    lengths = [best_length(ps, 0.002, a, 0.0005) for a in (0.001, 0.005, 0.02, 0.1)]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_calibration_learns_only_from_judged_drafts():
+    c = Calibration(bins=10, prior=2.0)
+    assert c.p(0.95) == pytest.approx(0.95)  # the prior: calibrated
+    c.observe([0.95, 0.95, 0.95, 0.95], accepted=1)  # 1st kept, 2nd rejected, 3rd and 4th never judged
+    assert c.tries[9] == 2 and c.hits[9] == 1
+    for _ in range(50):
+        c.observe([0.95, 0.95], accepted=0)
+    assert c.p(0.95) < 0.1
+
+
+def test_costs_recover_the_verify_line_and_follow_a_change():
+    costs = Costs(decay=0.8)
+    for k in [1, 4, 8, 2, 6, 3] * 3:
+        costs.observe(k, draft_s=k * 0.002, verify_s=0.01 + 0.001 * k)
+    a, b = costs.line()
+    assert costs.t_draft == pytest.approx(0.002)
+    assert a == pytest.approx(0.01) and b == pytest.approx(0.001)
+    for k in [1, 4, 8, 2, 6, 3] * 5:  # the RTT grows by 40 ms
+        costs.observe(k, draft_s=k * 0.002, verify_s=0.05 + 0.001 * k)
+    assert costs.line()[0] == pytest.approx(0.05, rel=0.05)
+
+
+def _first_stop(controller: Controller, confidence: float, cap: int = 32) -> int:
+    controller.begin_round()
+    return next((k for k in range(1, cap) if controller.stop(k, confidence)), cap)
+
+
+def test_controller_drafts_longer_over_a_slower_link():
+    lengths = []
+    for verify_s in (0.003, 0.06):
+        c = Controller()
+        for _ in range(5):
+            c.observe([0.8] * 4, drafted=4, accepted=3, draft_s=4 * 0.002, verify_s=verify_s)
+        lengths.append(_first_stop(c, 0.8))
+    assert lengths[0] < lengths[1]
+
+
+def test_controller_uses_the_fixed_threshold_before_it_knows_costs():
+    c = Controller()
+    c.begin_round()
+    assert not c.stop(1, 0.5) and c.stop(2, 0.3)
+
+
+@pytest.fixture(scope="module")
+def models(related_pair):
+    return {name: load(ModelSpec(str(related_pair / name), device="cpu")) for name in ("cloud", "edge")}
+
+
+@pytest.mark.parametrize("schedule", ["confidence", "adaptive"])
+def test_stopping_schedules_keep_greedy_output_and_vary_the_length(models, schedule):
+    cloud, edge = models["cloud"], models["edge"]
+    lengths = set()
+    for prompt in PROMPTS:
+        g = speculative(edge, cloud, prompt, N, gamma=8, schedule=schedule)
+        assert g.tokens == autoregressive(cloud, prompt, N).tokens
+        assert sum(g.drafted_trace) == g.metrics["drafted"]
+        assert max(g.drafted_trace) <= 8
+        lengths |= set(g.drafted_trace[:-1])  # the last round is cut by max_new_tokens
+    if schedule == "confidence":  # adaptive's lengths follow measured costs (unit tests above): not asserted here
+        assert len(lengths) > 1
+
+
+def test_sampling_with_a_stopping_schedule_is_seeded(models):
+    cloud, edge = models["cloud"], models["edge"]
+    runs = [speculative(edge, cloud, PROMPTS[0], N, gamma=6, schedule="adaptive", verify="sample",
+                        temperature=1.0, seed=3).tokens for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == N
+
+
+def test_prompt_lookup_keeps_its_rule_and_adaptive_caps_it_by_cost(models):
+    cloud = models["cloud"]
+    plan = Schedule("adaptive", 6)
+    plan.attach(PromptLookup())
+    assert plan.drafter is None
+    g = speculative(PromptLookup(), cloud, PROMPTS[1], N, gamma=6, schedule="adaptive")
+    assert g.tokens == autoregressive(cloud, PROMPTS[1], N).tokens
+
+
+def test_params_accept_every_schedule():
+    from typing import get_args
+
+    from specnb.decode.schedule import SCHEDULES
+    from specnb.study.params import MethodParams
+
+    assert get_args(MethodParams.model_fields["schedule"].annotation) == SCHEDULES
+
+
+def _delays(direction, sent_times):
+    return [round((direction.arrival(0, t) - t) * 1e3, 6) for t in sent_times]
+
+
+def test_link_profile_by_rounds_changes_the_delay_and_restarts_per_session():
+    from specnb.link.emulate import Direction, Link
+    from specnb.link.profile import LinkProfile
+
+    profile = LinkProfile.steps([(0, Link(rtt_ms=5)), (2, Link(rtt_ms=50)), (4, Link(rtt_ms=20))], by="round")
+    d = Direction(profile, 0)
+    sent = [10.0 * i for i in range(6)]  # far apart: no queueing behind the previous message
+    assert _delays(d, sent) == [2.5, 2.5, 25.0, 25.0, 10.0, 10.0]
+    d.restart()
+    assert _delays(d, [100.0]) == [2.5]
+
+
+def test_link_profile_by_elapsed_time_and_a_trace():
+    from specnb.link.emulate import Direction
+    from specnb.link.profile import LinkProfile
+
+    d = Direction(LinkProfile.trace([4, 40, 8], every=1.0, by="s"), 0)
+    assert _delays(d, [5.0, 5.5, 6.2, 7.0, 9.0]) == [2.0, 2.0, 20.0, 4.0, 4.0]
+
+
+def test_link_profile_refuses_bad_stages():
+    from specnb.link.emulate import Link
+    from specnb.link.profile import LinkProfile
+
+    with pytest.raises(ValueError, match="increasing starts beginning at 0"):
+        LinkProfile.steps([(1, Link(5)), (2, Link(50))])
+    with pytest.raises(ValueError, match="by='s' or by='round'|changes by"):
+        LinkProfile.steps([(0, Link(5))], by="minute")
