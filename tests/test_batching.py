@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from specnb.decode.loops import as_verifier
 from specnb.decode.roles import RoundSettings
 from specnb.link import batching
 from specnb.link.batching import Batcher, attention_mask, batchable, score_rows
+from specnb.link.replay import RecordingDrafter, ReplayedEdge
 from specnb.link.service import CloudService, start
 from specnb.link.wire import Message
 
@@ -225,3 +227,57 @@ def test_a_bad_message_is_its_own_sessions_error(pair, servers):
     got = run_concurrently([lambda p=p: speculative(edge, connect(servers["batched"]), p, N, gamma=3).tokens
                             for p in PROMPTS[:2]] + [bad])
     assert got[:2] == want
+
+
+# ---- replayed edges (specnb/link/replay.py)
+
+
+@pytest.mark.parametrize("kw", [{}, {"verify": "sample", "temperature": 1.0, "seed": 3}], ids=["greedy", "sample"])
+def test_replayed_edge_sends_the_real_edges_requests(pair, servers, kw):
+    """Recorded once from the real edge, the replay sends the same rounds (drafts, bytes up per round)
+    and waits at least the recorded drafting time, without an edge model."""
+    remote = connect(servers["solo"])
+    recorder = RecordingDrafter(pair["edge"])
+    real = speculative(recorder, remote, PROMPTS[1], N, gamma=3, **kw)
+    recording = recorder.recording
+    assert len(recording.rounds) == real.metrics["rounds"] and recording.draft_s() > 0
+    replay = speculative(ReplayedEdge(recording), remote, PROMPTS[1], N, gamma=3, **kw)
+    assert replay.tokens == real.tokens
+    assert (replay.trace, replay.drafted_trace) == (real.trace, real.drafted_trace)
+    assert replay.metrics["round_bytes_up"] == real.metrics["round_bytes_up"]
+    assert replay.metrics["draft_s"] >= recording.draft_s()  # it slept at least the recorded times
+    assert replay.metrics["replayed_rounds"] == len(recording.rounds)
+
+
+def test_replayed_edges_through_a_batching_server(pair, servers):
+    """Four replays of one recording at once through the batching server: each ends as recorded."""
+    recorder = RecordingDrafter(pair["edge"])
+    real = speculative(recorder, connect(servers["solo"]), PROMPTS[0], N, gamma=3)
+    got = run_concurrently([lambda: speculative(ReplayedEdge(recorder.recording), connect(servers["batched"]),
+                                                PROMPTS[0], N, gamma=3).tokens for _ in range(4)])
+    assert got == [real.tokens] * 4
+
+
+def test_a_replay_that_diverges_says_where(pair, servers):
+    recorder = RecordingDrafter(pair["edge"])
+    speculative(recorder, connect(servers["solo"]), PROMPTS[0], N, gamma=3)
+    with pytest.raises(ValueError, match="same prompt"):
+        speculative(ReplayedEdge(recorder.recording, wait=False), connect(servers["solo"]), PROMPTS[2], N, gamma=3)
+    bent = recorder.recording
+    bent.rounds[1] = replace(bent.rounds[1], last=bent.rounds[1].last + 1)
+    with pytest.raises(RuntimeError, match="diverged at round 2"):
+        speculative(ReplayedEdge(bent, wait=False), connect(servers["solo"]), PROMPTS[0], N, gamma=3)
+
+
+def test_serve_refuses_a_bad_batch_setting_before_loading():
+    """``specnb serve --max-batch 0``: one line on stderr naming the flag, exit 2, no model loaded."""
+    from serving import launch
+    proc = launch("zoo:does-not-exist", "--batch", "dynamic", "--max-batch", "0")
+    out, err = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 2 and "--max-batch" in err and out == "", (proc.returncode, err)
+
+
+def test_hello_and_status_say_how_the_server_batches(servers):
+    remote = connect(servers["batched"])
+    assert (remote.info["batch"], remote.info["max_batch"], remote.info["batch_wait_ms"]) == ("wait", 4, 30)
+    assert connect(servers["solo"]).status()["batches"] == {}
