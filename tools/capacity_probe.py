@@ -1,0 +1,80 @@
+"""A first, small capacity probe: N replayed edges against ``specnb serve --batch none`` and ``--batch dynamic``.
+
+Not the capacity study (issue 23's notebook): one prompt, greedy, no link emulation, a few N. Each edge
+replays the same real edge run (recorded once, drafting times included), so the edges cost the machine
+sleeps only and the server's model calls are the load. Prints one line per (policy, N): goodput (new
+tokens per second, all edges), the slowest and the mean per-edge rate, and the server's batch sizes.
+
+    PYTHONPATH=$PWD python tools/capacity_probe.py --n 1 2 4 8 --tokens 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import threading
+import time
+
+from specnb import ModelSpec, connect, load, speculative
+from specnb.link.replay import RecordingDrafter, ReplayedEdge
+
+
+def serve(policy: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", "zoo:tiny-cloud", "--device", "cpu",
+           "--threads", "1", "--port", "0", "--max-sessions", "40", "--batch", policy, "--max-batch", str(max_batch)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    match = re.fullmatch(r"listening on (\S+)\n", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"specnb serve did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def one_n(address: str, recording, prompt: str, tokens: int, gamma: int, n: int) -> dict:
+    rates: list[float] = [0.0] * n
+    news: list[int] = [0] * n
+
+    def edge(i: int) -> None:
+        g = speculative(ReplayedEdge(recording), connect(address), prompt, tokens, gamma=gamma)
+        news[i], rates[i] = len(g.tokens), len(g.tokens) / g.metrics["wall_s"]
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=edge, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    wall = time.perf_counter() - t0
+    return {"goodput": sum(news) / wall, "slowest": min(rates), "mean": sum(rates) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--gamma", type=int, default=3)
+    ap.add_argument("--prompt", default="def parse(text):")
+    args = ap.parse_args()
+    edge = load(ModelSpec("zoo:tiny-edge", dtype="float32", device="cpu", threads=1))
+    for policy in ("none", "dynamic"):
+        proc, address = serve(policy, max(args.n))
+        try:
+            recorder = RecordingDrafter(edge)
+            speculative(recorder, connect(address), args.prompt, args.tokens, gamma=args.gamma)  # the real edge, alone
+            for n in args.n:
+                before = dict(connect(address).status()["batches"])
+                r = one_n(address, recorder.recording, args.prompt, args.tokens, args.gamma, n)
+                after = connect(address).status()["batches"]
+                sizes = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+                print(f"{policy:8s} N={n:2d} goodput {r['goodput']:7.1f} tok/s  per edge: slowest {r['slowest']:6.1f}, "
+                      f"mean {r['mean']:6.1f} tok/s  batches {sizes}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
