@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,22 +57,33 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--gamma", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per (N, policy), interleaved; medians printed")
     ap.add_argument("--prompt", default="def parse(text):")
     args = ap.parse_args()
     edge = load(ModelSpec("zoo:tiny-edge", dtype="float32", device="cpu", threads=1))
-    for policy in ("none", "dynamic"):
-        proc, address = serve(policy, max(args.n))
-        try:
-            recorder = RecordingDrafter(edge)
-            speculative(recorder, connect(address), args.prompt, args.tokens, gamma=args.gamma)  # the real edge, alone
-            for n in args.n:
-                before = dict(connect(address).status()["batches"])
-                r = one_n(address, recorder.recording, args.prompt, args.tokens, args.gamma, n)
-                after = connect(address).status()["batches"]
-                sizes = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
-                print(f"{policy:8s} N={n:2d} goodput {r['goodput']:7.1f} tok/s  per edge: slowest {r['slowest']:6.1f}, "
-                      f"mean {r['mean']:6.1f} tok/s  batches {sizes}", flush=True)
-        finally:
+    procs, addresses = {}, {}
+    try:
+        for policy in ("none", "dynamic"):  # both up at once, runs interleaved: the shared machine's load hits both
+            procs[policy], addresses[policy] = serve(policy, max(args.n))
+        recorder = RecordingDrafter(edge)
+        speculative(recorder, connect(addresses["none"]), args.prompt, args.tokens, gamma=args.gamma)  # the real edge
+        for n in args.n:
+            runs: dict[str, list[dict]] = {p: [] for p in addresses}
+            sizes: dict[str, dict[str, int]] = {}
+            for _ in range(args.reps):
+                for policy, address in addresses.items():
+                    before = dict(connect(address).status()["batches"])
+                    runs[policy].append(one_n(address, recorder.recording, args.prompt, args.tokens, args.gamma, n))
+                    after = connect(address).status()["batches"]
+                    for k, v in after.items():
+                        sizes.setdefault(policy, {})[k] = sizes.get(policy, {}).get(k, 0) + v - before.get(k, 0)
+            for policy, rs in runs.items():
+                med = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                kept = {k: v for k, v in sizes.get(policy, {}).items() if v}
+                print(f"{policy:8s} N={n:2d} goodput {med['goodput']:7.1f} tok/s  per edge: slowest {med['slowest']:6.1f}, "
+                      f"mean {med['mean']:6.1f} tok/s  (medians of {args.reps})  batches {kept}", flush=True)
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(30)
 

@@ -223,6 +223,13 @@ def run_batch(model: Any, jobs: list[Job]) -> None:
             live.append(job)
     if not live:
         return
+    if len(live) == 1:  # alone: the solo forward, no gathering (and bit for bit the solo logits)
+        job = live[0]
+        try:
+            job.result = job.settle(job.verifier.score(job.row[0], job.row[1:]))
+        except Exception as err:  # noqa: BLE001 - that session's error
+            job.error = err
+        return
     try:
         logits = score_rows(model, [j.verifier.steps.cache for j in live], [j.verifier.length for j in live],
                             [j.row for j in live], [j.verifier.vocab for j in live])
