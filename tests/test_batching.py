@@ -162,6 +162,20 @@ def test_four_concurrent_sampling_sessions_draw_as_solo(pair, servers):
     assert several_batched(connect(servers["batched"]).status()) > before
 
 
+def test_sessions_with_different_rules_share_batches(pair, servers):
+    """Greedy, rank and sampling sessions in the same batches: each rule runs on its own rows only."""
+    edge = pair["edge"]
+    jobs = [(PROMPTS[0], {}), (PROMPTS[1], {"verify": "rank", "rank_k": 3}),
+            (PROMPTS[2], {"verify": "sample", "temperature": 0.7, "seed": 11}), (PROMPTS[3], {"gamma": 5})]
+    kw0 = {"gamma": 3}
+    want = [speculative(edge, connect(servers["solo"]), p, N, **(kw0 | kw)).tokens for p, kw in jobs]
+    before = several_batched(connect(servers["batched"]).status())
+    got = run_concurrently([lambda p=p, kw=kw: speculative(edge, connect(servers["batched"]), p, N, **(kw0 | kw)).tokens
+                            for p, kw in jobs])
+    assert got == want
+    assert several_batched(connect(servers["batched"]).status()) > before
+
+
 def test_session_cancelled_mid_batch_frees_its_cache_and_spares_the_others(pair, servers, monkeypatch):
     """A victim's round is in a batch with others when its client cancels the stream: the batch ends,
     the victim's cache is freed, and the others' outputs are their solo outputs."""
