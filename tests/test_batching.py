@@ -123,6 +123,28 @@ def test_a_session_closed_before_its_batch_is_left_out_alone(pair):
     assert "closed" in str(jobs[1].error)
 
 
+def test_one_sessions_failing_rule_fails_only_that_session(pair):
+    cloud = pair["cloud"]
+    a, b = verifiers(cloud, [[5, 6, 7], [8, 9]])
+    want = verifiers(cloud, [[5, 6, 7]])[0].verify(8, [9], None)
+
+    def broken(logits):
+        raise ValueError("this session's own trouble")
+
+    jobs = [batching.Job(a, [8, 9], lambda lg: a.settle(a.length - 2, [9], lg, None)), batching.Job(b, [1, 2], broken)]
+    batching.run_batch(cloud, jobs)
+    assert jobs[0].error is None and jobs[0].result == want
+    assert isinstance(jobs[1].error, ValueError)
+
+
+def test_a_closed_batcher_refuses_rounds(pair):
+    batcher = Batcher(pair["cloud"], threading.Lock(), policy="dynamic")
+    batcher.close()
+    v = verifiers(pair["cloud"], [[5, 6]])[0]
+    with pytest.raises(RuntimeError, match="stopping"):
+        batcher.submit(v, [7], lambda lg: None)
+
+
 def test_attention_mask_covers_each_rows_cache_and_inputs():
     mask = attention_mask([3, 0, 1], [1, 2, 2], "cpu")
     assert mask.tolist() == [[1, 1, 1, 1, 0], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]

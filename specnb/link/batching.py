@@ -167,18 +167,24 @@ class Batcher:
         self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.sizes: collections.Counter[int] = collections.Counter()  # batch size -> batches run
         self._counting = threading.Lock()
+        self.closed = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name="specnb-batcher")
         self._thread.start()
 
     def submit(self, verifier: Any, row: list[int], settle: Callable[[torch.Tensor], Any]) -> Any:
+        if self.closed:
+            raise RuntimeError("the server is stopping")
         job = Job(verifier, row, settle)
         self.queue.put(job)
-        job.done.wait()
+        while not job.done.wait(1.0):
+            if not self._thread.is_alive():  # closed between the check above and the put
+                raise RuntimeError("the server is stopping")
         if job.error is not None:
             raise job.error
         return job.result
 
     def close(self) -> None:
+        self.closed = True
         self.queue.put(None)
 
     def histogram(self) -> dict[str, int]:
@@ -205,11 +211,28 @@ class Batcher:
 
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
-            with self.lock:
-                run_batch(self.model, jobs)
-            with self._counting:
-                self.sizes[len(jobs)] += 1
-            for job in jobs:
+            try:
+                with self.lock:
+                    run_batch(self.model, jobs)
+                with self._counting:
+                    self.sizes[len(jobs)] += 1
+            except BaseException as err:  # noqa: BLE001 - never leave a session waiting on a dead thread
+                for job in jobs:
+                    job.error = job.error or err
+            finally:
+                for job in jobs:
+                    job.done.set()
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """After close: rounds still queued get an error instead of waiting forever."""
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.error = RuntimeError("the server is stopping")
                 job.done.set()
 
 
