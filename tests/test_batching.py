@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from specnb import ModelSpec, connect, load, speculative
+from specnb import ModelSpec, autoregressive, connect, load, speculative
 from specnb.decode.loops import as_verifier
 from specnb.decode.roles import RoundSettings
 from specnb.link import batching
@@ -194,6 +194,21 @@ def test_sessions_with_different_rules_share_batches(pair, servers):
     before = several_batched(connect(servers["batched"]).status())
     got = run_concurrently([lambda p=p, kw=kw: speculative(edge, connect(servers["batched"]), p, N, **(kw0 | kw)).tokens
                             for p, kw in jobs])
+    assert got == want
+    assert several_batched(connect(servers["batched"]).status()) > before
+
+
+def test_cloud_only_streams_batch_and_keep_their_solo_outputs(pair, servers):
+    """The fair reference's server side: N cloud-only streams decode in shared batches (an empty draft
+    per token), greedy equal to the cloud in process, sampling equal to a non-batching server's."""
+    cloud = pair["cloud"]
+    want = [autoregressive(cloud, p, N).tokens for p in PROMPTS[:2]]
+    sample = {"temperature": 0.8, "seed": 5}
+    want += [connect(servers["solo"]).autoregressive(p, N, **sample).tokens for p in PROMPTS[2:]]
+    before = several_batched(connect(servers["batched"]).status())
+    got = run_concurrently([lambda p=p: connect(servers["batched"]).autoregressive(p, N).tokens for p in PROMPTS[:2]]
+                           + [lambda p=p: connect(servers["batched"]).autoregressive(p, N, **sample).tokens
+                              for p in PROMPTS[2:]])
     assert got == want
     assert several_batched(connect(servers["batched"]).status()) > before
 

@@ -190,8 +190,19 @@ class Session:
                     return
                 self._begin(settings, prompt)
             last, n = prompt[-1], 0
+            batcher = self.cloud.batcher
+            verifier = self.verifier
+            batched = batcher is not None and batchable(verifier)  # streams batch with each other and with rounds
             while n < n_new and not (n and last in eos):
                 t1 = time.perf_counter()
+                if batched:
+                    if self._stop.is_set():
+                        return
+                    start = verifier.length
+                    last = batcher.submit(verifier, [last], lambda lg: verifier.settle(start, [], lg, None)).token
+                    n += 1
+                    tokens.put((last, _us(t1)))
+                    continue
                 with self.cloud.lock, torch.inference_mode():  # one token = verifying an empty draft
                     if self._stop.is_set():
                         return
