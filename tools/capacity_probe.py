@@ -1,4 +1,5 @@
-"""A first, small capacity probe: N replayed edges against ``specnb serve --batch none`` and ``--batch dynamic``.
+"""A first, small capacity probe: N replayed edges (edge-cloud speculation) and N cloud-only streams
+against ``specnb serve --batch none`` and ``--batch dynamic``.
 
 Not the capacity study (issue 23's notebook): one prompt, greedy, no link emulation, a few N. Each edge
 replays the same real edge run (recorded once, drafting times included), so the edges cost the machine
@@ -34,12 +35,15 @@ def serve(policy: str, max_batch: int) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
-def one_n(address: str, recording, prompt: str, tokens: int, gamma: int, n: int) -> dict:
+def one_n(address: str, recording, prompt: str, tokens: int, gamma: int, n: int, method: str) -> dict:
     rates: list[float] = [0.0] * n
     news: list[int] = [0] * n
 
     def edge(i: int) -> None:
-        g = speculative(ReplayedEdge(recording), connect(address), prompt, tokens, gamma=gamma)
+        if method == "cloud-only":  # streamed from the server, no edge
+            g = connect(address).autoregressive(prompt, tokens)
+        else:
+            g = speculative(ReplayedEdge(recording), connect(address), prompt, tokens, gamma=gamma)
         news[i], rates[i] = len(g.tokens), len(g.tokens) / g.metrics["wall_s"]
 
     t0 = time.perf_counter()
@@ -59,6 +63,7 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="repetitions per (N, policy), interleaved; medians printed")
     ap.add_argument("--prompt", default="def parse(text):")
+    ap.add_argument("--methods", nargs="+", default=["edge-cloud", "cloud-only"], choices=["edge-cloud", "cloud-only"])
     args = ap.parse_args()
     edge = load(ModelSpec("zoo:tiny-edge", dtype="float32", device="cpu", threads=1))
     procs, addresses = {}, {}
@@ -68,19 +73,23 @@ def main() -> None:
         recorder = RecordingDrafter(edge)
         speculative(recorder, connect(addresses["none"]), args.prompt, args.tokens, gamma=args.gamma)  # the real edge
         for n in args.n:
-            runs: dict[str, list[dict]] = {p: [] for p in addresses}
-            sizes: dict[str, dict[str, int]] = {}
+            cases = [(m, p) for m in args.methods for p in addresses]
+            runs: dict[tuple[str, str], list[dict]] = {c: [] for c in cases}
+            sizes: dict[tuple[str, str], dict[str, int]] = {}
             for _ in range(args.reps):
-                for policy, address in addresses.items():
+                for method, policy in cases:
+                    address = addresses[policy]
                     before = dict(connect(address).status()["batches"])
-                    runs[policy].append(one_n(address, recorder.recording, args.prompt, args.tokens, args.gamma, n))
+                    runs[method, policy].append(one_n(address, recorder.recording, args.prompt, args.tokens,
+                                                      args.gamma, n, method))
                     after = connect(address).status()["batches"]
                     for k, v in after.items():
-                        sizes.setdefault(policy, {})[k] = sizes.get(policy, {}).get(k, 0) + v - before.get(k, 0)
-            for policy, rs in runs.items():
+                        got = sizes.setdefault((method, policy), {})
+                        got[k] = got.get(k, 0) + v - before.get(k, 0)
+            for (method, policy), rs in runs.items():
                 med = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-                kept = {k: v for k, v in sizes.get(policy, {}).items() if v}
-                print(f"{policy:8s} N={n:2d} goodput {med['goodput']:7.1f} tok/s  per edge: slowest {med['slowest']:6.1f}, "
+                kept = {k: v for k, v in sizes.get((method, policy), {}).items() if v}
+                print(f"{method:11s} {policy:8s} N={n:2d} goodput {med['goodput']:7.1f} tok/s  per edge: slowest {med['slowest']:6.1f}, "
                       f"mean {med['mean']:6.1f} tok/s  (medians of {args.reps})  batches {kept}", flush=True)
     finally:
         for proc in procs.values():
