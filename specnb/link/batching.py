@@ -27,6 +27,8 @@ The cost of gathering is a copy of every batched session's cache per round (as S
 rows into batch slots); it is small beside the weights for short contexts, and not yet measured
 against them.
 
+Cloud-only streams on the server join the same batches: each token is a round with an empty draft.
+
 Policies (:class:`Batcher`): ``none`` (one session at a time under the model lock, as before),
 ``dynamic`` (take what is queued, up to ``max_batch``, without waiting), ``wait`` (after the first
 request, wait up to ``wait_ms`` for more, up to ``max_batch``).

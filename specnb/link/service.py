@@ -20,7 +20,8 @@ carry it (gRPC metadata ``authorization: Bearer TOKEN``); see ``docs/link-securi
 
 Sessions run concurrently on the server's threads; their model calls take turns (one lock per
 server), so no session sees another's state. With ``batch`` other than ``none``, the verify rounds of
-concurrent plain sessions run as one forward pass (:mod:`specnb.link.batching`), each on its own cache.
+concurrent plain sessions, and the tokens of cloud-only streams (a round with an empty draft), run as
+one forward pass (:mod:`specnb.link.batching`), each on its own cache.
 """
 
 from __future__ import annotations
