@@ -158,7 +158,11 @@ class CloudVerifier:
 
     def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
         start = self.length
-        logits = self.score(last, draft)
+        return self.settle(start, draft, self.score(last, draft), q)
+
+    def settle(self, start: int, draft: list[int], logits: torch.Tensor, q: torch.Tensor | None) -> Verdict:
+        """The rule on a round's logits (scored here, or in a batch across sessions:
+        :mod:`specnb.link.batching`), then the cache cut back; ``start``: the length before the round."""
         n, token = self._rule(draft, logits, q)
         self.keep(start + 1 + n)  # the cache then holds seq + draft[:n]; the cloud's token is next round's input
         return Verdict(n, token)
@@ -168,8 +172,13 @@ class CloudVerifier:
         edge's probability of each draft. Returns (accepted, the cloud's token or None, the row p_n
         the edge resamples from after a rejection or None)."""
         start = self.length
+        return self.settle_split(start, draft, self.score(last, draft), qx)
+
+    def settle_split(self, start: int, draft: list[int], logits: torch.Tensor,
+                     qx: torch.Tensor) -> tuple[int, int | None, torch.Tensor | None]:
+        """:meth:`verify_split` on a round's logits already scored (:meth:`settle`)."""
         s = self.settings
-        p = warp(self.score(last, draft), s.temperature, s.top_k, s.top_p)
+        p = warp(logits, s.temperature, s.top_k, s.top_p)
         n, token = accept_split(draft, p, qx, self.generator)
         self.keep(start + 1 + n)
         return n, token, (p[n] if token is None else None)

@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"shared secret every client must send (default: ${TOKEN_ENV}); needed beyond loopback")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve over TLS (with --tls-key)")
     parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--batch", default="none", choices=("none", "dynamic", "wait"),
+                        help="verify rounds of concurrent sessions in one forward: none (one at a time), dynamic "
+                             "(what is queued, up to --max-batch), wait (up to --batch-wait-ms for more); docs/capacity.md")
+    parser.add_argument("--max-batch", type=int, default=8, help="most sessions' rounds in one verify forward")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0,
+                        help="with --batch wait: how long the first round of a batch waits for others")
     parser.add_argument("--insecure", action="store_true",
                         help="allow listening beyond loopback without a token (anyone who reaches the port may use it)")
 
@@ -85,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # refused before minutes of model loading
         token, tls = access(args)
         limits = Limits(args.max_prompt_tokens, args.max_draft, args.max_new_tokens, args.max_session_tokens)
+        if args.max_batch < 1 or args.batch_wait_ms < 0:
+            raise ValueError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0, got {args.max_batch} and {args.batch_wait_ms}")
     except (ValueError, OSError) as err:
         print(f"specnb serve: {err}", file=sys.stderr)
         return 2
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if args.draft:
         draft = load(ModelSpec(args.draft, dtype=args.dtype, device=args.device, threads=args.draft_threads))
         check_pair(draft, model)  # refused here, before any client asks for server-side speculation
-    cloud = CloudService(model, draft, args.max_sessions, limits=limits, token=token, idle_timeout_s=args.idle_timeout)
+    cloud = CloudService(model, draft, args.max_sessions, limits=limits, token=token, idle_timeout_s=args.idle_timeout,
+                         batch=args.batch, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     server, port = start(cloud, args.host, args.port, tls=tls)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,7 +19,9 @@ session with one error naming the field and the limit. With a token (``--token``
 carry it (gRPC metadata ``authorization: Bearer TOKEN``); see ``docs/link-security.md``.
 
 Sessions run concurrently on the server's threads; their model calls take turns (one lock per
-server: batch size 1, no batching across sessions), so no session sees another's state.
+server), so no session sees another's state. With ``batch`` other than ``none``, the verify rounds of
+concurrent plain sessions, and the tokens of cloud-only streams (a round with an empty draft), run as
+one forward pass (:mod:`specnb.link.batching`), each on its own cache.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .._version import __version__
 from ..decode.loops import as_verifier, speculative
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings
+from .batching import Batcher, batchable
 from .limits import BadMessage, Limits, check_generate, check_verify, parse
 from .wire import Message, decode, encode
 
@@ -98,20 +101,37 @@ class Session:
         settings, prompt, last, draft = check_verify(
             msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
             rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0)  # before any model call
+        batcher = self.cloud.batcher
         with self.cloud.lock, torch.inference_mode():
             if settings is not None:
                 self._begin(settings, prompt)
-            row = None
-            if self.settings.rule == "sample":
-                qx = torch.from_numpy(msg.floats.copy()) if msg.floats is not None else torch.zeros(0)
-                n, tok, p_row = self.verifier.verify_split(last, draft, qx)
-                if tok is None:
-                    row, tok = p_row.cpu().numpy(), -1
-            else:
-                verdict = self.verifier.verify(last, draft, None)
-                n, tok = verdict.accepted, verdict.token
-            self.length += 1 + n
+            verifier = self.verifier
+            solo = batcher is None or not batchable(verifier)
+            if solo:
+                n, tok, row = self._settle(verifier, verifier.length, draft, msg, None, last)
+        if not solo:  # this round joins the next batch across sessions (specnb.link.batching)
+            start = verifier.length
+            n, tok, row = batcher.submit(verifier, [last] + draft,
+                                         lambda logits: self._settle(verifier, start, draft, msg, logits))
+        self.length += 1 + n
         return Message("v", ints=[n, tok, _us(t0)], floats=row)
+
+    def _settle(self, verifier, start: int, draft: list[int], msg: Message, logits, last: int = -1):
+        """The session's rule on its round: (accepted, token or -1, the row p_n to resample from or None).
+        ``logits`` None: the verifier scores ``[last] + draft`` itself (solo)."""
+        row = None
+        if self.settings.rule == "sample":
+            qx = torch.from_numpy(msg.floats.copy()) if msg.floats is not None else torch.zeros(0)
+            if logits is None:
+                n, tok, p_row = verifier.verify_split(last, draft, qx)
+            else:
+                n, tok, p_row = verifier.settle_split(start, draft, logits, qx)
+            if tok is None:
+                row, tok = p_row.cpu().numpy(), -1
+        else:
+            verdict = verifier.verify(last, draft, None) if logits is None else verifier.settle(start, draft, logits, None)
+            n, tok = verdict.accepted, verdict.token
+        return n, tok, row
 
     def _begin(self, settings: RoundSettings, prompt: list[int]) -> None:
         self._release()
@@ -171,8 +191,19 @@ class Session:
                     return
                 self._begin(settings, prompt)
             last, n = prompt[-1], 0
+            batcher = self.cloud.batcher
+            verifier = self.verifier
+            batched = batcher is not None and batchable(verifier)  # streams batch with each other and with rounds
             while n < n_new and not (n and last in eos):
                 t1 = time.perf_counter()
+                if batched:
+                    if self._stop.is_set():
+                        return
+                    start = verifier.length
+                    last = batcher.submit(verifier, [last], lambda lg: verifier.settle(start, [], lg, None)).token
+                    n += 1
+                    tokens.put((last, _us(t1)))
+                    continue
                 with self.cloud.lock, torch.inference_mode():  # one token = verifying an empty draft
                     if self._stop.is_set():
                         return
@@ -199,10 +230,13 @@ class CloudService:
     """The server's state: the model(s), the open sessions, and the handlers of the three methods."""
 
     def __init__(self, model: LoadedModel, draft: LoadedModel | None = None, max_sessions: int = 8, *,
-                 limits: Limits | None = None, token: str | None = None, idle_timeout_s: float = 120.0):
+                 limits: Limits | None = None, token: str | None = None, idle_timeout_s: float = 120.0,
+                 batch: str = "none", max_batch: int = 8, batch_wait_ms: float = 0.0):
         self.model, self.draft, self.max_sessions = model, draft, max_sessions
-        self.limits, self.token, self.idle_timeout_s = limits or Limits(), token or None, idle_timeout_s
+        # verify rounds of concurrent sessions in one forward (docs/capacity.md); "none": one at a time
         self.lock = threading.Lock()
+        self.batcher = None if batch == "none" else Batcher(model, self.lock, batch, max_batch, batch_wait_ms)
+        self.limits, self.token, self.idle_timeout_s = limits or Limits(), token or None, idle_timeout_s
         self.sessions: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._table = threading.Lock()
@@ -216,6 +250,7 @@ class CloudService:
             "limits": asdict(self.limits), "idle_timeout_s": idle_timeout_s,
             "model": model.spec.name_or_path, "dtype": model.spec.dtype, "device": str(model.device),
             "vocab_size": model.vocab_size, "eos_ids": sorted(model.eos_ids),
+            "batch": batch, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
             "draft": None if draft is None else draft.spec.name_or_path, "tokenizer": _tokenizer_files(model),
         }
 
@@ -245,7 +280,12 @@ class CloudService:
         with self._table:
             return encode(Message("s", meta={"sessions": len(self.sessions), "served": self.served,
                                              "refused": self.refused, "idle_dropped": self.idle_dropped,
-                                             "caches": self.caches, "peers": sorted(self.sessions.values())}))
+                                             "caches": self.caches, "peers": sorted(self.sessions.values()),
+                                             "batches": self.batch_sizes()}))
+
+    def batch_sizes(self) -> dict[str, int]:
+        """Verify batches run, by size (``{"3": 12}``: twelve batches of three sessions); {} without batching."""
+        return {} if self.batcher is None else self.batcher.histogram()
 
     @property
     def caches(self) -> int:
@@ -253,8 +293,10 @@ class CloudService:
         return self.built - self.freed
 
     def close(self) -> None:
-        """Stop the idle reaper (after the gRPC server has stopped)."""
+        """Stop the idle reaper and the batch thread (after the gRPC server has stopped)."""
         self.stopped.set()
+        if self.batcher is not None:
+            self.batcher.close()
 
     def session(self, requests: Iterator[bytes], context) -> Iterator[bytes]:
         self._admit(context)

@@ -1,0 +1,118 @@
+"""Replayed edges: load a verifier with N sessions without running N edge models on a small machine.
+
+A real edge run is recorded once (:class:`RecordingDrafter` around the edge: per round, the draft,
+the probabilities it was drawn from when sampling, and the seconds drafting took); a
+:class:`ReplayedEdge` then plays it back as a drafter: each round it waits the recorded drafting
+time (sleeping, not computing: N replayed edges cost the machine almost nothing) and proposes the
+recorded draft. Against the same cloud, prompt, settings and seed, the cloud's verdicts are the
+same, so the replay sends the server the real edge's request sequence with its drafting times; the
+link emulation (``connect(..., link=Link(...))``) adds the network as for a real edge.
+
+A replay checks, every round, that it stands where the recording stood (the same sequence length
+and last token): a cloud that answers otherwise (another model, a tie broken the other way)
+ends the replay with an error naming the round, never with a silently different load.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..decode.loops import as_drafter
+from ..decode.roles import RoundSettings
+
+
+@dataclass(frozen=True)
+class Round:
+    """One recorded round of an edge: where it stood, what it proposed, how long proposing took."""
+
+    length: int  # len(seq) when asked to draft
+    last: int  # seq[-1]
+    draft: tuple[int, ...]
+    q: torch.Tensor | None  # [len(draft), V] when sampling, else None
+    draft_s: float
+
+
+@dataclass
+class Recording:
+    """An edge's generation as rounds, and the seconds its prefill took."""
+
+    prompt: list[int] = field(default_factory=list)
+    begin_s: float = 0.0
+    rounds: list[Round] = field(default_factory=list)
+
+    def draft_s(self) -> float:
+        """Seconds of drafting over all rounds (the prefill apart)."""
+        return sum(r.draft_s for r in self.rounds)
+
+
+class RecordingDrafter:
+    """A drafter around a real edge (a loaded model or any drafter) that records each round."""
+
+    def __init__(self, edge: Any):
+        self.edge = edge
+        self.inner = None
+        self.recording = Recording()
+
+    def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
+        t0 = time.perf_counter()
+        self.inner = as_drafter(self.edge, settings)
+        self.inner.begin(prompt_ids, settings)
+        self.recording = Recording(prompt=list(prompt_ids), begin_s=time.perf_counter() - t0)
+
+    def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
+        t0 = time.perf_counter()
+        draft, q = self.inner.draft(seq, g)
+        took = time.perf_counter() - t0
+        kept = None if q is None else q.detach().float().cpu().clone()
+        self.recording.rounds.append(Round(len(seq), seq[-1], tuple(draft), kept, took))
+        return draft, q
+
+    def rollback(self, length: int) -> None:
+        self.inner.rollback(length)
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats() if self.inner is not None else {}
+
+
+class ReplayedEdge:
+    """A drafter that plays a :class:`Recording` back: the recorded drafts after the recorded times."""
+
+    def __init__(self, recording: Recording, *, wait: bool = True):
+        self.recording, self.wait = recording, wait
+        self.next = 0
+
+    def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
+        if list(prompt_ids) != self.recording.prompt:
+            raise ValueError("a replayed edge replays the prompt it recorded: pass the same prompt")
+        self.next = 0
+        self._sleep(self.recording.begin_s)
+
+    def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
+        i = self.next
+        if i >= len(self.recording.rounds):
+            raise RuntimeError(f"the replay ran past its {i} recorded rounds: the cloud answered otherwise "
+                               "than when it was recorded (another model or settings?)")
+        r = self.recording.rounds[i]
+        if (len(seq), seq[-1]) != (r.length, r.last):
+            raise RuntimeError(f"the replay diverged at round {i + 1}: the cloud's answers differ from the "
+                               "recording's (another model, settings or seed, or a float tie broken otherwise)")
+        if len(r.draft) > g:
+            raise RuntimeError(f"round {i + 1} recorded {len(r.draft)} drafts but the loop asks for at most {g}: "
+                               "replay with the recording's gamma and schedule")
+        self.next += 1
+        self._sleep(r.draft_s)
+        return list(r.draft), r.q
+
+    def rollback(self, length: int) -> None:
+        pass  # no state to cut back: the recording already holds what came next
+
+    def stats(self) -> dict[str, Any]:
+        return {"replayed_rounds": self.next}
+
+    def _sleep(self, seconds: float) -> None:
+        if self.wait and seconds > 0:
+            time.sleep(seconds)
