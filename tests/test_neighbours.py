@@ -77,7 +77,7 @@ def test_a_timed_section_records_its_neighbours_whole_and_per_repetition(monkeyp
     from specnb.measure.timing import timed_section
 
     monkeypatch.setenv("SPECNB_TIMING_LOCK", "off")
-    monkeypatch.setattr("specnb.timing.probe", lambda: 0.001)
+    monkeypatch.setattr("specnb.measure.timing.probe", lambda: 0.001)
     with timed_section() as section:
         for rep in range(3):
             if rep:

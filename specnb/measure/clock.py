@@ -8,8 +8,8 @@ and so is every speed-up that uses it. Cells whose timed sections overlapped on 
 flagged too (the timing lock should make that impossible; a cell run without it can cause it).
 The probe does not feel everything (a busy neighbour slows a Python-heavy decode loop more than a
 matrix product), so a cell is also flagged when other processes used more than
-:data:`specnb.neighbours.OTHERS_CORES` cores during its timed section, or its repetitions' tokens/s
-spread by more than :data:`specnb.neighbours.SPREAD` (:mod:`specnb.neighbours`), saying by how much.
+:data:`specnb.measure.neighbours.OTHERS_CORES` cores during its timed section, or its repetitions' tokens/s
+spread by more than :data:`specnb.measure.neighbours.SPREAD` (:mod:`specnb.measure.neighbours`), saying by how much.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
   with the run's median (:mod:`specnb.measure.clock`): a probe that strays means something else used
   the core while the cell was timed.
 * Each timed section also records the CPU other processes used during it, in all and per
-  repetition, and the CPU pressure (:mod:`specnb.neighbours`): what the probe cannot feel.
+  repetition, and the CPU pressure (:mod:`specnb.measure.neighbours`): what the probe cannot feel.
 
 The lock file is ``$SPECNB_TIMING_LOCK`` (``off`` disables the lock), else
 ``<tempdir>/specnb-timing-<uid>.lock``: node-local, so Slurm cells on different nodes do not
