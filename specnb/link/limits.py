@@ -79,32 +79,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RoundSettingsIn(_Strict):
-    """The settings a ``V`` session may carry (:class:`specnb.roles.RoundSettings`), and nothing else."""
+class _Decoding(_Strict):
+    """What every kind of session may set about decoding: the sampling warp, its seed, the set-up."""
 
-    rule: Literal[VERIFY_RULES] = "greedy"  # type: ignore[valid-type]
-    rank_k: StrictInt = Field(5, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=1e4, allow_inf_nan=False)
     top_k: StrictInt | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: StrictInt | None = Field(None, ge=0, lt=2 ** 63)
     optimized: StrictBool = False
     compile: StrictBool | None = None
+
+
+class RoundSettingsIn(_Decoding):
+    """The settings a ``V`` session may carry (:class:`specnb.decode.roles.RoundSettings`), and nothing else."""
+
+    rule: Literal[VERIFY_RULES] = "greedy"  # type: ignore[valid-type]
+    rank_k: StrictInt = Field(5, ge=1)
     widths: list[StrictInt] = Field(default_factory=list, max_length=64)
     levers_off: list[Literal[LEVERS]] = Field(default_factory=list, max_length=len(LEVERS))  # type: ignore[valid-type]
     max_len: StrictInt = Field(0, ge=0)
     vocab: StrictInt = Field(0, ge=0)
 
 
-class AutoregressiveIn(_Strict):
+class AutoregressiveIn(_Decoding):
     """Keyword arguments of cloud-only decoding on the server (``RemoteCloud.autoregressive``)."""
-
-    temperature: float = Field(0.0, ge=0.0, le=1e4, allow_inf_nan=False)
-    top_k: StrictInt | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: StrictInt | None = Field(None, ge=0, lt=2 ** 63)
-    optimized: StrictBool = False
-    compile: StrictBool | None = None
 
 
 class SpeculativeIn(AutoregressiveIn):
