@@ -148,6 +148,11 @@ def _no_loading_bar() -> Iterator[None]:
 thread_cap = thread_count
 
 
+def same_tokenizer(edge: Any, cloud: Any) -> bool:
+    """Whether two models (or remote clouds) share one token -> id map."""
+    return edge.tokenizer.get_vocab() == cloud.tokenizer.get_vocab()
+
+
 def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:
     """Check that the two models share a tokenizer; return the shared vocabulary size.
 
@@ -155,16 +160,18 @@ def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:
     their output layers differently (Qwen2.5 7B emits 151,936 logits, 14B 152,064, with one
     tokenizer), so decoding cuts logits to the shared vocabulary returned here.
     """
-    ev, cv = edge.tokenizer.get_vocab(), cloud.tokenizer.get_vocab()
-    if ev != cv:
+    if not same_tokenizer(edge, cloud):
+        ev, cv = edge.tokenizer.get_vocab(), cloud.tokenizer.get_vocab()
         diff = sorted(
             (tok for tok in set(ev) | set(cv) if ev.get(tok) != cv.get(tok)),
             key=lambda t: (min(ev.get(t, 1 << 30), cv.get(t, 1 << 30)), t),
         )
         shown = ", ".join(f"{tok!r}: edge {ev.get(tok)} / cloud {cv.get(tok)}" for tok in diff[:show])
         raise ValueError(
-            f"the edge and cloud tokenizers differ in {len(diff)} tokens (e.g. {shown}); speculative "
-            "decoding needs one tokenizer: pick an edge model of the cloud model's family"
+            f"the edge and cloud tokenizers differ in {len(diff)} tokens (e.g. {shown}); this needs one "
+            "tokenizer (a shared vocabulary, or both models on the server): pick an edge model of the cloud "
+            "model's family; in-process or over the link speculative() translates such an edge's drafts "
+            "(docs/tokenizers.md)"
         )
     return min(edge.vocab_size, cloud.vocab_size)
 

@@ -11,10 +11,9 @@ from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from ..models import LoadedModel, check_pair, thread_cap, thread_plan
+from ..models import LoadedModel, same_tokenizer, thread_cap, thread_plan
 from .lookup import MAX_NGRAM
 from .steps import cache_size
-from .translate import same_tokenizer
 
 
 def _count_calls(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -156,11 +155,10 @@ def _edge_kept(edge: LoadedModel, cloud: LoadedModel, universal: dict) -> Iterat
 
 
 def _tokenizers(edge: LoadedModel, cloud: LoadedModel) -> dict:
-    """``generate`` keywords for the pair: none for one tokenizer (checked as :func:`check_pair` does); for
+    """``generate`` keywords for the pair: none for one tokenizer; for
     two, both tokenizers, which switches Hugging Face to its universal assisted generation (text-level
     re-tokenization when greedy, the token-level intersection when sampling), as its docs ask."""
     if same_tokenizer(edge, cloud):
-        check_pair(edge, cloud)
         return {}
     return {"tokenizer": cloud.tokenizer, "assistant_tokenizer": edge.tokenizer}
 

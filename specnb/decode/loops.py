@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from ..models import LoadedModel, check_pair, thread_cap, thread_plan
+from ..models import LoadedModel, check_pair, same_tokenizer, thread_cap, thread_plan
 from .drafting import EdgeDrafter
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
 from .schedule import Schedule
 from .steps import Steps, no_compiling
-from .translate import same_tokenizer, translating
+from .translate import translating
 from .verifying import CloudVerifier
 
 VERIFY_RULES = ("greedy", "sample", "rank")

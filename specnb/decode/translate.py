@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from ..models import same_tokenizer
 from .drafting import EdgeDrafter
 from .roles import Drafter, RoundSettings
 
@@ -291,11 +292,6 @@ def bridge(edge_tokenizer: Any, cloud_tokenizer: Any, edge_vocab: int | None = N
     except TypeError:
         pass
     return built
-
-
-def same_tokenizer(edge: Any, cloud: Any) -> bool:
-    """Whether two models (or remote clouds) share one token -> id map."""
-    return edge.tokenizer.get_vocab() == cloud.tokenizer.get_vocab()
 
 
 def pair_info(edge: Any, cloud: Any) -> dict[str, Any]:
