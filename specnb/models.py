@@ -123,8 +123,25 @@ def load(spec: ModelSpec) -> LoadedModel:
             "'zoo:tiny-edge' / 'zoo:tiny-cloud'."
         ) from err
     model.to(device).eval()
+    if device.type == "cuda":
+        steady_attention_kernels()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=torch_dtype(spec.dtype),
                        source=source)
+
+
+def steady_attention_kernels() -> None:
+    """Keep PyTorch's scaled-dot-product attention off its cuDNN backend, process-wide (CUDA only).
+
+    Why: for float16 / bfloat16 on a recent GPU, PyTorch picks cuDNN's attention, which builds (and
+    caches) an execution plan for every new shape. Decoding meets a new key length at every step, so
+    the first pass over each length pays a plan build: measured on an H200 (torch 2.11, the embedded
+    cloud, 64 plain greedy tokens), bfloat16 made 12.9 tok/s over lengths it had not seen and 46 tok/s
+    over the same lengths again; float32 (no cuDNN attention) 50 tok/s both times. A timed run would
+    measure plan building, not decoding, and a plain baseline would look ~3x slower than it is,
+    inflating every speed-up over it. Without cuDNN the flash / memory-efficient kernels serve every
+    length alike (42 / 41 tok/s, bfloat16). The choice is recorded (``machine.sdpa_backends`` in results, :func:`specnb.measure.provenance.sdpa_backends`).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 @contextlib.contextmanager

@@ -139,7 +139,26 @@ def test_the_real_model_check_runs_its_plumbing_on_the_cpu(tmp_path):
     assert result["status"] == "pass", result["error"]
     fig = result["figures"]
     assert set(fig["runs"]) == {f"{m} {d} plain" for m in ("cloud", "prompt_lookup") for d in ctx.dtypes} | {
-        "cloud bfloat16 optimized", "prompt_lookup bfloat16 optimized"}
+        "cloud bfloat16 optimized"}
     assert fig["runs"]["cloud float32 plain"]["match_rate"] == 1.0  # the reference itself, on the same CPU
     assert all(r["match_rate"] == 1.0 for k, r in fig["runs"].items() if k.startswith("prompt_lookup float32"))
     assert "float32 cpu" in fig["load_s"] and fig["prompt_tokens"][0] > 10  # the chat template's framing
+
+
+def test_loading_on_cuda_turns_cudnn_attention_off(monkeypatch):
+    """cuDNN's attention builds a plan per new key length (a timed decode would measure plan building);
+    specnb turns it off when it loads a model on CUDA, and the record says which backends were allowed."""
+    from specnb import models
+    from specnb.measure import provenance
+
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        assert provenance.sdpa_backends()["cudnn"] is True
+        models.steady_attention_kernels()
+        assert provenance.sdpa_backends()["cudnn"] is False
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    calls = []
+    monkeypatch.setattr(models, "steady_attention_kernels", lambda: calls.append(1))
+    models.load(models.ModelSpec("zoo:tiny-cloud", device="cpu"))
+    assert calls == []  # the CPU keeps PyTorch's choice; the CUDA branch is the GPU check's to run

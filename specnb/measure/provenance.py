@@ -52,10 +52,22 @@ def machine() -> dict[str, Any]:
         import torch
 
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if info["gpus"]:
+            info["sdpa_backends"] = sdpa_backends()
     except Exception:  # noqa: BLE001 - provenance must never fail a run
         info["gpus"] = []
     return info
 
+
+
+def sdpa_backends() -> dict[str, bool]:
+    """Which CUDA attention backends PyTorch may pick now: loading a model on CUDA turns cuDNN's off
+    (:func:`specnb.models.steady_attention_kernels` says why), and CUDA timings depend on it."""
+    import torch
+
+    b = torch.backends.cuda
+    return {"flash": b.flash_sdp_enabled(), "mem_efficient": b.mem_efficient_sdp_enabled(),
+            "math": b.math_sdp_enabled(), "cudnn": b.cudnn_sdp_enabled()}
 
 
 def _memory_gib() -> float | None:
