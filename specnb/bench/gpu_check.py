@@ -341,6 +341,13 @@ def _decode_all(run: Callable[[str], Any], prompts: list[str]) -> tuple[list[lis
     }
 
 
+def against_cloud(tokens: list[list[int]], stats: dict[str, Any], base_tokens: list[list[int]],
+                  base: dict[str, Any]) -> dict[str, Any]:
+    """A speculative run's figures beside the same set-up's cloud: lossless share and speed-up."""
+    return stats | agreement(base_tokens, tokens) | {
+        "cloud_tokens_per_s": base["tokens_per_s"], "speedup": _ratio(stats["tokens_per_s"], base["tokens_per_s"])}
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -392,8 +399,7 @@ def check_speculative(ctx: Context, fig: dict) -> None:
                 lambda p: speculative(edge, cloud, p, ctx.max_new_tokens, gamma=ctx.gamma, optimized=optimized,
                                       compile=ctx.compile), ctx.prompts)
             key = f"cloud {dtype} {setup}"
-            runs[key] = stats | agreement(base_tokens, tokens) | {
-                "cloud_tokens_per_s": base["tokens_per_s"], "speedup": _ratio(stats["tokens_per_s"], base["tokens_per_s"])}
+            runs[key] = against_cloud(tokens, stats, base_tokens, base)
             if runs[key]["match_rate"] < 1:
                 note(fig, f"{key}: speculative departs from the cloud's greedy output on the same device "
                      f"({runs[key]['match_rate']:.0%} before the first divergence; floating-point ties)")
@@ -557,8 +563,7 @@ def check_real_model(ctx: Context, fig: dict) -> None:
             tokens, stats = _decode_all(
                 lambda p: speculative(PromptLookup(), m, p, ctx.max_new_tokens, gamma=ctx.gamma), prompts)
             key = f"prompt_lookup {dtype} {setup}"
-            runs[key] = stats | agreement(base_tokens, tokens) | {
-                "cloud_tokens_per_s": base["tokens_per_s"], "speedup": _ratio(stats["tokens_per_s"], base["tokens_per_s"])}
+            runs[key] = against_cloud(tokens, stats, base_tokens, base)
             if runs[key]["match_rate"] < 1:
                 note(fig, f"{key}: departs from the cloud's greedy output on the same device "
                      f"({runs[key]['match_rate']:.0%} before the first divergence)")
