@@ -26,16 +26,20 @@ def build_pair(root: Path) -> dict:
     return {name: load(ModelSpec(str(root / name), device="cpu")) for name in ("cloud", "edge")} | {"root": root}
 
 
-def launch(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
+def launch(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None,
+           stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """``specnb serve`` on ``host``, port 0, one thread; stderr piped (read by :func:`stop`) unless told
+    otherwise: a long-lived server whose log nobody reads gets ``subprocess.DEVNULL``."""
     cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--device", "cpu", "--threads", "1",
            "--host", host, "--port", "0", *extra]
     clean = {k: v for k, v in os.environ.items() if k != "SPECNB_TOKEN"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean | (env or {}))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean | (env or {}))
 
 
-def start_server(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, *extra: str, host: str = "127.0.0.1", env: dict | None = None,
+                 stderr: int = subprocess.PIPE) -> tuple[subprocess.Popen, str]:
     """``specnb serve`` on ``host``, port 0; returns the process and the address it printed."""
-    proc = launch(model, *extra, host=host, env=env)
+    proc = launch(model, *extra, host=host, env=env, stderr=stderr)
     line = readline(proc)
     match = re.fullmatch(rf"listening on ({re.escape(host)}:\d+)\n", line)
     if not match:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -18,40 +17,11 @@ import pytest
 import torch
 
 from specnb import Link, ModelSpec, autoregressive, check_pair, connect, load, speculative
+from serving import HANG_S, readline, start_server, stop
 from tiny_models import build_llama, build_tokenizer
 
 PROMPTS = ["def parse(text):", "class Stack:\n    def push(self, item):", "import os", "x"]
 N = 24
-HANG_S = 60  # "no hang": generous, the machine is shared
-
-
-def start_server(model: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    """``specnb serve`` on loopback, port 0; returns the process and the address it printed."""
-    cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--device", "cpu", "--threads", "1",
-           "--host", "127.0.0.1", "--port", "0", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = readline(proc)
-    match = re.fullmatch(r"listening on (127\.0\.0\.1:\d+)\n", line)
-    assert match, line
-    return proc, match.group(1)
-
-
-def readline(proc: subprocess.Popen) -> str:
-    """The next line ``proc`` prints, or the test fails after HANG_S (never a hang)."""
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(HANG_S)
-    if not box or not box[0]:
-        proc.kill()
-        pytest.fail(f"{proc.args[:4]} printed no line within {HANG_S} s")
-    return box[0]
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=HANG_S)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +36,10 @@ def models(related_pair, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models):
-    proc, address = start_server(str(models["root"] / "cloud"), "--draft", str(models["root"] / "edge"))
+    proc, address = start_server(str(models["root"] / "cloud"), "--draft", str(models["root"] / "edge"),
+                                 stderr=subprocess.DEVNULL)  # long-lived: a log nobody reads must not fill a pipe
     yield address
-    assert stop(proc) == ""  # exactly one line on stdout, already read
+    assert stop(proc)[0] == ""  # exactly one line on stdout, already read
 
 
 def test_greedy_through_the_link_equals_local(models, server):
@@ -155,7 +126,7 @@ def test_two_concurrent_clients_get_their_solo_outputs(models, server):
 
 
 def test_killed_server_gives_one_clear_error(models):
-    proc, address = start_server(str(models["root"] / "cloud"))
+    proc, address = start_server(str(models["root"] / "cloud"), stderr=subprocess.DEVNULL)
     remote = connect(address, link=Link(rtt_ms=20))
     killer = threading.Timer(1.0, proc.kill)
     killer.start()
