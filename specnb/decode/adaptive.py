@@ -168,54 +168,95 @@ class Calibration:
             self.hits[b] += j < accepted
 
 
-@dataclass
 class Costs:
-    """Step costs from the recent rounds, each older round weighted ``decay`` times less.
+    """Step costs learnt from the rounds: the draft step's, and the verify line ``v(k) = a + b k``.
 
-    ``t_draft``: draft seconds per drafted token. ``verify(k) = a + b k``: weighted least squares of a
-    round's verify seconds on its draft length (b >= 0; b = 0 while the lengths seen do not spread).
+    ``t_draft``: draft seconds per drafted token, weighted ``draft_decay`` times less per older round (the
+    edge's own speed, which no link changes). The verify line on two time scales (the module's
+    docstring gives the filter): the intercept ``a`` holds the link's round trip and may jump any round,
+    the slope ``b`` (the cloud's cost per verified token, the bytes per token) hardly moves. A Kalman filter
+    on the state ``(a, b)`` lets ``a`` wander by ``drift`` of itself each round and ``b`` not at all, so a
+    round that is slower than the line predicts moves ``a``, and ``b`` learns only from how the time varies
+    with the draft length. (A least-squares line over the recent rounds cannot tell them apart when the
+    draft length changes with the link, as it does under this controller: 40 ms more RTT with 8 more
+    drafts reads as 5 ms a token.)
     """
 
-    decay: float = 0.8
-    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # sums of w, w k, w k^2, w y, w k y
-    _d: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sums of w draft_s, w k
+    def __init__(self, drift: float = 0.3, noise: float = 0.1, draft_decay: float = 0.9):
+        self.drift, self.noise, self.draft_decay = drift, noise, draft_decay
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new drafter or cloud)."""
+        self.ab: list[float] | None = None  # (a, b)
+        self.cov = [[0.0, 0.0], [0.0, 0.0]]
+        self._d = [0.0, 0.0]  # sums of w draft_s, w k
 
     @property
     def known(self) -> bool:
-        return self._s[0] > 0 and self._d[1] > 0
+        return self.ab is not None and self._d[1] > 0
 
     def observe(self, k: int, draft_s: float, verify_s: float) -> None:
-        self._s = [x * self.decay for x in self._s]
-        self._d = [x * self.decay for x in self._d]
-        for i, v in enumerate((1.0, k, k * k, verify_s, k * verify_s)):
-            self._s[i] += v
+        self._d = [x * self.draft_decay for x in self._d]
         if k:
             self._d[0] += draft_s
             self._d[1] += k
+        if self.ab is None:  # the first round: a from it, b unknown within (v / (k+1))^2
+            self.ab = [verify_s, 0.0]
+            self.cov = [[verify_s ** 2, 0.0], [0.0, (verify_s / (k + 1)) ** 2]]
+            return
+        self.ab, self.cov = kalman_step(self.ab, self.cov, k, verify_s, (self.drift * self.ab[0]) ** 2,
+                                        (self.noise * verify_s) ** 2)
+        self.ab[1] = max(0.0, self.ab[1])
 
     @property
     def t_draft(self) -> float:
         return self._d[0] / self._d[1] if self._d[1] else 0.0
 
     def line(self) -> tuple[float, float]:
-        """(a, b) of verify(k) = a + b k."""
-        w, wk, wkk, wy, wky = self._s
-        det = w * wkk - wk * wk
-        b = max(0.0, (w * wky - wk * wy) / det) if det > 1e-9 * w * w else 0.0
-        return max(0.0, (wy - b * wk) / w), b
+        """(a, b) of verify(k) = a + b k (a >= 0, b >= 0)."""
+        a, b = self.ab or (0.0, 0.0)
+        return max(0.0, a), max(0.0, b)
+
+
+def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float
+                ) -> tuple[list[float], list[list[float]]]:
+    """One predict-update of the Kalman filter for ``y = a + b k + noise`` (noise variance ``r``), with ``a``
+    a random walk of step variance ``q_a`` and ``b`` constant. Returns the new (a, b) and covariance.
+
+    A link changes by jumps, not by Gaussian steps: when the round's surprise ``e`` (y minus the line) is
+    larger than the filter expects without drift, ``e^2 > S_0``, the intercept's step variance becomes
+    ``e^2 - S_0`` (covariance matching), so the jump lands on ``a`` and the slope hardly moves."""
+    (paa, pab), (_, pbb) = cov
+    err = y - (ab[0] + ab[1] * k)
+    s0 = paa + 2 * pab * k + pbb * k * k + r  # innovation variance without drift
+    paa += max(q_a, err * err - s0)  # predict: only the intercept drifts
+    ph = (paa + pab * k, pab + pbb * k)  # P h, h = (1, k)
+    s = ph[0] + ph[1] * k + r  # innovation variance
+    gain = (ph[0] / s, ph[1] / s)
+    new_ab = [ab[0] + gain[0] * err, ab[1] + gain[1] * err]
+    new_cov = [[paa - gain[0] * ph[0], pab - gain[0] * ph[1]], [pab - gain[1] * ph[0], pbb - gain[1] * ph[1]]]
+    return new_ab, new_cov
 
 
 class Controller:
     """The ``adaptive`` schedule's per-token stop rule (the module's lookahead rule), learning as it goes.
 
     ``begin_round(cap)`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
-    ``observe(...)`` after the round, with the confidences of what was drafted.
+    ``observe(...)`` after the round, with the confidences of what was drafted. One controller can serve
+    many generations of the same edge and cloud (``speculative(..., controller=c)``): what it learnt
+    carries over (the calibration for good, the costs as the filter lets them drift); :meth:`reset`
+    forgets it. Before it has seen a round it drafts to the cap, as the ``cost`` schedule's first round.
     """
 
     def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None):
         self.calibration = calibration or Calibration()
         self.costs = costs or Costs()
         self.begin_round()
+
+    def reset(self) -> None:
+        self.calibration = Calibration(self.calibration.bins, self.calibration.prior)
+        self.costs.reset()
 
     def begin_round(self, cap: int = 16) -> None:
         self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
@@ -225,7 +266,7 @@ class Controller:
 
     def stop(self, k: int, confidence: float) -> bool:
         if not self.costs.known:
-            return confidence < CONFIDENCE_THRESHOLD
+            return False
         p = self.calibration.p(confidence)
         self._prefix *= p
         self._emitted += self._prefix
@@ -242,10 +283,14 @@ def threshold_stop(k: int, confidence: float) -> bool:
     return confidence < CONFIDENCE_THRESHOLD
 
 
-def stop_rule(rule: str) -> tuple[Callable[[int, float], bool], Controller | None]:
-    """The per-token stop rule of a stopping schedule, and its controller when it learns."""
+def stop_rule(rule: str, controller: Controller | None = None) -> tuple[Callable[[int, float], bool], Controller | None]:
+    """The per-token stop rule of a stopping schedule, and its controller when it learns (``controller``:
+    one carried over from earlier generations; default a fresh one)."""
+    if controller is not None and rule != "adaptive":
+        raise ValueError(f"a controller drives the 'adaptive' schedule only, not {rule!r}: pass "
+                         "schedule='adaptive' with it, or drop controller=")
     if rule == "adaptive":
-        c = Controller()
+        c = controller or Controller()
         return c.stop, c
     if rule == "confidence":
         return threshold_stop, None
