@@ -12,10 +12,17 @@ the others); both draft up to ``gamma`` tokens and may stop a round's draft afte
     the drafted tokens and how many of each round's draft the verifier kept;
   - ``t_d``, the cost of one draft step (exponentially weighted mean of draft time / drafted);
   - ``v(k) = a + b k``, the cost of verifying ``k`` drafts, *link included* (the loop's verify clock
-    spans the round trip to a remote cloud): an exponentially weighted least-squares line over the
-    recent rounds, so a change of RTT or bandwidth moves ``a`` within a few rounds;
+    spans the round trip to a remote cloud), by a Kalman filter on two time scales (below), so a
+    change of RTT or bandwidth moves ``a`` within a round or two and leaves ``b`` alone;
 
   and stops drafting at the length that maximizes the expected tokens per second of the round.
+
+  One controller serves many generations of the same edge and cloud (``speculative(...,
+  controller=c)``; the link study keeps one per link): a 64-token generation has only 10-15 rounds,
+  too few to calibrate and fit costs from nothing (measured: a fresh controller per generation drafted
+  8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma). Before its first round it knows
+  no cost and drafts the cap (the ``cost`` schedule's first round; a long first draft also shows the
+  calibration many tokens).
 
 The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
 it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
@@ -46,9 +53,22 @@ With a steady acceptance this stops exactly where the marginal rule does (the ra
 ``k``); with ``P_k`` it still reads this round's confidences: unsure tokens shrink what every later
 token can add, so hard spans stop early and easy ones run to the cap.
 
+The verify line. The round's verify time is ``y = a + b k + e``: ``a`` is the link's round trip plus
+the cloud's fixed cost, and it changes whenever the link does; ``b`` is the cloud's (and the wire's)
+cost per verified token, a property of the models and the bandwidth. Under this controller the draft
+length moves with the link (slow link, long drafts), so a least-squares line over the recent rounds
+confounds the two: 40 ms more RTT arriving with 8 more drafts reads as ``b`` = 5 ms a token, and every
+later draft is cut short. A Kalman filter on the state ``(a, b)`` keeps them apart: ``a`` is a random
+walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` does not move, the noise variance is
+``(0.1 y)^2``. A link jumps rather than drifts, so when the surprise ``e = y - (a + b k)`` exceeds what
+the filter expects without drift, ``e^2 > S_0 = h P h' + r`` (h = (1, k)), the step variance becomes
+``e^2 - S_0`` (covariance matching): the jump lands on ``a`` (its gain goes to ~1) and ``b`` learns only
+from how the time varies with ``k`` at a steady link. The objective is then the rate *at the current
+link stage*: ``T(k)`` uses today's ``a``, and what was learnt at another RTT enters only through ``b``,
+``t_d`` and the calibration, which the link does not change.
+
 A high RTT makes ``a``, hence ``T(k)``, large: a lower P_k still pays, drafts run long. A cheap link
-makes drafts stop after the first unsure tokens. Before the first round the controller knows no costs
-and uses the ``confidence`` rule.
+makes drafts stop after the first unsure tokens.
 
 Why it should beat a fixed gamma: a fixed gamma is tuned for the *average* acceptance and one
 link. Here the length follows the text token by token (the confidence sees a hard span coming, a

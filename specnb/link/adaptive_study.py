@@ -54,7 +54,9 @@ def gamma_table(edge: Any, cloud: RemoteCloud, prompts: list, *, links: tuple = 
                 changing = isinstance(link, LinkProfile)
                 name = link.label if changing else link
                 remote = cloud.with_link(link.with_seed(seed + rep) if changing else Link(link, bandwidth_mbps, seed=seed + rep))
-                ctl = controllers.setdefault(str(name), Controller())
+                if str(name) not in controllers:
+                    controllers[str(name)] = Controller()
+                ctl = controllers[str(name)]
                 runs = [("edge_cloud", g, "constant") for g in gammas] + [(f"edge_cloud:{s}", g, s) for s, g in schedules]
                 for method, g, schedule in order.sample(runs, len(runs)):
                     out = speculative(edge, remote, prompt, max_new_tokens, gamma=g, schedule=schedule,
