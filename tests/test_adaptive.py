@@ -214,3 +214,31 @@ def test_link_profile_refuses_bad_stages():
         LinkProfile.steps([(1, Link(5)), (2, Link(50))])
     with pytest.raises(ValueError, match="by='s' or by='round'|changes by"):
         LinkProfile.steps([(0, Link(5))], by="minute")
+
+
+def test_the_bench_times_adaptive_with_one_controller_across_its_runs(models, monkeypatch):
+    """specnb bench's 'speculative adaptive' keeps learning over its warm-up and timed runs, as a deployment
+    keeping one controller per edge-cloud pair would."""
+    from specnb.bench import variants as bench_variants
+
+    made = []
+    monkeypatch.setattr(bench_variants, "Controller", lambda: made.append(Controller()) or made[-1])
+    adaptive = next(v for v in bench_variants.variants(models["edge"], models["cloud"], N, [2]) if v.label == "speculative adaptive")
+    adaptive.run(PROMPTS[0])
+    seen = sum(made[0].calibration.tries)
+    adaptive.run(PROMPTS[1])
+    assert len(made) == 1 and sum(made[0].calibration.tries) > seen
+
+
+def test_a_grid_cell_runs_adaptive_with_one_controller_over_its_prompts(models, monkeypatch):
+    import specnb.decode.adaptive as adaptive
+    from specnb.study.methods import METHODS
+    from specnb.study.params import MethodParams
+
+    made = []
+    monkeypatch.setattr(adaptive, "Controller", lambda: made.append(Controller()) or made[-1])
+    decode = METHODS["speculative"].build(models, MethodParams(gamma=8, schedule="adaptive"))
+    decode(PROMPTS[0], N)
+    seen = sum(made[0].calibration.tries)
+    assert decode(PROMPTS[1], N).tokens == autoregressive(models["cloud"], PROMPTS[1], N).tokens
+    assert len(made) == 1 and sum(made[0].calibration.tries) > seen
