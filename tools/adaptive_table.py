@@ -1,11 +1,12 @@
-"""Re-measure issue 24's table: fixed gamma 4/8/12/16 beside cost, heuristic, confidence and adaptive.
+"""Re-measure issue 24's table: fixed gamma 4/8/12/16/24 beside cost, heuristic, confidence and adaptive.
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links
 RTT 5, 20, 50 ms and one whose RTT changes during each generation
 (:func:`specnb.link.adaptive_study.changing_link`), 100 Mbit/s; held-out prompts (``builtin:code``),
 greedy, interleaved; every output checked against the cloud's greedy decoding. Writes ``rows.csv``,
 ``summary.csv``, ``table.md`` and ``run.json`` (conditions, load before and after, wall time) under
-``docs/measurements/adaptive-<date>/``. About 4-6 minutes on 2 cores.
+``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
+About 5-6 minutes on 2 quiet cores.
 
     PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64] [--out DIR]
 """
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
     from specnb.link import local_server
-    from specnb.link.adaptive_study import changing_link, gamma_table, markdown, summary
+    from specnb.link.adaptive_study import GAMMAS, SCHEDULES, changing_link, gamma_table, markdown, summary
     from specnb.prompts import load_prompts
 
     experiment.quiet()
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
            "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "changing_link": profile.label,
+           "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
            "all_identical": bool(df.identical.all()), "generations": len(df)}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(table)

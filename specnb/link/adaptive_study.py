@@ -28,7 +28,11 @@ from .emulate import Link
 from .profile import LinkProfile
 from .study import _row, against_best_fixed
 
-SCHEDULES = (("cost", 16), ("heuristic", 4), ("confidence", 16), ("adaptive", 16))  # (schedule, gamma: cap or start)
+# (schedule, gamma: its cap, or the heuristic's start): cost, heuristic and confidence as in the table;
+# adaptive may draft up to 32 on easy text (the controller sets the length below the cap), so the fixed
+# gammas include 24 to show that a fixed long draft does not pay
+SCHEDULES = (("cost", 16), ("heuristic", 4), ("confidence", 16), ("adaptive", 32))
+GAMMAS = (4, 8, 12, 16, 24)
 
 
 def changing_link(bandwidth_mbps: float | None = 100) -> LinkProfile:
@@ -37,7 +41,7 @@ def changing_link(bandwidth_mbps: float | None = 100) -> LinkProfile:
                              by="s", label="5->50->20 ms at 0.1/0.45 s")
 
 
-def gamma_table(edge: Any, cloud: RemoteCloud, prompts: list, *, links: tuple = (5, 20, 50), gammas=(4, 8, 12, 16),
+def gamma_table(edge: Any, cloud: RemoteCloud, prompts: list, *, links: tuple = (5, 20, 50), gammas=GAMMAS,
                 schedules: tuple[tuple[str, int], ...] = SCHEDULES, max_new_tokens: int = 64,
                 bandwidth_mbps: float | None = 100, reps: int = 2, seed: int = 0,
                 progress: Callable[[str], None] | None = None) -> pd.DataFrame:
