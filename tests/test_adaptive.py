@@ -96,6 +96,18 @@ def test_costs_blame_a_slower_link_on_the_intercept_when_the_draft_lengthens_wit
     assert b < 0.001 and a == pytest.approx(0.055, rel=0.15)
 
 
+def test_costs_still_learn_a_changed_slope_after_many_rounds():
+    """The slope creeps (a bandwidth change): learnt again within ~100 rounds, though 200 steady ones came first."""
+    costs = Costs()
+    ks = [3, 9, 5, 12, 2, 7, 15, 4]
+    for i in range(200):
+        costs.observe(ks[i % 8], draft_s=0.001 * ks[i % 8], verify_s=0.015 + 0.0004 * ks[i % 8])
+    for i in range(100):
+        costs.observe(ks[i % 8], draft_s=0.001 * ks[i % 8], verify_s=0.015 + 0.0012 * ks[i % 8])
+    a, b = costs.line()
+    assert b == pytest.approx(0.0012, rel=0.1) and a == pytest.approx(0.015, rel=0.1)
+
+
 def _first_stop(controller: Controller, confidence: float, cap: int = 32) -> int:
     controller.begin_round()
     return next((k for k in range(1, cap) if controller.stop(k, confidence)), cap)

@@ -59,7 +59,8 @@ cost per verified token, a property of the models and the bandwidth. Under this 
 length moves with the link (slow link, long drafts), so a least-squares line over the recent rounds
 confounds the two: 40 ms more RTT arriving with 8 more drafts reads as ``b`` = 5 ms a token, and every
 later draft is cut short. A Kalman filter on the state ``(a, b)`` keeps them apart: ``a`` is a random
-walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` does not move, the noise variance is
+walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` creeps by 5% of itself a round (a
+change of bandwidth is learnt, slowly), the noise variance is
 ``(0.1 y)^2``. A link jumps rather than drifts, so when the surprise ``e = y - (a + b k)`` exceeds what
 the filter expects without drift, ``e^2 > S_0 = h P h' + r`` (h = (1, k)), the step variance becomes
 ``e^2 - S_0`` (covariance matching): the jump lands on ``a`` (its gain goes to ~1) and ``b`` learns only
@@ -202,15 +203,15 @@ class Costs:
     edge's own speed, which no link changes). The verify line on two time scales (the module's
     docstring gives the filter): the intercept ``a`` holds the link's round trip and may jump any round,
     the slope ``b`` (the cloud's cost per verified token, the bytes per token) hardly moves. A Kalman filter
-    on the state ``(a, b)`` lets ``a`` wander by ``drift`` of itself each round and ``b`` not at all, so a
+    on the state ``(a, b)`` lets ``a`` wander by ``drift`` of itself each round and ``b`` by ``creep``, so a
     round that is slower than the line predicts moves ``a``, and ``b`` learns only from how the time varies
     with the draft length. (A least-squares line over the recent rounds cannot tell them apart when the
     draft length changes with the link, as it does under this controller: 40 ms more RTT with 8 more
     drafts reads as 5 ms a token.)
     """
 
-    def __init__(self, drift: float = 0.3, noise: float = 0.1, draft_decay: float = 0.9):
-        self.drift, self.noise, self.draft_decay = drift, noise, draft_decay
+    def __init__(self, drift: float = 0.3, noise: float = 0.1, creep: float = 0.05, draft_decay: float = 0.9):
+        self.drift, self.noise, self.creep, self.draft_decay = drift, noise, creep, draft_decay
         self.reset()
 
     def reset(self) -> None:
@@ -233,7 +234,7 @@ class Costs:
             self.cov = [[verify_s ** 2, 0.0], [0.0, (verify_s / (k + 1)) ** 2]]
             return
         self.ab, self.cov = kalman_step(self.ab, self.cov, k, verify_s, (self.drift * self.ab[0]) ** 2,
-                                        (self.noise * verify_s) ** 2)
+                                        (self.noise * verify_s) ** 2, (self.creep * self.ab[1]) ** 2)
         self.ab[1] = max(0.0, self.ab[1])
 
     @property
@@ -246,10 +247,11 @@ class Costs:
         return max(0.0, a), max(0.0, b)
 
 
-def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float
+def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float, q_b: float = 0.0
                 ) -> tuple[list[float], list[list[float]]]:
     """One predict-update of the Kalman filter for ``y = a + b k + noise`` (noise variance ``r``), with ``a``
-    a random walk of step variance ``q_a`` and ``b`` constant. Returns the new (a, b) and covariance.
+    a random walk of step variance ``q_a`` and ``b`` one of step variance ``q_b`` (slow: so that a change of
+    bandwidth is still learnt after many rounds). Returns the new (a, b) and covariance.
 
     A link changes by jumps, not by Gaussian steps: when the round's surprise ``e`` (y minus the line) is
     larger than the filter expects without drift, ``e^2 > S_0``, the intercept's step variance becomes
@@ -257,7 +259,8 @@ def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: 
     (paa, pab), (_, pbb) = cov
     err = y - (ab[0] + ab[1] * k)
     s0 = paa + 2 * pab * k + pbb * k * k + r  # innovation variance without drift
-    paa += max(q_a, err * err - s0)  # predict: only the intercept drifts
+    paa += max(q_a, err * err - s0)  # predict: the intercept drifts or jumps, the slope creeps
+    pbb += q_b
     ph = (paa + pab * k, pab + pbb * k)  # P h, h = (1, k)
     s = ph[0] + ph[1] * k + r  # innovation variance
     gain = (ph[0] / s, ph[1] / s)
