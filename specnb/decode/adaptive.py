@@ -61,10 +61,11 @@ confounds the two: 40 ms more RTT arriving with 8 more drafts reads as ``b`` = 5
 later draft is cut short. A Kalman filter on the state ``(a, b)`` keeps them apart: ``a`` is a random
 walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` creeps by 5% of itself a round (a
 change of bandwidth is learnt, slowly), the noise variance is
-``(0.1 y)^2``. A link jumps rather than drifts, so when the surprise ``e = y - (a + b k)`` exceeds what
-the filter expects without drift, ``e^2 > S_0 = h P h' + r`` (h = (1, k)), the step variance becomes
-``e^2 - S_0`` (covariance matching): the jump lands on ``a`` (its gain goes to ~1) and ``b`` learns only
-from how the time varies with ``k`` at a steady link. The objective is then the rate *at the current
+``(0.1 y)^2``. A link jumps rather than drifts, so a surprise ``e = y - (a + b k)`` beyond three
+standard deviations of what the filter expects, ``e^2 > 9 S`` with ``S = h P h' + r`` (h = (1, k)), is
+taken for a new link: ``a`` restarts at ``y - b k``, ``b`` keeps its value and variance. So a jump
+lands on ``a`` at once and never leaks into ``b`` through their correlation; ``b`` learns only from how
+the time varies with ``k`` at a steady link. The objective is then the rate *at the current
 link stage*: ``T(k)`` uses today's ``a``, and what was learnt at another RTT enters only through ``b``,
 ``t_d`` and the calibration, which the link does not change.
 
@@ -248,22 +249,23 @@ class Costs:
         return max(0.0, a), max(0.0, b)
 
 
-def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float, q_b: float = 0.0
-                ) -> tuple[list[float], list[list[float]]]:
+def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float, q_b: float = 0.0,
+                jump: float = 3.0) -> tuple[list[float], list[list[float]]]:
     """One predict-update of the Kalman filter for ``y = a + b k + noise`` (noise variance ``r``), with ``a``
     a random walk of step variance ``q_a`` and ``b`` one of step variance ``q_b`` (slow: so that a change of
     bandwidth is still learnt after many rounds). Returns the new (a, b) and covariance.
 
-    A link changes by jumps, not by Gaussian steps: when the round's surprise ``e`` (y minus the line) is
-    larger than the filter expects without drift, ``e^2 > S_0``, the intercept's step variance becomes
-    ``e^2 - S_0`` (covariance matching), so the jump lands on ``a`` and the slope hardly moves."""
+    A link changes by jumps, not by Gaussian steps: a surprise ``e`` (y minus the line) beyond ``jump``
+    standard deviations of what the filter expects, ``e^2 > jump^2 S``, is taken for a new link. The
+    intercept restarts at ``y - b k`` (uncertain by the noise), the slope keeps its value and variance:
+    a jump never leaks into ``b`` through their correlation."""
     (paa, pab), (_, pbb) = cov
+    paa, pbb = paa + q_a, pbb + q_b  # predict: the intercept drifts, the slope creeps
     err = y - (ab[0] + ab[1] * k)
-    s0 = paa + 2 * pab * k + pbb * k * k + r  # innovation variance without drift
-    paa += max(q_a, err * err - s0)  # predict: the intercept drifts or jumps, the slope creeps
-    pbb += q_b
     ph = (paa + pab * k, pab + pbb * k)  # P h, h = (1, k)
     s = ph[0] + ph[1] * k + r  # innovation variance
+    if err * err > jump * jump * s:
+        return [y - ab[1] * k, ab[1]], [[r, 0.0], [0.0, pbb]]
     gain = (ph[0] / s, ph[1] / s)
     new_ab = [ab[0] + gain[0] * err, ab[1] + gain[1] * err]
     new_cov = [[paa - gain[0] * ph[0], pab - gain[0] * ph[1]], [pab - gain[1] * ph[0], pbb - gain[1] * ph[1]]]
