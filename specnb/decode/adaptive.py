@@ -236,7 +236,7 @@ class Costs:
             return
         self.ab, self.cov = kalman_step(self.ab, self.cov, k, verify_s, (self.drift * self.ab[0]) ** 2,
                                         (self.noise * verify_s) ** 2,
-                                        (self.creep * max(self.ab[1], 0.01 * self.ab[0])) ** 2)  # b = 0 still creeps
+                                        (self.creep * max(self.ab[1], 0.002 * self.ab[0])) ** 2)  # b = 0 still creeps
         self.ab[1] = max(0.0, self.ab[1])
 
     @property
