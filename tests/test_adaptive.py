@@ -169,11 +169,19 @@ def test_stopping_schedules_keep_greedy_output_and_vary_the_length(models, sched
         assert len(lengths) > 1
 
 
-def test_sampling_with_a_stopping_schedule_is_seeded(models):
+def test_sampling_with_the_confidence_schedule_is_seeded(models):
+    """The confidence rule's lengths depend on the draft alone: a seed repeats the sample. (The adaptive
+    schedule's lengths follow measured times, so its seeded samples repeat only when the lengths do.)"""
     cloud, edge = models["cloud"], models["edge"]
-    runs = [speculative(edge, cloud, PROMPTS[0], N, gamma=6, schedule="adaptive", verify="sample",
+    runs = [speculative(edge, cloud, PROMPTS[0], N, gamma=6, schedule="confidence", verify="sample",
                         temperature=1.0, seed=3).tokens for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == N
+
+
+def test_sampling_with_the_adaptive_schedule_runs(models):
+    g = speculative(models["edge"], models["cloud"], PROMPTS[0], N, gamma=6, schedule="adaptive", verify="sample",
+                    temperature=1.0, seed=3)
+    assert len(g.tokens) == N and max(g.drafted_trace) <= 6
 
 
 def test_prompt_lookup_keeps_its_rule_and_adaptive_caps_it_by_cost(models):
