@@ -279,3 +279,5 @@ def test_gamma_table_checks_outputs_carries_one_controller_per_link_and_prints_t
     table = adaptive_study.markdown(s).splitlines()
     assert table[0].startswith("| link | best fixed (tok/s) | g2 | g4 | adaptive | heuristic |")
     assert len(table) == 2 + 2 and table[2].startswith("| 1 ms |") and table[3].startswith(f"| {profile.label} |")
+    shares = adaptive_study.stage_shares(df, profile.label)  # emulated one-way delays: RTT / 2 up + down
+    assert set(shares) == {1, 4} and sum(shares.values()) == pytest.approx(1, abs=0.01)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
     from specnb.link import local_server
-    from specnb.link.adaptive_study import GAMMAS, SCHEDULES, changing_link, gamma_table, markdown, summary
+    from specnb.link.adaptive_study import GAMMAS, SCHEDULES, changing_link, gamma_table, markdown, stage_shares, summary
     from specnb.prompts import load_prompts
 
     experiment.quiet()
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
            "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "changing_link": profile.label,
            "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
+           "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
            "all_identical": bool(df.identical.all()), "generations": len(df)}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(table)

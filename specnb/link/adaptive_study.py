@@ -101,3 +101,10 @@ def markdown(s: pd.DataFrame) -> str:
         name = f"{link} ms" if not isinstance(link, str) or link.replace(".", "").isdigit() else link
         lines.append(f"| {name} | g{best.gamma} ({best.tokens_per_s:.0f}) | " + " | ".join(cells) + f" | {drafted} |")
     return "\n".join(lines)
+
+
+def stage_shares(df: pd.DataFrame, link: str) -> dict[int, float]:
+    """Share of the rounds over the changing link ``link`` (its label) by the delay each round met, in ms
+    (rounded; a round that straddles a change shows a value between two stages)."""
+    delays = [round(s * 1e3) for v in df[df.rtt_ms.astype(str) == link].round_emulated_s for s in (v or ())]
+    return {d: round(delays.count(d) / len(delays), 3) for d in sorted(set(delays))} if delays else {}
