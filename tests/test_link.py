@@ -226,3 +226,29 @@ def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server
     assert (best.vs_best_fixed == 1).all()
     ad = table[table.method == "edge_cloud:adaptive"]
     assert (ad.drafted_p90 <= 4).all() and (ad.gamma == 4).all()
+
+
+def test_gamma_table_checks_outputs_carries_one_controller_per_link_and_prints_the_issue_table(models, server, monkeypatch):
+    """specnb.link.adaptive_study (tools/adaptive_table.py): fixed gammas and schedules on every link,
+    interleaved; each output set against the cloud's greedy one; one adaptive controller per link for the run."""
+    from specnb.decode.adaptive import Controller
+    from specnb.link import adaptive_study
+    from specnb.link.profile import LinkProfile
+
+    made = []
+    monkeypatch.setattr(adaptive_study, "Controller", lambda: made.append(Controller()) or made[-1])
+    profile = LinkProfile.steps([(0, Link(rtt_ms=1)), (3, Link(rtt_ms=4))], by="round")
+    df = adaptive_study.gamma_table(models["edge"], connect(server), PROMPTS[:2], links=(1, profile), gammas=(2, 4),
+                                    schedules=(("adaptive", 4), ("heuristic", 2)), max_new_tokens=8, reps=2)
+    assert len(made) == 2 and all(sum(c.calibration.tries) > 0 for c in made)
+    assert len(df) == 2 * 2 * 2 * 4 and df.identical.all()
+    s = adaptive_study.summary(df)
+    assert s.identical.all() and len(s) == 2 * 4
+    broken = df.copy()
+    broken.loc[broken.method == "edge_cloud:heuristic", "identical"] = False
+    assert not adaptive_study.summary(broken).set_index("method").loc["edge_cloud:heuristic"].identical.any()
+    table = adaptive_study.markdown(s).splitlines()
+    assert table[0].startswith("| link | best fixed (tok/s) | g2 | g4 | adaptive | heuristic |")
+    assert len(table) == 2 + 2 and table[2].startswith("| 1 ms |") and table[3].startswith(f"| {profile.label} |")
+    shares = adaptive_study.stage_shares(df, profile.label)  # emulated one-way delays: RTT / 2 up + down
+    assert set(shares) == {1, 4} and sum(shares.values()) == pytest.approx(1, abs=0.01)

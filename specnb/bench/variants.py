@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..decode.adaptive import Controller
 from ..decode.loops import autoregressive, speculative
 from ..measure.metrics import Generation
 from ..models import LoadedModel
@@ -90,7 +91,8 @@ def variants(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], l
     top = max(gammas)
     for rule in ADAPTIVE:
         start = 4 if rule == "heuristic" else max(top, 8)
-        run = lambda p, r=rule, s=start: speculative(edge, cloud, p, n, gamma=s, schedule=r)  # noqa: E731
+        ctl = Controller() if rule == "adaptive" else None  # one for the variant's runs: it learns across them
+        run = lambda p, r=rule, s=start, c=ctl: speculative(edge, cloud, p, n, gamma=s, schedule=r, controller=c)  # noqa: E731
         out.append(Variant(f"speculative {rule}", "speculative", run, start, rule))
     if lever_gamma is not None:
         g = lever_gamma

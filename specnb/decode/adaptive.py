@@ -12,10 +12,17 @@ the others); both draft up to ``gamma`` tokens and may stop a round's draft afte
     the drafted tokens and how many of each round's draft the verifier kept;
   - ``t_d``, the cost of one draft step (exponentially weighted mean of draft time / drafted);
   - ``v(k) = a + b k``, the cost of verifying ``k`` drafts, *link included* (the loop's verify clock
-    spans the round trip to a remote cloud): an exponentially weighted least-squares line over the
-    recent rounds, so a change of RTT or bandwidth moves ``a`` within a few rounds;
+    spans the round trip to a remote cloud), by a Kalman filter on two time scales (below), so a
+    change of RTT or bandwidth moves ``a`` within a round or two and leaves ``b`` alone;
 
   and stops drafting at the length that maximizes the expected tokens per second of the round.
+
+  One controller serves many generations of the same edge and cloud (``speculative(...,
+  controller=c)``; the link study keeps one per link): a 64-token generation has only 10-15 rounds,
+  too few to calibrate and fit costs from nothing (measured: a fresh controller per generation drafted
+  8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma). Before its first round it knows
+  no cost and drafts the cap (the ``cost`` schedule's first round; a long first draft also shows the
+  calibration many tokens).
 
 The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
 it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
@@ -46,9 +53,24 @@ With a steady acceptance this stops exactly where the marginal rule does (the ra
 ``k``); with ``P_k`` it still reads this round's confidences: unsure tokens shrink what every later
 token can add, so hard spans stop early and easy ones run to the cap.
 
+The verify line. The round's verify time is ``y = a + b k + e``: ``a`` is the link's round trip plus
+the cloud's fixed cost, and it changes whenever the link does; ``b`` is the cloud's (and the wire's)
+cost per verified token, a property of the models and the bandwidth. Under this controller the draft
+length moves with the link (slow link, long drafts), so a least-squares line over the recent rounds
+confounds the two: 40 ms more RTT arriving with 8 more drafts reads as ``b`` = 5 ms a token, and every
+later draft is cut short. A Kalman filter on the state ``(a, b)`` keeps them apart: ``a`` is a random
+walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` creeps by 5% of itself a round (a
+change of bandwidth is learnt, slowly), the noise variance is
+``(0.1 y)^2``. A link jumps rather than drifts, so a surprise ``e = y - (a + b k)`` beyond three
+standard deviations of what the filter expects, ``e^2 > 9 S`` with ``S = h P h' + r`` (h = (1, k)), is
+taken for a new link: ``a`` restarts at ``y - b k``, ``b`` keeps its value and variance. So a jump
+lands on ``a`` at once and never leaks into ``b`` through their correlation; ``b`` learns only from how
+the time varies with ``k`` at a steady link. The objective is then the rate *at the current
+link stage*: ``T(k)`` uses today's ``a``, and what was learnt at another RTT enters only through ``b``,
+``t_d`` and the calibration, which the link does not change.
+
 A high RTT makes ``a``, hence ``T(k)``, large: a lower P_k still pays, drafts run long. A cheap link
-makes drafts stop after the first unsure tokens. Before the first round the controller knows no costs
-and uses the ``confidence`` rule.
+makes drafts stop after the first unsure tokens.
 
 Why it should beat a fixed gamma: a fixed gamma is tuned for the *average* acceptance and one
 link. Here the length follows the text token by token (the confidence sees a hard span coming, a
@@ -59,6 +81,13 @@ unimodal in ``k``), so on stationary text and link it loses only its estimation 
 from variance in confidence and in the link. SpecDec++ (2024) stops on a learned acceptance head
 with the same comparison of a stop threshold against costs; here the head is the draft's own
 probability, calibrated online.
+
+How much it can gain is bounded by the two sources. From the link: the rate ``E(k)/T(k)`` is flat near
+its best ``k`` (the best gamma grows only about logarithmically with ``a``), so one fixed gamma that
+is good at every stage of a link loses little. From the text: stopping before a rejected draft saves
+that draft's ``t_d + b`` only, small beside ``a`` when the link is slow. Measured on the embedded pair
+(draft step ~0.9 ms, ``b`` ~0.35 ms, ``a`` 14-65 ms): 1.00-1.02x of the best fixed gamma, and g12 within
+1% of the best at 5, 20 and 50 ms (docs/adaptive-gamma.md).
 """
 
 from __future__ import annotations
@@ -168,54 +197,99 @@ class Calibration:
             self.hits[b] += j < accepted
 
 
-@dataclass
 class Costs:
-    """Step costs from the recent rounds, each older round weighted ``decay`` times less.
+    """Step costs learnt from the rounds: the draft step's, and the verify line ``v(k) = a + b k``.
 
-    ``t_draft``: draft seconds per drafted token. ``verify(k) = a + b k``: weighted least squares of a
-    round's verify seconds on its draft length (b >= 0; b = 0 while the lengths seen do not spread).
+    ``t_draft``: draft seconds per drafted token, weighted ``draft_decay`` times less per older round (the
+    edge's own speed, which no link changes). The verify line on two time scales (the module's
+    docstring gives the filter): the intercept ``a`` holds the link's round trip and may jump any round,
+    the slope ``b`` (the cloud's cost per verified token, the bytes per token) hardly moves. A Kalman filter
+    on the state ``(a, b)`` lets ``a`` wander by ``drift`` of itself each round and ``b`` by ``creep``, so a
+    round that is slower than the line predicts moves ``a``, and ``b`` learns only from how the time varies
+    with the draft length. (A least-squares line over the recent rounds cannot tell them apart when the
+    draft length changes with the link, as it does under this controller: 40 ms more RTT with 8 more
+    drafts reads as 5 ms a token.)
     """
 
-    decay: float = 0.8
-    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # sums of w, w k, w k^2, w y, w k y
-    _d: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sums of w draft_s, w k
+    def __init__(self, drift: float = 0.3, noise: float = 0.1, creep: float = 0.05, draft_decay: float = 0.9):
+        self.drift, self.noise, self.creep, self.draft_decay = drift, noise, creep, draft_decay
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new drafter or cloud)."""
+        self.ab: list[float] | None = None  # (a, b)
+        self.cov = [[0.0, 0.0], [0.0, 0.0]]
+        self._d = [0.0, 0.0]  # sums of w draft_s, w k
 
     @property
     def known(self) -> bool:
-        return self._s[0] > 0 and self._d[1] > 0
+        return self.ab is not None and self._d[1] > 0
 
     def observe(self, k: int, draft_s: float, verify_s: float) -> None:
-        self._s = [x * self.decay for x in self._s]
-        self._d = [x * self.decay for x in self._d]
-        for i, v in enumerate((1.0, k, k * k, verify_s, k * verify_s)):
-            self._s[i] += v
+        self._d = [x * self.draft_decay for x in self._d]
         if k:
             self._d[0] += draft_s
             self._d[1] += k
+        if self.ab is None:  # the first round: a from it, b unknown within (v / (k+1))^2
+            self.ab = [verify_s, 0.0]
+            self.cov = [[verify_s ** 2, 0.0], [0.0, (verify_s / (k + 1)) ** 2]]
+            return
+        self.ab, self.cov = kalman_step(self.ab, self.cov, k, verify_s, (self.drift * self.ab[0]) ** 2,
+                                        (self.noise * verify_s) ** 2,
+                                        (self.creep * max(self.ab[1], 0.002 * self.ab[0])) ** 2)  # b = 0 still creeps
+        self.ab[1] = max(0.0, self.ab[1])
 
     @property
     def t_draft(self) -> float:
         return self._d[0] / self._d[1] if self._d[1] else 0.0
 
     def line(self) -> tuple[float, float]:
-        """(a, b) of verify(k) = a + b k."""
-        w, wk, wkk, wy, wky = self._s
-        det = w * wkk - wk * wk
-        b = max(0.0, (w * wky - wk * wy) / det) if det > 1e-9 * w * w else 0.0
-        return max(0.0, (wy - b * wk) / w), b
+        """(a, b) of verify(k) = a + b k (a >= 0, b >= 0)."""
+        a, b = self.ab or (0.0, 0.0)
+        return max(0.0, a), max(0.0, b)
+
+
+def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: float, r: float, q_b: float = 0.0,
+                jump: float = 3.0) -> tuple[list[float], list[list[float]]]:
+    """One predict-update of the Kalman filter for ``y = a + b k + noise`` (noise variance ``r``), with ``a``
+    a random walk of step variance ``q_a`` and ``b`` one of step variance ``q_b`` (slow: so that a change of
+    bandwidth is still learnt after many rounds). Returns the new (a, b) and covariance.
+
+    A link changes by jumps, not by Gaussian steps: a surprise ``e`` (y minus the line) beyond ``jump``
+    standard deviations of what the filter expects, ``e^2 > jump^2 S``, is taken for a new link. The
+    intercept restarts at ``y - b k`` (uncertain by the noise), the slope keeps its value and variance:
+    a jump never leaks into ``b`` through their correlation."""
+    (paa, pab), (_, pbb) = cov
+    paa, pbb = paa + q_a, pbb + q_b  # predict: the intercept drifts, the slope creeps
+    err = y - (ab[0] + ab[1] * k)
+    ph = (paa + pab * k, pab + pbb * k)  # P h, h = (1, k)
+    s = ph[0] + ph[1] * k + r  # innovation variance
+    if err * err > jump * jump * s:
+        return [y - ab[1] * k, ab[1]], [[r, 0.0], [0.0, pbb]]
+    gain = (ph[0] / s, ph[1] / s)
+    new_ab = [ab[0] + gain[0] * err, ab[1] + gain[1] * err]
+    new_cov = [[paa - gain[0] * ph[0], pab - gain[0] * ph[1]], [pab - gain[1] * ph[0], pbb - gain[1] * ph[1]]]
+    return new_ab, new_cov
 
 
 class Controller:
     """The ``adaptive`` schedule's per-token stop rule (the module's lookahead rule), learning as it goes.
 
     ``begin_round(cap)`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
-    ``observe(...)`` after the round, with the confidences of what was drafted.
+    ``observe(...)`` after the round, with the confidences of what was drafted. One controller can serve
+    many generations of the same edge and cloud (``speculative(..., controller=c)``): what it learnt
+    carries over (the calibration for good, the costs as the filter lets them drift); :meth:`reset`
+    forgets it. Before it has seen a round it drafts to the cap, as the ``cost`` schedule's first round.
     """
 
     def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None):
         self.calibration = calibration or Calibration()
         self.costs = costs or Costs()
         self.begin_round()
+
+    def reset(self) -> None:
+        self.calibration = Calibration(self.calibration.bins, self.calibration.prior)
+        self.costs.reset()
 
     def begin_round(self, cap: int = 16) -> None:
         self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
@@ -225,7 +299,7 @@ class Controller:
 
     def stop(self, k: int, confidence: float) -> bool:
         if not self.costs.known:
-            return confidence < CONFIDENCE_THRESHOLD
+            return False
         p = self.calibration.p(confidence)
         self._prefix *= p
         self._emitted += self._prefix
@@ -242,10 +316,14 @@ def threshold_stop(k: int, confidence: float) -> bool:
     return confidence < CONFIDENCE_THRESHOLD
 
 
-def stop_rule(rule: str) -> tuple[Callable[[int, float], bool], Controller | None]:
-    """The per-token stop rule of a stopping schedule, and its controller when it learns."""
+def stop_rule(rule: str, controller: Controller | None = None) -> tuple[Callable[[int, float], bool], Controller | None]:
+    """The per-token stop rule of a stopping schedule, and its controller when it learns (``controller``:
+    one carried over from earlier generations; default a fresh one)."""
+    if controller is not None and rule != "adaptive":
+        raise ValueError(f"a controller drives the 'adaptive' schedule only, not {rule!r}: pass "
+                         "schedule='adaptive' with it, or drop controller=")
     if rule == "adaptive":
-        c = Controller()
+        c = controller or Controller()
         return c.stop, c
     if rule == "confidence":
         return threshold_stop, None

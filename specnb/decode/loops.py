@@ -33,6 +33,7 @@ from ..models import LoadedModel, check_pair, same_tokenizer, thread_cap, thread
 from .drafting import EdgeDrafter
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
+from .adaptive import Controller
 from .schedule import Schedule
 from .steps import Steps, no_compiling
 from .translate import translating
@@ -198,6 +199,7 @@ def speculative(
     optimized: bool | str = False,
     compile: bool | None = None,
     levers_off: tuple[str, ...] = (),
+    controller: Controller | None = None,
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -209,7 +211,8 @@ def speculative(
     thread cap (see :func:`thread_plan`). ``schedule`` sets the draft length per round
     (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
     ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive`` stop a draft of up to ``gamma``
-    after an unsure token, :mod:`specnb.decode.adaptive`). ``optimized=True`` gives both models the set-up of the
+    after an unsure token, :mod:`specnb.decode.adaptive`; ``controller``: the ``adaptive`` schedule's learnt
+    state, passed again to carry it over generations of the same edge and cloud). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to one of a few fixed widths
     (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
@@ -226,7 +229,7 @@ def speculative(
     _check_common(max_new_tokens, temperature, top_k, top_p)
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
-    plan = Schedule(schedule, gamma)
+    plan = Schedule(schedule, gamma, controller=controller)
     text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
     if text is None:
         raise TypeError("speculative needs a tokenizer on one side: pass a loaded model (specnb.load) as edge or cloud")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..measure.metrics import estimate_alpha
-from .adaptive import STOPPING, can_stop, stop_rule
+from .adaptive import STOPPING, Controller, can_stop, stop_rule
 
 SCHEDULES = ("constant", "heuristic", "cost") + STOPPING
 MAX_GAMMA = 16
@@ -54,12 +54,15 @@ class Schedule:
     draft_s: float = 0.0
     verify_s: float = 0.0
     rounds: int = 0
+    controller: Controller | None = None  # the adaptive schedule's, carried over from earlier generations
 
     def __post_init__(self) -> None:
         if self.rule not in SCHEDULES:
             raise ValueError(f"unknown draft schedule {self.rule!r}; use one of {', '.join(SCHEDULES)}")
         self.current = self.gamma
-        self.stop, self.controller = stop_rule(self.rule) if self.rule in STOPPING else (None, None)
+        if self.controller is not None and self.rule != "adaptive":
+            stop_rule(self.rule, self.controller)  # refuses it, naming the fix
+        self.stop, self.controller = stop_rule(self.rule, self.controller) if self.rule in STOPPING else (None, None)
         self.drafter = None  # the drafter the stop rule is attached to (attach)
 
     def attach(self, drafter) -> None:

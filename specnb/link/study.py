@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..decode.adaptive import Controller
 from ..decode.loops import autoregressive, speculative
 from ..measure.stats import ratio_interval
 from .client import RemoteCloud
@@ -39,12 +40,14 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
     """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
     ``drafted`` (draft length per round), ``predicted_wall_s`` (from the run at ``rtts_ms[0]``).
     ``server_gamma=None`` skips server-side speculation. ``schedules``: draft-length schedules run as
-    methods ``edge_cloud:<schedule>`` with gamma = ``max(gammas)`` (their cap). An entry of ``rtts_ms``
+    methods ``edge_cloud:<schedule>`` with gamma = ``max(gammas)`` (their cap); ``adaptive`` keeps one
+    controller per link over the run (:mod:`specnb.decode.adaptive`). An entry of ``rtts_ms``
     may be a :class:`specnb.link.profile.LinkProfile` (a changing link; its rows carry its label and
     no prediction). ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`,
     as the study notebook does)."""
     order = random.Random(seed)
     rows: list[dict] = []
+    controllers: dict[str, Controller] = {}  # the adaptive schedule's, one per link, carried over the run
     for rep in range(reps):
         for pi, prompt in enumerate(prompts):
             g = autoregressive(edge, prompt, max_new_tokens)
@@ -59,8 +62,12 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
                                  lambda r=remote, p=prompt: r.server_speculative(p, max_new_tokens, gamma=server_gamma)))
                 runs += [("edge_cloud", gm, lambda r=remote, p=prompt, gm=gm: speculative(edge, r, p, max_new_tokens, gamma=gm))
                          for gm in gammas]
-                runs += [(f"edge_cloud:{sc}", max(gammas), lambda r=remote, p=prompt, sc=sc:
-                          speculative(edge, r, p, max_new_tokens, gamma=max(gammas), schedule=sc)) for sc in schedules]
+                if str(rtt) not in controllers:
+                    controllers[str(rtt)] = Controller()
+                ctl = controllers[str(rtt)]
+                runs += [(f"edge_cloud:{sc}", max(gammas), lambda r=remote, p=prompt, sc=sc, c=ctl:
+                          speculative(edge, r, p, max_new_tokens, gamma=max(gammas), schedule=sc,
+                                      controller=c if sc == "adaptive" else None)) for sc in schedules]
                 for method, gamma, fn in order.sample(runs, len(runs)):
                     g = fn()
                     rows.append(_row(g, method, gamma, rtt, rep, pi))

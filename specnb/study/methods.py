@@ -102,11 +102,13 @@ def _cloud(optimized: bool) -> Callable[[dict[str, Any], Any], Decode]:
 
 
 def _speculative(m: dict[str, Any], p: Any) -> Decode:
+    from ..decode.adaptive import Controller
     from ..decode.loops import speculative
 
+    ctl = Controller() if p.schedule == "adaptive" else None  # one per cell: it learns over the cell's prompts
     return lambda prompt, n: speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify,
                                          rank_k=p.rank_k, schedule=p.schedule, optimized=p.optimized,
-                                         compile=p.compile_steps, **_common(p))
+                                         compile=p.compile_steps, controller=ctl, **_common(p))
 
 
 def _unmeasured(g: Any, *keys: str) -> Any:
