@@ -47,6 +47,7 @@ from ..models import LoadedModel
 from ..decode.roles import RoundSettings
 from .batching import Batcher, batchable
 from .limits import BadMessage, Limits, check_generate, check_verify, parse
+from .server_spec import ServerCloud, ServerDraft
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
@@ -150,8 +151,12 @@ class Session:
                                                    has_draft=self.cloud.draft is not None)  # before any model call
         t0 = time.perf_counter()
         if method == "speculative":
-            with self.cloud.lock:
-                g = speculative(self.cloud.draft, self.cloud.model, prompt, n_new, **kw)
+            if self.cloud.batcher is not None:  # verify rounds batched, drafts one session at a time (server_spec)
+                g = speculative(ServerDraft(self.cloud.draft, self.cloud.draft_lock),
+                                ServerCloud(self.cloud.model, self.cloud.batcher, self.cloud.lock), prompt, n_new, **kw)
+            else:
+                with self.cloud.lock:
+                    g = speculative(self.cloud.draft, self.cloud.model, prompt, n_new, **kw)
             yield Message("t", ints=[_us(t0)] + g.tokens)
             metrics = g.metrics | {"server_s": time.perf_counter() - t0}
             yield Message("d", meta={"metrics": metrics, "trace": g.trace, "drafted_trace": g.drafted_trace})
@@ -235,6 +240,7 @@ class CloudService:
         self.model, self.draft, self.max_sessions = model, draft, max_sessions
         # verify rounds of concurrent sessions in one forward (docs/capacity.md); "none": one at a time
         self.lock = threading.Lock()
+        self.draft_lock = threading.Lock()  # server-side drafting on a batching server: one session at a time
         self.batcher = None if batch == "none" else Batcher(model, self.lock, batch, max_batch, batch_wait_ms)
         self.limits, self.token, self.idle_timeout_s = limits or Limits(), token or None, idle_timeout_s
         self.sessions: dict[int, str] = {}
