@@ -252,3 +252,10 @@ def test_server_side_sampling_on_a_batching_server_draws_as_solo(draft_servers):
     got = _concurrently([lambda i=i, p=p: connect(draft_servers["batched"]).server_speculative(p, 16, seed=i, **kw).tokens
                          for i, p in enumerate(PROMPTS)])
     assert got == want
+
+
+def test_uncached_cost_times_both_rounds_and_leaves_the_cache_as_it_found_it(pair):
+    df = C.uncached_cost(pair["cloud"], [8, 16], gamma=2, reps=2)
+    assert df.context.tolist() == [8, 16] and (df.gamma == 2).all()
+    assert (df.round_cached_ms > 0).all() and (df.round_uncached_ms > 0).all()
+    assert df.uncached_over_cached.tolist() == pytest.approx((df.round_uncached_ms / df.round_cached_ms).tolist())

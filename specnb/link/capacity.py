@@ -396,3 +396,38 @@ def run(cfg: Config, progress: Callable[[str], None] | None = None) -> Result:
         for r in remotes.values():
             r.close()
     return Result(pd.DataFrame(rows), times, asdict(cfg))
+
+
+# ---------------------------------------------------------------------------- a verifier without a session cache
+
+
+def uncached_cost(model: Any, lengths: list[int], gamma: int = 4, reps: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Per context length L: the seconds of one verify round with a session KV cache (a forward of
+    ``gamma + 1`` tokens on a cache of L) against one without (a forward of all ``L + gamma + 1`` tokens,
+    what a serving engine pays when it scores a draft as ``prompt_logprobs``, which it does not cache),
+    medians of ``reps``, and their ratio. ``model``: a loaded model (``specnb.load``). Random token ids:
+    the cost of a forward does not depend on which tokens."""
+    from transformers import DynamicCache  # noqa: PLC0415 - only this measurement needs it
+    import torch  # noqa: PLC0415
+
+    net, device = model.model, model.device
+    rng = np.random.default_rng(seed)
+    out = []
+    for length in lengths:
+        ids = torch.tensor(rng.integers(0, model.vocab_size, size=(1, length + gamma + 1)), device=device)
+        full, cached = [], []
+        with torch.inference_mode():
+            cache = DynamicCache(config=net.config)
+            net(input_ids=ids[:, :length], cache=cache, use_cache=True)
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                net(input_ids=ids, use_cache=False)
+                full.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                net(input_ids=ids[:, length:], cache=cache, use_cache=True)
+                cached.append(time.perf_counter() - t0)
+                cache.crop(-(gamma + 1))  # back to the L cached positions
+        f, c = statistics.median(full), statistics.median(cached)
+        out.append({"context": length, "gamma": gamma, "round_cached_ms": 1000 * c, "round_uncached_ms": 1000 * f,
+                    "uncached_over_cached": f / c})
+    return pd.DataFrame(out)
