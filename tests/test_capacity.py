@@ -138,6 +138,7 @@ def test_capacity_best_policy_and_the_bound_table():
     assert bt.loc["none", "measured_gain"] == pytest.approx(1.6)
     assert bt.loc["none", "bound"] == pytest.approx(1.5)
     assert bt.loc["none", "measured_over_bound"] == pytest.approx(1.6 / 1.5)
+    assert bt.loc["none", "measured_over_bound_with_link"] == pytest.approx(1.6 / 1.5)  # RTT 0: the same bound
     gain = C.goodput_gain(summ)
     assert gain[(gain.policy == "none") & (gain.n == 8)].gain.iloc[0] == pytest.approx(96 / 40)
     texts = R.findings(summ, C.capacity_with_without_batching(caps), C.bound_table(summ, times), gain,
