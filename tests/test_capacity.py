@@ -132,13 +132,14 @@ def test_capacity_best_policy_and_the_bound_table():
     assert ww.loc["cloud_only", "none"] == 1 and ww.loc["cloud_only", "dynamic"] == 4  # 20 tok/s meets an SLO of 20
     best = C.best_per_n(summ)
     assert best[(best.method == "edge_cloud") & (best.n == 8)].policy.iloc[0] == "dynamic"
-    times = pd.DataFrame([{"gamma": 3, "t_draft_s": 0.001, "t_verify_s": 0.006, "rounds": 10}])
+    times = pd.DataFrame([{"gamma": 3, "t_draft_s": 0.001, "t_verify_s": 0.006, "t_link_s": 0.003, "rounds": 10}])
     bt = C.bound_table(summ, times).set_index("policy")
     # none: S(edge_cloud) = 8 * 12 / 60 = 1.6; S(cloud_only) = 8 * 5 / 40 = 1.0; B = 1.5
     assert bt.loc["none", "measured_gain"] == pytest.approx(1.6)
     assert bt.loc["none", "bound"] == pytest.approx(1.5)
     assert bt.loc["none", "measured_over_bound"] == pytest.approx(1.6 / 1.5)
-    assert bt.loc["none", "measured_over_bound_with_link"] == pytest.approx(1.6 / 1.5)  # RTT 0: the same bound
+    assert bt.loc["none", "bound_with_link"] == pytest.approx(2.0)  # RTT 0: 1 + (3 * 1 + 3) / 6
+    assert bt.loc["none", "measured_over_bound_with_link"] == pytest.approx(1.6 / 2.0)
     gain = C.goodput_gain(summ)
     assert gain[(gain.policy == "none") & (gain.n == 8)].gain.iloc[0] == pytest.approx(96 / 40)
     texts = R.findings(summ, C.capacity_with_without_batching(caps), C.bound_table(summ, times), gain,
@@ -182,7 +183,7 @@ def test_a_tiny_study_through_real_servers(tmp_path):
     assert len(summ) == 3 * 2 * 2 and summ.goodput.gt(0).all()
     assert summ[summ.policy == "dynamic"].mean_batch.notna().all()  # the batching server ran batches
     assert summ[summ.policy == "none"].mean_batch.isna().all()
-    assert set(result.times.columns) >= {"gamma", "t_draft_s", "t_verify_s"} and result.times.t_verify_s.gt(0).all()
+    assert set(result.times.columns) >= {"gamma", "t_draft_s", "t_verify_s", "t_link_s"} and result.times.t_verify_s.gt(0).all()
     check = C.replay_check(rows)
     assert len(check) == 2 and check.replayed_over_real.gt(0).all()
     bounds = C.bound_table(summ, result.times)

@@ -33,7 +33,8 @@ Summaries (pure functions of the rows, unit-tested):
 * the bound of a saturated, unbatched verifier (:func:`bound`): each edge-cloud user's cycle is
   gamma t_draft + t_verify (+ the link's r), of which the verifier is busy t_verify, so it sustains
   B = 1 + (gamma t_draft + r) / t_verify users at the solo per-user rate, where a cloud-only user
-  keeps it busy all the time (B = 1). Measured beside it (:func:`sustained`): S = goodput at the
+  keeps it busy all the time (B = 1); the issue's bound has r = 0, the bound "with the link" r = RTT +
+  the measured transport time per round. Measured beside it (:func:`sustained`): S = goodput at the
   largest N / the per-edge rate at N = 1, the users at the solo rate the saturated server delivers,
   and S(edge_cloud) / S(cloud_only), the measured capacity gain, over B.
 """
@@ -191,7 +192,8 @@ def best_per_n(summ: pd.DataFrame) -> pd.DataFrame:
 def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
     """Per (policy, RTT, gamma): S(edge_cloud), S(cloud_only) (:func:`sustained`), their ratio (the
     measured capacity gain at the solo rate), the bound B from the measured t_draft and t_verify
-    (without and with the link's round trip), and measured / B. The bound is for an unbatched
+    (without and with the link: the emulated RTT plus the measured transport time per round), and
+    measured / B. The bound is for an unbatched
     verifier: under batching, a ratio above 1 is batching's own gain."""
     out = []
     co = summ[summ.method == "cloud_only"]
@@ -204,9 +206,10 @@ def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
             s_ec = sustained(part[part.n == top].goodput.iloc[0], part[part.n == 1].edge_rate.iloc[0])
             s_co = sustained(ref[ref.n == ref.n.max()].goodput.iloc[0], ref[ref.n == 1].edge_rate.iloc[0])
             b0 = bound(int(t.gamma), t.t_draft_s, t.t_verify_s)
-            b_link = bound(int(t.gamma), t.t_draft_s, t.t_verify_s, rtt / 1000.0)
+            b_link = bound(int(t.gamma), t.t_draft_s, t.t_verify_s, rtt / 1000.0 + t.get("t_link_s", 0.0))
             out.append({"policy": policy, "rtt_ms": rtt, "gamma": int(t.gamma), "max_n": int(top),
                         "t_draft_ms": 1000 * t.t_draft_s, "t_verify_ms": 1000 * t.t_verify_s,
+                        "t_link_ms": 1000 * t.get("t_link_s", 0.0),
                         "sustained_edge_cloud": s_ec, "sustained_cloud_only": s_co, "measured_gain": s_ec / s_co,
                         "bound": b0, "bound_with_link": b_link, "measured_over_bound": s_ec / s_co / b0,
                         "measured_over_bound_with_link": s_ec / s_co / b_link})
@@ -299,19 +302,22 @@ def servers(cfg: Config) -> Iterator[dict[str, str]]:
 def record(edge: Any, address: str, cfg: Config) -> tuple[dict[tuple[int, int], Any], pd.DataFrame]:
     """Real edge runs, one per (gamma, prompt), alone against the server: the recordings replayed
     edges play back, and the per-round drafting and server times of the bound (medians: robust to a
-    stray slow round on a shared machine). ``t_draft`` is per drafted token."""
+    stray slow round on a shared machine). ``t_draft`` is per drafted token; ``t_link`` is a round's time
+    on the real connection (its round trip minus the server's time: gRPC and loopback), which idles the
+    verifier as drafting does."""
     recordings, times = {}, []
     remote = connect(address)
     for gamma in cfg.gammas:
-        per_token, verify = [], []
+        per_token, verify, link = [], [], []
         for pi, prompt in enumerate(cfg.prompts):
             rec = RecordingDrafter(edge)
             g = speculative(rec, remote, prompt, cfg.max_new_tokens, gamma=gamma)
             recordings[gamma, pi] = rec.recording
             per_token += [r.draft_s / len(r.draft) for r in rec.recording.rounds if r.draft]
             verify += list(g.metrics["round_server_s"][1:])  # the first round carries the prefill
+            link += list(g.metrics["round_link_s"][1:])
         times.append({"gamma": gamma, "t_draft_s": statistics.median(per_token),
-                      "t_verify_s": statistics.median(verify), "rounds": len(verify)})
+                      "t_verify_s": statistics.median(verify), "t_link_s": statistics.median(link), "rounds": len(verify)})
     remote.close()
     return recordings, pd.DataFrame(times)
 

@@ -49,13 +49,13 @@ def on_bound(bounds: pd.DataFrame) -> list[Text]:
     for _, r in bounds[bounds.policy == "none"].iterrows():
         out.append(Text(
             f"Unbatched, RTT {r.rtt_ms:g} ms, gamma {r.gamma}: t_draft {r.t_draft_ms:.2f} ms/token and t_verify "
-            f"{r.t_verify_ms:.2f} ms/round give the bound B = {r.bound:.2f} (with the link's round trip "
+            f"{r.t_verify_ms:.2f} ms/round give the bound B = {r.bound:.2f} (with the link, RTT + {r.t_link_ms:.2f} ms of transport per round: "
             f"{r.bound_with_link:.2f}); at N = {r.max_n} the server sustained {r.sustained_edge_cloud:.2f} edge-cloud "
             f"users and {r.sustained_cloud_only:.2f} cloud-only users at their solo rates: a gain of "
             f"{r.measured_gain:.2f}, {r.measured_over_bound:.2f} of B"
             + (f" and {r.measured_over_bound_with_link:.2f} of the bound with the link." if r.rtt_ms else "."),
             f"不批处理，RTT {r.rtt_ms:g} ms，gamma {r.gamma}：t_draft {r.t_draft_ms:.2f} 毫秒/词元、t_verify "
-            f"{r.t_verify_ms:.2f} 毫秒/轮，得上界 B = {r.bound:.2f}（计入链路往返为 {r.bound_with_link:.2f}）；"
+            f"{r.t_verify_ms:.2f} 毫秒/轮，得上界 B = {r.bound:.2f}（计入链路，即 RTT 加每轮 {r.t_link_ms:.2f} 毫秒传输：{r.bound_with_link:.2f}）；"
             f"N = {r.max_n} 时服务器以单用户速率维持了 {r.sustained_edge_cloud:.2f} 个边缘–云端用户和 "
             f"{r.sustained_cloud_only:.2f} 个仅云端用户：增益 {r.measured_gain:.2f}，为 B 的 {r.measured_over_bound:.2f}"
             + (f"，为计入链路的上界的 {r.measured_over_bound_with_link:.2f}。" if r.rtt_ms else "。")))
