@@ -261,3 +261,24 @@ def test_uncached_cost_times_both_rounds_and_leaves_the_cache_as_it_found_it(pai
     assert df.context.tolist() == [8, 16] and (df.gamma == 2).all()
     assert (df.round_cached_ms > 0).all() and (df.round_uncached_ms > 0).all()
     assert df.uncached_over_cached.tolist() == pytest.approx((df.round_uncached_ms / df.round_cached_ms).tolist())
+
+
+def test_the_preset_and_the_notebook_name_the_studys_settings():
+    """params/capacity.yaml sets only the notebook's parameters, makes a valid Config, and covers what
+    issue 23 asks (N 1..32, RTT 0 and 20 ms, the three methods, with and without batching); the notebook
+    can set every field of Config."""
+    import dataclasses
+    from pathlib import Path
+
+    import papermill
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    preset = yaml.safe_load((root / "params" / "capacity.yaml").read_text())
+    params = papermill.inspect_notebook(str(root / "notebooks" / "capacity.ipynb"))
+    assert set(preset) <= set(params), set(preset) - set(params)
+    fields = {f.name for f in dataclasses.fields(C.Config)}
+    assert fields <= set(params), fields - set(params)
+    cfg = C.Config(**{k: v for k, v in preset.items() if k in fields}).check()
+    assert {1, 2, 4, 8, 16, 32} <= set(cfg.ns) and {0.0, 20.0} <= set(map(float, cfg.rtts_ms))
+    assert set(cfg.methods) == set(C.METHODS) and {"none", "dynamic"} <= set(cfg.policies)

@@ -147,11 +147,11 @@ def runs_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary(rows: pd.DataFrame, *, edges: str = "replayed") -> pd.DataFrame:
+def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
     """Per configuration: goodput and mean per-edge rate with 95% intervals, the p90 edge's rate,
-    Jain's index (mean over repetitions), failed edges, the mean batch size. ``edges``: which edges'
-    runs (``replayed`` edges, or ``real`` ones; cloud-only and server-side runs count as ``replayed``)."""
-    rows = rows[rows.edges == edges]
+    Jain's index (mean over repetitions), failed edges, the mean batch size. ``real``: the runs of real
+    edges (edge-cloud at ``real_ns`` only) instead of the others (replayed edges, cloud-only, server-side)."""
+    rows = rows[(rows.edges == "real") == real]
     runs = {key: part for key, part in runs_table(rows).groupby(KEYS, sort=True)}
     out = []
     for key, part in rows.groupby(KEYS, sort=True):
@@ -388,7 +388,7 @@ def run(cfg: Config, progress: Callable[[str], None] | None = None) -> Result:
         recordings, times = record(edge, addresses[cfg.policies[0]], cfg)
         for rep in range(cfg.reps):
             for n in cfg.ns:
-                todo = [(c, "replayed") for c in cases(cfg)]
+                todo = [(c, "replayed" if c[0] == "edge_cloud" else "none") for c in cases(cfg)]
                 if n in cfg.real_ns and "edge_cloud" in cfg.methods:
                     todo += [(c, "real") for c in cases(cfg) if c[0] == "edge_cloud"]
                 for (method, policy, rtt, gamma), edges in order.sample(todo, len(todo)):
