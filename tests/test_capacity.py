@@ -282,3 +282,14 @@ def test_the_preset_and_the_notebook_name_the_studys_settings():
     cfg = C.Config(**{k: v for k, v in preset.items() if k in fields}).check()
     assert {1, 2, 4, 8, 16, 32} <= set(cfg.ns) and {0.0, 20.0} <= set(map(float, cfg.rtts_ms))
     assert set(cfg.methods) == set(C.METHODS) and {"none", "dynamic"} <= set(cfg.policies)
+
+
+def test_the_docs_table_has_a_row_per_n_and_a_column_per_method_and_policy():
+    rows = pd.DataFrame(_rows("edge_cloud", "none", 1, [60.0]) + _rows("edge_cloud", "none", 1, [50.0], gamma=4)
+                        + _rows("edge_cloud", "none", 2, [30.0, 20.0]) + _rows("cloud_only", "dynamic", 1, [40.0], gamma=0)
+                        + _rows("cloud_only", "dynamic", 2, [15.0, 15.0], gamma=0))
+    text = R.table_markdown(C.summary(rows))
+    lines = text.splitlines()
+    assert lines[0] == "RTT 0 ms:" and lines[2] == "| N | edge_cloud, none | cloud_only, dynamic |"
+    assert lines[4].startswith("| 1 | g3: 60 (60-60) / 60.0 [60.0] | 40 (40-40) / 40.0 [40.0] |")  # gamma 3 beat 4
+    assert lines[5].startswith("| 2 | g3: 40 (40-40) / 21.0 [25.0] |")  # 20 tokens over the slowest edge's 0.5 s

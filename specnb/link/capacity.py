@@ -167,7 +167,7 @@ def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
 
 
 def capacities(summ: pd.DataFrame, slo: float) -> pd.DataFrame:
-    """Capacity at ``slo`` per (method, policy, RTT, gamma), and the best gamma's per (method, policy, RTT)."""
+    """Capacity at ``slo`` (:func:`capacity`) per (method, policy, RTT, gamma)."""
     out = []
     for key, part in summ.groupby(["method", "policy", "rtt_ms", "gamma"], sort=True):
         cap = capacity(dict(zip(part.n.astype(int), part.p90_edge_rate)), slo)

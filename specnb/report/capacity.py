@@ -144,6 +144,34 @@ def curves(summ: pd.DataFrame, slo: float | None = None) -> plt.Figure:
     return fig
 
 
+def table_markdown(summ: pd.DataFrame) -> str:
+    """The capacity table for the docs: one Markdown table per RTT, a row per N, a column per method x
+    policy; a cell is ``goodput (95% interval) / p90 edge's rate [mean edge rate]`` in tokens/s, the
+    edge methods at their best gamma for that N (by the p90 edge's rate, written ``g4:``)."""
+    best = summ.sort_values(["p90_edge_rate", "goodput"], ascending=False).groupby(
+        ["method", "policy", "rtt_ms", "n"]).head(1)
+    cols = [(m, p) for m in NAMES for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
+            if ((best.method == m) & (best.policy == p)).any()]
+    out = []
+    for rtt in sorted(best.rtt_ms.unique()):
+        out += [f"RTT {rtt:g} ms:", "", "| N | " + " | ".join(f"{m}, {p}" for m, p in cols) + " |",
+                "| --- |" + " --- |" * len(cols)]
+        for n in sorted(best.n.unique()):
+            cells = []
+            for m, p in cols:
+                r = best[(best.method == m) & (best.policy == p) & (best.rtt_ms == rtt) & (best.n == n)]
+                if r.empty:
+                    cells.append("")
+                    continue
+                r = r.iloc[0]
+                g = f"g{int(r.gamma)}: " if r.gamma else ""
+                cells.append(f"{g}{r.goodput:.0f} ({r.goodput_low:.0f}-{r.goodput_high:.0f}) / {r.p90_edge_rate:.1f} "
+                             f"[{r.edge_rate:.1f}]")
+            out.append(f"| {int(n)} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def save(result: Result, folder: str | Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """The study's records: ``rows.csv`` (one row per user generation), ``times.csv``, ``config.json`` and
     each of ``tables`` as CSV; returns the paths written."""
