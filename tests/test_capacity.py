@@ -244,7 +244,9 @@ def test_server_side_speculation_batches_its_verify_rounds_and_keeps_solo_output
     got = _concurrently([lambda p=p: connect(draft_servers["batched"]).server_speculative(p, 16, gamma=3).tokens
                          for p in PROMPTS])
     assert got == want
-    assert _several(connect(draft_servers["batched"]).status()) > before
+    status = connect(draft_servers["batched"]).status()
+    assert _several(status) > before
+    assert sum(c for size, c in status["draft_batches"].items() if int(size) > 1) > 0  # draft steps batched too
     assert draft_servers["batched_cloud"].caches == 0  # every generation freed its cache
 
 

@@ -12,7 +12,7 @@ case is *capacity*: the edges draft, so one verifier serves more users at the sa
 * ``cloud_only``: cloud-only streaming, batched autoregressive decoding on the server (each token a
   round with an empty draft);
 * ``server_spec``: server-side speculation (``serve --draft``): the server drafts and verifies; on a
-  batching server its verify rounds join the batches, its drafts run one session at a time
+  batching server its verify rounds join the cloud's batches and its draft steps the draft model's
   (:mod:`specnb.link.server_spec`).
 
 Each user gets its own emulated link (``Link(rtt_ms)``) and its own prompt (round robin over the
