@@ -393,11 +393,13 @@ def run(cfg: Config, progress: Callable[[str], None] | None = None) -> Result:
                     todo += [(c, "real") for c in cases(cfg) if c[0] == "edge_cloud"]
                 for (method, policy, rtt, gamma), edges in order.sample(todo, len(todo)):
                     remote = remotes[policy]
-                    before = remote.status()["batches"]
+                    before = remote.status()
                     got = one_run(remote, method, rtt, gamma, n, cfg, recordings, edge if edges == "real" else None)
-                    mb = mean_batch(before, remote.status()["batches"])
-                    rows += [r | {"method": method, "policy": policy, "rtt_ms": rtt, "gamma": gamma, "n": n,
-                                  "rep": rep, "edges": edges, "mean_batch": mb} for r in got]
+                    after = remote.status()
+                    mb = mean_batch(before["batches"], after["batches"])
+                    md = mean_batch(before.get("draft_batches", {}), after.get("draft_batches", {}))
+                    rows += [r | {"method": method, "policy": policy, "rtt_ms": rtt, "gamma": gamma, "n": n, "rep": rep,
+                                  "edges": edges, "mean_batch": mb, "mean_draft_batch": md} for r in got]
                 if progress:
                     progress(f"rep {rep + 1}/{cfg.reps}, N={n}: {len(todo)} runs done")
         for r in remotes.values():
