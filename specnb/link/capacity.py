@@ -355,7 +355,9 @@ def one_run(remote: Any, method: str, rtt_ms: float, gamma: int, n: int, cfg: Co
         t.start()
     for t in threads:
         t.join(HANG_S)
-    return [r | {"edge": i, "prompt": i % len(cfg.prompts)} for i, r in enumerate(rows)]
+    hung = {"ok": False, "new_tokens": 0, "start_s": np.nan, "end_s": np.nan, "rate": np.nan,
+            "error": f"did not finish within {HANG_S:g} s"}
+    return [(r or hung) | {"edge": i, "prompt": i % len(cfg.prompts)} for i, r in enumerate(rows)]
 
 
 def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:
