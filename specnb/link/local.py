@@ -13,11 +13,13 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def local_server(model: str, *, dtype: str = "float32", device: str = "cpu", threads: int | None = 1,
-                 draft: str | None = None, draft_threads: int | None = 1, timeout_s: float = 300.0) -> Iterator[str]:
+                 draft: str | None = None, draft_threads: int | None = 1, timeout_s: float = 300.0,
+                 extra: tuple[str, ...] | list[str] = ()) -> Iterator[str]:
     """Start ``specnb serve`` on 127.0.0.1 (a free port), yield its ``HOST:PORT``, stop it on exit.
 
     ``draft``: also load a draft model there (server-side speculation). Raises ``RuntimeError`` when
-    the server does not announce itself within ``timeout_s``.
+    the server does not announce itself within ``timeout_s``. ``extra``: more ``specnb serve``
+    options (``["--batch", "dynamic"]``).
     """
     cmd = [sys.executable, "-m", "specnb.cli", "serve", "--model", model, "--dtype", dtype, "--device", device,
            "--host", "127.0.0.1", "--port", "0"]
@@ -25,6 +27,7 @@ def local_server(model: str, *, dtype: str = "float32", device: str = "cpu", thr
         cmd += ["--threads", str(threads)]
     if draft:
         cmd += ["--draft", draft] + (["--draft-threads", str(draft_threads)] if draft_threads else [])
+    cmd += list(extra)
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     try:

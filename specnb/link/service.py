@@ -47,6 +47,7 @@ from ..models import LoadedModel
 from ..decode.roles import RoundSettings
 from .batching import Batcher, batchable
 from .limits import BadMessage, Limits, check_generate, check_verify, parse
+from .server_spec import ServerCloud, ServerDraft
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
@@ -150,8 +151,12 @@ class Session:
                                                    has_draft=self.cloud.draft is not None)  # before any model call
         t0 = time.perf_counter()
         if method == "speculative":
-            with self.cloud.lock:
-                g = speculative(self.cloud.draft, self.cloud.model, prompt, n_new, **kw)
+            if self.cloud.batcher is not None:  # draft steps and verify rounds batched across sessions (server_spec)
+                g = speculative(ServerDraft(self.cloud.draft, self.cloud.draft_batcher),
+                                ServerCloud(self.cloud.model, self.cloud.batcher, self.cloud.lock), prompt, n_new, **kw)
+            else:
+                with self.cloud.lock:
+                    g = speculative(self.cloud.draft, self.cloud.model, prompt, n_new, **kw)
             yield Message("t", ints=[_us(t0)] + g.tokens)
             metrics = g.metrics | {"server_s": time.perf_counter() - t0}
             yield Message("d", meta={"metrics": metrics, "trace": g.trace, "drafted_trace": g.drafted_trace})
@@ -236,6 +241,10 @@ class CloudService:
         # verify rounds of concurrent sessions in one forward (docs/capacity.md); "none": one at a time
         self.lock = threading.Lock()
         self.batcher = None if batch == "none" else Batcher(model, self.lock, batch, max_batch, batch_wait_ms)
+        # server-side speculation on a batching server: the draft model's steps batched too, under the same
+        # model lock (the server's model calls take turns, as on one accelerator)
+        self.draft_batcher = None if self.batcher is None or draft is None else \
+            Batcher(draft, self.lock, batch, max_batch, batch_wait_ms)
         self.limits, self.token, self.idle_timeout_s = limits or Limits(), token or None, idle_timeout_s
         self.sessions: dict[int, str] = {}
         self._ids = itertools.count(1)
@@ -281,7 +290,8 @@ class CloudService:
             return encode(Message("s", meta={"sessions": len(self.sessions), "served": self.served,
                                              "refused": self.refused, "idle_dropped": self.idle_dropped,
                                              "caches": self.caches, "peers": sorted(self.sessions.values()),
-                                             "batches": self.batch_sizes()}))
+                                             "batches": self.batch_sizes(),
+                                             "draft_batches": {} if self.draft_batcher is None else self.draft_batcher.histogram()}))
 
     def batch_sizes(self) -> dict[str, int]:
         """Verify batches run, by size (``{"3": 12}``: twelve batches of three sessions); {} without batching."""
@@ -295,8 +305,9 @@ class CloudService:
     def close(self) -> None:
         """Stop the idle reaper and the batch thread (after the gRPC server has stopped)."""
         self.stopped.set()
-        if self.batcher is not None:
-            self.batcher.close()
+        for batcher in (self.batcher, self.draft_batcher):
+            if batcher is not None:
+                batcher.close()
 
     def session(self, requests: Iterator[bytes], context) -> Iterator[bytes]:
         self._admit(context)
