@@ -168,17 +168,20 @@ def test_quick_build_records_what_it_did(real):
 
 
 def test_distilled_edge_drafting_for_the_real_cloud_keeps_its_greedy_output(real):
+    """specnb's speculative decoding (plain on three questions, optimized on one: it compiles) and Hugging
+    Face assisted generation with the edge as assistant: each the cloud's own greedy output."""
     from specnb.decode.hf_reference import hf_assisted
 
     cloud, edge = real["cloud"], real["edge"]
     prompting = Prompting(cloud.tokenizer, "auto")
     drafted = 0
-    for prompt in load_prompts(str(SPEC_BENCH), 3):
+    for i, prompt in enumerate(load_prompts(str(SPEC_BENCH), 3)):
         ids = prompting.render(prompt)
-        want = autoregressive(cloud, ids, 16).tokens
-        plain = speculative(edge, cloud, ids, 16, gamma=4)
+        want = autoregressive(cloud, ids, 12).tokens
+        plain = speculative(edge, cloud, ids, 12, gamma=4)
         assert plain.tokens == want, prompt.id
-        assert speculative(edge, cloud, ids, 16, gamma=4, optimized=True).tokens == want, prompt.id
-        assert hf_assisted(edge, cloud, ids, 16, gamma=4).tokens == want, prompt.id
+        assert hf_assisted(edge, cloud, ids, 12, gamma=4).tokens == want, prompt.id
+        if i == 0:
+            assert speculative(edge, cloud, ids, 12, gamma=4, optimized=True).tokens == want, prompt.id
         drafted += plain.metrics["drafted"]
     assert drafted > 0

@@ -73,18 +73,20 @@ class Plan:
     prompts: int = 160  # training questions, spread over Spec-Bench's tasks (held-out ones excluded)
     max_prompt_tokens: int = 1024  # questions whose rendered prompt is longer are skipped
     new_tokens: int = 96  # the cloud's answer length per question
+    answer_prompt_tokens: int = 512  # longer prompts get no answer, only the cloud's targets over the prompt
+    prompt_weight: float = 0.3  # a prompt position's weight in the loss (an answer position's: 1)
     gen_batch: int = 16  # questions per batched generate call
-    batch_tokens: int = 4096  # padded tokens per training step
-    epochs: int = 2
+    batch_tokens: int = 2048  # padded tokens per training step
+    epochs: int = 8
     lr: float = 1e-3
-    train_minutes: float = 12.0  # training stops here even when epochs remain
+    train_minutes: float = 10.0  # training stops here even when epochs remain
     evaluate: int = 12  # held-out preset questions the build measures acceptance on (0: none)
     eval_tokens: int = 24
     seed: int = 0
 
 
-QUICK = Plan(layers=1, keep=1024, prompts=4, max_prompt_tokens=160, new_tokens=8, gen_batch=4, batch_tokens=1024,
-             epochs=1, train_minutes=1.0, evaluate=0)
+QUICK = Plan(layers=1, keep=1024, prompts=4, max_prompt_tokens=160, new_tokens=8, answer_prompt_tokens=160,
+             gen_batch=4, batch_tokens=1024, epochs=1, train_minutes=1.0, evaluate=0)
 
 
 def edge_layers(total: int, layers: int) -> list[int]:
@@ -115,48 +117,103 @@ def kept_tokens(scores: torch.Tensor, keep: int, always: list[int]) -> torch.Ten
 
 @dataclass
 class Sample:
-    """One training sequence: prompt + the cloud's answer, and its top log-probs at each answer position."""
+    """One training sequence: prompt + the cloud's answer, and the cloud's top log-probabilities for every
+    next token (row ``i`` predicts token ``i + 1`` of ``prompt + answer``)."""
 
     id: str
     task: str
     prompt: list[int]
     answer: list[int]
-    top_ids: torch.Tensor  # [len(answer), TOP]
-    top_logp: torch.Tensor  # [len(answer), TOP]
+    top_ids: torch.Tensor  # [len(prompt) + len(answer) - 1, TOP]
+    top_logp: torch.Tensor  # [len(prompt) + len(answer) - 1, TOP]
 
 
-def teacher_answers(cloud: LoadedModel, rendered: list[tuple[Any, list[int]]], plan: Plan, log=print) -> list[Sample]:
-    """The cloud's greedy answers to the prompts, in batches of similar length (left-padded)."""
+def teacher_answers(cloud: LoadedModel, rendered: list[tuple[Any, list[int]]], plan: Plan,
+                    log=print) -> list[list[int]]:
+    """The cloud's greedy answers to the prompts no longer than ``plan.answer_prompt_tokens`` (longer ones
+    get none: their prefill would cost more than their answer teaches), generated in batches of similar
+    length (left-padded); in the order of ``rendered``."""
     eos = sorted(cloud.eos_ids)
     pad = cloud.tokenizer.pad_token_id if cloud.tokenizer.pad_token_id is not None else eos[0]
-    order = sorted(rendered, key=lambda pr: len(pr[1]))
-    samples: list[Sample] = []
+    todo = sorted((i for i, (_, ids) in enumerate(rendered) if len(ids) <= plan.answer_prompt_tokens),
+                  key=lambda i: len(rendered[i][1]))
+    answers: list[list[int]] = [[] for _ in rendered]
     t0 = time.perf_counter()
-    for start in range(0, len(order), plan.gen_batch):
-        chunk = order[start:start + plan.gen_batch]
-        width = max(len(ids) for _, ids in chunk)
-        ids = torch.tensor([[pad] * (width - len(x)) + x for _, x in chunk])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in chunk])
+    for start in range(0, len(todo), plan.gen_batch):
+        chunk = todo[start:start + plan.gen_batch]
+        width = max(len(rendered[i][1]) for i in chunk)
+        ids = torch.tensor([[pad] * (width - len(rendered[i][1])) + rendered[i][1] for i in chunk])
+        mask = torch.tensor([[0] * (width - len(rendered[i][1])) + [1] * len(rendered[i][1]) for i in chunk])
         with torch.inference_mode():
             out = cloud.model.generate(ids, attention_mask=mask, max_new_tokens=plan.new_tokens, do_sample=False,
-                                       pad_token_id=pad, eos_token_id=eos, output_logits=True,
-                                       return_dict_in_generate=True)
-        logp = torch.log_softmax(torch.stack(out.logits, 1).float()[..., : cloud.vocab_size], -1)
-        top = torch.topk(logp, TOP, dim=-1)
-        for row, (prompt, x) in enumerate(chunk):
-            gen = out.sequences[row, width:].tolist()
-            n = next((i + 1 for i, t in enumerate(gen) if t in cloud.eos_ids), len(gen))
-            samples.append(Sample(prompt.id, task(prompt.category), x, gen[:n], top.indices[row, :n].clone(),
-                                  top.values[row, :n].clone()))
-        log(f"  teacher: {start + len(chunk)}/{len(order)} prompts, {time.perf_counter() - t0:.0f} s")
+                                       pad_token_id=pad, eos_token_id=eos)
+        for row, i in enumerate(chunk):
+            gen = out[row, width:].tolist()
+            n = next((k + 1 for k, t in enumerate(gen) if t in cloud.eos_ids), len(gen))
+            answers[i] = gen[:n]
+        log(f"  teacher answers: {start + len(chunk)}/{len(todo)} prompts, {time.perf_counter() - t0:.0f} s")
+    return answers
+
+
+def teacher_targets(cloud: LoadedModel, seqs: list[list[int]], chunk: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The cloud's top-:data:`TOP` next-token log-probabilities at every position of each sequence (teacher
+    forcing: one forward per sequence, its output layer applied ``chunk`` positions at a time)."""
+    head = cloud.model.get_output_embeddings()
+    out = []
+    with torch.inference_mode():
+        for seq in seqs:
+            hidden = cloud.model.model(input_ids=torch.tensor([seq[:-1]])).last_hidden_state[0]
+            ids, logp = [], []
+            for k in range(0, hidden.shape[0], chunk):
+                lp = torch.log_softmax(head(hidden[k:k + chunk]).float()[:, : cloud.vocab_size], -1)
+                top = torch.topk(lp, TOP, dim=-1)
+                ids.append(top.indices)
+                logp.append(top.values)
+            out.append((torch.cat(ids), torch.cat(logp)))
+    return out
+
+
+def teacher_samples(cloud: LoadedModel, rendered: list[tuple[Any, list[int]]], plan: Plan, log=print) -> list[Sample]:
+    """Answers (:func:`teacher_answers`), then the cloud's targets over prompt + answer (:func:`teacher_targets`)."""
+    answers = teacher_answers(cloud, rendered, plan, log)
+    t0 = time.perf_counter()
+    samples = []
+    for (prompt, ids), answer in zip(rendered, answers):
+        (top_ids, top_logp), = teacher_targets(cloud, [ids + answer])
+        samples.append(Sample(prompt.id, task(prompt.category), ids, answer, top_ids, top_logp))
+        if len(samples) % 20 == 0 or len(samples) == len(rendered):
+            log(f"  teacher targets: {len(samples)}/{len(rendered)} sequences, {time.perf_counter() - t0:.0f} s")
+    return samples
+
+
+def cached_samples(cloud: LoadedModel, rendered: list[tuple[Any, list[int]]], plan: Plan, home: Path,
+                   log=print) -> list[Sample]:
+    """:func:`teacher_samples`, kept in ``home/.distill-teacher-<key>.pt``: they depend only on the cloud's
+    weights, the prompts and the answer settings, so a rebuild with other training settings skips the
+    teacher (most of a build's time)."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([(cloud.source or {}).get("sha256") or cloud.spec.name_or_path,
+                                     cloud.spec.dtype, [ids for _, ids in rendered], plan.new_tokens,
+                                     plan.answer_prompt_tokens, TOP]).encode()).hexdigest()[:16]
+    path = home / f".distill-teacher-{key}.pt"
+    if path.is_file():
+        log(f"distill: the cloud's answers and targets from {path.name}")
+        return [Sample(**d) for d in torch.load(path)]
+    samples = teacher_samples(cloud, rendered, plan, log)
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save([asdict(s) for s in samples], tmp)
+    os.replace(tmp, path)
     return samples
 
 
 def token_scores(samples: list[Sample], vocab: int) -> torch.Tensor:
-    """Soft counts: the cloud's probabilities at every answer position, plus one per prompt token."""
+    """Soft counts: the cloud's top probabilities at every answer position, plus one per prompt token."""
     scores = torch.zeros(vocab, dtype=torch.float64)
     for s in samples:
-        scores.index_add_(0, s.top_ids.reshape(-1), s.top_logp.exp().reshape(-1).double())
+        first = len(s.prompt) - 1  # rows from here on predict the answer
+        scores.index_add_(0, s.top_ids[first:].reshape(-1), s.top_logp[first:].exp().reshape(-1).double())
         scores.index_add_(0, torch.tensor(s.prompt), torch.ones(len(s.prompt), dtype=torch.float64))
     return scores
 
@@ -193,28 +250,29 @@ def batches(samples: list[Sample], budget: int) -> list[list[Sample]]:
 
 
 def distill_loss(student: torch.nn.Module, batch: list[Sample], rows: torch.Tensor, where: torch.Tensor,
-                 pad: int) -> torch.Tensor:
-    """KL(cloud || edge) over the kept set, averaged over answer positions (cross-entropy form: the
-    teacher's entropy is a constant). ``where[id]`` is the id's place in the kept set or -1."""
-    width = max(len(s.prompt) + len(s.answer) for s in batch)
+                 pad: int, prompt_weight: float) -> torch.Tensor:
+    """KL(cloud || edge) over the kept set (cross-entropy form: the teacher's entropy is a constant),
+    a weighted mean over positions: answer positions weigh 1, prompt positions ``prompt_weight``.
+    ``where[id]`` is the id's place in the kept set or -1."""
+    width = max(len(s.prompt) + len(s.answer) for s in batch) - 1
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for r, s in enumerate(batch):
-        seq = s.prompt + s.answer
+        seq = (s.prompt + s.answer)[:-1]
         ids[r, : len(seq)] = torch.tensor(seq)
         mask[r, : len(seq)] = 1
     hidden = student.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    # the hidden state at position P-1+t predicts answer token t
-    pos = [(r, len(s.prompt) - 1 + t) for r, s in enumerate(batch) for t in range(len(s.answer))]
-    h = hidden[[r for r, _ in pos], [p for _, p in pos]]
+    h = hidden[mask.bool()]  # [N, d], row-major: the samples' positions in order
     logq = torch.log_softmax(F.linear(h, rows), -1)  # [N, K]
     top_ids = torch.cat([s.top_ids for s in batch])
     top_logp = torch.cat([s.top_logp for s in batch])
+    weight = torch.cat([torch.tensor([prompt_weight] * (len(s.prompt) - 1) + [1.0] * len(s.answer)) for s in batch])
     slot = where[top_ids]  # [N, TOP]
     known = slot >= 0
     p = torch.softmax(top_logp.masked_fill(~known, -math.inf), -1)  # renormalized over the kept set
     p = torch.nan_to_num(p, nan=0.0)  # a position none of whose top tokens is kept teaches nothing
-    return -(p * logq.gather(1, slot.clamp(min=0))).sum(-1).mean()
+    ce = -(p * logq.gather(1, slot.clamp(min=0))).sum(-1)
+    return (weight * ce).sum() / weight.sum()
 
 
 def train(student: torch.nn.Module, samples: list[Sample], kept: torch.Tensor, plan: Plan, pad: int,
@@ -239,7 +297,7 @@ def train(student: torch.nn.Module, samples: list[Sample], kept: torch.Tensor, p
         for b in torch.randperm(len(groups), generator=gen).tolist():
             if time.perf_counter() - t0 > plan.train_minutes * 60:
                 break
-            loss = distill_loss(student, groups[b], rows, where, pad)
+            loss = distill_loss(student, groups[b], rows, where, pad, plan.prompt_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -309,7 +367,7 @@ def build(cloud: LoadedModel, folder: Path, plan: Plan = Plan(), *, prompts_file
     chosen = {p.id for p in spread([p for p, _ in rendered], plan.prompts)}
     rendered = [pr for pr in rendered if pr[0].id in chosen]
     log(f"distill: {len(rendered)} training prompts, the cloud's answers of up to {plan.new_tokens} tokens")
-    samples = teacher_answers(cloud, rendered, plan, log)
+    samples = cached_samples(cloud, rendered, plan, folder.parent, log)
     gen_s = time.perf_counter() - wall0
     special = sorted(set(cloud.tokenizer.all_special_ids) | set(cloud.eos_ids))
     kept = kept_tokens(token_scores(samples, cloud.vocab_size), plan.keep, special)
