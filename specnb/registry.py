@@ -217,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cache: {models_home()}")
         for r in rows():
             print(f"{r['name']:32} {r['fetched']:4} {r['about']} [{r['license']}]")
+            if (edge_folder(short_name(r["name"])) / "config.json").is_file():
+                print(f"{r['name'] + EDGE_SUFFIX:32} yes  its distilled edge (specnb models distill)")
         return 0
     for name in args.names:
         try:

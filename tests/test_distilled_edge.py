@@ -95,7 +95,7 @@ def test_training_prompts_are_never_the_presets_and_cover_every_task():
 def test_edge_layers_are_the_first_ones_and_the_last():
     assert distill.edge_layers(30, 4) == [0, 1, 2, 29]
     assert distill.edge_layers(30, 1) == [29]
-    with pytest.raises(ValueError, match="1..30 layers"):
+    with pytest.raises(ValueError, match="--layers must be in 1..30"):
         distill.edge_layers(30, 31)
 
 
@@ -185,3 +185,13 @@ def test_distilled_edge_drafting_for_the_real_cloud_keeps_its_greedy_output(real
             assert speculative(edge, cloud, ids, 12, gamma=4, optimized=True).tokens == want, prompt.id
         drafted += plain.metrics["drafted"]
     assert drafted > 0
+
+
+def test_bad_options_are_one_error_before_any_work(real, capsys):
+    from specnb.cli import main
+
+    for option, message in ((["--keep", "0"], "--keep must be in 1..49152"), (["--layers", "31"], "--layers must be in 1..30"),
+                            (["--prompts", "0"], "--prompts and --train-minutes must be positive")):
+        assert main(["models", "distill", NAME, *option]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -92,8 +92,17 @@ QUICK = Plan(layers=1, keep=1024, prompts=4, max_prompt_tokens=160, new_tokens=8
 def edge_layers(total: int, layers: int) -> list[int]:
     """Which of the cloud's ``total`` layers the edge starts from: the first ``layers - 1`` and the last."""
     if not 1 <= layers <= total:
-        raise ValueError(f"an edge needs 1..{total} layers, got {layers}")
+        raise ValueError(f"--layers must be in 1..{total} (the cloud's layers), got {layers}")
     return [*range(layers - 1), total - 1]
+
+
+def check_plan(plan: Plan, cloud: LoadedModel) -> None:
+    """One ValueError naming the option when a plan cannot build an edge for ``cloud`` (before any work)."""
+    edge_layers(cloud.model.config.num_hidden_layers, plan.layers)
+    if not 0 < plan.keep <= cloud.vocab_size:
+        raise ValueError(f"--keep must be in 1..{cloud.vocab_size} (the cloud's vocabulary), got {plan.keep}")
+    if plan.prompts < 1 or plan.train_minutes <= 0:
+        raise ValueError(f"--prompts and --train-minutes must be positive, got {plan.prompts} and {plan.train_minutes}")
 
 
 def training_prompts(prompts: list[Any], n: int, held_out: int = HELD_OUT) -> list[Any]:
@@ -420,8 +429,7 @@ def run(args: argparse.Namespace) -> int:
     with thread_count(1):
         cloud = load(ModelSpec(cloud_name, dtype="float32", device="cpu", threads=1))
         try:
-            plan = replace(plan, layers=plan.layers)
-            edge_layers(cloud.model.config.num_hidden_layers, plan.layers)
+            check_plan(plan, cloud)
         except ValueError as err:
             print(f"specnb models distill: {err}", file=sys.stderr)
             return 1
