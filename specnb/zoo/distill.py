@@ -75,6 +75,7 @@ class Plan:
     new_tokens: int = 96  # the cloud's answer length per question
     answer_prompt_tokens: int = 512  # longer prompts get no answer, only the cloud's targets over the prompt
     prompt_weight: float = 0.3  # a prompt position's weight in the loss (an answer position's: 1)
+    train_head: bool = True  # the kept rows of the output layer train (untied from the input embedding)
     gen_batch: int = 16  # questions per batched generate call
     batch_tokens: int = 2048  # padded tokens per training step
     epochs: int = 8
@@ -292,7 +293,10 @@ def train(student: torch.nn.Module, samples: list[Sample], kept: torch.Tensor, p
     params = [p for layer in student.model.layers for p in layer.parameters()] + list(student.model.norm.parameters())
     for p in params:
         p.requires_grad_(True)
-    rows = student.model.embed_tokens.weight.detach()[kept]
+    rows = student.model.embed_tokens.weight.detach()[kept].clone()
+    if plan.train_head:  # the kept rows of the output layer train too, apart from the (frozen) input embedding
+        rows = torch.nn.Parameter(rows)
+        params.append(rows)
     where = torch.full((student.config.vocab_size,), -1, dtype=torch.long)
     where[kept] = torch.arange(kept.numel())
     groups = batches(samples, plan.batch_tokens)
@@ -318,8 +322,21 @@ def train(student: torch.nn.Module, samples: list[Sample], kept: torch.Tensor, p
                 log(f"  train: step {step}/{total} (epoch {epoch + 1}), loss {sum(losses[-10:]) / len(losses[-10:]):.3f}, "
                     f"{time.perf_counter() - t0:.0f} s")
     student.eval()
+    if plan.train_head:
+        untie_head(student, kept, rows.detach())
     return {"steps": step, "planned_steps": total, "first_loss": losses[0] if losses else None,
             "last_loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "seconds": time.perf_counter() - t0}
+
+
+def untie_head(student: torch.nn.Module, kept: torch.Tensor, rows: torch.Tensor) -> None:
+    """Give the student its own output layer: the embedding's rows, the trained ``rows`` at ``kept``. The
+    folder then holds a full untied head (anyone's ``from_pretrained`` drafts with it over the whole
+    vocabulary; specnb's load keeps only the kept rows, the trained ones)."""
+    full = student.model.embed_tokens.weight.detach().clone()
+    full[kept] = rows
+    student.config.tie_word_embeddings = False
+    student.lm_head = torch.nn.Linear(full.shape[1], full.shape[0], bias=False)
+    student.lm_head.weight = torch.nn.Parameter(full)
 
 
 def save(student: torch.nn.Module, cloud: LoadedModel, kept: torch.Tensor, record: dict[str, Any], folder: Path) -> Path:
