@@ -9,9 +9,10 @@ assisted generation. Its design, and why:
   hidden state into the space the output layer decodes (the cloud's head on the hidden state of
   layers 2..20 agrees with its own greedy token 0-10% of the time, docs/real-models.md), so the
   edge starts from a stack whose output the head can read.
-* **Only the decoder layers and the final norm train**; the embedding, and so the head, stay the
-  cloud's. Fewer parameters to fit in a few CPU minutes, and the head's rows keep the meaning the
-  cloud gave them.
+* **The decoder layers, the final norm and the kept rows of the output layer train**; the input
+  embedding stays the cloud's. The head starts as the cloud's tied rows and is untied so that it can
+  adapt to a shallow stack's hidden states (``Plan.train_head``; frozen, the head gave about the same
+  acceptance at a higher loss: docs/distilled-edge.md).
 * **A trimmed output layer** (:mod:`specnb.zoo.trimmed`): logits for the ``keep`` most frequent
   tokens only, scattered into a -inf vocabulary-sized tensor. Frequency is measured on the
   cloud's own answers (each position counts the cloud's top-32 probabilities, soft counts) and on
@@ -287,7 +288,8 @@ def distill_loss(student: torch.nn.Module, batch: list[Sample], rows: torch.Tens
 
 def train(student: torch.nn.Module, samples: list[Sample], kept: torch.Tensor, plan: Plan, pad: int,
           log=print) -> dict[str, Any]:
-    """Distil into the student's decoder layers and final norm; stop after ``epochs`` or ``train_minutes``."""
+    """Distil into the student's decoder layers, final norm and (``plan.train_head``) the kept rows of its
+    output layer; stop after ``epochs`` or ``train_minutes``."""
     for p in student.parameters():
         p.requires_grad_(False)
     params = [p for layer in student.model.layers for p in layer.parameters()] + list(student.model.norm.parameters())
@@ -343,6 +345,7 @@ def save(student: torch.nn.Module, cloud: LoadedModel, kept: torch.Tensor, recor
     """Write the edge (plain model folder + :data:`trimmed.HEAD_FILE`) atomically into ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
         student.save_pretrained(tmp)
         cloud.tokenizer.save_pretrained(tmp)
