@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import gguf, registry, zoo
+from .zoo import trimmed
 from .dtypes import check_supported, parse_dtype, resolve_device, torch_dtype
 from .threads import thread_count
 
@@ -115,6 +116,9 @@ def load(spec: ModelSpec) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(where)
         with thread_cap(spec.threads), _no_loading_bar():
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(spec.dtype))
+        kept = trimmed.read_kept(where)  # a distilled edge drafts from its frequent tokens only
+        if kept is not None:
+            trimmed.apply(model, kept)
     except OSError as err:
         raise OSError(
             f"could not load model {spec.name_or_path!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}). "

@@ -19,6 +19,7 @@ The cache is ``$SPECNB_MODELS`` when set, else ``$XDG_CACHE_HOME/specnb/models``
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from .gguf import sha256 as file_sha256
 
 PREFIX = "registry:"
 ENV = "SPECNB_MODELS"
+EDGE_SUFFIX = "-edge"  # registry:NAME-edge: the edge `specnb models distill NAME` built (specnb.zoo.distill)
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,28 @@ def path(name: str, home: Path | None = None) -> Path:
     return (home or models_home()) / e.name / e.file
 
 
+def edge_base(name: str) -> str | None:
+    """``registry:NAME-edge`` -> ``NAME`` when NAME is in the catalogue, else None."""
+    short = short_name(name)
+    base = short[: -len(EDGE_SUFFIX)] if short.endswith(EDGE_SUFFIX) else None
+    return base if base in CATALOGUE else None
+
+
+def edge_folder(base: str, home: Path | None = None) -> Path:
+    """Where the distilled edge of catalogue model ``base`` lives (built or not)."""
+    return (home or models_home()) / (entry(base).name + EDGE_SUFFIX)
+
+
 def resolve(name: str, home: Path | None = None) -> Path:
-    """The fetched GGUF file of ``registry:NAME``; a ValueError naming the fetch command when it is missing."""
+    """The fetched GGUF file of ``registry:NAME`` (the folder of ``registry:NAME-edge``); a ValueError
+    naming the command that makes it when it is missing."""
+    base = edge_base(name)
+    if base is not None:
+        folder = edge_folder(base, home)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"distilled edge {short_name(name)!r} is not built in {folder.parent}; "
+                             f"run: specnb models distill {base}")
+        return folder
     target = path(name, home)
     if not target.is_file():
         raise ValueError(f"registry model {short_name(name)!r} is not fetched into {target.parent.parent}; "
@@ -182,14 +204,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("names", nargs="+", metavar="NAME", help=f"catalogue name(s): {', '.join(CATALOGUE)}")
     f.add_argument("--force", action="store_true", help="fetch again even when the file is in the cache")
     sub.add_parser("list", help="the catalogue, and which models are in the cache")
+    d = sub.add_parser("distill", help=f"distil a small edge for a fetched model (its tokenizer): {PREFIX}NAME{EDGE_SUFFIX}")
+    d.set_defaults(_module="specnb.zoo.distill")  # the builder runs the whole stack: the cli dispatches by name
+    importlib.import_module("specnb.zoo.distill").add_arguments(d)
     parser.epilog = f"cache: ${ENV}, else ~/.cache/specnb/models; use a fetched model as {PREFIX}NAME"
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "distill":  # normally dispatched to specnb.zoo.distill by the cli (set_defaults)
+        return importlib.import_module("specnb.zoo.distill").run(args)
     if args.action == "list":
         print(f"cache: {models_home()}")
         for r in rows():
             print(f"{r['name']:32} {r['fetched']:4} {r['about']} [{r['license']}]")
+            if (edge_folder(short_name(r["name"])) / "config.json").is_file():
+                print(f"{r['name'] + EDGE_SUFFIX:32} yes  its distilled edge (specnb models distill)")
         return 0
     for name in args.names:
         try:

@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("grid", ("specnb.grid",)),
     ("bench", ("specnb.bench",)),
     # the entry points: the command line, the package's face, the zoo's builder (it runs the whole stack)
-    ("entry points", ("specnb.cli", "specnb", "specnb.zoo.build", "specnb.zoo.evaluate")),
+    ("entry points", ("specnb.cli", "specnb", "specnb.zoo.build", "specnb.zoo.evaluate",
+                      "specnb.zoo.distill")),
 ]
 
 

@@ -269,13 +269,23 @@ def test_cli_lists_the_fetched_model(gguf_file, capsys):
     assert line.split()[1] == "yes"
 
 
-def test_the_smollm2_preset_validates(gguf_file):
-    """params/smollm2_cpu.yaml: its model name resolves once fetched; every cell is the real cloud, templated."""
+def test_the_smollm2_preset_validates(gguf_file, tmp_path, monkeypatch):
+    """params/smollm2_cpu.yaml: its model names resolve once fetched and distilled; every cell is the real
+    cloud, templated; the drafting cells draft with the distilled edge. (The edge is a stand-in folder here:
+    only its name is checked; tests/test_distilled_edge.py builds and runs a real one.)"""
     from specnb.grid.cells import expand
-    from specnb.study.params import load_grid_params
+    from specnb.study.params import ParamsError, load_grid_params
 
+    monkeypatch.setenv(registry.ENV, str(tmp_path))
+    (tmp_path / NAME).symlink_to(gguf_file.parent, target_is_directory=True)
+    with pytest.raises(ParamsError, match=f"specnb models distill {NAME}"):
+        load_grid_params(ROOT / "params" / "smollm2_cpu.yaml")
+    (tmp_path / f"{NAME}-edge").mkdir()
+    (tmp_path / f"{NAME}-edge" / "config.json").write_text("{}")
     cells = expand(load_grid_params(ROOT / "params" / "smollm2_cpu.yaml"), "/tmp/specnb-never-written")
-    assert len(cells) == 12 and len({c.cell_id for c in cells}) == 12
+    assert len(cells) == 21 and len({c.cell_id for c in cells}) == 21
     assert {c.parameters["cloud_model"] for c in cells} == {MODEL}
+    assert {c.parameters["edge_model"] for c in cells} == {f"{MODEL}-edge"}
     assert {c.parameters["chat_template"] for c in cells} == {"auto"}
-    assert {c.method for c in cells} == {"cloud", "cloud_optimized", "prompt_lookup"}
+    assert {c.method for c in cells} == {"edge", "cloud", "cloud_optimized", "speculative", "hf_assisted", "prompt_lookup"}
+    assert sum(c.method == "speculative" and c.parameters.get("optimized") is True for c in cells) == 3
