@@ -2,7 +2,7 @@
 # The capacity study's timed run (docs/capacity.md): the preset through the notebook, then the cost of a
 # verifier without a session cache, with the load average before and after. Run from the repository root
 # with PYTHONPATH set to it; OUT is a folder relative to the root (its records are committed as they are).
-#   PYTHONPATH=$PWD flock /work/notes/quiet.lock sh tools/capacity_run.sh docs/measurements/capacity-DATE
+#   PYTHONPATH=$PWD flock /tmp/specnb-quiet.lock sh tools/capacity_run.sh docs/measurements/capacity-DATE
 # More arguments go to papermill after the preset (a smaller run: -p ns '[1, 2, 4, 8, 16]' -p reps 1).
 set -e
 OUT=${1:?usage: tools/capacity_run.sh OUT_DIR [papermill overrides]}
