@@ -71,3 +71,24 @@ def stop(proc: subprocess.Popen) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()
+
+
+def run_concurrently(fns) -> list:
+    """Run each function on its own thread; their results in order, or the first error."""
+    out: list = [None] * len(fns)
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            out[i] = fns[i]()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_S)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a session hung"
+    return out

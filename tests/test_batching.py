@@ -22,6 +22,7 @@ from specnb.link.batching import Batcher, attention_mask, batchable, score_rows
 from specnb.link.replay import RecordingDrafter, ReplayedEdge
 from specnb.link.service import CloudService, start
 from specnb.link.wire import Message
+from serving import run_concurrently
 
 PROMPTS = ["def parse(text):", "class Stack:", "import os", "x"]
 N = 20
@@ -55,25 +56,6 @@ def several_batched(status: dict) -> int:
     return sum(count for size, count in status["batches"].items() if int(size) > 1)
 
 
-def run_concurrently(fns) -> list:
-    """Run each function on its own thread; their results in order, or the first error."""
-    out: list = [None] * len(fns)
-    errors: list[BaseException] = []
-
-    def call(i: int) -> None:
-        try:
-            out[i] = fns[i]()
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG_S)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads), "a session hung"
-    return out
 
 
 # ---- the gather / scatter, against per-session forwards

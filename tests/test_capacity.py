@@ -7,8 +7,6 @@ both policies, real and replayed edges) runs end to end through real local serve
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +15,8 @@ from specnb import ModelSpec, connect, load, speculative
 from specnb.link import capacity as C
 from specnb.link.service import CloudService, start
 from specnb.report import capacity as R
+from serving import run_concurrently
 
-HANG_S = 60
 
 
 # ---- pure maths
@@ -213,22 +211,6 @@ def draft_servers(pair):
         cloud.close()
 
 
-def _concurrently(fns) -> list:
-    out, errors = [None] * len(fns), []
-
-    def call(i):
-        try:
-            out[i] = fns[i]()
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG_S)
-    assert not errors, errors
-    return out
 
 
 def _several(status: dict) -> int:
@@ -241,7 +223,7 @@ PROMPTS = ["def parse(text):", "class Stack:", "import os", "x"]
 def test_server_side_speculation_batches_its_verify_rounds_and_keeps_solo_outputs(pair, draft_servers):
     want = [speculative(pair["edge"], pair["cloud"], p, 16, gamma=3).tokens for p in PROMPTS]
     before = _several(connect(draft_servers["batched"]).status())
-    got = _concurrently([lambda p=p: connect(draft_servers["batched"]).server_speculative(p, 16, gamma=3).tokens
+    got = run_concurrently([lambda p=p: connect(draft_servers["batched"]).server_speculative(p, 16, gamma=3).tokens
                          for p in PROMPTS])
     assert got == want
     status = connect(draft_servers["batched"]).status()
@@ -253,7 +235,7 @@ def test_server_side_speculation_batches_its_verify_rounds_and_keeps_solo_output
 def test_server_side_sampling_on_a_batching_server_draws_as_solo(draft_servers):
     kw = {"gamma": 3, "verify": "sample", "temperature": 1.0}
     want = [connect(draft_servers["solo"]).server_speculative(p, 16, seed=i, **kw).tokens for i, p in enumerate(PROMPTS)]
-    got = _concurrently([lambda i=i, p=p: connect(draft_servers["batched"]).server_speculative(p, 16, seed=i, **kw).tokens
+    got = run_concurrently([lambda i=i, p=p: connect(draft_servers["batched"]).server_speculative(p, 16, seed=i, **kw).tokens
                          for i, p in enumerate(PROMPTS)])
     assert got == want
 
