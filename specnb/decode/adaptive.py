@@ -87,8 +87,8 @@ its best ``k`` (the best gamma grows only about logarithmically with ``a``), so 
 is good at every stage of a link loses little. From the text: stopping before a rejected draft saves
 that draft's ``t_d + b`` only, small beside ``a`` when the link is slow. Measured on the embedded pair
 (draft step ~0.9 ms, ``b`` ~0.35 ms, ``a`` 14-65 ms; a run that shared the machine with another timed
-run): 0.99-1.02x of the best fixed gamma at 5, 20 and 50 ms, 0.98x on a 5->50->20 ms link, where g12 is within 1% of the best at every
-stage (docs/adaptive-gamma.md).
+run): 0.99-1.02x of the best fixed gamma at 5, 20 and 50 ms, 0.98x on a 5->50->20 ms link, where g12
+is within 1% of the best at every stage (docs/adaptive-gamma.md).
 """
 
 from __future__ import annotations
