@@ -49,6 +49,16 @@ def test_capacity_is_the_largest_n_before_the_slo_is_first_missed():
         C.capacity({1: 30.0}, 0.0)
 
 
+def test_interpolated_capacity_lies_between_the_tested_n_where_the_rate_crosses_the_slo():
+    # 32.9 at 16, 18.2 at 32: 20 is crossed at log2 N = 4 + 12.9 / 14.7
+    assert C.capacity_interpolated({8: 45.0, 16: 32.9, 32: 18.2}, 20.0) == pytest.approx(2 ** (4 + 12.9 / 14.7))
+    assert C.capacity_interpolated({1: 30.0, 2: 10.0}, 20.0) == pytest.approx(2 ** 0.5)  # halfway in rate
+    assert C.capacity_interpolated({1: 30.0, 2: 25.0}, 20.0) == 2.0  # every N meets it: a lower bound
+    assert C.capacity_interpolated({1: 19.0, 2: 30.0}, 20.0) == 0.0
+    assert C.capacity_interpolated({1: 30.0, 2: 20.0, 4: 5.0}, 20.0) == 2.0  # a rate exactly at the SLO meets it
+    assert C.capacity_interpolated({1: 30.0, 2: 10.0}, 30.0) == 1.0
+
+
 def test_bound_and_sustained_users():
     assert C.bound(3, 0.001, 0.006) == pytest.approx(1.5)  # 1 + 3 * 1 / 6
     assert C.bound(3, 0.001, 0.006, link_s=0.006) == pytest.approx(2.5)  # the link idles the verifier too

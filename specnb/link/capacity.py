@@ -114,6 +114,24 @@ def capacity(p90_by_n: dict[int, float], slo: float) -> int:
     return best
 
 
+def capacity_interpolated(p90_by_n: dict[int, float], slo: float) -> float:
+    """Where the p90 edge rate crosses ``slo`` between the tested N (which double): :func:`capacity`'s N
+    and the next tested N, interpolating the rate linearly in log2 N. The tested N when the next one
+    also meets the SLO or none follows (a lower bound then), 0 when the smallest N misses it. A
+    reading aid for a coarse grid of N, not a measurement: the tables quote it beside :func:`capacity`."""
+    n0 = capacity(p90_by_n, slo)
+    ns = sorted(p90_by_n)
+    later = [n for n in ns if n > n0]
+    if n0 == 0 or not later:
+        return float(n0)
+    n1 = later[0]
+    r0, r1 = p90_by_n[n0], p90_by_n[n1]
+    if not r1 < slo or not r0 > r1:
+        return float(n0)
+    x = np.log2(n0) + (r0 - slo) / (r0 - r1) * (np.log2(n1) - np.log2(n0))
+    return float(2.0 ** x)
+
+
 def bound(gamma: int, t_draft: float, t_verify: float, link_s: float = 0.0) -> float:
     """B = 1 + (gamma * t_draft + link_s) / t_verify: users at their solo rate one saturated, unbatched
     verifier sustains with edge-cloud speculation, relative to cloud-only users (each keeps it busy).
@@ -167,11 +185,13 @@ def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
 
 
 def capacities(summ: pd.DataFrame, slo: float) -> pd.DataFrame:
-    """Capacity at ``slo`` (:func:`capacity`) per (method, policy, RTT, gamma)."""
+    """Capacity at ``slo`` per (method, policy, RTT, gamma): :func:`capacity` and
+    :func:`capacity_interpolated`."""
     out = []
     for key, part in summ.groupby(["method", "policy", "rtt_ms", "gamma"], sort=True):
-        cap = capacity(dict(zip(part.n.astype(int), part.p90_edge_rate)), slo)
-        out.append(dict(zip(["method", "policy", "rtt_ms", "gamma"], key)) | {"slo": slo, "capacity": cap})
+        by_n = dict(zip(part.n.astype(int), part.p90_edge_rate))
+        out.append(dict(zip(["method", "policy", "rtt_ms", "gamma"], key)) | {
+            "slo": slo, "capacity": capacity(by_n, slo), "capacity_interpolated": capacity_interpolated(by_n, slo)})
     return pd.DataFrame(out)
 
 
