@@ -1,12 +1,12 @@
 """Re-measure issue 24's table: fixed gamma 4/8/12/16/24 beside cost, heuristic, confidence and adaptive.
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links
-RTT 5, 20, 50 ms and one whose RTT changes during each generation
-(:func:`specnb.link.adaptive_study.changing_link`), 100 Mbit/s; held-out prompts (``builtin:code``),
+RTT 5, 20, 50 ms and two whose RTT changes during each generation
+(:func:`specnb.link.adaptive_study.changing_link`, :func:`~specnb.link.adaptive_study.handover_link`), 100 Mbit/s; held-out prompts (``builtin:code``),
 greedy, interleaved; every output checked against the cloud's greedy decoding. Writes ``rows.csv``,
 ``summary.csv``, ``table.md`` and ``run.json`` (conditions, load before and after, wall time) under
 ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
-About 5-6 minutes on 2 quiet cores.
+About 8-9 minutes on 2 quiet cores.
 
     PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64] [--out DIR]
 """
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
     from specnb.link import local_server
-    from specnb.link.adaptive_study import GAMMAS, SCHEDULES, changing_link, gamma_table, markdown, stage_shares, summary
+    from specnb.link.adaptive_study import (GAMMAS, SCHEDULES, changing_link, gamma_table, handover_link, markdown,
+                                            stage_shares, summary)
     from specnb.prompts import load_prompts
 
     experiment.quiet()
@@ -43,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("docs/measurements") / f"adaptive-{start:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    profile = changing_link(100)
+    profile, handover = changing_link(100), handover_link(100)
     edge = load(ModelSpec(args.edge, dtype="float32", device="cpu", threads=1))
     with local_server(args.cloud, dtype="float32", threads=1) as address:
         cloud = connect(address)
         texts = [Prompting(cloud.tokenizer, "auto", "cloud").render(p) for p in load_prompts("builtin:code", args.prompts)]
-        df = gamma_table(edge, cloud, texts, links=(5, 20, 50, profile), max_new_tokens=args.tokens, reps=args.reps,
+        df = gamma_table(edge, cloud, texts, links=(5, 20, 50, profile, handover), max_new_tokens=args.tokens, reps=args.reps,
                          progress=lambda m: print(m, file=sys.stderr, flush=True))
     wall, load_after = time.perf_counter() - t0, os.getloadavg()
     s = summary(df)
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     run = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
-           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "changing_link": profile.label,
+           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "changing_link": profile.label, "handover_link": handover.label,
            "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
            "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
+           "handover_link_rounds_by_delay_ms": stage_shares(df, handover.label),
            "all_identical": bool(df.identical.all()), "generations": len(df)}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(table)

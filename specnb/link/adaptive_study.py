@@ -11,7 +11,8 @@ over the best fixed gamma of that link (chosen after the fact) with the paired b
 
 :func:`changing_link` is the link whose RTT changes during a generation: 5 ms, then 50 ms, then 20 ms
 (the issue's example), with stage starts placed so that each stage carries about a third of a 64-token
-generation at the best fixed gamma (measured: ~200 tokens/s at 5 ms, ~75 at 50 ms).
+generation at the best fixed gamma (measured: ~200 tokens/s at 5 ms, ~75 at 50 ms). :func:`handover_link`
+changes from 1 ms to 300 ms: stages whose best fixed gammas differ (12 and 24).
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def changing_link(bandwidth_mbps: float | None = 100) -> LinkProfile:
     """5 ms for the first 0.1 s of a generation, 50 ms until 0.45 s, then 20 ms (restarting per generation)."""
     return LinkProfile.steps([(0, Link(5, bandwidth_mbps)), (0.1, Link(50, bandwidth_mbps)), (0.45, Link(20, bandwidth_mbps))],
                              by="s", label="5->50->20 ms at 0.1/0.45 s")
+
+
+def handover_link(bandwidth_mbps: float | None = 100) -> LinkProfile:
+    """1 ms for the first 0.15 s of a generation (an edge next to its cloud), then 300 ms (a far or congested
+    path), restarting per generation: a link whose stages' best gammas lie far apart.
+
+    Measured on the embedded pair (2026-12-05, 4 prompts x 96 tokens, fixed links): the best fixed gamma is
+    12 at 1 ms, where 24 runs at 0.78x of it, and 24 at 300 ms, where 12 runs at 0.88x; g16 is 0.89-0.90x at
+    both. On the issue's 5->50->20 ms link, by contrast, one gamma (12) is within 1% of the best at every
+    stage, so no schedule can gain much there. 0.15 s at 1 ms carries about half of a 64-token generation."""
+    return LinkProfile.steps([(0, Link(1, bandwidth_mbps)), (0.15, Link(300, bandwidth_mbps))],
+                             by="s", label="1->300 ms at 0.15 s")
 
 
 def gamma_table(edge: Any, cloud: RemoteCloud, prompts: list, *, links: tuple = (5, 20, 50), gammas=GAMMAS,
