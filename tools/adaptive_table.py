@@ -8,7 +8,7 @@ greedy, interleaved; every output checked against the cloud's greedy decoding. W
 ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
 About 8-9 minutes on 2 quiet cores.
 
-    PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64] [--out DIR]
+    PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64] [--links 5,20,50,changing,handover] [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--cloud", default="zoo:tiny-cloud")
     ap.add_argument("--edge", default="zoo:tiny-edge")
+    ap.add_argument("--links", default="5,20,50,changing,handover",
+                    help="comma-separated: RTTs in ms, 'changing' (5->50->20 ms), 'handover' (1->300 ms)")
     ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/adaptive-<UTC date>/")
     args = ap.parse_args(argv)
 
@@ -45,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     load_before, t0 = os.getloadavg(), time.perf_counter()
     profile, handover = changing_link(100), handover_link(100)
+    named = {"changing": profile, "handover": handover}
+    links = tuple(named[x] if x in named else (int(x) if x.isdigit() else float(x)) for x in args.links.split(","))
     edge = load(ModelSpec(args.edge, dtype="float32", device="cpu", threads=1))
     with local_server(args.cloud, dtype="float32", threads=1) as address:
         cloud = connect(address)
         texts = [Prompting(cloud.tokenizer, "auto", "cloud").render(p) for p in load_prompts("builtin:code", args.prompts)]
-        df = gamma_table(edge, cloud, texts, links=(5, 20, 50, profile, handover), max_new_tokens=args.tokens, reps=args.reps,
+        df = gamma_table(edge, cloud, texts, links=links, max_new_tokens=args.tokens, reps=args.reps,
                          progress=lambda m: print(m, file=sys.stderr, flush=True))
     wall, load_after = time.perf_counter() - t0, os.getloadavg()
     s = summary(df)
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
-           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "changing_link": profile.label, "handover_link": handover.label,
+           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "links": args.links, "changing_link": profile.label, "handover_link": handover.label,
            "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
            "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
            "handover_link_rounds_by_delay_ms": stage_shares(df, handover.label),
