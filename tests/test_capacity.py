@@ -94,8 +94,9 @@ def test_mean_batch_from_two_histograms():
 
 
 def _rows(method: str, policy: str, n: int, rates: list[float], tokens: int = 10, rep: int = 0, gamma: int = 3,
-          rtt: float = 0.0, edges: str = "replayed", start: float = 100.0) -> list[dict]:
-    return [{"method": method, "policy": policy, "rtt_ms": rtt, "gamma": gamma, "n": n, "rep": rep, "edges": edges,
+          rtt: float = 0.0, edges: str = "replayed", start: float = 100.0, schedule: str = "constant") -> list[dict]:
+    return [{"method": method, "policy": policy, "rtt_ms": rtt, "schedule": schedule, "gamma": gamma, "n": n, "rep": rep,
+             "edges": edges,
              "edge": i, "prompt": 0, "ok": True, "new_tokens": tokens, "start_s": start, "end_s": start + tokens / r,
              "rate": r, "error": "", "mean_batch": 1.0} for i, r in enumerate(rates)]
 
@@ -172,8 +173,38 @@ def test_config_refuses_what_it_cannot_run():
         C.Config(methods=["edge_only"]).check()
     with pytest.raises(ValueError, match="real_ns"):
         C.Config(ns=[1, 2], real_ns=[4]).check()
-    assert C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))[:1] == [("edge_cloud", "none", 0.0, 2)]
-    assert ("cloud_only", "none", 0.0, 0) in C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))
+    assert C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))[:1] == [("edge_cloud", "none", 0.0, "constant", 2)]
+    assert ("cloud_only", "none", 0.0, "constant", 0) in C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))
+    with pytest.raises(ValueError, match="constant, heuristic, cost, confidence, adaptive"):
+        C.Config(schedules=["adaptiv"]).check()
+    with pytest.raises(ValueError, match="schedules"):
+        C.Config(schedules=[]).check()
+    both = C.cases(C.Config(gammas=[4], rtts_ms=[0], policies=["none"], schedules=["constant", "adaptive"]))
+    assert {(m, s) for m, _, _, s, _ in both} == {("edge_cloud", "constant"), ("edge_cloud", "adaptive"),
+                                                 ("cloud_only", "constant"), ("server_spec", "constant")}
+
+
+def test_schedules_are_configurations_of_their_own_and_old_rows_ran_constant():
+    rows = pd.DataFrame(_rows("edge_cloud", "none", 1, [60.0], gamma=8) + _rows("edge_cloud", "none", 2, [25.0, 25.0], gamma=8)
+                        + _rows("edge_cloud", "none", 1, [50.0], gamma=8, schedule="adaptive")
+                        + _rows("edge_cloud", "none", 2, [30.0, 30.0], gamma=8, schedule="adaptive")
+                        + _rows("cloud_only", "none", 1, [40.0], gamma=0) + _rows("cloud_only", "none", 2, [20.0, 20.0], gamma=0))
+    summ = C.summary(rows)
+    assert len(summ) == 6 and set(summ[summ.method == "edge_cloud"].schedule) == {"constant", "adaptive"}
+    assert summ[summ.schedule == "adaptive"].reps.tolist() == [1, 1]  # not pooled with the constant runs
+    caps = C.capacities(summ, 28.0).set_index(["method", "schedule"])
+    assert caps.loc[("edge_cloud", "adaptive"), "capacity"] == 2 and caps.loc[("edge_cloud", "constant"), "capacity"] == 1
+    best = C.best_per_n(summ).set_index(["method", "n"])
+    assert best.loc[("edge_cloud", 1), "schedule"] == "constant" and best.loc[("edge_cloud", 2), "schedule"] == "adaptive"
+    assert best.loc[("cloud_only", 2), "schedule"] == "constant"
+    times = pd.DataFrame([{"schedule": s, "gamma": 8, "t_draft_s": 0.001, "t_verify_s": 0.008, "t_link_s": 0.0, "rounds": 9}
+                          for s in ("constant", "adaptive")])
+    bt = C.bound_table(summ, times)
+    assert len(bt) == 1 and bt.measured_gain.iloc[0] == pytest.approx((50 / 60) / (40 / 40))  # a fixed gamma's bound only
+    assert "adaptive g8: 60 (60-60) / 30.0 [30.0]" in R.table_markdown(summ)
+    old = rows[rows.schedule == "constant"].drop(columns="schedule")  # records from before the study took schedules
+    assert C.summary(old).schedule.eq("constant").all() and len(C.bound_table(C.summary(old), times.iloc[:1].drop(columns="schedule"))) == 1
+    assert C.best_per_n(C.summary(old)).schedule.eq("constant").all() and "g8: 50" in R.table_markdown(C.summary(old))
 
 
 # ---- end to end, through real local servers
@@ -198,6 +229,40 @@ def test_a_tiny_study_through_real_servers(tmp_path):
     assert len(bounds) == 2 and bounds.bound.gt(1).all()
     written = R.save(result, tmp_path / "rec", {"summary": summ})
     assert {p.name for p in written} == {"rows.csv", "times.csv", "summary.csv", "config.json"}
+
+
+def test_an_adaptive_study_records_per_rtt_replays_and_carries_its_schedule():
+    cfg = C.Config(methods=["edge_cloud", "cloud_only"], ns=[1, 2], rtts_ms=[0.0, 10.0], policies=["dynamic"], gammas=[6],
+                   schedules=["constant", "adaptive"], max_new_tokens=12, real_ns=[2])
+    result = C.run(cfg)
+    rows = result.rows
+    assert rows.ok.all(), rows[~rows.ok].error.tolist()
+    ec = rows[rows.method == "edge_cloud"]
+    assert set(ec.schedule) == {"constant", "adaptive"} and set(rows[rows.method == "cloud_only"].schedule) == {"constant"}
+    # per schedule: 2 RTTs x (1 + 2 replayed users + 2 real users at N = 2)
+    assert ec.groupby("schedule").size().to_dict() == {"adaptive": 10, "constant": 10}
+    assert ec.drafted_per_round.gt(0).all() and ec.drafted_per_round.le(6).all()
+    summ = C.summary(rows)
+    assert len(summ[summ.method == "edge_cloud"]) == 2 * 2 * 2  # schedule x RTT x N, never pooled
+    assert set(C.best_per_n(summ).columns) >= {"policy", "schedule", "gamma"}
+    assert len(C.replay_check(rows)) == 2 * 2  # real against replayed, per schedule and RTT at N = 2
+    times = result.times.set_index("schedule")
+    assert times.loc["adaptive", "drafted_per_round"] <= 6 and times.loc["constant", "t_verify_s"] > 0
+    assert times.loc["adaptive", "t_link_s"] < 0.010  # the emulated delay is not the transport's
+    assert result.config["schedules"] == ["constant", "adaptive"]
+
+
+def test_a_recording_takes_the_schedules_stop_rule_and_replays_its_lengths(pair):
+    from specnb.link.replay import RecordingDrafter, ReplayedEdge
+
+    prompt = PROMPTS[0]
+    plain = speculative(pair["edge"], pair["cloud"], prompt, 24, gamma=8, schedule="confidence")
+    rec = RecordingDrafter(pair["edge"])
+    recorded = speculative(rec, pair["cloud"], prompt, 24, gamma=8, schedule="confidence")
+    assert [len(r.draft) for r in rec.recording.rounds] == recorded.drafted_trace == plain.drafted_trace
+    assert min(plain.drafted_trace) < 8  # the stop rule cut some drafts short
+    replay = speculative(ReplayedEdge(rec.recording, wait=False), pair["cloud"], prompt, 24, gamma=8)  # constant, the cap
+    assert replay.tokens == plain.tokens and replay.drafted_trace == plain.drafted_trace
 
 
 # ---- server-side speculation on a batching server

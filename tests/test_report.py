@@ -199,6 +199,47 @@ def test_acceptance_pivot_and_lengths(study):
     assert sorted(lengths.accepted) == [0, 2, 4, 4, 4]
 
 
+def test_drafted_lengths_per_cell_with_a_fallback_for_old_records(study):
+    adaptive = rec("speculative-adaptive", "speculative", edge=("float32", "cpu"), cloud=("float32", "cpu"), acc=0.5,
+                   schedule="adaptive", gamma=16)
+    adaptive["prompts"] = [{"trace": [3, 0, 8], "drafted_trace": [4, 2, 8]}, {"trace": [1, 6], "drafted_trace": [2, 6]}]
+    mixed = study[4] | {"prompts": [{"trace": [4, 0, 2], "drafted_trace": [4, 4, 4]}]}
+    mixed["settings"] = mixed["settings"] | {"schedule": "constant"}
+    hf = rec("hf_assisted-float32", "hf_assisted", edge=("float32", "cpu"), cloud=("float32", "cpu"), acc=0.5)
+    t = tables.drafted_lengths([adaptive, mixed, study[5], hf]).set_index("cell_id")
+    assert list(t.index) == ["speculative-adaptive", "speculative-mixed", "speculative-float32"]  # HF: no rounds, no row
+    a = t.loc["speculative-adaptive"]
+    assert (a.method, a["dtype"], a.schedule, a.gamma, a.rounds) == ("speculative", "float32", "adaptive", 16, 5)
+    assert a.drafted_mean == pytest.approx(22 / 5) and a.drafted_p50 == 4.0  # pooled over both prompts' rounds
+    assert a.drafted_p10 == pytest.approx(2.0) and a.drafted_p90 == pytest.approx(7.2)  # numpy's linear quantiles
+    m = t.loc["speculative-mixed"]
+    assert m["dtype"] == "edge-float32_cloud-float16" and m.drafted_mean == 4.0 and m.drafted_p90 == 4.0
+    old = t.loc["speculative-float32"]  # recorded before drafted_trace: its rounds, no distribution
+    assert (old.rounds, old.schedule) == (2, "constant") and pd.isna(old.drafted_mean) and pd.isna(old.drafted_p50)
+    shown = tables.for_reading(t.reset_index(), 2)
+    assert shown.loc[2, "drafted_mean"] == frame.NA and shown.loc[0, "drafted_mean"] == "4.40"
+    assert list(tables.drafted_lengths([]).columns) == tables.DRAFTED_COLUMNS
+
+
+def test_drafted_lengths_of_a_real_tiny_run(tiny_pair, tmp_path):
+    """A speculative run's prompt rows keep the drafted length per round; the table reads them back."""
+    from specnb.study import experiment
+    from specnb.study.params import MethodParams
+
+    p = MethodParams(edge_model=tiny_pair["edge"], cloud_model=tiny_pair["cloud"], prompts="builtin:code",
+                     num_prompts=2, max_new_tokens=12, warmup=0, gamma=2, schedule="heuristic",
+                     result_path=str(tmp_path / "r.json"))
+    record = experiment.run("speculative", p) | {"cell": {"cell_id": "spec"}}
+    for row in record["prompts"]:
+        assert len(row["drafted_trace"]) == len(row["trace"]) == row["rounds"]
+        assert sum(row["drafted_trace"]) == row["drafted"]
+    t = tables.drafted_lengths([record]).iloc[0]
+    agg = record["aggregate"]
+    assert (t.schedule, t.gamma, t.rounds) == ("heuristic", 2, agg["rounds"])
+    assert t.drafted_mean == pytest.approx(agg["drafted"] / agg["rounds"])
+    assert t.drafted_p10 <= t.drafted_p50 <= t.drafted_p90
+
+
 def test_study_table_and_csv(study, tmp_path):
     df = frame.results_frame(study)
     t = tables.study_table(df)

@@ -16,8 +16,16 @@ case is *capacity*: the edges draft, so one verifier serves more users at the sa
   (:mod:`specnb.link.server_spec`).
 
 Each user gets its own emulated link (``Link(rtt_ms)``) and its own prompt (round robin over the
-prompts, so rounds are ragged as real traffic is). A *run* is one (method, policy, RTT, gamma, N,
-repetition): N users start together, each times its own generation.
+prompts, so rounds are ragged as real traffic is). A *run* is one (method, policy, RTT, schedule, gamma,
+N, repetition): N users start together, each times its own generation.
+
+Edge-cloud speculation runs under each draft-length schedule of ``schedules`` (``speculative``'s:
+``constant`` by default; ``adaptive`` and the others with ``gamma`` as the cap). A replayed edge plays
+back the lengths its real edge chose alone against the server: a schedule that prices measured times
+(``cost``, ``adaptive``: :data:`TIMED`) is recorded on each RTT's emulated link, so its lengths follow
+the link, but not the load of N users, which only the real edges of ``real_ns`` meet (each starts from a
+copy of the controller the recordings taught). Server-side speculation and cloud-only streaming keep
+``constant``.
 
 Summaries (pure functions of the rows, unit-tested):
 
@@ -42,6 +50,7 @@ Summaries (pure functions of the rows, unit-tested):
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import statistics
 import threading
@@ -52,7 +61,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from ..decode.adaptive import Controller
 from ..decode.loops import speculative
+from ..decode.schedule import SCHEDULES
 from ..models import ModelSpec, load
 from .client import connect
 from .emulate import Link
@@ -61,7 +72,10 @@ from .replay import RecordingDrafter, ReplayedEdge
 
 METHODS = ("edge_cloud", "cloud_only", "server_spec")
 POLICIES = ("none", "dynamic", "wait")
-KEYS = ["method", "policy", "rtt_ms", "gamma", "n"]  # one configuration; rows add rep, edge. gamma 0: no drafts (cloud-only)
+# one configuration; rows add rep, edge. gamma 0: no drafts (cloud-only); schedule: edge-cloud's draft-length
+# rule (the other methods: constant)
+KEYS = ["method", "policy", "rtt_ms", "schedule", "gamma", "n"]
+TIMED = ("cost", "adaptive")  # schedules whose lengths follow the times they measure: recorded per RTT
 HANG_S = 600.0
 
 
@@ -152,8 +166,14 @@ def sustained(goodput_at_max_n: float, solo_rate: float) -> float:
 # ---------------------------------------------------------------------------- tables from rows
 
 
+def with_schedule(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``schedule`` column: records made before the study took schedules ran ``constant``."""
+    return df if "schedule" in df.columns else df.assign(schedule="constant")
+
+
 def runs_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run (configuration x repetition): goodput, Jain's index, edges ok and failed."""
+    rows = with_schedule(rows)
     out = []
     for key, part in rows.groupby(KEYS + ["rep", "edges"], sort=True):
         ok = part[part.ok]
@@ -167,9 +187,11 @@ def runs_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
     """Per configuration: goodput and mean per-edge rate with 95% intervals, the p90 edge's rate,
-    Jain's index (mean over repetitions), failed edges, the mean batch size. ``real``: the runs of real
-    edges (edge-cloud at ``real_ns`` only) instead of the others (replayed edges, cloud-only, server-side)."""
-    rows = rows[(rows.edges == "real") == real]
+    Jain's index (mean over repetitions), failed edges, the mean batch size, the mean drafted length per
+    round (what a schedule chose; NaN for cloud-only and for rows recorded before it was kept). ``real``:
+    the runs of real edges (edge-cloud at ``real_ns`` only) instead of the others (replayed edges,
+    cloud-only, server-side)."""
+    rows = with_schedule(rows[(rows.edges == "real") == real])
     runs = {key: part for key, part in runs_table(rows).groupby(KEYS, sort=True)}
     out = []
     for key, part in rows.groupby(KEYS, sort=True):
@@ -180,32 +202,34 @@ def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
             "goodput": g, "goodput_low": g_lo, "goodput_high": g_hi, "edge_rate": r, "edge_rate_low": r_lo,
             "edge_rate_high": r_hi, "p90_edge_rate": p90_edge_rate(ok.rate) if len(ok) else np.nan,
             "jain": float(rr.jain.mean()), "reps": len(rr), "failed": int(rr.failed.sum()),
-            "mean_batch": float(rr.mean_batch.mean())})
+            "mean_batch": float(rr.mean_batch.mean()),
+            "drafted_per_round": float(ok.drafted_per_round.mean()) if "drafted_per_round" in ok and len(ok) else np.nan})
     return pd.DataFrame(out)
 
 
 def capacities(summ: pd.DataFrame, slo: float) -> pd.DataFrame:
-    """Capacity at ``slo`` per (method, policy, RTT, gamma): :func:`capacity` and
+    """Capacity at ``slo`` per (method, policy, RTT, schedule, gamma): :func:`capacity` and
     :func:`capacity_interpolated`."""
-    out = []
-    for key, part in summ.groupby(["method", "policy", "rtt_ms", "gamma"], sort=True):
+    out, keys = [], ["method", "policy", "rtt_ms", "schedule", "gamma"]
+    for key, part in with_schedule(summ).groupby(keys, sort=True):
         by_n = dict(zip(part.n.astype(int), part.p90_edge_rate))
-        out.append(dict(zip(["method", "policy", "rtt_ms", "gamma"], key)) | {
+        out.append(dict(zip(keys, key)) | {
             "slo": slo, "capacity": capacity(by_n, slo), "capacity_interpolated": capacity_interpolated(by_n, slo)})
     return pd.DataFrame(out)
 
 
 def capacity_with_without_batching(caps: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, RTT): the capacity under each policy, at its best gamma (a column per policy)."""
+    """Per (method, RTT): the capacity under each policy, at its best schedule and gamma (a column per policy)."""
     best = caps.groupby(["method", "rtt_ms", "policy"]).capacity.max().reset_index()
     return best.pivot_table(index=["method", "rtt_ms"], columns="policy", values="capacity").reset_index()
 
 
 def best_per_n(summ: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, RTT, N): the policy and gamma with the highest p90 edge rate (ties: higher goodput)."""
-    ranked = summ.sort_values(["p90_edge_rate", "goodput"], ascending=False)
+    """Per (method, RTT, N): the policy, schedule and gamma with the highest p90 edge rate (ties: higher
+    goodput)."""
+    ranked = with_schedule(summ).sort_values(["p90_edge_rate", "goodput"], ascending=False)
     best = ranked.groupby(["method", "rtt_ms", "n"], sort=True).head(1)
-    return best[["method", "rtt_ms", "n", "policy", "gamma", "p90_edge_rate", "goodput"]].sort_values(
+    return best[["method", "rtt_ms", "n", "policy", "schedule", "gamma", "p90_edge_rate", "goodput"]].sort_values(
         ["method", "rtt_ms", "n"]).reset_index(drop=True)
 
 
@@ -214,11 +238,14 @@ def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
     measured capacity gain at the solo rate), the bound B from the measured t_draft and t_verify
     (without and with the link: the emulated RTT plus the measured transport time per round), and
     measured / B. The bound is for an unbatched
-    verifier: under batching, a ratio above 1 is batching's own gain."""
+    verifier: under batching, a ratio above 1 is batching's own gain. It is for a fixed gamma: the
+    ``constant`` schedule's rows only."""
     out = []
+    summ, times = with_schedule(summ), with_schedule(times)
     co = summ[summ.method == "cloud_only"]
-    for _, t in times.iterrows():
-        for (policy, rtt), part in summ[(summ.method == "edge_cloud") & (summ.gamma == t.gamma)].groupby(["policy", "rtt_ms"]):
+    for _, t in times[times.schedule == "constant"].iterrows():
+        fixed = summ[(summ.method == "edge_cloud") & (summ.schedule == "constant") & (summ.gamma == t.gamma)]
+        for (policy, rtt), part in fixed.groupby(["policy", "rtt_ms"]):
             ref = co[(co.policy == policy) & (co.rtt_ms == rtt)]
             if part.n.min() != 1 or ref.empty or ref.n.min() != 1:
                 continue
@@ -237,7 +264,8 @@ def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
 
 
 def goodput_gain(summ: pd.DataFrame, over: str = "cloud_only") -> pd.DataFrame:
-    """Goodput of each method over ``over``'s at the same policy, RTT and N (edge methods at their best gamma)."""
+    """Goodput of each method over ``over``'s at the same policy, RTT and N (edge methods at their best
+    schedule and gamma)."""
     best = summ.groupby(["method", "policy", "rtt_ms", "n"]).goodput.max().reset_index()
     ref = best[best.method == over].rename(columns={"goodput": "ref"}).drop(columns="method")
     both = best[best.method != over].merge(ref, on=["policy", "rtt_ms", "n"])
@@ -275,6 +303,7 @@ class Config:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     policies: list[str] = field(default_factory=lambda: ["none", "dynamic"])
     gammas: list[int] = field(default_factory=lambda: [3])
+    schedules: list[str] = field(default_factory=lambda: ["constant"])  # edge-cloud's draft-length rules; gamma: the cap
     max_new_tokens: int = 24
     reps: int = 1
     real_ns: list[int] = field(default_factory=lambda: [1, 2])
@@ -289,6 +318,8 @@ class Config:
             raise ValueError("need ns >= 1, at least one prompt, reps >= 1 and max_new_tokens >= 1")
         if not self.gammas or min(self.gammas) < 1 or min(self.rtts_ms) < 0:
             raise ValueError("need gammas >= 1 and rtts_ms >= 0")
+        if not self.schedules or set(self.schedules) - set(SCHEDULES):
+            raise ValueError(f"schedules {self.schedules}: choose one or more of {', '.join(SCHEDULES)}")
         if set(self.real_ns) - set(self.ns):
             raise ValueError(f"real_ns {self.real_ns} must be among ns {self.ns} (the comparison is at the same N)")
         return self
@@ -296,7 +327,7 @@ class Config:
 
 @dataclass
 class Result:
-    """The study's records: per-edge rows, the measured t_draft / t_verify per gamma, the config."""
+    """The study's records: per-edge rows, the measured t_draft / t_verify per schedule and gamma, the config."""
 
     rows: pd.DataFrame
     times: pd.DataFrame
@@ -319,33 +350,55 @@ def servers(cfg: Config) -> Iterator[dict[str, str]]:
         yield out
 
 
-def record(edge: Any, address: str, cfg: Config) -> tuple[dict[tuple[int, int], Any], pd.DataFrame]:
-    """Real edge runs, one per (gamma, prompt), alone against the server: the recordings replayed
-    edges play back, and the per-round drafting and server times of the bound (medians: robust to a
-    stray slow round on a shared machine). ``t_draft`` is per drafted token; ``t_link`` is a round's time
-    on the real connection (its round trip minus the server's time: gRPC and loopback), which idles the
-    verifier as drafting does."""
-    recordings, times = {}, []
+def recording_key(schedule: str, gamma: int, rtt_ms: float, prompt: int) -> tuple:
+    """Where the recording a replayed edge plays back is kept: one per RTT for the schedules of
+    :data:`TIMED` (their lengths follow the link's times), one for every RTT for the others (greedy
+    drafts of a given length do not depend on the link)."""
+    return schedule, gamma, float(rtt_ms) if schedule in TIMED else None, prompt
+
+
+def record(edge: Any, address: str, cfg: Config) -> tuple[dict[tuple, Any], pd.DataFrame, dict[tuple, Controller]]:
+    """Real edge runs, one per (schedule, gamma, prompt), alone against the server, and per RTT (on its
+    emulated link) for a schedule of :data:`TIMED`: the recordings replayed edges play back
+    (:func:`recording_key`), and the per-round drafting and server times of the bound (medians: robust to
+    a stray slow round on a shared machine). ``t_draft`` is per drafted token; ``t_link`` is a round's time
+    on the real connection (its round trip minus the server's time and the emulated delay: gRPC and
+    loopback), which idles the verifier as drafting does; ``drafted_per_round`` the mean drafted length.
+
+    The ``adaptive`` schedule gets one controller per (gamma, RTT), taught by one unrecorded pass over
+    the prompts first (a deployed edge's controller has learnt over its earlier generations; a fresh one
+    drafts the cap); the third value returned holds them, for the real edges to start from."""
+    recordings, times, controllers = {}, [], {}
     remote = connect(address)
-    for gamma in cfg.gammas:
-        per_token, verify, link = [], [], []
-        for pi, prompt in enumerate(cfg.prompts):
-            rec = RecordingDrafter(edge)
-            g = speculative(rec, remote, prompt, cfg.max_new_tokens, gamma=gamma)
-            recordings[gamma, pi] = rec.recording
-            per_token += [r.draft_s / len(r.draft) for r in rec.recording.rounds if r.draft]
-            verify += list(g.metrics["round_server_s"][1:])  # the first round carries the prefill
-            link += list(g.metrics["round_link_s"][1:])
-        times.append({"gamma": gamma, "t_draft_s": statistics.median(per_token),
-                      "t_verify_s": statistics.median(verify), "t_link_s": statistics.median(link), "rounds": len(verify)})
+    for schedule in cfg.schedules:
+        for gamma in cfg.gammas:
+            per_token, verify, link, drafted = [], [], [], []
+            for rtt in cfg.rtts_ms if schedule in TIMED else [None]:
+                cloud = remote if rtt is None else remote.with_link(Link(rtt, seed=cfg.seed))
+                ctl = controllers.setdefault((gamma, float(rtt)), Controller()) if schedule == "adaptive" else None
+                for prompt in cfg.prompts if ctl is not None else []:
+                    speculative(edge, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
+                for pi, prompt in enumerate(cfg.prompts):
+                    rec = RecordingDrafter(edge)
+                    g = speculative(rec, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
+                    recordings[recording_key(schedule, gamma, rtt, pi)] = rec.recording
+                    per_token += [r.draft_s / len(r.draft) for r in rec.recording.rounds if r.draft]
+                    verify += list(g.metrics["round_server_s"][1:])  # the first round carries the prefill
+                    link += [t - e for t, e in zip(g.metrics["round_link_s"][1:], g.metrics["round_emulated_s"][1:])]
+                    drafted += g.drafted_trace
+            times.append({"schedule": schedule, "gamma": gamma, "t_draft_s": statistics.median(per_token),
+                          "t_verify_s": statistics.median(verify), "t_link_s": statistics.median(link),
+                          "rounds": len(verify), "drafted_per_round": statistics.mean(drafted)})
     remote.close()
-    return recordings, pd.DataFrame(times)
+    return recordings, pd.DataFrame(times), controllers
 
 
-def one_run(remote: Any, method: str, rtt_ms: float, gamma: int, n: int, cfg: Config,
-            recordings: dict, edge: Any = None) -> list[dict]:
+def one_run(remote: Any, method: str, rtt_ms: float, schedule: str, gamma: int, n: int, cfg: Config,
+            recordings: dict, edge: Any = None, controllers: dict | None = None) -> list[dict]:
     """N users of ``method`` start together against ``remote``; one row per user (``edge`` given: real
-    edge-cloud edges drafting with that model here, else replayed ones)."""
+    edge-cloud edges drafting with that model here under ``schedule``, each ``adaptive`` one with its own
+    copy of the recordings' controller for (gamma, RTT) in ``controllers``; else replayed ones, which
+    play back the recorded lengths under ``constant``)."""
     start = threading.Barrier(n)
     rows: list[dict] = [{} for _ in range(n)]
 
@@ -360,15 +413,19 @@ def one_run(remote: Any, method: str, rtt_ms: float, gamma: int, n: int, cfg: Co
                 g = cloud.autoregressive(prompt, cfg.max_new_tokens)
             elif method == "server_spec":
                 g = cloud.server_speculative(prompt, cfg.max_new_tokens, gamma=gamma)
+            elif edge is not None:
+                ctl = copy.deepcopy(controllers[gamma, rtt_ms]) if schedule == "adaptive" else None
+                g = speculative(edge, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
             else:
-                drafter = edge if edge is not None else ReplayedEdge(recordings[gamma, pi])
-                g = speculative(drafter, cloud, prompt, cfg.max_new_tokens, gamma=gamma)
+                replay = ReplayedEdge(recordings[recording_key(schedule, gamma, rtt_ms, pi)])
+                g = speculative(replay, cloud, prompt, cfg.max_new_tokens, gamma=gamma)
             t1 = time.perf_counter()
             rows[i] = {"ok": True, "new_tokens": len(g.tokens), "start_s": t0, "end_s": t1,
-                       "rate": len(g.tokens) / (t1 - t0), "error": ""}
+                       "rate": len(g.tokens) / (t1 - t0), "error": "",
+                       "drafted_per_round": statistics.mean(g.drafted_trace) if g.drafted_trace else np.nan}
         except Exception as err:  # noqa: BLE001 - one user's failure is a row, not the study's end
             rows[i] = {"ok": False, "new_tokens": 0, "start_s": t0, "end_s": time.perf_counter(), "rate": np.nan,
-                       "error": f"{type(err).__name__}: {err}"[:300]}
+                       "error": f"{type(err).__name__}: {err}"[:300], "drafted_per_round": np.nan}
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
@@ -376,7 +433,7 @@ def one_run(remote: Any, method: str, rtt_ms: float, gamma: int, n: int, cfg: Co
     for t in threads:
         t.join(HANG_S)
     hung = {"ok": False, "new_tokens": 0, "start_s": np.nan, "end_s": np.nan, "rate": np.nan,
-            "error": f"did not finish within {HANG_S:g} s"}
+            "error": f"did not finish within {HANG_S:g} s", "drafted_per_round": np.nan}
     return [(r or hung) | {"edge": i, "prompt": i % len(cfg.prompts)} for i, r in enumerate(rows)]
 
 
@@ -387,14 +444,16 @@ def mean_batch(before: dict[str, int], after: dict[str, int]) -> float:
     return sum(k * v for k, v in diff.items()) / total if total else float("nan")
 
 
-def cases(cfg: Config) -> list[tuple[str, str, float, int]]:
-    """Every (method, policy, RTT, gamma) of one N; cloud-only has gamma 0 (it drafts nothing)."""
+def cases(cfg: Config) -> list[tuple[str, str, float, str, int]]:
+    """Every (method, policy, RTT, schedule, gamma) of one N; cloud-only has gamma 0 (it drafts nothing),
+    edge-cloud every schedule of the config, the others ``constant``."""
     out = []
     for method in cfg.methods:
         for policy in cfg.policies:
             for rtt in cfg.rtts_ms:
-                for gamma in ([0] if method == "cloud_only" else cfg.gammas):
-                    out.append((method, policy, float(rtt), gamma))
+                for schedule in cfg.schedules if method == "edge_cloud" else ["constant"]:
+                    for gamma in ([0] if method == "cloud_only" else cfg.gammas):
+                        out.append((method, policy, float(rtt), schedule, gamma))
     return out
 
 
@@ -407,21 +466,22 @@ def run(cfg: Config, progress: Callable[[str], None] | None = None) -> Result:
     rows: list[dict] = []
     with servers(cfg) as addresses:
         remotes = {p: connect(a) for p, a in addresses.items()}
-        recordings, times = record(edge, addresses[cfg.policies[0]], cfg)
+        recordings, times, controllers = record(edge, addresses[cfg.policies[0]], cfg)
         for rep in range(cfg.reps):
             for n in cfg.ns:
                 todo = [(c, "replayed" if c[0] == "edge_cloud" else "none") for c in cases(cfg)]
                 if n in cfg.real_ns and "edge_cloud" in cfg.methods:
                     todo += [(c, "real") for c in cases(cfg) if c[0] == "edge_cloud"]
-                for (method, policy, rtt, gamma), edges in order.sample(todo, len(todo)):
+                for (method, policy, rtt, schedule, gamma), edges in order.sample(todo, len(todo)):
                     remote = remotes[policy]
                     before = remote.status()
-                    got = one_run(remote, method, rtt, gamma, n, cfg, recordings, edge if edges == "real" else None)
+                    got = one_run(remote, method, rtt, schedule, gamma, n, cfg, recordings,
+                                  edge if edges == "real" else None, controllers)
                     after = remote.status()
                     mb = mean_batch(before["batches"], after["batches"])
                     md = mean_batch(before.get("draft_batches", {}), after.get("draft_batches", {}))
-                    rows += [r | {"method": method, "policy": policy, "rtt_ms": rtt, "gamma": gamma, "n": n, "rep": rep,
-                                  "edges": edges, "mean_batch": mb, "mean_draft_batch": md} for r in got]
+                    rows += [r | {"method": method, "policy": policy, "rtt_ms": rtt, "schedule": schedule, "gamma": gamma,
+                                  "n": n, "rep": rep, "edges": edges, "mean_batch": mb, "mean_draft_batch": md} for r in got]
                 if progress:
                     progress(f"rep {rep + 1}/{cfg.reps}, N={n}: {len(todo)} runs done")
         for r in remotes.values():

@@ -11,6 +11,10 @@ link emulation (``connect(..., link=Link(...))``) adds the network as for a real
 A replay checks, every round, that it stands where the recording stood (the same sequence length
 and last token): a cloud that answers otherwise (another model, a tie broken the other way)
 ends the replay with an error naming the round, never with a silently different load.
+
+A recording made under any draft-length schedule (``speculative(..., schedule=...)``; the recorder
+passes a per-token stop rule on to an edge model) replays under ``constant`` with its ``gamma``, the
+schedule's cap: the recorded drafts already have the lengths the schedule chose.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 
 import torch
 
+from ..decode.adaptive import can_stop
 from ..decode.loops import as_drafter
 from ..decode.roles import RoundSettings
+from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -50,16 +56,25 @@ class Recording:
 
 
 class RecordingDrafter:
-    """A drafter around a real edge (a loaded model or any drafter) that records each round."""
+    """A drafter around a real edge (a loaded model or any drafter) that records each round.
+
+    Around an edge that drafts token by token (a loaded model, or a drafter that takes a stop rule) it
+    takes a schedule's per-token stop rule too (``stop``, ``confidences``: what
+    :func:`~specnb.decode.adaptive.can_stop` looks for) and hands it on, so that a ``confidence`` or
+    ``adaptive`` recording holds the lengths the real edge drafts under that schedule."""
 
     def __init__(self, edge: Any):
         self.edge = edge
         self.inner = None
         self.recording = Recording()
+        if isinstance(edge, LoadedModel) or can_stop(edge):
+            self.stop, self.confidences = None, []  # set by the schedule before begin(); read after each draft
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         t0 = time.perf_counter()
         self.inner = as_drafter(self.edge, settings)
+        if can_stop(self):
+            self.inner.stop = self.stop
         self.inner.begin(prompt_ids, settings)
         self.recording = Recording(prompt=list(prompt_ids), begin_s=time.perf_counter() - t0)
 
@@ -67,6 +82,8 @@ class RecordingDrafter:
         t0 = time.perf_counter()
         draft, q = self.inner.draft(seq, g)
         took = time.perf_counter() - t0
+        if can_stop(self):
+            self.confidences = self.inner.confidences
         kept = None if q is None else q.detach().float().cpu().clone()
         self.recording.rounds.append(Round(len(seq), seq[-1], tuple(draft), kept, took))
         return draft, q

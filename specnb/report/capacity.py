@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..link.capacity import Result
+from ..link.capacity import Result, with_schedule
 from .findings import Text
 
 NAMES = {"edge_cloud": "edge-cloud speculation", "cloud_only": "cloud-only streaming",
@@ -147,8 +147,9 @@ def curves(summ: pd.DataFrame, slo: float | None = None) -> plt.Figure:
 def table_markdown(summ: pd.DataFrame) -> str:
     """The capacity table for the docs: one Markdown table per RTT, a row per N, a column per method x
     policy; a cell is ``goodput (95% interval) / p90 edge's rate [mean edge rate]`` in tokens/s, the
-    edge methods at their best gamma for that N (by the p90 edge's rate, written ``g4:``)."""
-    best = summ.sort_values(["p90_edge_rate", "goodput"], ascending=False).groupby(
+    edge methods at their best schedule and gamma for that N (by the p90 edge's rate, written ``g4:``, or
+    ``adaptive g8:`` for a schedule other than ``constant``, gamma its cap)."""
+    best = with_schedule(summ).sort_values(["p90_edge_rate", "goodput"], ascending=False).groupby(
         ["method", "policy", "rtt_ms", "n"]).head(1)
     cols = [(m, p) for m in NAMES for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
             if ((best.method == m) & (best.policy == p)).any()]
@@ -164,7 +165,7 @@ def table_markdown(summ: pd.DataFrame) -> str:
                     cells.append("")
                     continue
                 r = r.iloc[0]
-                g = f"g{int(r.gamma)}: " if r.gamma else ""
+                g = (f"{r.schedule} " if r.schedule != "constant" else "") + f"g{int(r.gamma)}: " if r.gamma else ""
                 cells.append(f"{g}{r.goodput:.0f} ({r.goodput_low:.0f}-{r.goodput_high:.0f}) / {r.p90_edge_rate:.1f} "
                              f"[{r.edge_rate:.1f}]")
             out.append(f"| {int(n)} | " + " | ".join(cells) + " |")

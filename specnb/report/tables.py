@@ -1,5 +1,5 @@
 """Tables for reading: missing values shown as "–", the study's table, metric tables by method and
-dtype, the time split, failed cells, accepted lengths; one record's tables; the run's CSV files."""
+dtype, the time split, failed cells, accepted and drafted lengths; one record's tables; the run's CSV files."""
 
 from __future__ import annotations
 
@@ -108,6 +108,41 @@ def accepted_lengths(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             rows += [{"cell_id": rec["cell"]["cell_id"], "method": rec["method"], "dtype": dt, "accepted": n}
                      for p in rec.get("prompts", []) for n in p.get("trace", [])]
     return pd.DataFrame(rows, columns=["cell_id", "method", "dtype", "accepted"])
+
+
+DRAFTED_COLUMNS = ["cell_id", "method", "dtype", "schedule", "gamma", "rounds", "drafted_mean", "drafted_p10",
+                   "drafted_p50", "drafted_p90"]
+
+
+def drafted_lengths(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Per cell of a drafting method: its rounds and the distribution of the drafted length per round
+    (mean, 10th / 50th / 90th percentile over every round of every prompt; the first repetition's rounds,
+    as the prompt rows keep them).
+
+    Under ``constant`` every round but a generation's last drafts ``gamma``; the other schedules
+    (``heuristic``, ``cost``, ``confidence``, ``adaptive``) choose the length per round, and this is where
+    a reader sees what they chose. Records made before the prompt rows kept ``drafted_trace`` show their
+    rounds and no distribution (missing, not guessed from ``gamma``); cells without rounds (Hugging Face's
+    assisted generation does not expose them) have no row."""
+    rows = []
+    for rec in records:
+        if rec.get("status") != "ok" or rec.get("method") not in _methods.drafting():
+            continue
+        prompts = rec.get("prompts", [])
+        rounds = sum(len(p.get("trace", [])) for p in prompts)
+        if not rounds:
+            continue
+        kept = all("drafted_trace" in p for p in prompts)
+        lengths = [n for p in prompts for n in p.get("drafted_trace", [])] if kept else []
+        s = rec.get("settings") or {}
+        e, c = s.get("edge_dtype"), s.get("cloud_dtype")
+        q = pd.Series(lengths, dtype=float).quantile([0.1, 0.5, 0.9]).tolist() if lengths else [None] * 3
+        rows.append({"cell_id": rec["cell"]["cell_id"], "method": rec["method"],
+                     "dtype": c if e in (None, c) else f"edge-{e}_cloud-{c}", "schedule": s.get("schedule", "constant"),
+                     "gamma": s.get("gamma"), "rounds": rounds,
+                     "drafted_mean": sum(lengths) / len(lengths) if lengths else None,
+                     "drafted_p10": q[0], "drafted_p50": q[1], "drafted_p90": q[2]})
+    return pd.DataFrame(rows, columns=DRAFTED_COLUMNS)
 
 
 

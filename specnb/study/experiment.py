@@ -8,7 +8,7 @@ The record::
      threads} | None, "cloud": {...} | None, "pair": {tokenizers: same | different, vocab_overlap,
      edge_vocab, cloud_vocab} (two-model methods), "prompting": {chat_template, applied, tokenizer},
      "prompts": [per-prompt row: id, turn, category, metrics (time metrics: the mean over
-     repetitions), tokens, text, trace], "timing": {reps, entries: [(rep, prompt, tokens,
+     repetitions), tokens, text, trace, drafted_trace], "timing": {reps, entries: [(rep, prompt, tokens,
      seconds)], probes, start, end, host, lock, waited_s}, "threads", "warmup", "aggregate":
      {metrics over all prompts, tokens/s per repetition, their spread}, "versions", "machine",
      "git", times}
@@ -209,9 +209,11 @@ def turn_id(prompt: Any, turn: int) -> str:
 
 
 def prompt_row(prompt: Any, g: Generation, turn: int = 1) -> dict[str, Any]:
-    """One prompt's (one turn's) row: id, turn, category, all metrics, and the output (tokens, text, trace)."""
+    """One prompt's (one turn's) row: id, turn, category, all metrics, and the output: tokens, text, and per
+    round the accepted drafts (``trace``) and the drafted length (``drafted_trace``; ``drafted`` is the
+    metric, their sum), which a schedule other than ``constant`` varies."""
     return {"id": turn_id(prompt, turn), "turn": turn, "category": prompt.category, **g.metrics,
-            "text": g.text, "tokens": list(g.tokens), "trace": list(g.trace)}
+            "text": g.text, "tokens": list(g.tokens), "trace": list(g.trace), "drafted_trace": list(g.drafted_trace)}
 
 
 def turn_units(prompts: list[Any], prompting: Prompting) -> list[tuple[int, int]]:
