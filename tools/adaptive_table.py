@@ -2,13 +2,15 @@
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links
 RTT 5, 20, 50 ms and two whose RTT changes during each generation
-(:func:`specnb.link.adaptive_study.changing_link`, :func:`~specnb.link.adaptive_study.handover_link`), 100 Mbit/s; held-out prompts (``builtin:code``),
-greedy, interleaved; every output checked against the cloud's greedy decoding. Writes ``rows.csv``,
-``summary.csv``, ``table.md`` and ``run.json`` (conditions, load before and after, wall time) under
+(:func:`specnb.link.adaptive_study.changing_link`, :func:`~specnb.link.adaptive_study.handover_link`),
+100 Mbit/s; held-out prompts (``builtin:code``), greedy, interleaved; every output checked against the
+cloud's greedy decoding. Writes ``rows.csv``, ``summary.csv``, ``table.md`` and ``run.json`` (conditions, load before and after, wall time) under
 ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
-About 8-9 minutes on 2 quiet cores.
+About 10 minutes on 2 quiet cores with every link (estimated: 5.6 minutes for the
+four links of 2026-12-04, 5.5 for ``--links 1,handover`` on 2026-12-05).
 
-    PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64] [--links 5,20,50,changing,handover] [--out DIR]
+    PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64]
+        [--links 5,20,50,changing,handover] [--out DIR]
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
-           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "links": args.links, "changing_link": profile.label, "handover_link": handover.label,
+           "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "links": args.links,
+           "changing_link": profile.label, "handover_link": handover.label,
            "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
            "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
            "handover_link_rounds_by_delay_ms": stage_shares(df, handover.label),
