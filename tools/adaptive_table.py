@@ -4,8 +4,8 @@ A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this 
 RTT 5, 20, 50 ms and two whose RTT changes during each generation
 (:func:`specnb.link.adaptive_study.changing_link`, :func:`~specnb.link.adaptive_study.handover_link`),
 100 Mbit/s; held-out prompts (``builtin:code``), greedy, interleaved; every output checked against the
-cloud's greedy decoding. Writes ``rows.csv``, ``summary.csv``, ``table.md`` and ``run.json`` (conditions, load before and after, wall time) under
-``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
+cloud's greedy decoding. Writes ``rows.csv``, ``summary.csv``, ``table.md`` and ``run.json`` (conditions,
+load before and after, wall time) under ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
 About 10 minutes on 2 quiet cores with every link (estimated: 5.6 minutes for the
 four links of 2026-12-04, 5.5 for ``--links 1,handover`` on 2026-12-05).
 
