@@ -283,9 +283,11 @@ def test_the_smollm2_preset_validates(gguf_file, tmp_path, monkeypatch):
     (tmp_path / f"{NAME}-edge").mkdir()
     (tmp_path / f"{NAME}-edge" / "config.json").write_text("{}")
     cells = expand(load_grid_params(ROOT / "params" / "smollm2_cpu.yaml"), "/tmp/specnb-never-written")
-    assert len(cells) == 21 and len({c.cell_id for c in cells}) == 21
+    assert len(cells) == 17 and len({c.cell_id for c in cells}) == 17
     assert {c.parameters["cloud_model"] for c in cells} == {MODEL}
     assert {c.parameters["edge_model"] for c in cells} == {f"{MODEL}-edge"}
     assert {c.parameters["chat_template"] for c in cells} == {"auto"}
     assert {c.method for c in cells} == {"edge", "cloud", "cloud_optimized", "speculative", "hf_assisted", "prompt_lookup"}
-    assert sum(c.method == "speculative" and c.parameters.get("optimized") is True for c in cells) == 3
+    optimized = [c for c in cells if c.method == "cloud_optimized" or c.parameters.get("optimized") is True]
+    assert len(optimized) == 2 and {c.parameters["dtype"] for c in optimized} == {"bfloat16"}  # the set-up at one dtype
+    assert {c.parameters["dtype"] for c in cells} == {"float32", "bfloat16", "float16"}

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from specnb.report import categories, fairness, frame, tables
+from specnb.report import categories, fairness, findings, frame, tables
 from specnb.study import methods
 
 
@@ -120,6 +120,34 @@ def test_speedup_interval_and_no_measurable_difference():
     assert same.speedup_low < 1.0 < same.speedup_high and not same.measurable
     assert "no measurable difference" in same.note and "无可测差异" in same.note_zh
     assert not fast.timing_disturbed
+
+
+def test_timed_once_interval_over_prompts_only_and_said_so():
+    base = dict(cloud=("float32", "cpu"))
+    def once(cid, method, seconds, **kw):  # one repetition over len(seconds) prompts, 8 tokens each
+        r = rec(cid, method, num_prompts=len(seconds), **kw)
+        r["timing"] = {"reps": 1, "entries": [{"rep": 0, "prompt": i, "new_tokens": 8, "wall_s": s}
+                                              for i, s in enumerate(seconds)]}
+        r["aggregate"]["tokens_per_s"] = 8 * len(seconds) / sum(seconds)
+        return r
+    recs = [once("cloud", "cloud", [1.0, 1.0, 1.0, 1.0], **base),
+            once("spec", "speculative", [0.4, 0.5, 0.6, 0.5], edge=("float32", "cpu"), **base)]
+    spec = fairness.speedups(frame.results_frame(recs)).set_index("cell_id").loc["spec"]
+    assert spec.speedup == pytest.approx(2.0) and spec.speedup_low < 2.0 < spec.speedup_high  # the prompts' spread
+    assert spec.speedup_low >= 1 / 0.6 - 1e-9 and spec.speedup_high <= 1 / 0.4 + 1e-9  # within the per-prompt ratios
+    assert spec.interval_over == fairness.OVER_PROMPTS and spec.measurable
+    assert "resamples prompts only" in spec.note and "不含时钟波动" in spec.note_zh
+    text = findings.markdown(findings.on_speed(fairness.speedups(frame.results_frame(recs)), frame.results_frame(recs)))
+    assert "over prompts; timed once" in text and "仅对提示词" in text
+    # one prompt timed once: nothing to resample, no interval
+    recs = [once("cloud", "cloud", [1.0], **base), once("spec", "speculative", [0.5], edge=("float32", "cpu"), **base)]
+    spec = fairness.speedups(frame.results_frame(recs)).set_index("cell_id").loc["spec"]
+    assert spec.speedup == pytest.approx(2.0) and math.isnan(spec.speedup_low) and spec.interval_over is None
+    # repeated runs: over prompts x repetitions, no note
+    recs = [timed(rec("cloud", "cloud", **base), [1.0, 1.1]),
+            timed(rec("spec", "speculative", edge=("float32", "cpu"), **base), [0.5, 0.55], start=2)]
+    spec = fairness.speedups(frame.results_frame(recs)).set_index("cell_id").loc["spec"]
+    assert spec.interval_over == fairness.OVER_PROMPTS_REPS and "prompts only" not in spec.note
 
 
 def test_a_disturbed_clock_flags_every_speedup_using_the_cell():
@@ -406,6 +434,16 @@ def test_category_table_speedup_and_accepted_tokens_per_task(by_category):
     assert t.loc["translation", "tokens_per_round"] == 4.0 and t.loc["mt_bench", "tokens_per_round"] == 2.0
     assert t.loc["overall", "tokens_per_round"] == pytest.approx(32 / 12)
     assert t.loc["translation", "mean_accepted_len"] == 3.0 and t.loc["mt_bench", "mean_accepted_len"] == 1.0
+    assert (t["interval_over"] == fairness.OVER_PROMPTS_REPS).all()
+
+
+def test_category_intervals_for_a_run_timed_once(by_category):
+    for r in by_category:  # one repetition: the interval per category resamples that category's prompts
+        r["timing"]["entries"] = [e for e in r["timing"]["entries"] if e["rep"] == 0]
+        r["timing"]["reps"] = 1
+    t = categories.category_table(by_category).set_index("category")
+    assert t.loc["translation", "speedup_low"] == pytest.approx(2.0) == t.loc["translation", "speedup_high"]
+    assert (t["interval_over"] == fairness.OVER_PROMPTS).all()
 
 
 def test_category_table_groups_by_category_not_id_and_needs_the_same_prompts(by_category):

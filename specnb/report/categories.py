@@ -17,8 +17,8 @@ CATEGORY_LABELS = {"mt_bench": "multi-turn conversation / 多轮对话", "transl
                    "math_reasoning": "math reasoning / 数学推理", "rag": "RAG / 检索增强生成"}
 OVERALL = "overall"
 CATEGORY_COLUMNS = ["cell_id", "method", "dtype", "setup", "reference", "category", "prompts", "tokens_per_s",
-                    "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high", "measurable",
-                    "tokens_per_round", "mean_accepted_len", "same_output", "timing_disturbed"]
+                    "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high", "interval_over",
+                    "measurable", "tokens_per_round", "mean_accepted_len", "same_output", "timing_disturbed"]
 
 
 def prompt_groups(record: dict[str, Any], tasks: dict[str, str] | None = None) -> dict[str, list[int]]:
@@ -55,12 +55,13 @@ def _category_row(quote: pd.Series, run: dict[str, Any], ref: dict[str, Any] | N
             "mean_accepted_len": _ratio_of_sums(rows, "accepted", "rounds")}
     if ref is None:
         return out | dict.fromkeys(("tokens_per_s", "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high",
-                                    "measurable"))
+                                    "interval_over", "measurable"))
     speed = _ratio_of_sums(rows, "new_tokens", "wall_s")
     ref_speed = _ratio_of_sums([ref["prompts"][i] for i in positions], "new_tokens", "wall_s")
     iv = _interval(row, ref_row, positions)
     return out | {"tokens_per_s": speed, "reference_tokens_per_s": ref_speed, "speedup": speed / ref_speed,
                   "speedup_low": iv.low if iv else float("nan"), "speedup_high": iv.high if iv else float("nan"),
+                  "interval_over": quote.get("interval_over") if iv else None,
                   "measurable": None if iv is None else not iv.holds_one}
 
 
@@ -90,7 +91,7 @@ def category_table(records: list[dict[str, Any]], *, tasks: dict[str, str] | Non
             out.append(_category_row(quote, run, ref if same else None, category, positions, row, ref_row))
         overall = _category_row(quote, run, None, OVERALL, list(range(len(ids))), row, ref_row)
         out.append(overall | {k: quote[k] for k in ("tokens_per_s", "reference_tokens_per_s", "speedup", "speedup_low",
-                                                     "speedup_high", "measurable")})
+                                                     "speedup_high", "interval_over", "measurable")})
     return pd.DataFrame(out, columns=CATEGORY_COLUMNS)
 
 

@@ -143,16 +143,24 @@ def _tokenizer_audit(row: pd.Series) -> dict[str, Any]:
 
 
 SPEEDUP_COLUMNS = ["cell_id", "method", "dtype", "device", "setup", "reference", "tokens_per_s",
-                   "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high", "measurable", "fair",
-                   "same_output", "timing_disturbed", "note", "note_zh"]
+                   "reference_tokens_per_s", "speedup", "speedup_low", "speedup_high", "interval_over", "measurable",
+                   "fair", "same_output", "timing_disturbed", "note", "note_zh"]
+
+# What a speed-up's interval resamples (the ``interval_over`` column): prompts and repetitions, or, for a
+# run timed once, prompts only (the workload's spread; the clock's is not in it).
+OVER_PROMPTS_REPS = "prompts x repetitions"
+OVER_PROMPTS = "prompts only (timed once)"
 
 
 def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFrame:
     """tokens/s of each run over its reference's, quoted only where the audit says fair (else NaN).
 
     Each quoted ratio carries its 95% interval (``speedup_low`` / ``speedup_high``, a bootstrap
-    over prompts x repetitions, :func:`specnb.measure.stats.ratio_interval`; NaN for a run timed once);
-    ``measurable`` is False when the interval holds 1.0 ("no measurable difference");
+    over prompts x repetitions, :func:`specnb.measure.stats.ratio_interval`); when either run was
+    timed once the bootstrap is over prompts only (``interval_over`` says which): it covers the
+    workload, not the clock, so it is narrower than a repeated run's would be, and the note says so;
+    NaN when fewer than two prompts were compared. ``measurable`` is False when the interval holds
+    1.0 ("no measurable difference");
     ``timing_disturbed`` when the clock audit flags either run; ``same_output`` is False for
     runs that do not reproduce the cloud's output (the edge alone, the lossy rank rule).
     """
@@ -172,8 +180,12 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
         disturbed = cid in bad or (pd.notna(ref) and ref in bad)
         same = bool(row["same_output"])
         note, note_zh = a["verdict"], a["verdict_zh"]
+        over = None if iv is None else (OVER_PROMPTS if _timed_once(row, by_id.loc[ref]) else OVER_PROMPTS_REPS)
         if quoted and iv is not None and iv.holds_one:
             note, note_zh = note + "; no measurable difference (95% CI holds 1.0)", note_zh + "；无可测差异（95% 置信区间包含 1.0）"
+        if over == OVER_PROMPTS:
+            note = note + "; timed once: the interval resamples prompts only, not the clock"
+            note_zh = note_zh + "；只计时一次：区间只对提示词重采样，不含时钟波动"
         if disturbed:
             note, note_zh = note + "; TIMING DISTURBED", note_zh + "；计时受干扰"
         rows.append({"cell_id": cid, "method": row["method"], "dtype": row["dtype"],
@@ -181,21 +193,28 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
                      "tokens_per_s": row["tokens_per_s"],
                      "reference_tokens_per_s": by_id.loc[ref, "tokens_per_s"] if pd.notna(ref) else None,
                      "speedup": ratio, "speedup_low": iv.low if iv else float("nan"),
-                     "speedup_high": iv.high if iv else float("nan"),
+                     "speedup_high": iv.high if iv else float("nan"), "interval_over": over,
                      "measurable": None if iv is None else not iv.holds_one, "fair": a["fair"], "same_output": same,
                      "timing_disturbed": disturbed, "note": note, "note_zh": note_zh})
     return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
 
 
+def _timed_once(row: pd.Series, ref: pd.Series) -> bool:
+    """True when either run has a single timed repetition."""
+    return any(not isinstance(r.get("timing"), dict) or r["timing"].get("reps", 1) < 2 for r in (row, ref))
+
+
 def _interval(row: pd.Series, ref: pd.Series, prompts: list[int] | None = None):
-    """The bootstrap interval of ``row`` over ``ref`` from their timing entries (None if either
-    was timed once or has no entries); ``prompts``: only these prompt positions (one category)."""
+    """The bootstrap interval of ``row`` over ``ref`` from their timing entries; ``prompts``: only
+    these prompt positions (one category). Over prompts x repetitions, or over prompts only when
+    either run was timed once; None when either has no entries or fewer than two prompts remain
+    (one prompt timed once has no spread to resample)."""
     from ..measure.stats import as_table, ratio_interval
 
     tables = []
     for r in (row, ref):
         timing = r.get("timing")
-        if not isinstance(timing, dict) or not timing.get("entries") or timing.get("reps", 1) < 2:
+        if not isinstance(timing, dict) or not timing.get("entries"):
             return None
         tables.append(as_table(timing["entries"]))
     if tables[0].shape[1] != tables[1].shape[1]:
@@ -204,6 +223,8 @@ def _interval(row: pd.Series, ref: pd.Series, prompts: list[int] | None = None):
         if max(prompts) >= tables[0].shape[1]:
             return None
         tables = [t[:, prompts] for t in tables]
+    if min(t.shape[0] for t in tables) < 2 and tables[0].shape[1] < 2:
+        return None
     return ratio_interval(*tables)
 
 

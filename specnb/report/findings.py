@@ -14,6 +14,7 @@ import pandas as pd
 from ..study import methods as _methods
 from ..measure.clock import THRESHOLD
 from .frame import METHOD_NAMES
+from .fairness import OVER_PROMPTS
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,11 @@ def on_speed(speedups: pd.DataFrame, df: pd.DataFrame) -> list[Text]:
         name_zh = known.label_zh if known else name
         ref_method = ref.split("-", 1)[0] if isinstance(ref, str) else "?"
         has_ci = pd.notna(best["speedup_low"])
-        ci = f" (95% CI {best['speedup_low']:.2f}-{best['speedup_high']:.2f})" if has_ci else " (timed once: no interval)"
-        ci_zh = f"（95% 置信区间 {best['speedup_low']:.2f}-{best['speedup_high']:.2f}）" if has_ci else "（只计时一次：无区间）"
+        once = best.get("interval_over") == OVER_PROMPTS
+        ci = (f" (95% CI {best['speedup_low']:.2f}-{best['speedup_high']:.2f}" + (", over prompts; timed once)" if once else ")")
+              if has_ci else " (timed once: no interval)")
+        ci_zh = (f"（95% 置信区间 {best['speedup_low']:.2f}-{best['speedup_high']:.2f}" + ("，仅对提示词；只计时一次）" if once else "）")
+                 if has_ci else "（只计时一次：无区间）")
         if has_ci and best["speedup_low"] <= 1.0 <= best["speedup_high"]:
             verdict, verdict_zh = "no measurable difference from", "与之无可测差异："
         elif best["speedup"] > 1:

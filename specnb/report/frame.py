@@ -137,7 +137,7 @@ def variant(method: str, setup: str) -> str:
     return method if fixed or setup == "plain" else f"{method} ({setup})"
 
 def speedup_text(speedup: float, low: float, high: float) -> str:
-    """``1.52x (1.40-1.63)``; without the interval for a run timed once; "–" when not quoted."""
+    """``1.52x (1.40-1.63)``; without the interval where there is none (one prompt timed once); "–" when not quoted."""
     if pd.isna(speedup):
         return NA
     return f"{speedup:.2f}x" + ("" if pd.isna(low) else f" ({low:.2f}-{high:.2f})")

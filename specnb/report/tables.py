@@ -18,7 +18,7 @@ def for_reading(t: pd.DataFrame, digits: int | None = None, float_format: str | 
     """``t`` as a reader should see it: a missing value shown as "–", not NaN, None or <NA>.
 
     A reader of the report takes "NaN" for a failed computation; in these tables it means "does not
-    apply" (the cloud dtype of the edge baseline, the interval of a run timed once). Only columns
+    apply" (the cloud dtype of the edge baseline, the interval of one prompt timed once). Only columns
     with a missing value become text; their numbers are written with ``digits`` decimals (or
     ``float_format``), whole numbers that pandas turned into floats (a gamma beside a NaN) as
     integers. ``digits`` also rounds the other float columns, like ``DataFrame.round``.
