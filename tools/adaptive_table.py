@@ -10,7 +10,8 @@ About 10 minutes on 2 quiet cores with every link (estimated: 5.6 minutes for th
 four links of 2026-12-04, 5.5 for ``--links 1,handover`` on 2026-12-05).
 
     PYTHONPATH=$PWD python tools/adaptive_table.py [--reps 2] [--prompts 6] [--tokens 64]
-        [--links 5,20,50,changing,handover] [--out DIR]
+        [--links 5,20,50,changing,handover] [--gammas 4,8,12,16,24]
+        [--schedules cost:16,heuristic:4,confidence:16,adaptive:32] [--out DIR]
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edge", default="zoo:tiny-edge")
     ap.add_argument("--links", default="5,20,50,changing,handover",
                     help="comma-separated: RTTs in ms, 'changing' (5->50->20 ms), 'handover' (1->300 ms)")
+    ap.add_argument("--gammas", default=None, help="comma-separated fixed gammas (default 4,8,12,16,24)")
+    ap.add_argument("--schedules", default=None,
+                    help="comma-separated schedule:cap (default cost:16,heuristic:4,confidence:16,adaptive:32)")
     ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/adaptive-<UTC date>/")
     args = ap.parse_args(argv)
+    try:
+        gammas = tuple(int(g) for g in args.gammas.split(",")) if args.gammas else None
+        schedules = tuple((name, int(cap)) for name, cap in (x.split(":") for x in args.schedules.split(","))) \
+            if args.schedules else None
+    except ValueError:
+        ap.error("--gammas takes integers (4,8,12) and --schedules name:cap pairs (adaptive:32,cost:16)")
 
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
@@ -42,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from specnb.link.adaptive_study import (GAMMAS, SCHEDULES, changing_link, gamma_table, handover_link, markdown,
                                             stage_shares, summary)
     from specnb.prompts import load_prompts
+
+    gammas, schedules = gammas or GAMMAS, schedules or SCHEDULES
 
     experiment.quiet()
     start = dt.datetime.now(dt.timezone.utc)
@@ -55,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with local_server(args.cloud, dtype="float32", threads=1) as address:
         cloud = connect(address)
         texts = [Prompting(cloud.tokenizer, "auto", "cloud").render(p) for p in load_prompts("builtin:code", args.prompts)]
-        df = gamma_table(edge, cloud, texts, links=links, max_new_tokens=args.tokens, reps=args.reps,
+        df = gamma_table(edge, cloud, texts, links=links, gammas=gammas, schedules=schedules,
+                         max_new_tokens=args.tokens, reps=args.reps,
                          progress=lambda m: print(m, file=sys.stderr, flush=True))
     wall, load_after = time.perf_counter() - t0, os.getloadavg()
     s = summary(df)
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
            "max_new_tokens": args.tokens, "reps": args.reps, "bandwidth_mbps": 100, "links": args.links,
            "changing_link": profile.label, "handover_link": handover.label,
-           "gammas": list(GAMMAS), "schedules": [list(x) for x in SCHEDULES],
+           "gammas": list(gammas), "schedules": [list(x) for x in schedules],
            "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
            "handover_link_rounds_by_delay_ms": stage_shares(df, handover.label),
            "all_identical": bool(df.identical.all()), "generations": len(df)}
