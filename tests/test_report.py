@@ -136,7 +136,7 @@ def test_timed_once_interval_over_prompts_only_and_said_so():
     assert spec.speedup == pytest.approx(2.0) and spec.speedup_low < 2.0 < spec.speedup_high  # the prompts' spread
     assert spec.speedup_low >= 1 / 0.6 - 1e-9 and spec.speedup_high <= 1 / 0.4 + 1e-9  # within the per-prompt ratios
     assert spec.interval_over == fairness.OVER_PROMPTS and spec.measurable
-    assert "resamples prompts only" in spec.note and "不含时钟波动" in spec.note_zh
+    assert "timed once: interval over prompts only" in spec.note and "仅对提示词" in spec.note_zh
     text = findings.markdown(findings.on_speed(fairness.speedups(frame.results_frame(recs)), frame.results_frame(recs)))
     assert "over prompts; timed once" in text and "仅对提示词" in text
     # one prompt timed once: nothing to resample, no interval

@@ -184,8 +184,8 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
         if quoted and iv is not None and iv.holds_one:
             note, note_zh = note + "; no measurable difference (95% CI holds 1.0)", note_zh + "；无可测差异（95% 置信区间包含 1.0）"
         if over == OVER_PROMPTS:
-            note = note + "; timed once: the interval resamples prompts only, not the clock"
-            note_zh = note_zh + "；只计时一次：区间只对提示词重采样，不含时钟波动"
+            note = note + "; timed once: interval over prompts only"
+            note_zh = note_zh + "；只计时一次：区间仅对提示词重采样"
         if disturbed:
             note, note_zh = note + "; TIMING DISTURBED", note_zh + "；计时受干扰"
         rows.append({"cell_id": cid, "method": row["method"], "dtype": row["dtype"],
