@@ -4,7 +4,7 @@ The notebooks under notebooks/ are their own source: edit them in JupyterLab (or
 and save. This script never writes a cell's source; it only re-executes the notebooks in place
 and refreshes notebooks/example_run, the grid run the analysis notebooks show by default.
 
-    python tools/refresh_notebooks.py --refresh            # all of it: default grid -> example_run -> execute (~4 min)
+    python tools/refresh_notebooks.py --refresh            # all of it: default grid -> example_run -> execute (~7 min)
     python tools/refresh_notebooks.py --execute            # re-execute the notebooks in place (stores outputs)
     python tools/refresh_notebooks.py --execute --only precision_analysis   # just that one (repeatable)
     python tools/refresh_notebooks.py --example RUN_DIR    # copy a grid run's results to notebooks/example_run
