@@ -58,10 +58,10 @@ def _category_row(quote: pd.Series, run: dict[str, Any], ref: dict[str, Any] | N
                                     "interval_over", "measurable"))
     speed = _ratio_of_sums(rows, "new_tokens", "wall_s")
     ref_speed = _ratio_of_sums([ref["prompts"][i] for i in positions], "new_tokens", "wall_s")
-    iv = _interval(row, ref_row, positions)
+    iv, over = _interval(row, ref_row, positions)
     return out | {"tokens_per_s": speed, "reference_tokens_per_s": ref_speed, "speedup": speed / ref_speed,
                   "speedup_low": iv.low if iv else float("nan"), "speedup_high": iv.high if iv else float("nan"),
-                  "interval_over": quote.get("interval_over") if iv else None,
+                  "interval_over": over,
                   "measurable": None if iv is None else not iv.holds_one}
 
 

@@ -174,13 +174,12 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
     for cid, a in pairs.iterrows():
         row, ref = by_id.loc[cid], a["reference"]
         quoted = bool(a["fair"]) and pd.notna(ref)
-        iv = _interval(row, by_id.loc[ref]) if quoted else None
+        iv, over = _interval(row, by_id.loc[ref]) if quoted else (None, None)
         speeds = (row["tokens_per_s"], by_id.loc[ref, "tokens_per_s"]) if quoted else (None, None)
         ratio = speeds[0] / speeds[1] if all(pd.notna(s) for s in speeds) and speeds[1] else float("nan")
         disturbed = cid in bad or (pd.notna(ref) and ref in bad)
         same = bool(row["same_output"])
         note, note_zh = a["verdict"], a["verdict_zh"]
-        over = None if iv is None else (OVER_PROMPTS if _timed_once(row, by_id.loc[ref]) else OVER_PROMPTS_REPS)
         if quoted and iv is not None and iv.holds_one:
             note, note_zh = note + "; no measurable difference (95% CI holds 1.0)", note_zh + "；无可测差异（95% 置信区间包含 1.0）"
         if over == OVER_PROMPTS:
@@ -199,33 +198,29 @@ def speedups(df: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
 
 
-def _timed_once(row: pd.Series, ref: pd.Series) -> bool:
-    """True when either run has a single timed repetition."""
-    return any(not isinstance(r.get("timing"), dict) or r["timing"].get("reps", 1) < 2 for r in (row, ref))
-
-
 def _interval(row: pd.Series, ref: pd.Series, prompts: list[int] | None = None):
-    """The bootstrap interval of ``row`` over ``ref`` from their timing entries; ``prompts``: only
-    these prompt positions (one category). Over prompts x repetitions, or over prompts only when
-    either run was timed once; None when either has no entries or fewer than two prompts remain
-    (one prompt timed once has no spread to resample)."""
+    """(interval, what it resamples) of ``row`` over ``ref`` from their timing entries; ``prompts``:
+    only these prompt positions (one category). Over prompts x repetitions (:data:`OVER_PROMPTS_REPS`),
+    or over prompts only when either run was timed once (:data:`OVER_PROMPTS`); (None, None) when either
+    has no entries or fewer than two prompts remain (one prompt timed once has no spread to resample)."""
     from ..measure.stats import as_table, ratio_interval
 
     tables = []
     for r in (row, ref):
         timing = r.get("timing")
         if not isinstance(timing, dict) or not timing.get("entries"):
-            return None
+            return None, None
         tables.append(as_table(timing["entries"]))
     if tables[0].shape[1] != tables[1].shape[1]:
-        return None
+        return None, None
     if prompts is not None:
         if max(prompts) >= tables[0].shape[1]:
-            return None
+            return None, None
         tables = [t[:, prompts] for t in tables]
-    if min(t.shape[0] for t in tables) < 2 and tables[0].shape[1] < 2:
-        return None
-    return ratio_interval(*tables)
+    once = min(t.shape[0] for t in tables) < 2
+    if once and tables[0].shape[1] < 2:
+        return None, None
+    return ratio_interval(*tables), OVER_PROMPTS if once else OVER_PROMPTS_REPS
 
 
 def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
