@@ -30,10 +30,11 @@ import torch
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
 from ..models import LoadedModel, check_pair, same_tokenizer, thread_cap, thread_plan
+from . import ahead as ahead_mod
 from .drafting import EdgeDrafter
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
-from .adaptive import Controller
+from .adaptive import STOPPING, Controller
 from .schedule import Schedule
 from .steps import Steps, no_compiling
 from .translate import translating
@@ -200,6 +201,7 @@ def speculative(
     compile: bool | None = None,
     levers_off: tuple[str, ...] = (),
     controller: Controller | None = None,
+    ahead: bool | int = False,
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -221,6 +223,16 @@ def speculative(
     ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
     ``max_new_tokens``. Metric definitions: :class:`specnb.measure.metrics.Generation`.
 
+    ``ahead``: the edge drafts ahead while the cloud verifies (:mod:`specnb.decode.ahead`): it keeps
+    drafting the continuation that assumes the round in flight is accepted whole, and submits it as the
+    next round before the verdict; a round whose premise fails is answered void and dropped. ``True``:
+    as many rounds ahead as the verdicts allow; an int: at most that many. In this process the cloud then
+    verifies on a worker thread (give each model one thread, and the two run on two cores); across a link
+    the rounds ahead are in flight together. Not with the ``confidence`` / ``adaptive`` schedules.
+    Adds ``ahead`` (rounds allowed ahead), ``ahead_rounds`` / ``ahead_void`` (rounds submitted ahead,
+    verified / dropped), ``ahead_kept`` / ``ahead_dropped`` (tokens drafted ahead), ``edge_wait_s`` to the
+    metrics; every speculative run reports ``edge_idle_share`` = 1 - draft_s / wall_s.
+
     ``edge`` may be any drafter (:class:`specnb.PromptLookup`, or an object with the methods of
     :class:`specnb.decode.roles.Drafter`) and ``cloud`` any verifier (:class:`specnb.decode.roles.Verifier`); a loaded
     model becomes one (:func:`specnb.decode.roles.as_drafter`, :func:`~specnb.decode.roles.as_verifier`). The
@@ -229,6 +241,10 @@ def speculative(
     _check_common(max_new_tokens, temperature, top_k, top_p)
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
+    depth = ahead_mod.depth_of(ahead)
+    if depth and schedule in STOPPING:
+        raise ValueError(f"ahead does not combine with schedule={schedule!r} yet (its stop rule reads the confidences "
+                         "of one draft at a time); use schedule='constant', 'heuristic' or 'cost' with ahead")
     plan = Schedule(schedule, gamma, controller=controller)
     text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
     if text is None:
@@ -246,9 +262,13 @@ def speculative(
     c_settings = replace(settings, optimized=c_opt, widths=plan.widths() if c_opt else ())  # padded widths
     e_devs, c_devs = _devices(edge), _devices(cloud)
 
-    with torch.inference_mode(), thread_cap(thread_plan(edge, cloud)[0]):
+    run_threads = thread_plan(edge, cloud)[0]
+    with torch.inference_mode(), thread_cap(run_threads):
         drafter = translating(edge, cloud, e_settings) if translate else as_drafter(edge, e_settings)
         verifier = as_verifier(cloud, c_settings)
+        if depth:  # the cloud's rounds run on a worker thread (or pipelined across the link)
+            verifier = ahead_mod.pipelined(verifier, run_threads if isinstance(cloud, LoadedModel) and
+                                           cloud.device.type == "cpu" else None, tuple(c_devs))
         plan.attach(drafter)  # a per-token stop rule, for the schedules that have one
         try:
             reset_peak_memory(*e_devs, *c_devs)
@@ -259,10 +279,19 @@ def speculative(
                 with verify_clock:
                     verifier.begin(ids, c_settings)
             steps = [s for s in (getattr(drafter, "steps", None), getattr(verifier, "steps", None)) if isinstance(s, Steps)]
+            extra: dict[str, Any] = {}
             with no_compiling(*steps):
-                out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan,
-                                                        clock, draft_clock, verify_clock)
+                if depth:
+                    out, trace, drafted_trace, ttft, done = ahead_mod.loop(
+                        drafter, verifier, ids, max_new_tokens, plan, depth, clock, draft_clock)
+                    extra = {"ahead": depth} | vars(done)
+                    verifier.stop()  # rounds still in flight are not waited for; the stats hold still
+                else:
+                    out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan,
+                                                            clock, draft_clock, verify_clock)
             stats = _merge_stats(drafter.stats(), verifier.stats())
+            if depth:
+                verify_clock.total += stats.pop("verify_busy_s", 0.0)  # the cloud's time on its thread
         finally:
             verifier.close()
 
@@ -273,7 +302,7 @@ def speculative(
         accepted=accepted, rejected_rounds=rejected, cloud_calls=stats.pop("cloud_calls", 0),
         edge_calls=stats.pop("edge_calls", 0), draft_s=draft_clock.total, verify_s=verify_clock.total,
         peak_mem_bytes=peak_memory_bytes(*e_devs, *c_devs), compile_s=stats.pop("compile_s", 0.0),
-    ) | stats
+    ) | {"edge_idle_share": 1 - draft_clock.total / clock.total if clock.total > 0 else None} | extra | stats
     return Generation(tokens=out, text=text.decode(out), metrics=metrics, trace=trace, drafted_trace=drafted_trace)
 
 
