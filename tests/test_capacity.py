@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specnb import ModelSpec, connect, load, speculative
+from specnb import ModelSpec, autoregressive, connect, load, speculative
 from specnb.study import capacity as C
 from specnb.link.server import CloudService, start
 from specnb.report import capacity as R
@@ -250,6 +250,33 @@ def test_an_adaptive_study_records_per_rtt_replays_and_carries_its_schedule():
     assert times.loc["adaptive", "drafted_per_round"] <= 6 and times.loc["constant", "t_verify_s"] > 0
     assert times.loc["adaptive", "t_link_s"] < 0.010  # the emulated delay is not the transport's
     assert result.config["schedules"] == ["constant", "adaptive"]
+
+
+def test_an_ahead_study_replays_the_edges_path_and_keeps_its_schedule():
+    cfg = C.Config(methods=["edge_cloud"], ns=[1, 2], rtts_ms=[10.0], policies=["dynamic"], gammas=[4],
+                   schedules=["constant", "ahead"], max_new_tokens=12, real_ns=[2])
+    result = C.run(cfg)
+    rows = result.rows
+    assert rows.ok.all(), rows[~rows.ok].error.tolist()
+    assert rows.groupby("schedule").size().to_dict() == {"ahead": 5, "constant": 5}  # 1 + 2 replayed + 2 real users
+    assert len(C.replay_check(rows)) == 2
+    with pytest.raises(ValueError, match="ahead"):
+        C.Config(schedules=["ahed"]).check()
+
+
+def test_a_path_replay_drafts_the_edges_greedy_path_wherever_the_loop_asks(pair):
+    from specnb.study.replay import PathReplay, edge_path
+
+    edge, cloud = pair["edge"], pair["cloud"]
+    for prompt in PROMPTS[:2]:
+        want = autoregressive(cloud, prompt, 24).tokens
+        ids = cloud.encode(prompt)
+        path = edge_path(edge, ids, want, step_s=0.0)
+        for gamma in (2, 5):
+            real = speculative(edge, cloud, prompt, 24, gamma=gamma)
+            replay = speculative(PathReplay(path, wait=False), cloud, prompt, 24, gamma=gamma)
+            assert replay.tokens == want and replay.trace == real.trace  # the edge's verdicts, round by round
+            assert speculative(PathReplay(path, wait=False), cloud, prompt, 24, gamma=gamma, ahead=True).tokens == want
 
 
 def test_a_recording_takes_the_schedules_stop_rule_and_replays_its_lengths(pair):

@@ -59,6 +59,29 @@ def test_greedy_through_the_link_equals_local(models, server):
     assert remote.status()["sessions"] == 0
 
 
+@pytest.mark.parametrize("link", [Link(), Link(rtt_ms=6, jitter_ms=2)])
+def test_drafting_ahead_through_the_link_keeps_the_output(models, server, link):
+    """Rounds sent ahead, several in flight (specnb.decode.ahead): the server answers VOID to those whose
+    premise failed, without a model call; greedy output stays the cloud's; sampling runs the split rule."""
+    cloud, edge = models["cloud"], models["edge"]
+    remote = connect(server, link=link)
+    voids = kept = 0
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        for gamma, ahead in ((1, True), (3, True), (3, 1)):
+            g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=ahead)
+            assert g.tokens == want, (prompt, gamma, ahead)
+            m = g.metrics
+            assert m["rounds"] == len(m["round_bytes_up"]) == len(g.trace)
+            assert m["cloud_calls"] == m["rounds"] + (len(cloud.encode(prompt)) > 1)  # VOID rounds: no model call
+            assert m["round_trips"] >= m["rounds"] + m["ahead_void"]  # (rounds abandoned at the end: not read)
+            voids, kept = voids + m["ahead_void"], kept + m["ahead_rounds"]
+        g = speculative(edge, remote, prompt, N, gamma=3, ahead=True, verify="sample", temperature=1.0, seed=5)
+        assert len(g.tokens) == N or g.tokens[-1] in cloud.eos_ids
+    assert voids > 0 and kept > 0
+    assert remote.status()["sessions"] == 0
+
+
 def test_emulated_link_keeps_output_and_adds_its_delay(models, server):
     edge, prompt = models["edge"], PROMPTS[0]
     plain = speculative(edge, connect(server), prompt, N, gamma=3)

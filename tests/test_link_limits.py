@@ -29,6 +29,7 @@ def test_a_good_first_round_passes_and_splits_prompt_last_and_draft():
     settings, prompt, last, draft = verify(first_round([1, 2, 3], [4, 5]))
     assert (prompt, last, draft) == ([1, 2, 3], 7, [4, 5]) and settings == RoundSettings()
     assert verify(Message("V", ints=[9, 1]), length=10, rule="greedy")[1:] == ([], 9, [1])
+    assert verify(Message("V", {"ahead": True}, [9, 1]), length=10, rule="greedy")[1:] == ([], 9, [1])  # drafted ahead
 
 
 @pytest.mark.parametrize("msg, length, field, words", [
@@ -44,6 +45,8 @@ def test_a_good_first_round_passes_and_splits_prompt_last_and_draft():
     (Message("V", {}, [1, 2, 3]), 45, "session tokens", "--max-session-tokens"),
     (Message("V", {"exec": "rm"}, [1]), 3, "meta", "exec is not a field"),
     (Message("V", {}, []), 3, "ints", "got no token"),
+    (Message("V", {"ahead": 1}, [1, 2]), 3, "ahead", "says ahead: true"),
+    (first_round([1], [2], ahead=True), None, "ahead", "first round is not one"),
     (first_round([1], [2], BEGIN | {"exec": "x"}), None, "begin.exec", "not an allowed setting"),
     (first_round([1], [2], BEGIN | {"rule": "exec"}), None, "begin.rule", "input should be"),
     (first_round([1], [2], BEGIN | {"max_len": 10 ** 9}), None, "begin.max_len", "--max-session-tokens"),

@@ -124,3 +124,22 @@ def test_study_summaries_on_synthetic_rows():
     assert rtt.bytes_per_token(df).query("method == 'cloud'").down_per_token.iloc[0] == pytest.approx(22)
     # gamma 4: 64/3 rounds of 14 ms + RTT; cloud-only: 640 ms + one RTT; equal at RTT = 341.3 / 20.33 = 16.8 ms
     assert rtt.crossover_rtt(df) == pytest.approx(16.8, abs=0.5)
+
+
+def test_the_bound_with_drafting_ahead():
+    """S_ahead (specnb.link.predict): k = 0 is S; a draft always accepted overlaps drafting with verifying
+    and, with enough rounds in flight, the round trip too; a draft never accepted whole gains nothing."""
+    a, g, c, v, r = 0.8, 4, 0.1, 1.0, 5.0
+    assert speedup_bound(a, g, c, v, r, ahead=0) == speedup_bound(a, g, c, v, r)
+    assert speedup_bound(a, g, c, v, r, ahead=1) > speedup_bound(a, g, c, v, r)
+    assert speedup_bound(a, g, c, v, r, ahead=8) >= speedup_bound(a, g, c, v, r, ahead=1)
+    assert speedup_bound(0.0, g, c, v, r, ahead=4) == pytest.approx(speedup_bound(0.0, g, c, v, r))
+    # alpha = 1: every round kept; rounds come every max((g+1)c, v, (v+r)/(k+1)), each g+1 tokens
+    assert speedup_bound(1.0, g, c, v, 0.0, ahead=1) == pytest.approx((g + 1) / max((g + 1) * c, v))
+    assert speedup_bound(1.0, g, c, v, r, ahead=1) == pytest.approx((g + 1) / ((v + r) / 2))
+    assert speedup_bound(1.0, g, c, v, r, ahead=64) == pytest.approx((g + 1) / max((g + 1) * c, v))
+    # in between, the mixture: (1 - b)(g c + v + r) + b D per round, b = a^(g+1)
+    b, d = a ** (g + 1), max((g + 1) * c, v, (v + r) / 3)
+    E = (1 - a ** (g + 1)) / (1 - a)
+    assert speedup_bound(a, g, c, v, r, ahead=2) == pytest.approx(E / ((1 - b) * (g * c + v + r) + b * d))
+    assert best_gamma(a, c, v, r, ahead=64) <= best_gamma(a, c, v, r)  # ahead pays through whole rounds: shorter g

@@ -67,6 +67,7 @@ LEVER_VARIANTS = {
     "-logits_to_keep": {"levers_off": ("logits_to_keep",)},
     "-one_sync": {"levers_off": ("one_sync",)},
     "-crop": {"levers_off": ("crop",)},
+    "ahead": {"ahead": True},  # drafting ahead while the cloud verifies on a second thread (specnb.decode.ahead)
 }
 
 

@@ -30,7 +30,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RESULT, EXECUTED, LOG, CELL = "result.json", "executed.ipynb", "log.txt", "cell.json"
 _ABBREV = {"dtype": "", "edge_dtype": "edge_", "cloud_dtype": "cloud_", "gamma": "g", "max_new_tokens": "n",
            "temperature": "t", "verify": "", "num_prompts": "p", "seed": "seed", "optimized": "opt_",
-           "schedule": "", "compile_steps": "compile_"}
+           "schedule": "", "compile_steps": "compile_", "ahead": "ahead"}
 
 
 class Cell(BaseModel):

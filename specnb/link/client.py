@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import copy
+from collections import deque
 import os
 import queue
 import tempfile
@@ -41,6 +42,7 @@ import torch
 from ..decode.loops import _check_common
 from ..measure.metrics import Generation, summarize
 from ..models import TextIds
+from ..decode.ahead import VOID
 from ..decode.roles import RoundSettings, Verdict
 from ..decode.verifying import residual_sample
 from .emulate import Direction, Link, sleep_until
@@ -232,6 +234,9 @@ class RemoteVerifier:
         self._prompt_len = 0
         self._length: int | None = None  # tokens in the server's cache, as the server counts them
         self._prompt_pending = False
+        self._assumed: int | None = None  # the server's cache length after the rounds sent, if all are kept whole
+        self._flight: deque = deque()  # rounds sent and not yet answered (drafting ahead)
+        self.voids, self.void_bytes = 0, (0, 0)
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         self.close()
@@ -239,39 +244,88 @@ class RemoteVerifier:
         self.rounds = []
         self._prompt = list(prompt_ids)
         self._prompt_len = len(self._prompt)
-        self._length = None
+        self._length = self._assumed = None
+        self._flight.clear()
+        self.voids, self.void_bytes = 0, (0, 0)
         self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
         self._prompt_pending = True  # the session (a stream) opens with the first round, once it passed the checks
 
-    def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
+    def _request(self, last: int, draft: list[int], q: torch.Tensor | None, length: int | None,
+                 ahead: bool = False) -> tuple[Message, list[int]]:
+        """The round's message (with the prompt and settings on the session's first), checked here as the
+        server will check it with ``length`` tokens in its cache (None: the first round); and the prompt ids
+        it carries."""
         if self.stream is None and not self._prompt_pending:
             raise RuntimeError("verify() before begin()")
-        meta, ints = {}, []
+        meta, ints = ({"ahead": True} if ahead else {}), []
         if self._prompt is not None:
             meta = {"begin": settings_to_dict(self.settings), "prompt": len(self._prompt)}
             ints, self._prompt = self._prompt, None
-        sample = self.settings.rule == "sample"
         qx = None
-        if sample and draft:
+        if self.settings.rule == "sample" and draft:
             qx = q[torch.arange(len(draft), device=q.device), torch.tensor(draft, device=q.device)].float().cpu().numpy()
         request = Message("V", meta, ints + [last] + list(draft), qx)
-        check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=self._length, rule=self.settings.rule,
-                     max_len=self.settings.max_len if self._length is not None else 0)
-        first = self._length is None
+        check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=length, rule=self.settings.rule,
+                     max_len=self.settings.max_len if length is not None else 0)
         if self.stream is None:
             self.stream, self._prompt_pending = Stream(self.cloud), False
+        return request, ints
+
+    def verify(self, last: int, draft: list[int], q: torch.Tensor | None) -> Verdict:
+        request, ints = self._request(last, draft, q, self._length)
+        first = self._length is None
         t0 = time.perf_counter()
         up_s = self.stream.send(request)
         what = (f"round {len(self.rounds) + 1}'s verdict ({len(draft)} drafted tokens"
                 f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
         msg, down, down_s = self.stream.recv(what, setup=first, extra_s=up_s)  # (the emulated uplink delay is not the server's)
         rt = time.perf_counter() - t0
+        return self._settle(msg, down, down_s, rt, self.stream.last_up, up_s, len(ints), q)
+
+    def _settle(self, msg: Message, down: int, down_s: float, rt: float, up: int, up_s: float, prompt: int,
+                q: torch.Tensor | None) -> Verdict:
+        """A verdict off the wire: the server's cache length and the round's figures recorded, the residual
+        sampled here after a rejection while sampling (``prompt``: prompt ids the round carried)."""
         n, tok, server_us = msg.ints
-        self._length = (len(ints) - 1 if first else self._length) + 1 + n
-        self.rounds.append((self.stream.last_up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
+        self._length = (prompt - 1 if prompt else self._length) + 1 + n
+        self.rounds.append((up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
         if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
             tok = residual_sample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
         return Verdict(n, tok)
+
+    # ---- drafting ahead (specnb.decode.ahead): rounds sent before the ones before them are answered
+
+    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, ahead: bool) -> None:
+        """Send a round now; its verdict comes from :meth:`collect`, in order. A round ``ahead`` is checked
+        at the length the server's cache will have if the rounds before it are accepted whole."""
+        if not ahead:
+            self._assumed = self._length
+        request, ints = self._request(last, draft, q, self._assumed, ahead)
+        first = self._assumed is None
+        self._assumed = (len(ints) - 1 if first else self._assumed) + 1 + len(draft)
+        t0 = time.perf_counter()
+        up_s = self.stream.send(request)
+        self._flight.append((t0, self.stream.last_up, up_s, len(ints), q))
+        what = (f"the verdict of a round sent {len(self._flight)} round(s) ahead of this one ({len(draft)} drafted tokens"
+                f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
+        self.stream.expect(what, setup=first, extra_s=up_s)
+
+    def collect(self, block: bool) -> Verdict | None:
+        """The next verdict (or :data:`specnb.decode.ahead.VOID`), once its emulated delay has passed; None
+        when ``block`` is False and it has not arrived."""
+        got = self.stream.poll(block)
+        if got is None:
+            return None
+        msg, down, down_s, due = got
+        t0, up, up_s, prompt, q = self._flight.popleft()
+        if msg.ints[0] < 0:  # a round drafted ahead of one that was not accepted whole: no model call
+            self.voids += 1
+            self.void_bytes = (self.void_bytes[0] + up, self.void_bytes[1] + down)
+            return VOID
+        return self._settle(msg, down, down_s, due - t0, up, up_s, prompt, q)
+
+    def stop(self) -> None:
+        """The generation is over: verdicts still in flight are not read (closing the stream drops them)."""
 
     def close(self) -> None:
         self._prompt_pending = False
@@ -282,7 +336,9 @@ class RemoteVerifier:
     def stats(self) -> dict[str, Any]:
         cols = list(zip(*self.rounds)) if self.rounds else [()] * 5
         up, down, link, server, emulated = (list(c) for c in cols)
-        return {"cloud_calls": len(self.rounds) + (self._prompt_len > 1), "link_s": sum(link), "bytes_up": sum(up), "bytes_down": sum(down), "round_trips": len(self.rounds),
+        vu, vd = self.void_bytes  # rounds answered VOID (drafting ahead): bytes, no model call
+        return {"cloud_calls": len(self.rounds) + (self._prompt_len > 1), "link_s": sum(link), "bytes_up": sum(up) + vu,
+                "bytes_down": sum(down) + vd, "round_trips": len(self.rounds) + self.voids,
                 "server_s": sum(server), "emulated_s": sum(emulated), "round_bytes_up": up, "round_bytes_down": down,
                 "round_link_s": link, "round_server_s": server, "round_emulated_s": emulated}
 
@@ -308,6 +364,9 @@ class Stream:
         self._overdue: str | None = None
         self._closed = threading.Event()
         self._setup_left = True  # the session's first reply gets setup_s more
+        self._due: queue.SimpleQueue | None = None  # replies announced by expect() (rounds sent ahead)
+        self._replies: queue.SimpleQueue | None = None
+        self._held: Any = None  # a reply taken off _replies whose emulated delay has not passed
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -416,12 +475,62 @@ class Stream:
             raise self._failed
         return msg, nbytes, due - now
 
+    def expect(self, what: str, setup: bool = False, extra_s: float = 0.0) -> None:
+        """One more reply is due (a round sent ahead): a thread takes replies off the socket as they come,
+        only as many as are due (so that the watchdog never waits for a reply nobody asked for), and
+        :meth:`poll` hands each on once its emulated delay has passed."""
+        if self._due is None:
+            self._due, self._replies = queue.SimpleQueue(), queue.SimpleQueue()
+            threading.Thread(target=self._pump, daemon=True).start()
+        self._due.put((what, self._allowed(setup) + extra_s))
+
+    def _pump(self) -> None:
+        while True:
+            job = self._due.get()
+            if job is None:
+                return
+            try:
+                raw, now = self._next(*job)
+            except (ConnectionError, PermissionError) as err:
+                self._replies.put(err)
+                return
+            nbytes = wire_bytes(raw)
+            self._replies.put((raw, nbytes, now, self.cloud.down.arrival(nbytes, now)))
+
+    def poll(self, block: bool) -> tuple[Message, int, float, float] | None:
+        """The next reply :meth:`expect` announced: (message, its size, the delay the link profile added, when
+        it arrived here); None when ``block`` is False and it is not there yet."""
+        if self._failed:
+            raise self._failed
+        if self._held is None:
+            try:
+                self._held = self._replies.get(block)
+            except queue.Empty:
+                return None
+        if isinstance(self._held, Exception):
+            self._failed = self._held
+            raise self._failed
+        raw, nbytes, now, due = self._held
+        if not block and time.perf_counter() < due:
+            return None
+        sleep_until(due)
+        self._held = None
+        self.bytes_down += nbytes
+        msg = decode(raw)
+        if msg.kind == "e":
+            kind = ValueError if msg.meta.get("type") in ("ValueError", "BadMessage") else RemoteError
+            self._failed = kind(f"the specnb cloud at {self.cloud.address}: {msg.meta.get('error')}")
+            raise self._failed
+        return msg, nbytes, due - now, due
+
     def totals(self) -> dict[str, int]:
         return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
     def close(self) -> None:
         self._closed.set()
         self._q.put(None)
+        if self._due is not None:
+            self._due.put(None)
         self._call.cancel()
 
 

@@ -190,11 +190,14 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     ``length``: tokens already in the session's cache (None: no round yet, so this one must carry
     the prompt and settings); ``rule``: the session's verification rule; ``max_len``: the session's
     own cache size (its settings' ``max_len``, 0: none). Returns (settings or None, prompt, last
-    token, draft).
+    token, draft). A round drafted ahead (``meta["ahead"]``, :mod:`specnb.decode.ahead`) is checked
+    at ``length`` as it stands: the edge assumed at least that much, so no round the edge may send is refused.
     """
-    extra = set(msg.meta) - {"begin", "prompt"}
+    extra = set(msg.meta) - {"begin", "prompt", "ahead"}
     if extra:
         raise BadMessage("meta", f"{', '.join(sorted(extra))} is not a field of a verify message")
+    if "ahead" in msg.meta and (msg.meta["ahead"] is not True or "begin" in msg.meta):
+        raise BadMessage("ahead", "a round drafted ahead says ahead: true, and a session's first round is not one")
     ints, settings, prompt = msg.ints, None, []
     if "begin" in msg.meta:
         if length is not None:

@@ -19,6 +19,27 @@ output (negligible per token). So::
 
 For a fixed a, c, v the best g grows with r (a round trip is worth more tokens), and past the r
 where max_g S = 1 cloud-only streaming wins: :func:`crossover_r`.
+
+**Drafting ahead** (:mod:`specnb.decode.ahead`, up to k rounds in flight ahead of the one being
+verified). A round is *kept whole* when all g drafts are accepted and the cloud's own token equals the
+edge's guess drafted after them: probability b = a^(g+1) under the i.i.d. model (the guess is one more
+draft). After a round kept whole the next round is already drafted and sent, and its verdict follows
+the previous one after
+
+    D = max((g+1) c, v, (v + r) / (k + 1))
+
+(the edge drafts g + 1 tokens per round, the verifier takes v per round, and k + 1 rounds share one
+round trip's latency v + r). Any other round ends the run of kept rounds: the edge drafts again from
+the cloud's token, and the next verdict comes a whole g c + v + r later. A run of kept rounds is
+geometric, so per round on average the time is (1 - b)(g c + v + r) + b D, and::
+
+    S_ahead(a, g, c, v, r, k) = E(a, g) / ((1 - b)(g c + v + r) + b D)
+
+k = 0 gives S. Drafting ahead pays only through b: each kept round saves g c + v + r - D. When the
+edge's drafts are rarely accepted whole (small a, long g) it changes nothing, and the best g with it is
+shorter than without. Not modelled: the part of a draft step the edge is in when a verdict drops its
+work (at most one step, c), and any slowdown of the two sides sharing a process (Python's GIL:
+docs/drafting-ahead.md).
 """
 
 from __future__ import annotations
@@ -32,8 +53,14 @@ MAX_GAMMA = 32
 
 
 def predict(generation: Any, link: Link) -> float:
-    """Predicted wall time (s) of the same generation (same tokens, same rounds) across ``link``."""
+    """Predicted wall time (s) of the same generation (same tokens, same rounds) across ``link``.
+
+    A run that drafted ahead overlaps its rounds, so its link time is not a sum over rounds: the time the
+    loop spends is taken from the model, T(r) = tokens / :func:`speedup_bound` (in seconds, ``ahead``),
+    and swapped, wall(L) = wall - T(r_run) + T(r_L) (:func:`ahead_loop_s`)."""
     m = generation.metrics
+    if m.get("ahead"):
+        return m["wall_s"] - ahead_loop_s(m, None) + ahead_loop_s(m, link)
     if "round_link_s" in m:  # edge-cloud speculation: one round trip per round
         rounds = zip(m["round_link_s"], m["round_emulated_s"], m["round_bytes_up"], m["round_bytes_down"])
         new = sum(lk - em + link.expected_round_s(up, down) for lk, em, up, down in rounds)
@@ -44,22 +71,52 @@ def predict(generation: Any, link: Link) -> float:
     return m["wall_s"] + link.expected_round_s(0, 0)  # in-process run: no link at all
 
 
-def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0) -> float:
-    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over cloud-only decoding.
+def ahead_loop_s(m: dict[str, Any], link: Link | None) -> float:
+    """The seconds :func:`speedup_bound` (``ahead``) gives a generation with the metrics ``m`` of a run that
+    drafted ahead across a link, on ``link`` (None: the run's own). In seconds rather than cloud steps: the
+    edge step t_d = draft_s / edge_calls, the verification v = server_s / rounds (the server's own time),
+    the link r = the transport (the least link time of a round less its emulated delay: a round that
+    queued behind no other) + the link's expected round time (None: the emulated delay per round the run
+    met); g = drafted / rounds, alpha the run's."""
+    rounds = max(1, m["rounds"])
+    gamma = m["drafted"] / rounds
+    t_d = m["draft_s"] / max(1, m["edge_calls"])
+    v = m["server_s"] / rounds
+    transport = min((lk - em for lk, em in zip(m["round_link_s"], m["round_emulated_s"])), default=0.0)
+    if link is None:
+        r = transport + m["emulated_s"] / rounds  # (over the verified rounds)
+    else:
+        up, down = m["bytes_up"] / max(1, m["round_trips"]), m["bytes_down"] / max(1, m["round_trips"])
+        r = transport + link.expected_round_s(int(up), int(down))
+    rate = speedup_bound(m["alpha"] if m["alpha"] is not None else 0.0, max(1.0, gamma), t_d, v, r, m["ahead"])
+    return m["new_tokens"] / rate
+
+
+def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0, ahead: int = 0) -> float:
+    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over cloud-only decoding; with
+    ``ahead`` = k > 0 rounds drafted ahead, S_ahead of the module doc.
 
     ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
-    time per round / cloud step. ``v = 1, r = 0`` is Leviathan et al.'s S(a, g, c).
+    time per round / cloud step. ``v = 1, r = 0, ahead = 0`` is Leviathan et al.'s S(a, g, c). Divided by
+    the cloud step in seconds it is the expected tokens per second.
     """
-    return expected_tokens(alpha, gamma) / (gamma * c + v + r)
+    serial = gamma * c + v + r  # one round: draft, verify, round trip
+    if not ahead:
+        return expected_tokens(alpha, gamma) / serial
+    whole = alpha ** (gamma + 1)  # all g drafts accepted and the cloud's own token guessed
+    kept = max((gamma + 1) * c, v, (v + r) / (ahead + 1))  # a round after one kept whole
+    return expected_tokens(alpha, gamma) / ((1 - whole) * serial + whole * kept)
 
 
-def best_gamma(alpha: float, c: float, v: float = 1.0, r: float = 0.0, max_gamma: int = MAX_GAMMA) -> int:
+def best_gamma(alpha: float, c: float, v: float = 1.0, r: float = 0.0, max_gamma: int = MAX_GAMMA,
+               ahead: int = 0) -> int:
     """The draft length maximizing :func:`speedup_bound` (1..max_gamma)."""
-    return max(range(1, max_gamma + 1), key=lambda g: speedup_bound(alpha, g, c, v, r))
+    return max(range(1, max_gamma + 1), key=lambda g: speedup_bound(alpha, g, c, v, r, ahead))
 
 
 def crossover_r(alpha: float, c: float, v: float = 1.0, max_gamma: int = MAX_GAMMA) -> float:
-    """The link time per round (in cloud steps) beyond which no g gives S > 1: cloud-only wins.
+    """The link time per round (in cloud steps) beyond which no g gives S > 1: cloud-only wins
+    (without drafting ahead).
 
     max_g S = 1  <=>  r = max_g (E(a, g) - g c) - v.
     """

@@ -7,7 +7,9 @@ One gRPC service ``specnb.Cloud`` with three methods, all carrying :mod:`specnb.
 * ``Status`` (unary): open sessions and sessions served (how a test sees a vanished client freed);
 * ``Session`` (stream both ways): one generation. ``V`` messages are rounds of edge-cloud
   speculation on the session's verifier (its KV cache lives as long as the stream and is cropped
-  after each rejection); a ``G`` message generates on the server (cloud-only, streamed back token
+  after each rejection), answered in order; a round the edge drafted ahead (``ahead: true``) is
+  answered ``[-1, -1]`` without a model call when the round before it was not accepted whole or ended
+  with another token than its first (:mod:`specnb.decode.ahead`); a ``G`` message generates on the server (cloud-only, streamed back token
   by token, or server-side speculation with ``--draft``). The session ends, and its cache is freed,
   when the stream ends for any reason: the client closes it, cancels it, or vanishes (the
   connection drops; keepalive pings find a silent peer, in up to a minute as measured), or the
@@ -42,9 +44,10 @@ import grpc
 import torch
 
 from .._version import __version__
+from ..decode.ahead import VOID, Chain
 from ..decode.loops import as_verifier, speculative
 from ..models import LoadedModel
-from ..decode.roles import RoundSettings
+from ..decode.roles import RoundSettings, Verdict
 from .server_batching import Batcher, batchable
 from .limits import BadMessage, Limits, check_generate, check_verify, parse
 from .server_speculation import ServerCloud, ServerDraft
@@ -91,6 +94,7 @@ class Session:
         self.verifier = None
         self.length = 0  # tokens in the verifier's cache: seq[:-1]
         self.used = ""  # the kind of the session's first message: one generation per session
+        self.chain = Chain()  # which rounds drafted ahead count (specnb.decode.ahead)
         self._stop = threading.Event()
 
     def verify(self, msg: Message) -> Message:
@@ -102,6 +106,9 @@ class Session:
         settings, prompt, last, draft = check_verify(
             msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
             rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0)  # before any model call
+        if not self.chain.admits(last, bool(msg.meta.get("ahead"))):  # drafted ahead of a round not accepted whole
+            self.chain.record(len(draft), VOID)
+            return Message("v", ints=[VOID.accepted, VOID.token, _us(t0)])
         batcher = self.cloud.batcher
         with self.cloud.lock, torch.inference_mode():
             if settings is not None:
@@ -115,6 +122,7 @@ class Session:
             n, tok, row = batcher.submit(verifier, [last] + draft,
                                          lambda logits: self._settle(verifier, start, draft, msg, logits))
         self.length += 1 + n
+        self.chain.record(len(draft), Verdict(n, tok))
         return Message("v", ints=[n, tok, _us(t0)], floats=row)
 
     def _settle(self, verifier, start: int, draft: list[int], msg: Message, logits, last: int = -1):

@@ -25,7 +25,10 @@ back the lengths its real edge chose alone against the server: a schedule that p
 (``cost``, ``adaptive``: :data:`TIMED`) is recorded on each RTT's emulated link, so its lengths follow
 the link, but not the load of N users, which only the real edges of ``real_ns`` meet (each starts from a
 copy of the controller the recordings taught). Server-side speculation and cloud-only streaming keep
-``constant``.
+``constant``. The schedule ``ahead`` (:data:`AHEAD`) is ``constant`` with the edge drafting ahead
+(:mod:`specnb.decode.ahead`): its replayed edges play back the edge's greedy path
+(:class:`~specnb.study.replay.PathReplay`), since an edge drafting ahead asks for tokens where the
+verdicts' timing puts it.
 
 Summaries (pure functions of the rows, unit-tested):
 
@@ -68,7 +71,7 @@ from ..models import ModelSpec, load
 from ..link.client import connect
 from ..link.emulate import Link
 from ..link.loopback import local_server
-from .replay import RecordingDrafter, ReplayedEdge
+from .replay import PathReplay, RecordingDrafter, ReplayedEdge, edge_path
 
 METHODS = ("edge_cloud", "cloud_only", "server_spec")
 POLICIES = ("none", "dynamic", "wait")
@@ -76,6 +79,12 @@ POLICIES = ("none", "dynamic", "wait")
 # rule (the other methods: constant)
 KEYS = ["method", "policy", "rtt_ms", "schedule", "gamma", "n"]
 TIMED = ("cost", "adaptive")  # schedules whose lengths follow the times they measure: recorded per RTT
+AHEAD = "ahead"  # a schedule of this study only: constant, the edge drafting ahead (speculative(..., ahead=True))
+
+
+def spec_kw(schedule: str) -> dict[str, Any]:
+    """``speculative``'s keyword arguments for one of this study's schedules."""
+    return {"schedule": "constant", "ahead": True} if schedule == AHEAD else {"schedule": schedule}
 HANG_S = 600.0
 
 
@@ -318,8 +327,8 @@ class Config:
             raise ValueError("need ns >= 1, at least one prompt, reps >= 1 and max_new_tokens >= 1")
         if not self.gammas or min(self.gammas) < 1 or min(self.rtts_ms) < 0:
             raise ValueError("need gammas >= 1 and rtts_ms >= 0")
-        if not self.schedules or set(self.schedules) - set(SCHEDULES):
-            raise ValueError(f"schedules {self.schedules}: choose one or more of {', '.join(SCHEDULES)}")
+        if not self.schedules or set(self.schedules) - set(SCHEDULES) - {AHEAD}:
+            raise ValueError(f"schedules {self.schedules}: choose one or more of {', '.join(SCHEDULES + (AHEAD,))}")
         if set(self.real_ns) - set(self.ns):
             raise ValueError(f"real_ns {self.real_ns} must be among ns {self.ns} (the comparison is at the same N)")
         return self
@@ -380,8 +389,13 @@ def record(edge: Any, address: str, cfg: Config) -> tuple[dict[tuple, Any], pd.D
                     speculative(edge, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
                 for pi, prompt in enumerate(cfg.prompts):
                     rec = RecordingDrafter(edge)
-                    g = speculative(rec, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
+                    plain = "constant" if schedule == AHEAD else schedule  # the times of the bound: plain rounds
+                    g = speculative(rec, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=plain, controller=ctl)
                     recordings[recording_key(schedule, gamma, rtt, pi)] = rec.recording
+                    if schedule == AHEAD:  # replayed by its greedy path (replay.PathReplay)
+                        step = rec.recording.draft_s() / max(1, sum(len(r.draft) for r in rec.recording.rounds))
+                        recordings[recording_key(schedule, gamma, rtt, pi)] = edge_path(
+                            edge, rec.recording.prompt, g.tokens, step, rec.recording.begin_s)
                     per_token += [r.draft_s / len(r.draft) for r in rec.recording.rounds if r.draft]
                     verify += list(g.metrics["round_server_s"][1:])  # the first round carries the prefill
                     link += [t - e for t, e in zip(g.metrics["round_link_s"][1:], g.metrics["round_emulated_s"][1:])]
@@ -415,7 +429,10 @@ def one_run(remote: Any, method: str, rtt_ms: float, schedule: str, gamma: int, 
                 g = cloud.server_speculative(prompt, cfg.max_new_tokens, gamma=gamma)
             elif edge is not None:
                 ctl = copy.deepcopy(controllers[gamma, rtt_ms]) if schedule == "adaptive" else None
-                g = speculative(edge, cloud, prompt, cfg.max_new_tokens, gamma=gamma, schedule=schedule, controller=ctl)
+                g = speculative(edge, cloud, prompt, cfg.max_new_tokens, gamma=gamma, controller=ctl, **spec_kw(schedule))
+            elif schedule == AHEAD:
+                replay = PathReplay(recordings[recording_key(schedule, gamma, rtt_ms, pi)])
+                g = speculative(replay, cloud, prompt, cfg.max_new_tokens, gamma=gamma, ahead=True)
             else:
                 replay = ReplayedEdge(recordings[recording_key(schedule, gamma, rtt_ms, pi)])
                 g = speculative(replay, cloud, prompt, cfg.max_new_tokens, gamma=gamma)

@@ -69,6 +69,9 @@ class Method:
         if "verify" in self.fields and rule is not None and rule not in self.verify_rules:
             return [f"verify: {rule!r} is not a rule of {self.name} ({self.rules_why}); "
                     f"use verify = {' or '.join(self.verify_rules)}"]
+        if "ahead" in self.fields and settings.get("ahead") and settings.get("schedule") in ("confidence", "adaptive"):
+            return [f"ahead: drafting ahead does not combine with schedule {settings['schedule']!r} yet; "
+                    "use schedule = constant, heuristic or cost with ahead, or ahead = 0"]
         return []
 
     def reproduces_cloud(self, settings: dict[str, Any]) -> bool:
@@ -108,7 +111,7 @@ def _speculative(m: dict[str, Any], p: Any) -> Decode:
     ctl = Controller() if p.schedule == "adaptive" else None  # one per cell: it learns over the cell's prompts
     return lambda prompt, n: speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify,
                                          rank_k=p.rank_k, schedule=p.schedule, optimized=p.optimized,
-                                         compile=p.compile_steps, controller=ctl, **_common(p))
+                                         compile=p.compile_steps, controller=ctl, ahead=p.ahead, **_common(p))
 
 
 def _unmeasured(g: Any, *keys: str) -> Any:
@@ -131,10 +134,10 @@ def _prompt_lookup(m: dict[str, Any], p: Any) -> Decode:
 
     return lambda prompt, n: speculative(PromptLookup(), m["cloud"], prompt, n,
                                          gamma=p.gamma, verify=p.verify, rank_k=p.rank_k, schedule=p.schedule,
-                                         optimized=p.optimized, compile=p.compile_steps, **_common(p))
+                                         optimized=p.optimized, compile=p.compile_steps, ahead=p.ahead, **_common(p))
 
 
-PAIR = frozenset({"gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps"})
+PAIR = frozenset({"gamma", "verify", "rank_k", "schedule", "ahead", "optimized", "compile_steps"})
 ALL_RULES = ("greedy", "sample", "rank")  # the verification rules of the loop (specnb.decode.loops.VERIFY_RULES)
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -39,6 +39,7 @@ class MethodParams(BaseModel):
     ``warmup`` generations on the first prompt run before anything is measured, then
     ``reps`` timed repetitions over all prompts (rotated order; speed-up intervals need >= 2).
     ``schedule`` sets the speculative draft length per round (``constant`` = gamma);
+    ``ahead``: rounds the edge may draft ahead while the cloud verifies (0: off; :mod:`specnb.decode.ahead`);
     ``optimized`` gives the speculative loop the optimized set-up (static caches, compiled steps);
     ``compile_steps`` overrides the per-device choice of compiling optimized steps (None = the default).
     ``result_path`` None means ``outputs/adhoc/<method>-<edge dtype>-<cloud dtype>.json``.
@@ -63,6 +64,7 @@ class MethodParams(BaseModel):
     verify: Literal["greedy", "sample", "rank"] = "greedy"
     rank_k: int = Field(5, ge=1)
     schedule: Literal["constant", "heuristic", "cost", "confidence", "adaptive"] = "constant"
+    ahead: int = Field(0, ge=0)
     optimized: bool = False
     compile_steps: bool | None = None
     temperature: float = Field(0.0, ge=0.0)

@@ -15,6 +15,13 @@ ends the replay with an error naming the round, never with a silently different 
 A recording made under any draft-length schedule (``speculative(..., schedule=...)``; the recorder
 passes a per-token stop rule on to an edge model) replays under ``constant`` with its ``gamma``, the
 schedule's cap: the recorded drafts already have the lengths the schedule chose.
+
+An edge that drafts ahead (:mod:`specnb.decode.ahead`) asks for tokens one at a time, at points that
+depend on when verdicts land, so its calls cannot be played back as recorded. A greedy edge's drafts are
+a function of where it stands, though: from any prefix of the committed output it drafts its own greedy
+path, and a draft after its first wrong token never changes a verdict (that round is cut there, later
+ones are void). :class:`PathReplay` plays back an :class:`EdgePath`: the edge's next token after every
+prefix of prompt + output (one teacher-forced forward) and its seconds per drafted token.
 """
 
 from __future__ import annotations
@@ -133,3 +140,63 @@ class ReplayedEdge:
     def _sleep(self, seconds: float) -> None:
         if self.wait and seconds > 0:
             time.sleep(seconds)
+
+
+@dataclass
+class EdgePath:
+    """A greedy edge along one generation: ``next[j]`` is its token after ``(prompt + out)[:j + 1]``."""
+
+    prompt: list[int]
+    out: list[int]
+    next: list[int]
+    step_s: float  # seconds per drafted token
+    begin_s: float = 0.0  # seconds of its prefill
+
+
+def edge_path(edge: LoadedModel, prompt_ids: list[int], out: list[int], step_s: float, begin_s: float = 0.0) -> EdgePath:
+    """The :class:`EdgePath` of ``edge`` along ``out`` (the cloud's greedy output of ``prompt_ids``)."""
+    ids = list(prompt_ids) + list(out)
+    with torch.inference_mode():
+        logits = edge.model(torch.tensor([ids], device=edge.device)).logits[0, :, : edge.vocab_size]
+    return EdgePath(list(prompt_ids), list(out), logits.argmax(-1).tolist(), step_s, begin_s)
+
+
+class PathReplay:
+    """A drafter that plays an :class:`EdgePath` back (greedy only): from a prefix of the committed output
+    it drafts the edge's path, past its first wrong token any token (those drafts never count), sleeping
+    ``step_s`` per token. Against the same cloud its verdicts are the real edge's, however the loop asks."""
+
+    def __init__(self, path: EdgePath, *, wait: bool = True):
+        self.path, self.wait = path, wait
+        self.full = path.prompt + path.out
+        self.calls = 0
+
+    def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
+        if list(prompt_ids) != self.path.prompt:
+            raise ValueError("a replayed edge replays the prompt it recorded: pass the same prompt")
+        if settings.rule != "greedy":
+            raise ValueError("an edge path replays greedy drafts only")
+        self.calls = 0
+        if self.wait and self.path.begin_s > 0:
+            time.sleep(self.path.begin_s)
+
+    def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
+        full, nxt = self.full, self.path.next
+        at = len(seq)
+        on = seq == full[:at]
+        out: list[int] = []
+        for _ in range(g):
+            tok = nxt[at - 1] if on and at - 1 < len(nxt) else (out[-1] if out else seq[-1])
+            on = on and at < len(full) and tok == full[at]
+            out.append(tok)
+            at += 1
+        self.calls += 1
+        if self.wait and g:
+            time.sleep(g * self.path.step_s)
+        return out, None
+
+    def rollback(self, length: int) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"replayed_calls": self.calls}

@@ -30,18 +30,22 @@ from ..link.predict import predict
 
 KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "draft_s", "link_s", "server_s",
         "emulated_s", "bytes_up", "bytes_down", "round_trips", "round_link_s", "round_emulated_s", "round_bytes_up",
-        "round_bytes_down", "round_server_s")
+        "round_bytes_down", "round_server_s", "edge_calls", "edge_idle_share", "ahead", "ahead_rounds",
+        "ahead_void", "ahead_kept", "ahead_dropped")
 
 
 def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
               max_new_tokens: int = 64, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0, reps: int = 2,
               server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None,
-              schedules: tuple[str, ...] = ()) -> pd.DataFrame:
+              schedules: tuple[str, ...] = (), ahead: bool | int = False) -> pd.DataFrame:
     """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
     ``drafted`` (draft length per round), ``predicted_wall_s`` (from the run at ``rtts_ms[0]``).
     ``server_gamma=None`` skips server-side speculation. ``schedules``: draft-length schedules run as
     methods ``edge_cloud:<schedule>`` with gamma = ``max(gammas)`` (their cap); ``adaptive`` keeps one
-    controller per link over the run (:mod:`specnb.decode.adaptive`). An entry of ``rtts_ms``
+    controller per link over the run (:mod:`specnb.decode.adaptive`). ``ahead``: each gamma also runs as
+    method ``edge_cloud:ahead``, the edge drafting ahead (``speculative(..., ahead=ahead)``,
+    :mod:`specnb.decode.ahead`); its rows carry ``edge_idle_share`` and the rounds kept and dropped, as
+    every speculative row carries its idle share. An entry of ``rtts_ms``
     may be a :class:`specnb.link.profile.LinkProfile` (a changing link; its rows carry its label and
     no prediction). ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`,
     as the study notebook does)."""
@@ -62,6 +66,9 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
                                  lambda r=remote, p=prompt: r.server_speculative(p, max_new_tokens, gamma=server_gamma)))
                 runs += [("edge_cloud", gm, lambda r=remote, p=prompt, gm=gm: speculative(edge, r, p, max_new_tokens, gamma=gm))
                          for gm in gammas]
+                if ahead:
+                    runs += [("edge_cloud:ahead", gm, lambda r=remote, p=prompt, gm=gm:
+                              speculative(edge, r, p, max_new_tokens, gamma=gm, ahead=ahead)) for gm in gammas]
                 if str(rtt) not in controllers:
                     controllers[str(rtt)] = Controller()
                 ctl = controllers[str(rtt)]
@@ -97,12 +104,16 @@ class _Run:
 
     def __init__(self, row: dict):
         self.metrics = {k: v for k, v in row.items()
-                        if isinstance(v, list) or not (k.startswith("round_") and k != "round_trips")}
+                        if isinstance(v, (list, tuple)) or not (k.startswith("round_") and k != "round_trips")}
+        self.metrics["drafted"] = row.get("drafted_total")
+        if not self.metrics.get("ahead") or pd.isna(self.metrics.get("ahead")):
+            self.metrics.pop("ahead", None)
 
 
 def _row(g: Any, method: str, gamma: int | None, rtt: float | None, rep: int, prompt: int) -> dict:
     return {"method": method, "gamma": gamma, "rtt_ms": rtt, "rep": rep, "prompt": prompt,
-            **{k: g.metrics.get(k) for k in KEPT}, "tokens": tuple(g.tokens), "drafted": tuple(g.drafted_trace or ())}
+            **{k: g.metrics.get(k) for k in KEPT}, "drafted_total": g.metrics.get("drafted"),
+            "tokens": tuple(g.tokens), "drafted": tuple(g.drafted_trace or ())}
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
@@ -202,12 +213,15 @@ def _predict_row(r: Any, rtt_ms: float) -> float:
 
 
 def bound_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The latency-extended bound beside the measurement, per RTT and gamma of edge-cloud speculation.
+    """The latency-extended bound beside the measurement, per RTT and gamma of edge-cloud speculation
+    (and of ``edge_cloud:ahead``, with the bound of drafting ahead).
 
-    S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)) (:func:`specnb.link.speedup_bound`) with, from the same
-    rows: a = the runs' alpha (maximum likelihood, pooled), c = edge step / cloud step (the edge alone
-    vs cloud-only streaming at the lowest RTT, per token), v = the server's time per round in cloud
-    steps, r = the link's time per round (measured, emulated delay included) in cloud steps.
+    S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)) (:func:`specnb.link.speedup_bound`; with ``ahead`` its
+    S_ahead) with, from the same rows: a = the runs' alpha (maximum likelihood, pooled), c = edge step /
+    cloud step (the edge alone vs cloud-only streaming at the lowest RTT, per token), v = the server's time
+    per round in cloud steps, r = the link's time per round (measured, emulated delay included) in cloud
+    steps. Rounds drafted ahead overlap, so their measured link time holds the wait behind earlier rounds:
+    their r is that of the plain rounds at the same RTT (or the RTT alone when there are none).
     """
     from ..link.predict import speedup_bound
 
@@ -217,14 +231,21 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
     c = (edge.wall_s.sum() / edge.new_tokens.sum()) / cloud_step
     measured = speedups(df).set_index(["rtt_ms", "method", "gamma"])
     out = []
-    spec = df[df.method == "edge_cloud"]
-    for (rtt, gamma), part in spec.groupby(["rtt_ms", "gamma"]):
+    spec = df[df.method.isin(["edge_cloud", "edge_cloud:ahead"])]
+    for (method, rtt, gamma), part in spec.groupby(["method", "rtt_ms", "gamma"]):
         rounds = part.rounds.sum()
         alpha = float(part.alpha.mean())
         v = part.server_s.sum() / rounds / cloud_step
-        r = part.link_s.sum() / rounds / cloud_step
-        s = speedup_bound(alpha, int(gamma), c, v, r)
-        m = measured.loc[(rtt, "edge_cloud", int(gamma))]
-        out.append({"rtt_ms": rtt, "gamma": int(gamma), "alpha": alpha, "c": c, "v": v, "r": r, "bound": s,
-                    "measured": m.speedup, "low": m.low, "high": m.high, "measured_over_bound": m.speedup / s})
+        ahead = 0 if method == "edge_cloud" else int(part.ahead.iloc[0])
+        plain = spec[(spec.method == "edge_cloud") & (spec.rtt_ms == rtt)]
+        if not ahead:
+            r = part.link_s.sum() / rounds / cloud_step
+        elif len(plain):
+            r = plain.link_s.sum() / plain.round_trips.sum() / cloud_step
+        else:
+            r = float(rtt) / 1e3 / cloud_step
+        s = speedup_bound(alpha, int(gamma), c, v, r, ahead)
+        m = measured.loc[(rtt, method, int(gamma))]
+        out.append({"method": method, "rtt_ms": rtt, "gamma": int(gamma), "alpha": alpha, "c": c, "v": v, "r": r,
+                    "bound": s, "measured": m.speedup, "low": m.low, "high": m.high, "measured_over_bound": m.speedup / s})
     return pd.DataFrame(out)
