@@ -342,3 +342,17 @@ def test_threaded_verifier_answers_in_order():
         assert second is VOID
     assert v.collect(False) is None
     v.close()
+
+
+def test_the_registry_and_the_grid_know_the_lever(tmp_path):
+    import yaml
+
+    from specnb.grid.cells import expand
+    from specnb.study.params import GridParams, ParamsError
+
+    grid = GridParams(**yaml.safe_load("grid:\n  method: [speculative, cloud]\n  ahead: [0, 64]\n  gamma: [4]\n"))
+    cells = {c.cell_id: c.parameters.get("ahead") for c in expand(grid, tmp_path)}
+    assert cells == {"speculative-ahead0-g4": 0, "speculative-ahead64-g4": 64, "cloud": 0}  # the baseline ignores it
+    bad = GridParams(**yaml.safe_load("grid:\n  method: [speculative]\n  ahead: [1]\n  schedule: [adaptive]\n"))
+    with pytest.raises(ParamsError, match="ahead: drafting ahead does not combine"):
+        expand(bad, tmp_path)

@@ -73,3 +73,15 @@ def test_table_from_entries_and_clear_errors():
     with pytest.raises(ValueError, match="same prompts"):
         ratio_interval(t, t[:, :2])
     assert Interval(1.1, 0.9, 1.3).holds_one
+
+
+def test_speed_interval_brackets_the_speed_and_narrows_with_more_prompts():
+    from specnb.measure.stats import speed_interval
+
+    rng = np.random.default_rng(1)
+    small = np.stack([rng.uniform(0.4, 0.6, (2, 4)) * 0 + 64, rng.uniform(0.4, 0.6, (2, 4))], axis=-1)
+    big = np.stack([np.full((2, 64), 64.0), rng.uniform(0.4, 0.6, (2, 64))], axis=-1)
+    for t in (small, big):
+        iv = speed_interval(t)
+        assert iv.low <= iv.value <= iv.high and iv.value == pytest.approx(t[..., 0].sum() / t[..., 1].sum())
+    assert speed_interval(big).high - speed_interval(big).low < speed_interval(small).high - speed_interval(small).low

@@ -18,13 +18,17 @@ the rule of Leviathan et al. stays exact; a seeded sample repeats only when the 
 tokens the edge drafts ahead before a verdict arrives varies, and so does its generator's state).
 
 Verifiers: any verifier runs pipelined on a worker thread (:class:`ThreadedVerifier`; the in-process
-cloud, whose forward calls release the GIL, then runs on the second core); a verifier with its own
-``submit`` / ``collect`` (the link client) is used as it is.
+cloud's operators release the GIL, so it runs on the second core as far as its time is spent in them: not
+a tiny model's, whose step is mostly Python, docs/drafting-ahead.md); a verifier with its own
+``submit`` / ``collect`` (the link client) is used as it is. While the loop runs, the interpreter's switch
+interval is :data:`SWITCH_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -38,6 +42,11 @@ from .roles import Drafter, Verdict, Verifier
 
 VOID = Verdict(accepted=-1, token=-1)  # the answer to a round submitted ahead whose premise failed
 MAX_DEPTH = 64  # rounds ahead when ``ahead=True`` (unbounded in practice: the verdicts bound it)
+# The interpreter's switch interval while drafting ahead (default 5 ms): the edge drafts without pausing and
+# holds the GIL between torch operators, so a thread that needs it (the worker's Python between the cloud's
+# operators, the link's message pump and sending thread) waits up to this long for each hand-over
+# (measured both ways: docs/drafting-ahead.md).
+SWITCH_S = 0.0005
 
 
 def depth_of(ahead: bool | int) -> int:
@@ -230,7 +239,7 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
         work_s, work_early, work_g = 0.0, 0, -1
 
     start, prefill_s = time.perf_counter(), clock.total
-    with clock:
+    with clock, _switching(SWITCH_S):
         while len(out) < max_new_tokens and not (out and out[-1] in eos):
             if not flight:  # nothing in flight: the next round starts from the committed sequence
                 g = min(plan.next(), max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
@@ -300,6 +309,17 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
             work_s, work_early, work_g = 0.0, 0, -1
             drafter.rollback(before + n)
     return out, trace, drafted_trace, ttft or 0.0, stats
+
+
+@contextlib.contextmanager
+def _switching(seconds: float):
+    """The interpreter's switch interval set to ``seconds`` for the block (it is process-wide; restored after)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _tail(flight: deque[_Round]) -> list[int]:

@@ -88,6 +88,18 @@ def ratio_interval(a, b, *, paired_reps: bool = False, n_boot: int = N_BOOT, lev
     return Interval(speed(a) / speed(b), float(low), float(high))
 
 
+def speed_interval(a, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> Interval:
+    """Tokens per second of one [reps, prompts, 2] table with its percentile-bootstrap interval (prompts
+    and repetitions resampled, as :func:`ratio_interval` does for each side)."""
+    a = as_table(a)
+    rng = np.random.default_rng(seed)
+    p_idx = rng.integers(0, a.shape[1], size=(n_boot, a.shape[1]))
+    r_idx = rng.integers(0, a.shape[0], size=(n_boot, a.shape[0]))
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(_speeds(a, r_idx, p_idx), [tail, 1.0 - tail])
+    return Interval(speed(a), float(low), float(high))
+
+
 def _speeds(t: np.ndarray, reps: np.ndarray, prompts: np.ndarray) -> np.ndarray:
     """Speed of each resample: rows of ``reps`` x columns of ``prompts``, summed."""
     # t[reps][:, :, prompts] for every resample k: [n_boot, R, P, 2]

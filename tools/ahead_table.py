@@ -1,0 +1,205 @@
+"""Issue 33's table: edge-cloud speculation with and without drafting ahead, per link, on the embedded pair.
+
+A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links RTT 0, 5, 20,
+50 ms (``Link(rtt_ms, 100 Mbit/s)``), and ``inproc`` (both models in this process, the cloud verifying on a
+second thread when drafting ahead). Variants: fixed gammas (the baseline: the best of them per link, chosen
+after the fact) and, at other gammas, ``ahead`` (``speculative(..., ahead=...)``), and ``ahead5ms``: drafting
+ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.decode.ahead.SWITCH_S``. Greedy, interleaved (per
+repetition and prompt: the links in a shuffled order, on each the variants in a shuffled order), one untimed
+warm-up generation per link and variant first; every output checked against the cloud's greedy decoding.
+
+Per link and variant: tokens/s over all generations with its 95% bootstrap interval
+(:func:`specnb.measure.stats.speed_interval`), the ratio to the best fixed gamma with the paired interval
+(:func:`~specnb.measure.stats.ratio_interval`), the edge's idle share (1 - drafting time / wall time), rounds
+kept and dropped ahead, and the model's prediction (:func:`specnb.link.speedup_bound`, in seconds) of the
+steady rate, tokens after the first round / time after it, from the parameters of the same rows: alpha
+(pooled maximum likelihood), the edge's step (draft_s / edge_calls), the server's time per round (rounds
+after the first; in this process: the plain rows' verify time per round, so that any slowdown of sharing
+the process shows as the prediction's error), the link (RTT + the plain rows' transport per round).
+
+Writes ``rows.csv``, ``summary.csv``, ``table.md`` and ``run.json`` (conditions, machine, git commit, load
+before and after, wall time) under ``docs/measurements/ahead-<date>/``.
+
+    PYTHONPATH=$PWD python tools/ahead_table.py [--reps 2] [--prompts 12] [--tokens 64]
+        [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROW_KEYS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "rejected_rounds", "alpha",
+            "draft_s", "verify_s", "edge_calls", "server_s", "link_s", "emulated_s", "round_trips", "edge_idle_share",
+            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--cloud", default="zoo:tiny-cloud")
+    ap.add_argument("--edge", default="zoo:tiny-edge")
+    ap.add_argument("--links", default="inproc,0,5,20,50", help="comma-separated: RTTs in ms, 'inproc' (no link)")
+    ap.add_argument("--gammas", default="8,12,16", help="fixed gammas (the baseline)")
+    ap.add_argument("--ahead-gammas", default="4,6,8", help="gammas drafted ahead")
+    ap.add_argument("--ahead", type=int, default=64, help="rounds allowed ahead (64: what ahead=True allows)")
+    ap.add_argument("--default-switch-gammas", default="6",
+                    help="gammas also drafted ahead with the interpreter's default switch interval (5 ms) instead of "
+                         "specnb.decode.ahead.SWITCH_S ('' for none)")
+    ap.add_argument("--bandwidth", type=float, default=100.0, help="Mbit/s of the emulated links")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/ahead-<UTC date>/")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from specnb import Link, ModelSpec, autoregressive, connect, experiment, load, speculative
+    from specnb.chat import Prompting
+    from specnb.link import local_server
+    from specnb.measure.provenance import git_state, machine, versions
+    from specnb.prompts import load_prompts
+
+    torch.set_num_threads(1)
+    experiment.quiet()
+    gammas = [int(g) for g in args.gammas.split(",")]
+    ahead_gammas = [int(g) for g in args.ahead_gammas.split(",")]
+    links = [x if x == "inproc" else float(x) for x in args.links.split(",")]
+    variants = [("fixed", g) for g in gammas] + [("ahead", g) for g in ahead_gammas]
+    variants += [("ahead5ms", int(g)) for g in args.default_switch_gammas.split(",") if g]
+    start = dt.datetime.now(dt.timezone.utc)
+    out = args.out or Path("docs/measurements") / f"ahead-{start:%Y-%m-%d}"
+    out.mkdir(parents=True, exist_ok=True)
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    edge = load(ModelSpec(args.edge, dtype="float32", device="cpu", threads=1))
+    local = load(ModelSpec(args.cloud, dtype="float32", device="cpu", threads=1))
+    rows = []
+    with local_server(args.cloud, dtype="float32", threads=1) as address:
+        remote = connect(address)
+        texts = [Prompting(remote.tokenizer, "auto", "cloud").render(p) for p in load_prompts("builtin:code", args.prompts)]
+        want = [autoregressive(local, t, args.tokens).tokens for t in texts]
+        clouds = {link: local if link == "inproc" else remote.with_link(Link(link, args.bandwidth, seed=args.seed))
+                  for link in links}
+
+        from specnb.decode import ahead as ahead_mod
+
+        def run(link, kind, gamma, text):
+            switch = ahead_mod.SWITCH_S
+            ahead_mod.SWITCH_S = 0.005 if kind == "ahead5ms" else switch  # the interpreter's default
+            try:
+                return speculative(edge, clouds[link], text, args.tokens, gamma=gamma, ahead=0 if kind == "fixed" else args.ahead)
+            finally:
+                ahead_mod.SWITCH_S = switch
+
+        for link in links:  # warm-up: first calls of each shape, the server's session set-up
+            for kind, gamma in variants:
+                run(link, kind, gamma, texts[0])
+        order = random.Random(args.seed)
+        for rep in range(args.reps):
+            for pi, text in enumerate(texts):
+                for link in order.sample(links, len(links)):
+                    for kind, gamma in order.sample(variants, len(variants)):
+                        g = run(link, kind, gamma, text)
+                        m = g.metrics
+                        rows.append({"link": str(link), "variant": kind, "gamma": gamma, "rep": rep, "prompt": pi,
+                                     **{k: m.get(k) for k in ROW_KEYS}, "first_round_tokens": g.trace[0] + 1,
+                                     "server_after_first_s": sum(m.get("round_server_s", [0.0])[1:]),
+                                     "transport_s": _transport(m), "identical": g.tokens == want[pi]})
+                print(f"rep {rep + 1}/{args.reps}, prompt {pi + 1}/{len(texts)} done", file=sys.stderr, flush=True)
+        remote.close()
+    wall, load_after = time.perf_counter() - t0, os.getloadavg()
+    df = pd.DataFrame(rows)
+    s = summary(df, args.ahead)
+    table = markdown(s)
+    df.to_csv(out / "rows.csv", index=False)
+    s.to_csv(out / "summary.csv", index=False)
+    (out / "table.md").write_text(table + "\n")
+    info = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
+            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
+            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1,
+            "prompts": f"builtin:code x {args.prompts}", "max_new_tokens": args.tokens, "reps": args.reps,
+            "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
+            "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
+            "default_switch_gammas": args.default_switch_gammas, "all_identical": bool(df.identical.all()),
+            "generations": len(df), "machine": machine(), "git": git_state(), "versions": versions(),
+            "command": "PYTHONPATH=$PWD python tools/ahead_table.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    (out / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(table)
+    print(json.dumps({k: v for k, v in info.items() if k not in ("machine", "versions")}))
+    return 0 if info["all_identical"] else 1
+
+
+def _transport(m: dict) -> float:
+    """A generation's transport per round (link time less emulated delay, rounds after the first); NaN in process."""
+    link, emulated = m.get("round_link_s"), m.get("round_emulated_s")
+    if not link or len(link) < 2:
+        return float("nan")
+    return float(np.mean([a - b for a, b in zip(link[1:], emulated[1:])]))
+
+
+def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
+    """Per link and variant: speed with its interval, the ratio to the link's best fixed gamma, the idle share,
+    rounds ahead, and the model's steady rate against the measured one (see the module doc)."""
+    from specnb.link.predict import speedup_bound
+    from specnb.measure.stats import ratio_interval, speed_interval
+
+    out = []
+    for link, here in df.groupby("link", sort=False):
+        table = {key: part[["rep", "prompt", "new_tokens", "wall_s"]].to_dict("records")
+                 for key, part in here.groupby(["variant", "gamma"])}
+        fixed = {k: v for k, v in table.items() if k[0] == "fixed"}
+        best = max(fixed, key=lambda k: speed_interval(fixed[k]).value)
+        plain = here[here.variant == "fixed"]
+        transport = 0.0 if link == "inproc" else float(plain.transport_s.mean())
+        rtt_s = 0.0 if link == "inproc" else float(link) / 1e3
+        for (kind, gamma), part in here.groupby(["variant", "gamma"]):
+            speed = speed_interval(table[kind, gamma])
+            ratio = ratio_interval(table[kind, gamma], table[best], paired_reps=True)
+            alpha = part.accepted.sum() / (part.accepted.sum() + part.rejected_rounds.sum())
+            t_d = part.draft_s.sum() / part.edge_calls.sum()
+            later = (part.rounds - 1).sum()
+            if link == "inproc":  # the plain rows' own verification (prefill included, per round)
+                same = plain[plain.gamma == gamma] if (plain.gamma == gamma).any() else plain
+                v = same.verify_s.sum() / same.rounds.sum()
+            else:
+                v = part.server_after_first_s.sum() / later
+            depth = 0 if kind == "fixed" else ahead
+            predicted = speedup_bound(alpha, gamma, t_d, v, rtt_s + transport, depth)
+            steady = (part.new_tokens - part.first_round_tokens).sum() / (part.wall_s - part.ttft_s).sum()
+            out.append({"link": link, "variant": kind, "gamma": gamma, "tokens_per_s": speed.value, "low": speed.low,
+                        "high": speed.high, "best_fixed_gamma": best[1], "vs_best_fixed": ratio.value,
+                        "vs_low": ratio.low, "vs_high": ratio.high, "edge_idle_share": part.edge_idle_share.mean(),
+                        "alpha": alpha, "t_draft_ms": 1e3 * t_d, "t_verify_ms": 1e3 * v, "t_link_ms": 1e3 * (rtt_s + transport),
+                        "ahead_rounds": part.ahead_rounds.fillna(0).sum(), "ahead_void": part.ahead_void.fillna(0).sum(),
+                        "steady_tokens_per_s": steady, "predicted_tokens_per_s": predicted,
+                        "prediction_error": predicted / steady - 1, "identical": f"{int(part.identical.sum())}/{len(part)}"})
+    return pd.DataFrame(out)
+
+
+def markdown(s: pd.DataFrame) -> str:
+    """The table of the docs: per link, every variant's speed, ratio to the best fixed gamma, idle share and
+    the model's error."""
+    lines = ["| link | variant | tok/s [95% CI] | vs best fixed [95% CI] | edge idle | rounds ahead kept / void "
+             "| steady tok/s: measured / model (error) | identical |", "|" + "---|" * 8]
+    for r in s.itertuples():
+        link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
+        name = f"g{r.gamma}" + {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}[r.variant]
+        ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if r.variant != "fixed" else "–"
+        lines.append(f"| {link} | {name} | {r.tokens_per_s:.0f} [{r.low:.0f}, {r.high:.0f}] | {r.vs_best_fixed:.2f} "
+                     f"[{r.vs_low:.2f}, {r.vs_high:.2f}] | {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
+                     f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%}) | {r.identical} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
