@@ -26,13 +26,14 @@ from specnb.link.predict import speedup_bound
 DRAFTING = ("speculative", "hf_assisted", "prompt_lookup")
 
 
-def costs(record: dict, dtype: str, threads: int) -> tuple[float, list[float]]:
-    """(c, v(k) for k = 1..K) at ``dtype`` and ``threads`` from a step_costs record (edge first, cloud second)."""
+def costs(record: dict, dtype: str, threads: int) -> tuple[float, list[float], float]:
+    """(c, v(k) for k = 1..K, the cloud's step in seconds) at ``dtype`` and ``threads`` from a step_costs
+    record (edge first, cloud second)."""
     rows = [r for r in record["rows"] if r["dtype"] == dtype and r["threads"] == threads]
     if len(rows) != 2:
         raise SystemExit(f"the step-cost record has no edge and cloud rows at {dtype}, {threads} thread(s)")
     edge, cloud = rows
-    return edge["seconds"][0] / cloud["seconds"][0], cloud["v"]
+    return edge["seconds"][0] / cloud["seconds"][0], cloud["v"], cloud["seconds"][0]
 
 
 def table(run: str, record: dict, threads: int) -> pd.DataFrame:
@@ -42,7 +43,10 @@ def table(run: str, record: dict, threads: int) -> pd.DataFrame:
     for _, row in sp[sp["method"].isin(DRAFTING)].iterrows():
         cell = res.loc[row["cell_id"]]
         alpha, gamma = float(cell["alpha"]), int(cell["gamma"])
-        c, v = costs(record, row["dtype"], threads)
+        e_dtype = cell["edge_dtype"] if isinstance(cell["edge_dtype"], str) else cell["dtype"]
+        c_dtype = cell["cloud_dtype"] if isinstance(cell["cloud_dtype"], str) else cell["dtype"]
+        c = costs(record, e_dtype, threads)[0] * costs(record, e_dtype, threads)[2] / costs(record, c_dtype, threads)[2]
+        v = costs(record, c_dtype, threads)[1]
         c = 0.0 if row["method"] == "prompt_lookup" else c
         vk = v[gamma] if gamma < len(v) else math.nan
         s1, sv = speedup_bound(alpha, gamma, c, 1.0), speedup_bound(alpha, gamma, c, vk)
