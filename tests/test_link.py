@@ -251,6 +251,27 @@ def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server
     assert (ad.drafted_p90 <= 4).all() and (ad.gamma == 4).all()
 
 
+def test_the_link_study_runs_drafting_ahead_and_predicts_it_with_its_bound(models, server):
+    """link_grid(..., ahead=True): method edge_cloud:ahead at every gamma, its rows predicted by the model
+    (predict() swaps the modelled loop time), its bound row from S_ahead."""
+    from specnb.study import rtt
+
+    edge = models["edge"]
+    df = rtt.link_grid(edge, connect(server), PROMPTS[:2], rtts_ms=(0, 8), gammas=(2, 4), max_new_tokens=12,
+                       reps=2, server_gamma=None, ahead=True)
+    spec = df[df.method.str.startswith("edge_cloud")]
+    assert set(spec.method) == {"edge_cloud", "edge_cloud:ahead"}
+    ahead = df[df.method == "edge_cloud:ahead"]
+    assert (ahead.ahead == 64).all() and ahead.edge_idle_share.between(0, 1).all()
+    assert ahead[ahead.rtt_ms == 8].predicted_wall_s.gt(0).all()  # from the model, not a sum over rounds
+    assert rtt.prediction_errors(df).error.abs().lt(1.0).all()
+    bounds = rtt.bound_table(df)
+    assert set(bounds.method) == {"edge_cloud", "edge_cloud:ahead"} and bounds.bound.gt(0).all()
+    plain = df[df.method == "edge_cloud"]
+    assert all(t == p for t, p in zip(ahead.sort_values(["rtt_ms", "gamma", "rep", "prompt"]).tokens,
+                                        plain.sort_values(["rtt_ms", "gamma", "rep", "prompt"]).tokens))
+
+
 def test_gamma_table_checks_outputs_carries_one_controller_per_link_and_prints_the_issue_table(models, server, monkeypatch):
     """specnb.study.adaptive_gamma (tools/adaptive_table.py): fixed gammas and schedules on every link,
     interleaved; each output set against the cloud's greedy one; one adaptive controller per link for the run."""
