@@ -22,6 +22,11 @@ before and after, wall time) under ``docs/measurements/ahead-<date>/``.
 
     PYTHONPATH=$PWD python tools/ahead_table.py [--reps 2] [--prompts 12] [--tokens 64]
         [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
+    PYTHONPATH=$PWD python tools/ahead_table.py --model-only DIR   # the model's best gammas and rates, no timing
+
+``--model-only`` writes ``model.csv`` / ``model.md``: per link, the model's best gamma and steady rate without
+and with drafting ahead from the parameters the record measured (:func:`ceiling`), and the alpha at which,
+with the same costs, drafting ahead would reach 1.3x of the plain loop (each at its best gamma).
 """
 
 from __future__ import annotations
@@ -60,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bandwidth", type=float, default=100.0, help="Mbit/s of the emulated links")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/ahead-<UTC date>/")
+    ap.add_argument("--model-only", type=Path, default=None,
+                    help="no timing: write model.csv / model.md from the summary.csv of this record folder")
     args = ap.parse_args(argv)
+    if args.model_only:
+        m = ceiling(pd.read_csv(args.model_only / "summary.csv"), args.ahead)
+        m.to_csv(args.model_only / "model.csv", index=False)
+        (args.model_only / "model.md").write_text(model_markdown(m) + "\n")
+        print(model_markdown(m))
+        return 0
 
     import torch
 
@@ -184,6 +197,46 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                         "steady_tokens_per_s": steady, "predicted_tokens_per_s": predicted,
                         "prediction_error": predicted / steady - 1, "identical": f"{int(part.identical.sum())}/{len(part)}"})
     return pd.DataFrame(out)
+
+
+def ceiling(s: pd.DataFrame, ahead: int, max_gamma: int = 32) -> pd.DataFrame:
+    """The model's best draft length and steady rate per link, without and with drafting ahead, from the
+    parameters a record measured (:func:`summary`'s columns): alpha and the verify time per round pooled over
+    the link's rows (their mean), the edge's step of the plain rows and of the rows drafted ahead apart
+    (drafting ahead drafts one token per call), the link's time per round."""
+    from specnb.link.predict import speedup_bound
+
+    out = []
+    for link, here in s.groupby("link", sort=False):
+        plain, ahead_rows = here[here.variant == "fixed"], here[here.variant == "ahead"]
+        a, v, r = here.alpha.mean(), here.t_verify_ms.mean() / 1e3, here.t_link_ms.iloc[0] / 1e3
+        t_plain, t_ahead = plain.t_draft_ms.mean() / 1e3, ahead_rows.t_draft_ms.mean() / 1e3
+        gs = range(1, max_gamma + 1)
+        g0 = max(gs, key=lambda g: speedup_bound(a, g, t_plain, v, r))
+        g1 = max(gs, key=lambda g: speedup_bound(a, g, t_ahead, v, r, ahead))
+        s0, s1 = speedup_bound(a, g0, t_plain, v, r), speedup_bound(a, g1, t_ahead, v, r, ahead)
+
+        def gain(alpha: float) -> float:  # the best ahead over the best plain at another alpha, the same costs
+            return max(speedup_bound(alpha, g, t_ahead, v, r, ahead) for g in gs) / max(speedup_bound(alpha, g, t_plain, v, r) for g in gs)
+
+        needed = next((x / 1000 for x in range(800, 1000) if gain(x / 1000) >= 1.3), None)
+        out.append({"link": link, "alpha": a, "t_verify_ms": 1e3 * v, "t_link_ms": 1e3 * r,
+                    "t_draft_plain_ms": 1e3 * t_plain, "t_draft_ahead_ms": 1e3 * t_ahead,
+                    "best_plain_gamma": g0, "plain_tokens_per_s": s0, "best_ahead_gamma": g1, "ahead_tokens_per_s": s1,
+                    "ahead_over_plain": s1 / s0, "kept_whole": a ** (g1 + 1), "alpha_for_1_3x": needed})
+    return pd.DataFrame(out)
+
+
+def model_markdown(m: pd.DataFrame) -> str:
+    lines = ["| link | alpha | verify / link per round (ms) | edge step plain / ahead (ms) | best plain: g, tok/s "
+             "| best ahead: g, tok/s, kept whole | ahead / plain | alpha for 1.3x |", "|" + "---|" * 8]
+    for r in m.itertuples():
+        link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
+        lines.append(f"| {link} | {r.alpha:.3f} | {r.t_verify_ms:.1f} / {r.t_link_ms:.1f} | {r.t_draft_plain_ms:.2f} / "
+                     f"{r.t_draft_ahead_ms:.2f} | g{r.best_plain_gamma}, {r.plain_tokens_per_s:.0f} | g{r.best_ahead_gamma}, "
+                     f"{r.ahead_tokens_per_s:.0f}, {r.kept_whole:.2f} | {r.ahead_over_plain:.2f} | "
+                     f"{'-' if pd.isna(r.alpha_for_1_3x) else format(r.alpha_for_1_3x, '.3f')} |")
+    return "\n".join(lines)
 
 
 def markdown(s: pd.DataFrame) -> str:
