@@ -325,7 +325,7 @@ def test_uncached_cost_times_both_rounds_and_leaves_the_cache_as_it_found_it(pai
 
 def test_the_preset_and_the_notebook_name_the_studys_settings():
     """params/capacity.yaml sets only the notebook's parameters, makes a valid Config, and covers what
-    issue 23 asks (N 1..32, RTT 0 and 20 ms, the three methods, with and without batching); the notebook
+    docs/capacity.md measures (N 1..32, RTT 0 and 20 ms, the three methods, with and without batching); the notebook
     can set every field of Config."""
     import dataclasses
     from pathlib import Path

@@ -6,7 +6,7 @@ time and the round trip's remaining time (``round_link_s``: the transport plus w
 wall time (drafting, the loop, the server) does not depend on the link, so for a profile L::
 
     wall(L) = wall - sum(link_i) + sum(transport_i + L.round_time(up_i, down_i)),
-    transport_i = link_i - emulated_i      (the real socket's own cost, ~0.15 ms on loopback)
+    transport_i = link_i - emulated_i      (the real socket's own cost: docs/link.md, "Transport")
 
 **Bound.** Leviathan et al. (2023, Thm 3.8) give the expected speed-up of speculation over the
 cloud's autoregressive decoding as E(a, g) / (g c + 1), E(a, g) = (1 - a^(g+1)) / (1 - a) tokens

@@ -41,7 +41,7 @@ Summaries (pure functions of the rows, unit-tested):
 * the bound of a saturated, unbatched verifier (:func:`bound`): each edge-cloud user's cycle is
   gamma t_draft + t_verify (+ the link's r), of which the verifier is busy t_verify, so it sustains
   B = 1 + (gamma t_draft + r) / t_verify users at the solo per-user rate, where a cloud-only user
-  keeps it busy all the time (B = 1); the issue's bound has r = 0, the bound "with the link" r = RTT +
+  keeps it busy all the time (B = 1); the bound without the link has r = 0, the bound "with the link" r = RTT +
   the measured transport time per round. Measured beside it (:func:`sustained`): S = goodput at the
   largest N / the per-edge rate at N = 1, the users at the solo rate the saturated server delivers,
   and S(edge_cloud) / S(cloud), the measured capacity gain, over B.
@@ -136,7 +136,7 @@ def bound(gamma: int, t_draft: float, t_verify: float, link_s: float = 0.0) -> f
     """B = 1 + (gamma * t_draft + link_s) / t_verify: users at their solo rate one saturated, unbatched
     verifier sustains with edge-cloud speculation, relative to cloud-only users (each keeps it busy).
     ``t_draft``: seconds to draft one token at the edge; ``t_verify``: the server's seconds per verify
-    round; ``link_s``: the link's seconds per round (the issue's bound is ``link_s = 0``)."""
+    round; ``link_s``: the link's seconds per round (``link_s = 0``: the bound without the link)."""
     if gamma < 0 or t_draft < 0 or link_s < 0 or not t_verify > 0:
         raise ValueError(f"need gamma, t_draft, link_s >= 0 and t_verify > 0, got {gamma}, {t_draft}, {link_s}, {t_verify}")
     return 1.0 + (gamma * t_draft + link_s) / t_verify
