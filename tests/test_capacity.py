@@ -7,6 +7,8 @@ both policies, real and replayed edges) runs end to end through real local serve
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,7 +231,9 @@ def test_a_tiny_study_through_real_servers(tmp_path):
     bounds = C.bound_table(summ, result.times)
     assert len(bounds) == 2 and bounds.bound.gt(1).all()
     written = R.save(result, tmp_path / "rec", {"summary": summ})
-    assert {p.name for p in written} == {"rows.csv", "times.csv", "summary.csv", "config.json"}
+    assert {p.name for p in written} == {"rows.csv", "times.csv", "summary.csv", "config.json", "provenance.json"}
+    where = json.loads((tmp_path / "rec" / "provenance.json").read_text())
+    assert where["machine"]["cpus"] >= 1 and "commit" in where["git"]  # the record names its machine and commit
 
 
 def test_an_adaptive_study_records_per_rtt_replays_and_carries_its_schedule():

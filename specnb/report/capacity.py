@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..measure import provenance
 from ..study.capacity import METHODS, Result, with_schedule
 from ..study.methods import LINK_METHODS
 from .findings import Text
@@ -174,8 +175,8 @@ def table_markdown(summ: pd.DataFrame) -> str:
 
 
 def save(result: Result, folder: str | Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
-    """The study's records: ``rows.csv`` (one row per user generation), ``times.csv``, ``config.json`` and
-    each of ``tables`` as CSV; returns the paths written."""
+    """The study's records: ``rows.csv`` (one row per user generation), ``times.csv``, ``config.json``,
+    ``provenance.json`` (machine, commit, versions, when) and each of ``tables`` as CSV; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -185,4 +186,7 @@ def save(result: Result, folder: str | Path, tables: dict[str, pd.DataFrame]) ->
         out.append(path)
     path = folder / "config.json"
     path.write_text(json.dumps(result.config, indent=1, sort_keys=True))
-    return out + [path]
+    where = folder / "provenance.json"
+    where.write_text(json.dumps({"machine": provenance.machine(), "git": provenance.git_state(),
+                                 "versions": provenance.versions(), "written_at": provenance.now()}, indent=1, sort_keys=True))
+    return out + [path, where]
