@@ -345,7 +345,7 @@ def test_the_preset_and_the_notebook_name_the_studys_settings():
     assert fields <= set(params), fields - set(params)
     cfg = C.Config(**{k: v for k, v in preset.items() if k in fields}).check()
     assert {1, 2, 4, 8, 16, 32} <= set(cfg.ns) and {0.0, 20.0} <= set(map(float, cfg.rtts_ms))
-    assert set(cfg.methods) == set(C.METHODS) and {"none", "dynamic"} <= set(cfg.policies)
+    assert set(cfg.methods) == set(C.SERVED) and {"none", "dynamic"} <= set(cfg.policies)
 
 
 def test_the_docs_table_has_a_row_per_n_and_a_column_per_method_and_policy():

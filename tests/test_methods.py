@@ -83,6 +83,6 @@ def test_the_link_studies_and_their_report_name_methods_from_the_registry():
     from specnb.report import capacity as report
     from specnb.study import capacity
 
-    assert set(capacity.METHODS) <= set(methods.LINK_METHODS)
+    assert set(capacity.SERVED) <= set(methods.LINK_METHODS)
     assert report.NAMES["cloud"] == methods.LINK_METHODS["cloud"].label == "cloud-only streaming"
     assert report.NAMES_ZH["edge_cloud"] == methods.LINK_METHODS["edge_cloud"].label_zh

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..measure import provenance
-from ..study.capacity import METHODS, Result, with_schedule
+from ..study.capacity import SERVED, Result, with_schedule
 from ..study.methods import LINK_METHODS
 from .findings import Text
 
@@ -152,7 +152,7 @@ def table_markdown(summ: pd.DataFrame) -> str:
     ``adaptive g8:`` for a schedule other than ``constant``, gamma its cap)."""
     best = with_schedule(summ).sort_values(["p90_edge_rate", "goodput"], ascending=False).groupby(
         ["method", "policy", "rtt_ms", "n"]).head(1)
-    cols = [(m, p) for m in METHODS for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
+    cols = [(m, p) for m in SERVED for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
             if ((best.method == m) & (best.policy == p)).any()]
     out = []
     for rtt in sorted(best.rtt_ms.unique()):

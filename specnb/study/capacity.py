@@ -71,7 +71,7 @@ from ..link.emulate import Link
 from ..link.loopback import local_server
 from .replay import RecordingDrafter, ReplayedEdge
 
-METHODS = ("edge_cloud", "cloud", "server_speculative")  # the LINK_METHODS that need a server (specnb.study.methods)
+SERVED = ("edge_cloud", "cloud", "server_speculative")  # the LINK_METHODS this study runs against a server (specnb.study.methods)
 POLICIES = ("none", "dynamic", "wait")
 # one configuration; rows add rep, edge. gamma 0: no drafts (cloud-only); schedule: edge-cloud's draft-length
 # rule (the other methods: constant)
@@ -286,7 +286,7 @@ class Config:
     prompts: list[str] = field(default_factory=lambda: ["def parse(text):", "class Stack:"])
     ns: list[int] = field(default_factory=lambda: [1, 2, 4])
     rtts_ms: list[float] = field(default_factory=lambda: [0.0, 20.0])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(SERVED))
     policies: list[str] = field(default_factory=lambda: ["none", "dynamic"])
     gammas: list[int] = field(default_factory=lambda: [3])
     schedules: list[str] = field(default_factory=lambda: ["constant"])  # edge-cloud's draft-length rules; gamma: the cap
@@ -297,9 +297,9 @@ class Config:
     seed: int = 0
 
     def check(self) -> "Config":
-        bad = [m for m in self.methods if m not in METHODS] + [p for p in self.policies if p not in POLICIES]
+        bad = [m for m in self.methods if m not in SERVED] + [p for p in self.policies if p not in POLICIES]
         if bad:
-            raise ValueError(f"unknown methods / policies {bad}: choose from {METHODS} and {POLICIES}")
+            raise ValueError(f"unknown methods / policies {bad}: choose from {SERVED} and {POLICIES}")
         if not self.ns or min(self.ns) < 1 or not self.prompts or self.reps < 1 or self.max_new_tokens < 1:
             raise ValueError("need ns >= 1, at least one prompt, reps >= 1 and max_new_tokens >= 1")
         if not self.gammas or min(self.gammas) < 1 or min(self.rtts_ms) < 0:
