@@ -21,7 +21,7 @@ import math
 
 import pandas as pd
 
-from specnb.link.predict import speedup_bound
+from specnb.decode.schedule import speedup_bound
 
 DRAFTING = ("speculative", "hf_assisted", "prompt_lookup")
 

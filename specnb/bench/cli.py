@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 
-from ..measure import provenance as runinfo
+from ..measure import provenance
 from .. import threads
 from ..measure.clock import probe_summary
 from ..models import ModelSpec, load
@@ -177,12 +177,12 @@ def run(args: argparse.Namespace) -> int:
             "timing": timing,
             "clock": clock,
             "graphs_compiled_while_timing": graphs,
-            "versions": runinfo.versions(),
-            "machine": runinfo.machine(),
-            "git": runinfo.git_state(),
-            "created": runinfo.now(),
+            "versions": provenance.versions(),
+            "machine": provenance.machine(),
+            "git": provenance.git_state(),
+            "created": provenance.now(),
         }
-        runinfo.write_json_atomic(args.json_path, record)
+        provenance.write_json_atomic(args.json_path, record)
         print(f"record written to {args.json_path}")
     return 0
 
@@ -212,8 +212,8 @@ def _peer(args: argparse.Namespace, edge, cloud, questions, prompts, prompting, 
         record = {"kind": "bench-peer-llama.cpp",
                   "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"gamma": gamma},
                   "prompts": [q.text for q in questions], "prompting": prompting.describe(), "threads": thr,
-                  **out, "versions": runinfo.versions(), "machine": runinfo.machine(), "git": runinfo.git_state(),
-                  "created": runinfo.now()}
-        runinfo.write_json_atomic(args.json_path, record)
+                  **out, "versions": provenance.versions(), "machine": provenance.machine(), "git": provenance.git_state(),
+                  "created": provenance.now()}
+        provenance.write_json_atomic(args.json_path, record)
         print(f"record written to {args.json_path}")
     return 0

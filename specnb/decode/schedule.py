@@ -22,7 +22,7 @@ from ..measure.metrics import estimate_alpha
 from .adaptive import STOPPING, Controller, can_stop, stop_rule
 
 SCHEDULES = ("constant", "heuristic", "cost") + STOPPING
-MAX_GAMMA = 16
+MAX_GAMMA = 16  # the longest draft a schedule proposes, and the range the bound's best draft length is sought in
 
 
 def expected_tokens(alpha: float, g: int) -> float:
@@ -33,13 +33,21 @@ def expected_tokens(alpha: float, g: int) -> float:
 
 
 
-def speedup_limit(alpha: float, gamma: int, c: float) -> float:
-    """S(alpha, gamma, c) = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)): Leviathan et al. 2023, Thm 3.8.
+def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0, ahead: int = 0) -> float:
+    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over the cloud's autoregressive decoding.
 
-    The expected wall-time speed-up over autoregressive decoding of the cloud, with c the cost
-    of one edge step relative to one cloud step.
+    ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
+    time per round / cloud step. ``v = 1, r = 0`` is Leviathan et al. 2023, Thm 3.8. ``ahead`` = k > 0
+    rounds drafted ahead (:mod:`specnb.decode.ahead`): a round kept whole (probability b = a^(g+1)) costs
+    D = max((g+1) c, v, (v + r)/(k+1)) instead, S = E / ((1 - b)(g c + v + r) + b D) (derivation:
+    :mod:`specnb.link.predict`). In seconds instead of cloud steps it is tokens per second.
     """
-    return expected_tokens(alpha, gamma) / (gamma * c + 1.0)
+    serial = gamma * c + v + r  # one round: draft, verify, round trip
+    if not ahead:
+        return expected_tokens(alpha, gamma) / serial
+    whole = alpha ** (gamma + 1)  # all g drafts accepted and the cloud's own token guessed
+    kept = max((gamma + 1) * c, v, (v + r) / (ahead + 1))  # a round after one kept whole
+    return expected_tokens(alpha, gamma) / ((1 - whole) * serial + whole * kept)
 
 
 @dataclass
@@ -111,4 +119,4 @@ class Schedule:
         alpha = estimate_alpha(self.accepted + 1, self.rejected_rounds + 1)  # +1 each: never exactly 0 or 1
         t_draft = self.draft_s / self.drafted
         t_verify = self.verify_s / self.rounds
-        return max(range(1, self.gamma + 1), key=lambda g: expected_tokens(alpha, g) / (g * t_draft + t_verify))
+        return max(range(1, self.gamma + 1), key=lambda g: speedup_bound(alpha, g, t_draft, t_verify))  # in seconds: same argmax

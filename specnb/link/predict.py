@@ -6,7 +6,7 @@ time and the round trip's remaining time (``round_link_s``: the transport plus w
 wall time (drafting, the loop, the server) does not depend on the link, so for a profile L::
 
     wall(L) = wall - sum(link_i) + sum(transport_i + L.round_time(up_i, down_i)),
-    transport_i = link_i - emulated_i      (the real socket's own cost, ~0.15 ms on loopback)
+    transport_i = link_i - emulated_i      (the real socket's own cost: docs/link.md, "Transport")
 
 **Bound.** Leviathan et al. (2023, Thm 3.8) give the expected speed-up of speculation over the
 cloud's autoregressive decoding as E(a, g) / (g c + 1), E(a, g) = (1 - a^(g+1)) / (1 - a) tokens
@@ -35,21 +35,20 @@ geometric, so per round on average the time is (1 - b)(g c + v + r) + b D, and::
 
     S_ahead(a, g, c, v, r, k) = E(a, g) / ((1 - b)(g c + v + r) + b D)
 
-k = 0 gives S. Drafting ahead pays only through b: each kept round saves g c + v + r - D. When the
-edge's drafts are rarely accepted whole (small a, long g) it changes nothing, and the best g with it is
-shorter than without. Not modelled: the part of a draft step the edge is in when a verdict drops its
-work (at most one step, c), and any slowdown of the two sides sharing a process (Python's GIL:
-docs/drafting-ahead.md).
+(``speedup_bound(..., ahead=k)``; k = 0 gives S). Drafting ahead pays only through b: each kept round
+saves g c + v + r - D. When the edge's drafts are rarely accepted whole (small a, long g) it changes
+nothing, and the best g with it is shorter than without. Not modelled: the part of a draft step the
+edge is in when a verdict drops its work (at most one step, c), the pipeline's refill after each
+rejection, and any slowdown of the two sides sharing a process (Python's GIL: docs/drafting-ahead.md).
+A run that drafted ahead is predicted from the model (:func:`ahead_loop_s`), its rounds overlapping.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..decode.schedule import expected_tokens
+from ..decode.schedule import MAX_GAMMA, expected_tokens, speedup_bound
 from .emulate import Link
-
-MAX_GAMMA = 32
 
 
 def predict(generation: Any, link: Link) -> float:
@@ -92,31 +91,15 @@ def ahead_loop_s(m: dict[str, Any], link: Link | None) -> float:
     return m["new_tokens"] / rate
 
 
-def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0, ahead: int = 0) -> float:
-    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over cloud-only decoding; with
-    ``ahead`` = k > 0 rounds drafted ahead, S_ahead of the module doc.
-
-    ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
-    time per round / cloud step. ``v = 1, r = 0, ahead = 0`` is Leviathan et al.'s S(a, g, c). Divided by
-    the cloud step in seconds it is the expected tokens per second.
-    """
-    serial = gamma * c + v + r  # one round: draft, verify, round trip
-    if not ahead:
-        return expected_tokens(alpha, gamma) / serial
-    whole = alpha ** (gamma + 1)  # all g drafts accepted and the cloud's own token guessed
-    kept = max((gamma + 1) * c, v, (v + r) / (ahead + 1))  # a round after one kept whole
-    return expected_tokens(alpha, gamma) / ((1 - whole) * serial + whole * kept)
-
-
 def best_gamma(alpha: float, c: float, v: float = 1.0, r: float = 0.0, max_gamma: int = MAX_GAMMA,
                ahead: int = 0) -> int:
-    """The draft length maximizing :func:`speedup_bound` (1..max_gamma)."""
+    """The draft length maximizing :func:`speedup_bound` (1..max_gamma), with ``ahead`` rounds drafted ahead."""
     return max(range(1, max_gamma + 1), key=lambda g: speedup_bound(alpha, g, c, v, r, ahead))
 
 
 def crossover_r(alpha: float, c: float, v: float = 1.0, max_gamma: int = MAX_GAMMA) -> float:
-    """The link time per round (in cloud steps) beyond which no g gives S > 1: cloud-only wins
-    (without drafting ahead).
+    """The link time per round (in cloud steps) beyond which no g gives S > 1: cloud-only wins (without
+    drafting ahead).
 
     max_g S = 1  <=>  r = max_g (E(a, g) - g c) - v.
     """
