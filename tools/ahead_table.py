@@ -1,4 +1,4 @@
-"""Issue 33's table: edge-cloud speculation with and without drafting ahead, per link, on the embedded pair.
+"""The drafting-ahead table: edge-cloud speculation with and without drafting ahead, per link, on the embedded pair.
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links RTT 0, 5, 20,
 50 ms (``Link(rtt_ms, 100 Mbit/s)``), and ``inproc`` (both models in this process, the cloud verifying on a
