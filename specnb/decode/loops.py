@@ -212,7 +212,8 @@ def speculative(
     (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
     ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive`` stop a draft of up to ``gamma``
     after an unsure token, :mod:`specnb.decode.adaptive`; ``controller``: the ``adaptive`` schedule's learnt
-    state, passed again to carry it over generations of the same edge and cloud). ``optimized=True`` gives both models the set-up of the
+    state, passed again to carry it over generations of the same edge and cloud; a ``connect()`` session keeps
+    one per edge itself, ``cloud.controller_for(edge)``). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to one of a few fixed widths
     (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
@@ -229,6 +230,8 @@ def speculative(
     _check_common(max_new_tokens, temperature, top_k, top_p)
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
+    if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
+        controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)
     text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
     if text is None:
