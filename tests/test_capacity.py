@@ -1,5 +1,5 @@
-"""The capacity study (specnb/link/capacity.py, specnb/report/capacity.py) and server-side speculation
-on a batching server (specnb/link/server_spec.py).
+"""The capacity study (specnb/study/capacity.py, specnb/report/capacity.py) and server-side speculation
+on a batching server (specnb/link/server_speculation.py).
 
 The summaries are pure functions checked on hand-made rows; one tiny study (N = 1, 2, every method,
 both policies, real and replayed edges) runs end to end through real local servers. No timing asserts.
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from specnb import ModelSpec, connect, load, speculative
-from specnb.link import capacity as C
-from specnb.link.service import CloudService, start
+from specnb.study import capacity as C
+from specnb.link.server import CloudService, start
 from specnb.report import capacity as R
 from serving import run_concurrently
 
@@ -253,7 +253,7 @@ def test_an_adaptive_study_records_per_rtt_replays_and_carries_its_schedule():
 
 
 def test_a_recording_takes_the_schedules_stop_rule_and_replays_its_lengths(pair):
-    from specnb.link.replay import RecordingDrafter, ReplayedEdge
+    from specnb.study.replay import RecordingDrafter, ReplayedEdge
 
     prompt = PROMPTS[0]
     plain = speculative(pair["edge"], pair["cloud"], prompt, 24, gamma=8, schedule="confidence")

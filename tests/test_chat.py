@@ -130,7 +130,7 @@ def test_a_bad_value_names_the_valid_ones():
 def test_a_cloud_across_the_link_brings_its_template():
     """The link's client loads the server's tokenizer from the files the server sends: the template travels."""
     from specnb.link.client import _load_tokenizer
-    from specnb.link.service import _tokenizer_files
+    from specnb.link.server import _tokenizer_files
 
     tok = tokenizer()
     remote = _load_tokenizer(_tokenizer_files(SimpleNamespace(tokenizer=tok)))
@@ -232,7 +232,8 @@ def test_the_link_study_decodes_templated_ids_in_every_way(chat_pair):
     """The edge-cloud study notebook renders prompts once (the cloud's template) and passes token ids: the
     cloud-only, server-side and edge-cloud ways across a real `specnb serve` all decode them, greedily alike."""
     from specnb import ModelSpec, autoregressive, connect, load
-    from specnb.link import local_server, study
+    from specnb.link import local_server
+    from specnb.study import rtt
 
     edge = load(ModelSpec(chat_pair["edge"], dtype="float32", device="cpu", threads=1))
     with local_server(chat_pair["cloud"], draft=chat_pair["edge"]) as address:
@@ -240,7 +241,7 @@ def test_the_link_study_decodes_templated_ids_in_every_way(chat_pair):
         prompting = Prompting(cloud.tokenizer, "auto", "cloud")
         assert prompting.templated
         ids = [prompting.render(QUESTION)]
-        df = study.link_grid(edge, cloud, ids, rtts_ms=(0,), gammas=(2,), max_new_tokens=6, reps=1, server_gamma=2)
+        df = rtt.link_grid(edge, cloud, ids, rtts_ms=(0,), gammas=(2,), max_new_tokens=6, reps=1, server_gamma=2)
     local = autoregressive(load(ModelSpec(chat_pair["cloud"], dtype="float32", device="cpu")), ids[0], 6).tokens
     ways = df[df.method != "edge"]
     assert set(ways.method) == {"cloud", "server_speculative", "edge_cloud"}

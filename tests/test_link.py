@@ -207,7 +207,7 @@ def test_local_server_reports_a_server_that_cannot_start(tmp_path):
 def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server):
     """schedule='adaptive' through the link on a LinkProfile keeps the greedy output; the study runs it
     beside fixed gammas and sets it against the best of them."""
-    from specnb.link import study
+    from specnb.study import rtt
     from specnb.link.profile import LinkProfile
 
     edge, cloud = models["edge"], models["cloud"]
@@ -215,12 +215,12 @@ def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server
     remote = connect(server, link=profile)
     g = speculative(edge, remote, PROMPTS[0], N, gamma=8, schedule="adaptive")
     assert g.tokens == autoregressive(cloud, PROMPTS[0], N).tokens
-    df = study.link_grid(edge, connect(server), PROMPTS[:2], rtts_ms=(1, profile), gammas=(2, 4), max_new_tokens=8,
+    df = rtt.link_grid(edge, connect(server), PROMPTS[:2], rtts_ms=(1, profile), gammas=(2, 4), max_new_tokens=8,
                          reps=2, server_gamma=None, schedules=("adaptive",))
     spec = df[df.method.str.startswith("edge_cloud")]
     assert set(spec.method) == {"edge_cloud", "edge_cloud:adaptive"} and set(df.rtt_ms.dropna()) == {1, profile.label}
     assert df[df.rtt_ms == profile.label].predicted_wall_s.isna().all()
-    table = study.against_best_fixed(df)
+    table = rtt.against_best_fixed(df)
     assert len(table) == 2 * 3 and (table.low <= table.vs_best_fixed).all() and (table.vs_best_fixed <= table.high).all()
     best = table[(table.method == "edge_cloud") & (table.gamma == table.best_fixed_gamma)]
     assert (best.vs_best_fixed == 1).all()
@@ -229,26 +229,26 @@ def test_adaptive_schedule_over_a_changing_link_in_the_link_study(models, server
 
 
 def test_gamma_table_checks_outputs_carries_one_controller_per_link_and_prints_the_issue_table(models, server, monkeypatch):
-    """specnb.link.adaptive_study (tools/adaptive_table.py): fixed gammas and schedules on every link,
+    """specnb.study.adaptive_gamma (tools/adaptive_table.py): fixed gammas and schedules on every link,
     interleaved; each output set against the cloud's greedy one; one adaptive controller per link for the run."""
     from specnb.decode.adaptive import Controller
-    from specnb.link import adaptive_study
+    from specnb.study import adaptive_gamma
     from specnb.link.profile import LinkProfile
 
     made = []
-    monkeypatch.setattr(adaptive_study, "Controller", lambda: made.append(Controller()) or made[-1])
+    monkeypatch.setattr(adaptive_gamma, "Controller", lambda: made.append(Controller()) or made[-1])
     profile = LinkProfile.steps([(0, Link(rtt_ms=1)), (3, Link(rtt_ms=4))], by="round")
-    df = adaptive_study.gamma_table(models["edge"], connect(server), PROMPTS[:2], links=(1, profile), gammas=(2, 4),
+    df = adaptive_gamma.gamma_table(models["edge"], connect(server), PROMPTS[:2], links=(1, profile), gammas=(2, 4),
                                     schedules=(("adaptive", 4), ("heuristic", 2)), max_new_tokens=8, reps=2)
     assert len(made) == 2 and all(sum(c.calibration.tries) > 0 for c in made)
     assert len(df) == 2 * 2 * 2 * 4 and df.identical.all()
-    s = adaptive_study.summary(df)
+    s = adaptive_gamma.summary(df)
     assert s.identical.all() and len(s) == 2 * 4
     broken = df.copy()
     broken.loc[broken.method == "edge_cloud:heuristic", "identical"] = False
-    assert not adaptive_study.summary(broken).set_index("method").loc["edge_cloud:heuristic"].identical.any()
-    table = adaptive_study.markdown(s).splitlines()
+    assert not adaptive_gamma.summary(broken).set_index("method").loc["edge_cloud:heuristic"].identical.any()
+    table = adaptive_gamma.markdown(s).splitlines()
     assert table[0].startswith("| link | best fixed (tok/s) | g2 | g4 | adaptive | heuristic |")
     assert len(table) == 2 + 2 and table[2].startswith("| 1 ms |") and table[3].startswith(f"| {profile.label} |")
-    shares = adaptive_study.stage_shares(df, profile.label)  # emulated one-way delays: RTT / 2 up + down
+    shares = adaptive_gamma.stage_shares(df, profile.label)  # emulated one-way delays: RTT / 2 up + down
     assert set(shares) == {1, 4} and sum(shares.values()) == pytest.approx(1, abs=0.01)

@@ -20,7 +20,7 @@ import pytest
 
 from serving import HANG_S, build_pair, launch, readline, start_server, stop
 from specnb import autoregressive, connect, speculative
-from specnb.link.service import SERVICE, settings_to_dict
+from specnb.link.server import SERVICE, settings_to_dict
 from specnb.link.wire import Message, decode, encode
 from specnb.decode.roles import RoundSettings
 

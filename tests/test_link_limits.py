@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from specnb.link.limits import BadMessage, Limits, check_generate, check_verify, parse, settings_in
-from specnb.link.service import settings_to_dict
+from specnb.link.server import settings_to_dict
 from specnb.link.wire import Message, encode
 from specnb.decode.roles import RoundSettings
 

@@ -100,27 +100,27 @@ def test_study_summaries_on_synthetic_rows():
     (g * 1 ms + 10 ms) plus the RTT per round; cloud-only pays the RTT once."""
     import pandas as pd
 
-    from specnb.link import study
+    from specnb.study import rtt
 
     rows = []
     for rep in range(2):
         for prompt in range(3):
             rows.append(dict(method="edge", gamma=None, rtt_ms=None, rep=rep, prompt=prompt, new_tokens=64, wall_s=0.2,
                              emulated_s=0.0, round_trips=0, bytes_up=0, bytes_down=0))
-            for rtt in (0.0, 20.0):
-                rows.append(dict(method="cloud", gamma=None, rtt_ms=rtt, rep=rep, prompt=prompt, new_tokens=64,
-                                 wall_s=0.64 + rtt / 1e3, emulated_s=rtt / 1e3, round_trips=1, bytes_up=100, bytes_down=64 * 22))
+            for ms in (0.0, 20.0):
+                rows.append(dict(method="cloud", gamma=None, rtt_ms=ms, rep=rep, prompt=prompt, new_tokens=64,
+                                 wall_s=0.64 + ms / 1e3, emulated_s=ms / 1e3, round_trips=1, bytes_up=100, bytes_down=64 * 22))
                 for g in (1, 4):
                     rounds = 64 / (g / 2 + 1)
-                    rows.append(dict(method="edge_cloud", gamma=g, rtt_ms=rtt, rep=rep, prompt=prompt, new_tokens=64,
-                                     wall_s=rounds * (g * 1e-3 + 10e-3 + rtt / 1e3), emulated_s=rounds * rtt / 1e3,
+                    rows.append(dict(method="edge_cloud", gamma=g, rtt_ms=ms, rep=rep, prompt=prompt, new_tokens=64,
+                                     wall_s=rounds * (g * 1e-3 + 10e-3 + ms / 1e3), emulated_s=rounds * ms / 1e3,
                                      round_trips=rounds, bytes_up=rounds * (14 + 4 * g), bytes_down=rounds * 17))
     df = pd.DataFrame(rows)
     df["predicted_wall_s"] = df.wall_s
-    best = study.best_gammas(df)
+    best = rtt.best_gammas(df)
     assert best.gamma.tolist() == [4, 4] and best.speedup.iloc[0] > 1 > best.speedup.iloc[1]
-    assert study.speedups(df).query("method == 'edge'").speedup.iloc[0] == pytest.approx(3.2)
-    assert (study.prediction_errors(df).error == 0).all()
-    assert study.bytes_per_token(df).query("method == 'cloud'").down_per_token.iloc[0] == pytest.approx(22)
+    assert rtt.speedups(df).query("method == 'edge'").speedup.iloc[0] == pytest.approx(3.2)
+    assert (rtt.prediction_errors(df).error == 0).all()
+    assert rtt.bytes_per_token(df).query("method == 'cloud'").down_per_token.iloc[0] == pytest.approx(22)
     # gamma 4: 64/3 rounds of 14 ms + RTT; cloud-only: 640 ms + one RTT; equal at RTT = 341.3 / 20.33 = 16.8 ms
-    assert study.crossover_rtt(df) == pytest.approx(16.8, abs=0.5)
+    assert rtt.crossover_rtt(df) == pytest.approx(16.8, abs=0.5)

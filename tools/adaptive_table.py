@@ -2,10 +2,10 @@
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links
 RTT 5, 20, 50 ms and two whose RTT changes during each generation
-(:func:`specnb.link.adaptive_study.changing_link`, :func:`~specnb.link.adaptive_study.handover_link`),
+(:func:`specnb.study.adaptive_gamma.changing_link`, :func:`~specnb.study.adaptive_gamma.handover_link`),
 100 Mbit/s; held-out prompts (``builtin:code``), greedy, interleaved; every output checked against the
 cloud's greedy decoding. Writes ``rows.csv``, ``summary.csv``, ``table.md`` and ``run.json`` (conditions,
-load before and after, wall time) under ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.link.adaptive_study.SCHEDULES`.
+load before and after, wall time) under ``docs/measurements/adaptive-<date>/``. Schedules and caps: :data:`specnb.study.adaptive_gamma.SCHEDULES`.
 About 10 minutes on 2 quiet cores with every link (estimated: 5.6 minutes for the
 four links of 2026-12-04, 5.5 for ``--links 1,handover`` on 2026-12-05).
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
     from specnb.link import local_server
-    from specnb.link.adaptive_study import (GAMMAS, SCHEDULES, changing_link, gamma_table, handover_link, markdown,
+    from specnb.study.adaptive_gamma import (GAMMAS, SCHEDULES, changing_link, gamma_table, handover_link, markdown,
                                             stage_shares, summary)
     from specnb.prompts import load_prompts
 
@@ -111,7 +111,7 @@ def combine(runs: list[Path], out: Path) -> int:
     the cloud's greedy one."""
     import pandas as pd
 
-    from specnb.link.adaptive_study import markdown, summary
+    from specnb.study.adaptive_gamma import markdown, summary
 
     parts, conditions, offset = [], [], 0
     for run in runs:

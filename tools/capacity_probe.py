@@ -20,7 +20,7 @@ import threading
 import time
 
 from specnb import ModelSpec, connect, load, speculative
-from specnb.link.replay import RecordingDrafter, ReplayedEdge
+from specnb.study.replay import RecordingDrafter, ReplayedEdge
 
 
 def serve(policy: str, max_batch: int) -> tuple[subprocess.Popen, str]:

@@ -3,7 +3,7 @@
 A serving engine that scores a client's draft as ``prompt_logprobs`` recomputes the whole context every
 round (vLLM does not cache prompt logprobs); a ``specnb serve`` session keeps its KV cache and runs only
 ``gamma + 1`` tokens. Prints, per model and context length, both per-round costs on this machine (one
-CPU thread, float32, medians) and their ratio (:func:`specnb.link.capacity.uncached_cost`).
+CPU thread, float32, medians) and their ratio (:func:`specnb.study.capacity.uncached_cost`).
 
     PYTHONPATH=$PWD python tools/verify_cost.py --model zoo:tiny-cloud --lengths 64 128 256 448
     PYTHONPATH=$PWD python tools/verify_cost.py --model registry:smollm2-135m-instruct --lengths 256 512 1024 2048
@@ -17,7 +17,7 @@ import os
 import torch
 
 from specnb import ModelSpec, load
-from specnb.link.capacity import uncached_cost
+from specnb.study.capacity import uncached_cost
 
 
 def markdown(df) -> str:

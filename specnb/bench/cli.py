@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", dest="json_path", default=None,
                         help="also write the record (ratios, intervals, per-rep per-prompt tables, clock probes) here "
                              "(default: %(default)s = not written)")
+    parser.add_argument("--peer", choices=("llama.cpp",), default=None,
+                        help="instead of the variants: llama.cpp's speculative decoding over its own single-model decoding, "
+                             "beside specnb's over its cloud, on the same GGUF files and prompts, at one gamma "
+                             "(--lever-gamma, else the middle of --gammas); needs --llama-cpp (default: off)")
+    parser.add_argument("--llama-cpp", metavar="DIR", default=None,
+                        help="folder holding llama.cpp's llama-completion and llama-speculative-simple (default: $SPECNB_LLAMA_CPP)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 prompts, 16 tokens, gammas 2,4, 1 rep; checks the pipeline, not figures to quote "
                              "(default: off)")
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     questions = load_prompts(args.prompts, limit=args.limit)
     prompting = Prompting(cloud.tokenizer, args.chat_template, "cloud")
     prompts = [prompting.render(q) for q in questions]  # token ids of each first turn: one turn per prompt here
+    if args.peer:
+        return _peer(args, edge, cloud, questions, prompts, prompting, lever_gamma)
     ms, graphs, timing = measure(edge, cloud, prompts, args.max_new_tokens, gammas, args.reps, lever_gamma)
     by = {m.label: m for m in ms}
     r = ratios(ms, _step_seconds(by["edge"]), _step_seconds(by["cloud"]))
@@ -167,6 +175,38 @@ def run(args: argparse.Namespace) -> int:
             "git": runinfo.git_state(),
             "created": runinfo.now(),
         }
+        runinfo.write_json_atomic(args.json_path, record)
+        print(f"record written to {args.json_path}")
+    return 0
+
+
+def _peer(args: argparse.Namespace, edge, cloud, questions, prompts, prompting, gamma: int) -> int:
+    """``--peer llama.cpp``: :func:`specnb.bench.llamacpp.compare`, printed and recorded."""
+    from . import llamacpp
+
+    try:
+        files = llamacpp.gguf_file(args.edge), llamacpp.gguf_file(args.cloud)
+        llamacpp.programs(args.llama_cpp)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"specnb bench --peer llama.cpp: {err}")
+    print(f"specnb bench --peer llama.cpp: {args.edge} -> {args.cloud}; specnb at {args.dtype} (dense), llama.cpp on the "
+          f"GGUF files; {len(prompts)} prompts x {args.max_new_tokens} tokens, gamma {gamma}, {args.reps} reps; "
+          f"{'chat template' if prompting.templated else 'raw text'}", flush=True)
+    out = llamacpp.compare(edge, cloud, *files, prompts, args.max_new_tokens, gamma, args.reps, args.llama_cpp)
+    print(f"\n{'side':<40}{'single tok/s':>13}{'spec tok/s':>12}{'acceptance':>12}  speed-up (95% CI)   output")
+    for s in out["sides"]:
+        acc = "-" if s["acceptance"] is None else f"{s['acceptance']:.3f}"
+        print(f"{s['side']:<40}{s['single_tokens_per_s']:>13.2f}{s['speculative_tokens_per_s']:>12.2f}{acc:>12}  "
+              f"{ci_text({'value': s['speedup'], 'low': s['low'], 'high': s['high'], 'measurable': not s['low'] <= 1.0 <= s['high']})}"
+              f"   {s['output_matches']}")
+    print("absolute tokens/s differ by design (quantized kernels vs dense torch); the speed-ups compare the methods.")
+    if args.json_path:
+        thr = threads.describe()
+        record = {"kind": "bench-peer-llama.cpp",
+                  "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"gamma": gamma},
+                  "prompts": [q.text for q in questions], "prompting": prompting.describe(), "threads": thr,
+                  **out, "versions": runinfo.versions(), "machine": runinfo.machine(), "git": runinfo.git_state(),
+                  "created": runinfo.now()}
         runinfo.write_json_atomic(args.json_path, record)
         print(f"record written to {args.json_path}")
     return 0

@@ -162,7 +162,7 @@ class CloudVerifier:
 
     def settle(self, start: int, draft: list[int], logits: torch.Tensor, q: torch.Tensor | None) -> Verdict:
         """The rule on a round's logits (scored here, or in a batch across sessions:
-        :mod:`specnb.link.batching`), then the cache cut back; ``start``: the length before the round."""
+        :mod:`specnb.link.server_batching`), then the cache cut back; ``start``: the length before the round."""
         n, token = self._rule(draft, logits, q)
         self.keep(start + 1 + n)  # the cache then holds seq + draft[:n]; the cloud's token is next round's input
         return Verdict(n, token)

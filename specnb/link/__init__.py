@@ -1,4 +1,4 @@
-"""The edge-cloud link: the cloud verifier as a service, ``connect``, ``Link`` emulation, prediction.
+"""The edge-cloud link, the network only: the cloud verifier as a service, ``connect``, ``Link`` emulation, prediction.
 
 ::
 
@@ -22,7 +22,7 @@ docs/link.md. Limits, deadlines, tokens and TLS: docs/link-security.md and :mod:
 from .client import RemoteCloud, RemoteError, RemoteVerifier, connect
 from .emulate import Link
 from .limits import BadMessage, Limits
-from .local import local_server
+from .loopback import local_server
 from .predict import best_gamma, crossover_r, link_steps, predict, speedup_bound
 
 __all__ = ["connect", "Link", "RemoteCloud", "RemoteVerifier", "RemoteError", "predict", "speedup_bound",

@@ -47,7 +47,7 @@ from ..decode.roles import RoundSettings, Verdict
 from ..decode.verifying import residual_sample
 from .emulate import Direction, Link, sleep_until
 from .limits import Limits, check_generate, check_verify
-from .service import KEEPALIVE, SERVICE, settings_to_dict, versions
+from .server import KEEPALIVE, SERVICE, settings_to_dict, versions
 from .wire import Message, decode, encode, wire_bytes
 
 GENERATE_KW = ("temperature", "top_k", "top_p", "seed", "optimized", "compile")

@@ -1,6 +1,6 @@
 """The capacity study's findings (English / 中文), its curves, and its records on disk.
 
-Every sentence is built from the tables of :mod:`specnb.link.capacity` it states; nothing here is
+Every sentence is built from the tables of :mod:`specnb.study.capacity` it states; nothing here is
 fixed prose about one run.
 """
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..link.capacity import Result, with_schedule
+from ..study.capacity import Result, with_schedule
 from .findings import Text
 
 NAMES = {"edge_cloud": "edge-cloud speculation", "cloud_only": "cloud-only streaming",

@@ -195,7 +195,7 @@ def bench(record: dict[str, Any] | None) -> plt.Figure:
 
 def link_speedups(sp: pd.DataFrame) -> plt.Figure:
     """Speed-up over cloud-only streaming vs RTT, one line per method (edge-cloud at each gamma), with
-    95% intervals (:func:`specnb.link.study.speedups`)."""
+    95% intervals (:func:`specnb.study.rtt.speedups`)."""
     if sp.empty:
         return _empty("speed-up vs RTT")
     fig, ax = plt.subplots(figsize=(8, 4))

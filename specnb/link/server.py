@@ -21,7 +21,7 @@ carry it (gRPC metadata ``authorization: Bearer TOKEN``); see ``docs/link-securi
 Sessions run concurrently on the server's threads; their model calls take turns (one lock per
 server), so no session sees another's state. With ``batch`` other than ``none``, the verify rounds of
 concurrent plain sessions, and the tokens of cloud-only streams (a round with an empty draft), run as
-one forward pass (:mod:`specnb.link.batching`), each on its own cache.
+one forward pass (:mod:`specnb.link.server_batching`), each on its own cache.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from .._version import __version__
 from ..decode.loops import as_verifier, speculative
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings
-from .batching import Batcher, batchable
+from .server_batching import Batcher, batchable
 from .limits import BadMessage, Limits, check_generate, check_verify, parse
-from .server_spec import ServerCloud, ServerDraft
+from .server_speculation import ServerCloud, ServerDraft
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
@@ -110,7 +110,7 @@ class Session:
             solo = batcher is None or not batchable(verifier)
             if solo:
                 n, tok, row = self._settle(verifier, verifier.length, draft, msg, None, last)
-        if not solo:  # this round joins the next batch across sessions (specnb.link.batching)
+        if not solo:  # this round joins the next batch across sessions (specnb.link.server_batching)
             start = verifier.length
             n, tok, row = batcher.submit(verifier, [last] + draft,
                                          lambda logits: self._settle(verifier, start, draft, msg, logits))

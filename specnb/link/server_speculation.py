@@ -5,17 +5,17 @@ speculation runs the usual loop (:func:`specnb.decode.loops.speculative`) with t
 models:
 
 * :class:`ServerDraft`: the draft model, whose drafters (:class:`BatchedDrafter`) send each draft
-  step (one forward of 1 or 2 tokens) to the server's *draft* :class:`~specnb.link.batching.Batcher`,
+  step (one forward of 1 or 2 tokens) to the server's *draft* :class:`~specnb.link.server_batching.Batcher`,
   so the draft steps of concurrent server-side generations run in one forward of the draft model
   (its prefill, and a drafter with a per-token stop rule or a suppressed vocabulary, run alone under
   the lock);
 * :class:`ServerCloud`: the cloud model, whose verifiers (:class:`BatchedVerifier`) send each round
-  to the server's cloud :class:`~specnb.link.batching.Batcher`, so the verify rounds of concurrent
+  to the server's cloud :class:`~specnb.link.server_batching.Batcher`, so the verify rounds of concurrent
   server-side generations, edge-cloud sessions and cloud-only streams run in one forward.
 
 Each generation keeps its own caches (draft and cloud), its own generators and its own acceptance
 rule, exactly as the solo loop; only where the logits are computed changes (one forward for many
-sessions, equal to the solo forward to float rounding: :mod:`specnb.link.batching`). A draft step
+sessions, equal to the solo forward to float rounding: :mod:`specnb.link.server_batching`). A draft step
 picks its token from the last position's logits as :class:`~specnb.decode.drafting.EdgeDrafter`
 does. Both batchers hold the server's one model lock while they run, so draft and verify forwards take
 turns as on one accelerator (the server's compute is one resource for every method). Without batching
@@ -33,7 +33,7 @@ from ..decode.loops import as_drafter, as_verifier
 from ..decode.roles import RoundSettings, Verdict
 from ..decode.sampling import pick
 from ..decode.steps import as_ids
-from .batching import Batcher, batchable
+from .server_batching import Batcher, batchable
 
 
 class _Delegate:

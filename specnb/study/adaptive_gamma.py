@@ -7,7 +7,7 @@ prompt. The ``adaptive`` schedule gets one :class:`~specnb.decode.adaptive.Contr
 over the prompts and repetitions of the run (as a deployment would keep one per edge-cloud connection);
 it starts fresh, so its learning is inside the measurement. :func:`summary` gives each variant's speed
 over the best fixed gamma of that link (chosen after the fact) with the paired bootstrap interval
-(:func:`specnb.link.study.against_best_fixed`), and :func:`markdown` the table of docs/adaptive-gamma.md.
+(:func:`specnb.study.rtt.against_best_fixed`), and :func:`markdown` the table of docs/adaptive-gamma.md.
 
 :func:`changing_link` is the link whose RTT changes during a generation: 5 ms, then 50 ms, then 20 ms
 (the issue's example), with stage starts placed so that each stage carries about a third of a 64-token
@@ -24,10 +24,10 @@ import pandas as pd
 
 from ..decode.adaptive import Controller
 from ..decode.loops import autoregressive, speculative
-from .client import RemoteCloud
-from .emulate import Link
-from .profile import LinkProfile
-from .study import _row, against_best_fixed
+from ..link.client import RemoteCloud
+from ..link.emulate import Link
+from ..link.profile import LinkProfile
+from .rtt import _row, against_best_fixed
 
 # (schedule, gamma: its cap, or the heuristic's start): cost, heuristic and confidence as in the issue's table;
 # adaptive may draft up to 32 on easy text (the controller sets the length below the cap), so the fixed
@@ -58,7 +58,7 @@ def gamma_table(edge: Any, cloud: RemoteCloud, prompts: list, *, links: tuple = 
                 schedules: tuple[tuple[str, int], ...] = SCHEDULES, max_new_tokens: int = 64,
                 bandwidth_mbps: float | None = 100, reps: int = 2, seed: int = 0,
                 progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per generation (greedy), as :func:`specnb.link.study.link_grid`'s rows (method ``edge_cloud`` at a
+    """One row per generation (greedy), as :func:`specnb.study.rtt.link_grid`'s rows (method ``edge_cloud`` at a
     fixed gamma, ``edge_cloud:<schedule>`` for a schedule), plus ``identical``: the tokens equal the cloud's
     greedy decoding. ``links``: RTTs in ms or :class:`LinkProfile` s. ``prompts``: texts or token ids."""
     order = random.Random(seed)

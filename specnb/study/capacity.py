@@ -5,7 +5,7 @@ case is *capacity*: the edges draft, so one verifier serves more users at the sa
 :func:`run` loads one local server (127.0.0.1) with N concurrent users of three methods:
 
 * ``edge_cloud``: edge-cloud speculation. For large N the edges are *replayed*
-  (:mod:`specnb.link.replay`): each plays back a real edge run of its prompt (its drafts after its
+  (:mod:`specnb.study.replay`): each plays back a real edge run of its prompt (its drafts after its
   drafting times, sleeping), so 32 edges cost the machine sleeps, not 32 edge models; for the N in
   ``real_ns`` the same runs are also made with real edges (the edge model drafting in threads of this
   process) and both goodputs are kept (:func:`replay_check`);
@@ -13,7 +13,7 @@ case is *capacity*: the edges draft, so one verifier serves more users at the sa
   round with an empty draft);
 * ``server_spec``: server-side speculation (``serve --draft``): the server drafts and verifies; on a
   batching server its verify rounds join the cloud's batches and its draft steps the draft model's
-  (:mod:`specnb.link.server_spec`).
+  (:mod:`specnb.link.server_speculation`).
 
 Each user gets its own emulated link (``Link(rtt_ms)``) and its own prompt (round robin over the
 prompts, so rounds are ragged as real traffic is). A *run* is one (method, policy, RTT, schedule, gamma,
@@ -65,9 +65,9 @@ from ..decode.adaptive import Controller
 from ..decode.loops import speculative
 from ..decode.schedule import SCHEDULES
 from ..models import ModelSpec, load
-from .client import connect
-from .emulate import Link
-from .local import local_server
+from ..link.client import connect
+from ..link.emulate import Link
+from ..link.loopback import local_server
 from .replay import RecordingDrafter, ReplayedEdge
 
 METHODS = ("edge_cloud", "cloud_only", "server_spec")

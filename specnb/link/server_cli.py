@@ -1,4 +1,4 @@
-"""``specnb serve``: the cloud model as a verification service (see :mod:`specnb.link.service`).
+"""``specnb serve``: the cloud model as a verification service (see :mod:`specnb.link.server`).
 
 Prints exactly one line, ``listening on HOST:PORT``, once it accepts sessions (``--port 0``
 picks a free port: read the line), then serves until SIGTERM or Ctrl-C.
@@ -21,7 +21,7 @@ import torch
 
 from ..models import ModelSpec, check_pair, load
 from .limits import Limits
-from .service import CloudService, start
+from .server import CloudService, start
 
 TOKEN_ENV = "SPECNB_TOKEN"
 

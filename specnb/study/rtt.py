@@ -24,9 +24,9 @@ import pandas as pd
 from ..decode.adaptive import Controller
 from ..decode.loops import autoregressive, speculative
 from ..measure.stats import ratio_interval
-from .client import RemoteCloud
-from .emulate import Link
-from .predict import predict
+from ..link.client import RemoteCloud
+from ..link.emulate import Link
+from ..link.predict import predict
 
 KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "draft_s", "link_s", "server_s",
         "emulated_s", "bytes_up", "bytes_down", "round_trips", "round_link_s", "round_emulated_s", "round_bytes_up",
@@ -209,7 +209,7 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
     vs cloud-only streaming at the lowest RTT, per token), v = the server's time per round in cloud
     steps, r = the link's time per round (measured, emulated delay included) in cloud steps.
     """
-    from .predict import speedup_bound
+    from ..link.predict import speedup_bound
 
     base = df[df.rtt_ms == df.rtt_ms.dropna().min()]
     cloud, edge = base[base.method == "cloud"], df[df.method == "edge"]
