@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pandas as pd
 import pytest
 
 from specnb.decode.adaptive import Calibration, Controller, Prior, bound_length, recorded_prior
@@ -135,3 +136,61 @@ def test_calibration_without_a_prior_acceptance_is_unchanged():
     assert c.p(0.95) == pytest.approx(0.95) and c.mean() == pytest.approx(0.5)
     with pytest.raises(ValueError):
         Prior(alpha=1.0)
+
+
+# ---------------------------------------------------------------------------- a connect() session
+
+@pytest.fixture(scope="module")
+def pair(related_pair):
+    import subprocess
+
+    from serving import start_server, stop
+    from specnb import ModelSpec, load
+
+    proc, address = start_server(str(related_pair / "cloud"), stderr=subprocess.DEVNULL)
+    yield {name: load(ModelSpec(str(related_pair / name), device="cpu")) for name in ("cloud", "edge")} | {"address": address}
+    stop(proc)
+
+
+def test_a_session_keeps_one_controller_per_edge_over_its_generations(pair):
+    """``schedule="adaptive"`` without ``controller=`` over a connect() session: the session's controller, made at
+    the first use with the link's round trip in its prior, goes on learning over the generations; another link
+    starts again from its prior. Outputs stay the cloud's greedy ones."""
+    from specnb import autoregressive, connect, speculative
+    from specnb.link.emulate import Link
+
+    cloud = connect(pair["address"])
+    assert 0 < cloud.rtt_s < 1.0
+    remote = cloud.with_link(Link(rtt_ms=5))
+    assert remote.controllers == {} and remote.round_trip_s() == pytest.approx(cloud.rtt_s + 0.005, abs=1e-3)
+    prompts = ["def parse(text):", "import os"]
+    g1 = speculative(pair["edge"], remote, prompts[0], 12, gamma=8, schedule="adaptive")
+    (name, ctl), = remote.controllers.items()
+    seen = sum(ctl.calibration.tries)
+    assert seen > 0 and ctl.prior.rtt_s == pytest.approx(remote.round_trip_s()) and ctl.prior.alpha is None  # no record
+    g2 = speculative(pair["edge"], remote, prompts[1], 12, gamma=8, schedule="adaptive")
+    assert remote.controllers[name] is ctl and sum(ctl.calibration.tries) > seen
+    for g, p in zip((g1, g2), prompts):
+        assert g.tokens == autoregressive(pair["cloud"], p, 12).tokens
+    mine = Controller()
+    speculative(pair["edge"], remote, prompts[0], 12, gamma=8, schedule="adaptive", controller=mine)
+    assert sum(mine.calibration.tries) > 0 and remote.controllers[name] is ctl  # an explicit one is used instead
+    assert cloud.with_link(Link(rtt_ms=50)).controllers == {}
+
+
+def test_the_cold_start_study_pairs_each_generation_with_the_fixed_gammas(pair):
+    from specnb import connect
+    from specnb.link.emulate import Link
+    from specnb.study.cold_start import cold_markdown, cold_start, cold_summary
+
+    prompts = ["def parse(text):", "import os", "class Stack:"]
+    df = cold_start(pair["edge"], connect(pair["address"]), prompts, Link(rtt_ms=2), name="2", proc=0,
+                    prompt_ids=[2, 0, 1], gammas=(2, 4), cap=8, max_new_tokens=8, warmup="x")
+    assert len(df) == 3 * 4 and df.identical.all() and list(df.generation.unique()) == [1, 2, 3]
+    assert set(df.method) == {"edge_cloud", "edge_cloud:default", "edge_cloud:carried"}
+    assert list(df[df.method == "edge_cloud:default"].prompt) == [2, 0, 1]
+    assert set(df.attrs["controllers"]) == {"carried", "session-" + str(pair["edge"].spec.name_or_path)}
+    s = cold_summary(pd.concat([df, df.assign(rep=1)]), windows=((1, 1), (2, 3), (1, 3)))
+    assert len(s) == 2 * 3 and s.identical.all()
+    assert ((s.low <= s.vs_best_fixed) & (s.vs_best_fixed <= s.high)).all()
+    assert "generations 2-3" in cold_markdown(s)

@@ -63,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=3, help="--cold: fresh processes per link (default 3)")
     ap.add_argument("--generations", type=int, default=12, help="--cold: generations per process (default 12)")
     ap.add_argument("--cold-child", default=None, help=argparse.SUPPRESS)  # one process of --cold (JSON)
+    ap.add_argument("--resummarize", type=Path, default=None,
+                    help="--cold: rewrite summary.csv and table.md of this run folder from its rows.csv, no timing")
     args = ap.parse_args(argv)
     if args.cold_child:
         return cold_child(json.loads(args.cold_child))
+    if args.cold and args.resummarize:
+        return cold_resummarize(args.resummarize)
     if args.cold:
         return cold(args)
     if args.combine:
@@ -186,6 +190,23 @@ def cold(args: argparse.Namespace) -> int:
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(table)
     return 0 if run["all_identical"] else 1
+
+
+def cold_resummarize(run: Path) -> int:
+    """Summary and table of a --cold run folder again, from its rows (e.g. after a change of the table's layout);
+    run.json says with which commit."""
+    from specnb.measure.provenance import git_state
+    from specnb.study.cold_start import cold_markdown, cold_summary
+
+    df = _read_rows(run / "rows.csv")
+    s = cold_summary(df)
+    s.to_csv(run / "summary.csv", index=False)
+    (run / "table.md").write_text(cold_markdown(s) + "\n")
+    meta = json.loads((run / "run.json").read_text())
+    meta["resummarized_with"] = git_state()
+    (run / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(cold_markdown(s))
+    return 0
 
 
 def _read_rows(path: Path):

@@ -79,7 +79,9 @@ def cold_summary(df: pd.DataFrame, windows: tuple[tuple[int, int], ...] | None =
     n = int(df.generation.max())
     windows = windows or tuple(w for w in ((1, min(3, n)), (4, n), (1, n)) if w[0] <= w[1])
     out = []
-    for link, here in df.groupby(df.rtt_ms.astype(str), sort=False):
+    links = df.rtt_ms.astype(str)
+    for link in sorted(links.unique(), key=lambda x: (0, float(x), "") if x.replace(".", "").isdigit() else (1, 0.0, x)):
+        here = df[links == link]
         fixed = here[here.method == "edge_cloud"]
         speeds = fixed.groupby("gamma").apply(lambda x: x.new_tokens.sum() / x.wall_s.sum(), include_groups=False)
         best_g = int(speeds.idxmax())
