@@ -18,11 +18,17 @@ the others); both draft up to ``gamma`` tokens and may stop a round's draft afte
   and stops drafting at the length that maximizes the expected tokens per second of the round.
 
   One controller serves many generations of the same edge and cloud (``speculative(...,
-  controller=c)``; the link study keeps one per link): a 64-token generation has only 10-15 rounds,
-  too few to calibrate and fit costs from nothing (measured: a fresh controller per generation drafted
-  8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma). Before its first round it knows
-  no cost and drafts the cap (the ``cost`` schedule's first round; a long first draft also shows the
-  calibration many tokens).
+  controller=c)``; a ``connect()`` session keeps one per edge, the link study one per link): a 64-token
+  generation has only 10-15 rounds, too few to calibrate and fit costs from nothing (measured: a fresh
+  controller per generation drafted 8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma).
+
+  From a cold start it uses what is known before the first round, a :class:`Prior`: the pair's recorded
+  acceptance (counted as 16 judged drafts, so its weight fades within the first generation), the draft
+  and verify step costs, and the link's round trip (a ``connect()`` session measures it at the
+  handshake). With costs it drafts, in its first round, the length that maximizes the expected-speed-up
+  bound with the verify cost and the link time; without them it drafts the cap (the ``cost`` schedule's
+  first round; a long first draft also shows the calibration many tokens). It saves to and loads from
+  a JSON file (:meth:`Controller.save`, :meth:`Controller.load`).
 
 The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
 it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
