@@ -10,8 +10,8 @@ import sys as _sys
 
 # OpenMP threads that wait for work sleep instead of spinning (an OpenMP default lets them spin):
 # on a small CPU shared with anything else a spinning thread takes the core another needs. Only
-# effective before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins (why: README,
-# "Numbers you can quote").
+# effective before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins (figures:
+# docs/numbers.md, "Earlier default-grid runs").
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _WAIT_POLICY_AT_TORCH_LOAD = _os.environ["OMP_WAIT_POLICY"]

@@ -200,7 +200,7 @@ def thread_plan(edge: Any, cloud: Any) -> tuple[int | None, int | None]:
     """CPU thread caps for a two-model run: (for the whole run, for the edge's calls inside it).
 
     torch's thread count is process-wide and changing it rebuilds the thread pools (milliseconds
-    on a small CPU, more than a small model's step: README, "Threads"). So
+    on a small CPU, more than a small model's step: docs/numbers.md, "Threads"). So
     when the cloud runs on an accelerator (or elsewhere) the edge's cap holds for the whole run
     and nothing switches per round; only when both models share the CPU with different caps does
     the count switch around each draft phase (:class:`~specnb.decode.drafting.EdgeDrafter` caps its own

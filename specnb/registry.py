@@ -19,7 +19,6 @@ The cache is ``$SPECNB_MODELS`` when set, else ``$XDG_CACHE_HOME/specnb/models``
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -255,15 +254,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("names", nargs="+", metavar="NAME", help=f"catalogue name(s): {', '.join(CATALOGUE)}")
     f.add_argument("--force", action="store_true", help="fetch again even when the file is in the cache")
     sub.add_parser("list", help="the catalogue, and which models are in the cache")
-    d = sub.add_parser("distill", help=f"distil a small edge for a fetched model (its tokenizer): {PREFIX}NAME{EDGE_SUFFIX}")
-    d.set_defaults(_module="specnb.zoo.distill")  # the builder runs the whole stack: the cli dispatches by name
-    importlib.import_module("specnb.zoo.distill").add_arguments(d)
     parser.epilog = f"cache: ${ENV}, else ~/.cache/specnb/models; use a fetched model as {PREFIX}NAME"
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action == "distill":  # normally dispatched to specnb.zoo.distill by the cli (set_defaults)
-        return importlib.import_module("specnb.zoo.distill").run(args)
     if args.action == "list":
         print(f"cache: {models_home()}")
         for r in rows():

@@ -3,7 +3,7 @@
 torch's intra-op thread count is process-wide. On a small CPU shared with anything else (the
 notebook server, another grid cell, the operating system), an OpenMP thread that finds its
 core busy makes every parallel region wait for it, and a decode step can get many times slower
-with two threads than with one (figures: README, "Numbers you can quote"). So specnb's default for a model whose
+with two threads than with one (figures: docs/numbers.md, "Earlier default-grid runs"). So specnb's default for a model whose
 ``threads`` is None is :func:`default_threads`: ``OMP_NUM_THREADS`` when set (the grid's
 executor sets it per cell from the cores it gives the cell), else the cores this process may
 run on (its affinity mask) minus one left for everything else, at least one.

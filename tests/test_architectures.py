@@ -3,7 +3,7 @@ folder and loaded with :func:`specnb.load`, greedy speculative decoding == autor
 Hugging Face ``generate``, in the plain set-up and the optimized one.
 
 Sliding-window families get a window shorter than the prompt + output, so that speculation rolls its
-caches back past the window (the crash of issue 14). The optimized set-up runs eager here
+caches back past the window (where a crop once crashed). The optimized set-up runs eager here
 (``compile=False``: static caches, padded verification); only Gemma 3's cloud, with hybrid sliding/full
 layers, also runs through ``torch.compile`` (:func:`test_compiled_steps_past_the_window`): compiling
 every family would cost minutes on a small CPU.

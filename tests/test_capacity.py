@@ -7,11 +7,14 @@ both policies, real and replayed edges) runs end to end through real local serve
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from specnb import ModelSpec, connect, load, speculative
+from specnb.measure.stats import mean_interval
 from specnb.study import capacity as C
 from specnb.link.server import CloudService, start
 from specnb.report import capacity as R
@@ -70,19 +73,19 @@ def test_bound_and_sustained_users():
         C.sustained(300.0, 0.0)
 
 
-def test_bootstrap_mean_interval():
+def test_mean_interval():
     values = [1.0, 2.0, 3.0, 4.0, 10.0]
-    mean, low, high = C.bootstrap_mean(values)
+    mean, low, high = mean_interval(values)
     assert mean == pytest.approx(4.0)
     assert min(values) <= low < mean < high <= max(values)
-    assert C.bootstrap_mean(values) == (mean, low, high)  # fixed seed: same data, same interval
-    assert C.bootstrap_mean([3.0, 3.0, 3.0]) == pytest.approx((3.0, 3.0, 3.0))
-    assert C.bootstrap_mean([5.0]) == (5.0, 5.0, 5.0)
-    wide = C.bootstrap_mean([0.0, 100.0] * 3)
-    narrow = C.bootstrap_mean([0.0, 100.0] * 300)
+    assert mean_interval(values) == (mean, low, high)  # fixed seed: same data, same interval
+    assert mean_interval([3.0, 3.0, 3.0]) == pytest.approx((3.0, 3.0, 3.0))
+    assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
+    wide = mean_interval([0.0, 100.0] * 3)
+    narrow = mean_interval([0.0, 100.0] * 300)
     assert narrow[2] - narrow[1] < wide[2] - wide[1]  # more entries, a narrower interval
     with pytest.raises(ValueError):
-        C.bootstrap_mean([])
+        mean_interval([])
 
 
 def test_mean_batch_from_two_histograms():
@@ -103,7 +106,7 @@ def _rows(method: str, policy: str, n: int, rates: list[float], tokens: int = 10
 
 def test_goodput_is_all_tokens_over_the_runs_span_and_the_summary_keeps_configurations_apart():
     rows = pd.DataFrame(_rows("edge_cloud", "none", 2, [10.0, 5.0]) + _rows("edge_cloud", "none", 2, [10.0, 10.0], rep=1)
-                        + _rows("cloud_only", "none", 1, [4.0], gamma=0))
+                        + _rows("cloud", "none", 1, [4.0], gamma=0))
     runs = C.runs_table(rows)
     two = runs[(runs.method == "edge_cloud")].sort_values("rep")
     assert two.goodput.tolist() == pytest.approx([20 / 2.0, 20 / 1.0])  # the slowest edge ends the run
@@ -114,7 +117,7 @@ def test_goodput_is_all_tokens_over_the_runs_span_and_the_summary_keeps_configur
     assert ec.edge_rate == pytest.approx(8.75)  # mean over repetitions x edges
     assert ec.edge_rate_low <= ec.edge_rate <= ec.edge_rate_high
     assert ec.p90_edge_rate == pytest.approx(np.quantile([10, 5, 10, 10], 0.1))
-    assert len(summ) == 2 and summ[summ.method == "cloud_only"].goodput.iloc[0] == pytest.approx(4.0)
+    assert len(summ) == 2 and summ[summ.method == "cloud"].goodput.iloc[0] == pytest.approx(4.0)
 
 
 def test_failed_users_are_counted_and_left_out_of_the_rates():
@@ -131,19 +134,19 @@ def test_capacity_best_policy_and_the_bound_table():
         rows += _rows("edge_cloud", policy, 1, [60.0])
         rows += _rows("edge_cloud", policy, 4, [30.0 * slow] * 4)
         rows += _rows("edge_cloud", policy, 8, [12.0 * slow] * 8)
-        rows += _rows("cloud_only", policy, 1, [40.0], gamma=0)
-        rows += _rows("cloud_only", policy, 4, [10.0 * slow] * 4, gamma=0)
-        rows += _rows("cloud_only", policy, 8, [5.0 * slow] * 8, gamma=0)
+        rows += _rows("cloud", policy, 1, [40.0], gamma=0)
+        rows += _rows("cloud", policy, 4, [10.0 * slow] * 4, gamma=0)
+        rows += _rows("cloud", policy, 8, [5.0 * slow] * 8, gamma=0)
     summ = C.summary(pd.DataFrame(rows))
     caps = C.capacities(summ, 20.0)
     ww = C.capacity_with_without_batching(caps).set_index("method")
     assert ww.loc["edge_cloud", "none"] == 4 and ww.loc["edge_cloud", "dynamic"] == 8
-    assert ww.loc["cloud_only", "none"] == 1 and ww.loc["cloud_only", "dynamic"] == 4  # 20 tok/s meets an SLO of 20
+    assert ww.loc["cloud", "none"] == 1 and ww.loc["cloud", "dynamic"] == 4  # 20 tok/s meets an SLO of 20
     best = C.best_per_n(summ)
     assert best[(best.method == "edge_cloud") & (best.n == 8)].policy.iloc[0] == "dynamic"
     times = pd.DataFrame([{"gamma": 3, "t_draft_s": 0.001, "t_verify_s": 0.006, "t_link_s": 0.003, "rounds": 10}])
     bt = C.bound_table(summ, times).set_index("policy")
-    # none: S(edge_cloud) = 8 * 12 / 60 = 1.6; S(cloud_only) = 8 * 5 / 40 = 1.0; B = 1.5
+    # none: S(edge_cloud) = 8 * 12 / 60 = 1.6; S(cloud) = 8 * 5 / 40 = 1.0; B = 1.5
     assert bt.loc["none", "measured_gain"] == pytest.approx(1.6)
     assert bt.loc["none", "bound"] == pytest.approx(1.5)
     assert bt.loc["none", "measured_over_bound"] == pytest.approx(1.6 / 1.5)
@@ -174,21 +177,21 @@ def test_config_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="real_ns"):
         C.Config(ns=[1, 2], real_ns=[4]).check()
     assert C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))[:1] == [("edge_cloud", "none", 0.0, "constant", 2)]
-    assert ("cloud_only", "none", 0.0, "constant", 0) in C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))
+    assert ("cloud", "none", 0.0, "constant", 0) in C.cases(C.Config(gammas=[2, 4], rtts_ms=[0], policies=["none"]))
     with pytest.raises(ValueError, match="constant, heuristic, cost, confidence, adaptive"):
         C.Config(schedules=["adaptiv"]).check()
     with pytest.raises(ValueError, match="schedules"):
         C.Config(schedules=[]).check()
     both = C.cases(C.Config(gammas=[4], rtts_ms=[0], policies=["none"], schedules=["constant", "adaptive"]))
     assert {(m, s) for m, _, _, s, _ in both} == {("edge_cloud", "constant"), ("edge_cloud", "adaptive"),
-                                                 ("cloud_only", "constant"), ("server_spec", "constant")}
+                                                 ("cloud", "constant"), ("server_speculative", "constant")}
 
 
 def test_schedules_are_configurations_of_their_own_and_old_rows_ran_constant():
     rows = pd.DataFrame(_rows("edge_cloud", "none", 1, [60.0], gamma=8) + _rows("edge_cloud", "none", 2, [25.0, 25.0], gamma=8)
                         + _rows("edge_cloud", "none", 1, [50.0], gamma=8, schedule="adaptive")
                         + _rows("edge_cloud", "none", 2, [30.0, 30.0], gamma=8, schedule="adaptive")
-                        + _rows("cloud_only", "none", 1, [40.0], gamma=0) + _rows("cloud_only", "none", 2, [20.0, 20.0], gamma=0))
+                        + _rows("cloud", "none", 1, [40.0], gamma=0) + _rows("cloud", "none", 2, [20.0, 20.0], gamma=0))
     summ = C.summary(rows)
     assert len(summ) == 6 and set(summ[summ.method == "edge_cloud"].schedule) == {"constant", "adaptive"}
     assert summ[summ.schedule == "adaptive"].reps.tolist() == [1, 1]  # not pooled with the constant runs
@@ -196,7 +199,7 @@ def test_schedules_are_configurations_of_their_own_and_old_rows_ran_constant():
     assert caps.loc[("edge_cloud", "adaptive"), "capacity"] == 2 and caps.loc[("edge_cloud", "constant"), "capacity"] == 1
     best = C.best_per_n(summ).set_index(["method", "n"])
     assert best.loc[("edge_cloud", 1), "schedule"] == "constant" and best.loc[("edge_cloud", 2), "schedule"] == "adaptive"
-    assert best.loc[("cloud_only", 2), "schedule"] == "constant"
+    assert best.loc[("cloud", 2), "schedule"] == "constant"
     times = pd.DataFrame([{"schedule": s, "gamma": 8, "t_draft_s": 0.001, "t_verify_s": 0.008, "t_link_s": 0.0, "rounds": 9}
                           for s in ("constant", "adaptive")])
     bt = C.bound_table(summ, times)
@@ -228,17 +231,19 @@ def test_a_tiny_study_through_real_servers(tmp_path):
     bounds = C.bound_table(summ, result.times)
     assert len(bounds) == 2 and bounds.bound.gt(1).all()
     written = R.save(result, tmp_path / "rec", {"summary": summ})
-    assert {p.name for p in written} == {"rows.csv", "times.csv", "summary.csv", "config.json"}
+    assert {p.name for p in written} == {"rows.csv", "times.csv", "summary.csv", "config.json", "provenance.json"}
+    where = json.loads((tmp_path / "rec" / "provenance.json").read_text())
+    assert where["machine"]["cpus"] >= 1 and "commit" in where["git"]  # the record names its machine and commit
 
 
 def test_an_adaptive_study_records_per_rtt_replays_and_carries_its_schedule():
-    cfg = C.Config(methods=["edge_cloud", "cloud_only"], ns=[1, 2], rtts_ms=[0.0, 10.0], policies=["dynamic"], gammas=[6],
+    cfg = C.Config(methods=["edge_cloud", "cloud"], ns=[1, 2], rtts_ms=[0.0, 10.0], policies=["dynamic"], gammas=[6],
                    schedules=["constant", "adaptive"], max_new_tokens=12, real_ns=[2])
     result = C.run(cfg)
     rows = result.rows
     assert rows.ok.all(), rows[~rows.ok].error.tolist()
     ec = rows[rows.method == "edge_cloud"]
-    assert set(ec.schedule) == {"constant", "adaptive"} and set(rows[rows.method == "cloud_only"].schedule) == {"constant"}
+    assert set(ec.schedule) == {"constant", "adaptive"} and set(rows[rows.method == "cloud"].schedule) == {"constant"}
     # per schedule: 2 RTTs x (1 + 2 replayed users + 2 real users at N = 2)
     assert ec.groupby("schedule").size().to_dict() == {"adaptive": 10, "constant": 10}
     assert ec.drafted_per_round.gt(0).all() and ec.drafted_per_round.le(6).all()
@@ -324,7 +329,7 @@ def test_uncached_cost_times_both_rounds_and_leaves_the_cache_as_it_found_it(pai
 
 def test_the_preset_and_the_notebook_name_the_studys_settings():
     """params/capacity.yaml sets only the notebook's parameters, makes a valid Config, and covers what
-    issue 23 asks (N 1..32, RTT 0 and 20 ms, the three methods, with and without batching); the notebook
+    docs/capacity.md measures (N 1..32, RTT 0 and 20 ms, the three methods, with and without batching); the notebook
     can set every field of Config."""
     import dataclasses
     from pathlib import Path
@@ -340,15 +345,15 @@ def test_the_preset_and_the_notebook_name_the_studys_settings():
     assert fields <= set(params), fields - set(params)
     cfg = C.Config(**{k: v for k, v in preset.items() if k in fields}).check()
     assert {1, 2, 4, 8, 16, 32} <= set(cfg.ns) and {0.0, 20.0} <= set(map(float, cfg.rtts_ms))
-    assert set(cfg.methods) == set(C.METHODS) and {"none", "dynamic"} <= set(cfg.policies)
+    assert set(cfg.methods) == set(C.SERVED) and {"none", "dynamic"} <= set(cfg.policies)
 
 
 def test_the_docs_table_has_a_row_per_n_and_a_column_per_method_and_policy():
     rows = pd.DataFrame(_rows("edge_cloud", "none", 1, [60.0]) + _rows("edge_cloud", "none", 1, [50.0], gamma=4)
-                        + _rows("edge_cloud", "none", 2, [30.0, 20.0]) + _rows("cloud_only", "dynamic", 1, [40.0], gamma=0)
-                        + _rows("cloud_only", "dynamic", 2, [15.0, 15.0], gamma=0))
+                        + _rows("edge_cloud", "none", 2, [30.0, 20.0]) + _rows("cloud", "dynamic", 1, [40.0], gamma=0)
+                        + _rows("cloud", "dynamic", 2, [15.0, 15.0], gamma=0))
     text = R.table_markdown(C.summary(rows))
     lines = text.splitlines()
-    assert lines[0] == "RTT 0 ms:" and lines[2] == "| N | edge_cloud, none | cloud_only, dynamic |"
+    assert lines[0] == "RTT 0 ms:" and lines[2] == "| N | edge_cloud, none | cloud, dynamic |"
     assert lines[4].startswith("| 1 | g3: 60 (60-60) / 60.0 [60.0] | 40 (40-40) / 40.0 [40.0] |")  # gamma 3 beat 4
     assert lines[5].startswith("| 2 | g3: 40 (40-40) / 21.0 [25.0] |")  # 20 tokens over the slowest edge's 0.5 s

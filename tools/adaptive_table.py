@@ -1,4 +1,4 @@
-"""Re-measure issue 24's table: fixed gamma 4/8/12/16/24 beside cost, heuristic, confidence and adaptive.
+"""Re-measure the adaptive-gamma table (docs/adaptive-gamma.md): fixed gamma 4/8/12/16/24 beside cost, heuristic, confidence and adaptive.
 
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links
 RTT 5, 20, 50 ms and two whose RTT changes during each generation

@@ -1,7 +1,7 @@
 """A first, small capacity probe: N replayed edges (edge-cloud speculation) and N cloud-only streams
 against ``specnb serve --batch none`` and ``--batch dynamic``.
 
-Not the capacity study (issue 23's notebook): one prompt, greedy, no link emulation, a few N. Each edge
+Not the capacity study (notebooks/capacity.ipynb): one prompt, greedy, no link emulation, a few N. Each edge
 replays the same real edge run (recorded once, drafting times included), so the edges cost the machine
 sleeps only and the server's model calls are the load. Prints one line per (policy, N): goodput (new
 tokens per second, all edges), the slowest and the mean per-edge rate, and the server's batch sizes.

@@ -45,7 +45,7 @@ def costs(loaded, context: int, most: int, reps: int) -> list[float]:
                 t = time.perf_counter()
                 model(input_ids=ids[:, context:context + k], cache=cache, use_cache=True, logits_to_keep=k)
                 seen.append(time.perf_counter() - t)
-                cache.crop(context)
+                cache.crop(-k)  # transformers 5: a negative count of positions to drop
             out.append(statistics.median(seen[1:]))
     return out
 

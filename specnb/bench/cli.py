@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 
-from ..measure import provenance as runinfo
+from ..measure import provenance
 from .. import threads
 from ..measure.clock import probe_summary
 from ..models import ModelSpec, load
@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edge", metavar="MODEL", default="zoo:tiny-edge", help="edge (draft) model: folder, hub id or zoo:NAME (default: %(default)s)")
     parser.add_argument("--cloud", metavar="MODEL", default="zoo:tiny-cloud", help="cloud (verifying) model, same forms (default: %(default)s)")
     parser.add_argument("--dtype", metavar="DTYPE", default="float32", help="dtype of both models: float32, float16, bfloat16 (default: %(default)s)")
+    parser.add_argument("--edge-dtype", metavar="DTYPE", default=None,
+                        help="the edge's dtype when it differs from the cloud's (the baselines and the output are the "
+                             "cloud's, in --dtype; default: %(default)s = --dtype)")
     parser.add_argument("--edge-device", metavar="DEVICE", default="cpu", help="device of the edge model (default: %(default)s)")
     parser.add_argument("--cloud-device", metavar="DEVICE", default="auto",
                         help="device of the cloud model; auto = the accelerator when there is one, else cpu (default: %(default)s)")
@@ -70,6 +73,10 @@ def _lever_gamma(args: argparse.Namespace, gammas: list[int]) -> int:
     return 4 if 4 in gammas else gammas[len(gammas) // 2]
 
 
+def _edge_note(args: argparse.Namespace) -> str:
+    return f" (edge {args.edge_dtype})" if args.edge_dtype and args.edge_dtype != args.dtype else ""
+
+
 def _by_gamma(r: dict[str, Any], key: str) -> str:
     ivs = r["intervals"]
     return "; ".join(f"g={g}: {ci_text(ivs[f'{key} g={g}'])}" for g in r[key])
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"specnb bench: --{flag.replace('_', '-')} must be a positive integer")
     lever_gamma = _lever_gamma(args, gammas)
-    edge = load(ModelSpec(args.edge, dtype=args.dtype, device=args.edge_device, threads=args.edge_threads))
+    edge = load(ModelSpec(args.edge, dtype=args.edge_dtype or args.dtype, device=args.edge_device, threads=args.edge_threads))
     cloud = load(ModelSpec(args.cloud, dtype=args.dtype, device=args.cloud_device, threads=args.cloud_threads))
     questions = load_prompts(args.prompts, limit=args.limit)
     prompting = Prompting(cloud.tokenizer, args.chat_template, "cloud")
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     clock = probe_summary(timing["probes"])
     thr = threads.describe()
     e_thr, c_thr = threads.resolve(args.edge_threads), threads.resolve(args.cloud_threads)
-    print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}, edge {edge.device}, cloud {cloud.device}; "
+    print(f"specnb bench: {args.edge} -> {args.cloud}, {args.dtype}{_edge_note(args)}, edge {edge.device}, cloud {cloud.device}; "
           f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {args.reps} reps interleaved; "
           f"{'chat template' if prompting.templated else 'raw text'}")
     print(f"threads: edge {e_thr}, cloud {c_thr} (default {thr['default_threads']}: OMP_NUM_THREADS "
@@ -170,12 +177,12 @@ def run(args: argparse.Namespace) -> int:
             "timing": timing,
             "clock": clock,
             "graphs_compiled_while_timing": graphs,
-            "versions": runinfo.versions(),
-            "machine": runinfo.machine(),
-            "git": runinfo.git_state(),
-            "created": runinfo.now(),
+            "versions": provenance.versions(),
+            "machine": provenance.machine(),
+            "git": provenance.git_state(),
+            "created": provenance.now(),
         }
-        runinfo.write_json_atomic(args.json_path, record)
+        provenance.write_json_atomic(args.json_path, record)
         print(f"record written to {args.json_path}")
     return 0
 
@@ -189,7 +196,7 @@ def _peer(args: argparse.Namespace, edge, cloud, questions, prompts, prompting, 
         llamacpp.programs(args.llama_cpp)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"specnb bench --peer llama.cpp: {err}")
-    print(f"specnb bench --peer llama.cpp: {args.edge} -> {args.cloud}; specnb at {args.dtype} (dense), llama.cpp on the "
+    print(f"specnb bench --peer llama.cpp: {args.edge} -> {args.cloud}; specnb at {args.dtype}{_edge_note(args)} (dense), llama.cpp on the "
           f"GGUF files; {len(prompts)} prompts x {args.max_new_tokens} tokens, gamma {gamma}, {args.reps} reps; "
           f"{'chat template' if prompting.templated else 'raw text'}", flush=True)
     out = llamacpp.compare(edge, cloud, *files, prompts, args.max_new_tokens, gamma, args.reps, args.llama_cpp)
@@ -205,8 +212,8 @@ def _peer(args: argparse.Namespace, edge, cloud, questions, prompts, prompting, 
         record = {"kind": "bench-peer-llama.cpp",
                   "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"gamma": gamma},
                   "prompts": [q.text for q in questions], "prompting": prompting.describe(), "threads": thr,
-                  **out, "versions": runinfo.versions(), "machine": runinfo.machine(), "git": runinfo.git_state(),
-                  "created": runinfo.now()}
-        runinfo.write_json_atomic(args.json_path, record)
+                  **out, "versions": provenance.versions(), "machine": provenance.machine(), "git": provenance.git_state(),
+                  "created": provenance.now()}
+        provenance.write_json_atomic(args.json_path, record)
         print(f"record written to {args.json_path}")
     return 0

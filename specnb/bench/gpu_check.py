@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..measure import provenance as runinfo
+from ..measure import provenance
 from ..measure.provenance import REPO_ROOT
 from ..threads import cpu_name
 from ..decode.loops import autoregressive, speculative
@@ -205,10 +205,10 @@ def skipped(name: str, why: str, budget_s: float) -> dict[str, Any]:
 def check_environment(ctx: Context, fig: dict) -> None:
     """Versions and the device: the context every other figure needs."""
     fig["torch"] = torch.__version__
-    fig["sdpa_backends_at_start"] = runinfo.sdpa_backends()
+    fig["sdpa_backends_at_start"] = provenance.sdpa_backends()
     fig["torch_cuda"] = torch.version.cuda
     fig["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    fig["versions"] = runinfo.versions()
+    fig["versions"] = provenance.versions()
     fig["cpu"] = cpu_name()
     fig["cpu_count"] = os.cpu_count()
     if ctx.cuda:
@@ -468,14 +468,14 @@ def check_grid(ctx: Context, fig: dict) -> None:
     fig["returncode"] = rc
     cells = {}
     for result in sorted(run_dir.glob("cells/*/result.json")):
-        r = runinfo.read_json(result) or {}
+        r = provenance.read_json(result) or {}
         cloud = r.get("cloud") or {}
         cells[result.parent.name] = {"status": r.get("status"), "error": r.get("error"),
                                      "cloud_device": cloud.get("device"),
                                      "tokens_per_s": (r.get("aggregate") or {}).get("tokens_per_s"),
                                      "peak_mem_bytes": (r.get("aggregate") or {}).get("peak_mem_bytes")}
     fig["cells"] = cells
-    require(cells, f"no cell wrote a result (exit code {rc}); log tail:\n{runinfo.log_tail(log, lines=15)}")
+    require(cells, f"no cell wrote a result (exit code {rc}); log tail:\n{provenance.log_tail(log, lines=15)}")
     failed = {k: c["error"] for k, c in cells.items() if c["status"] != "ok"}
     require(not failed, f"{len(failed)} of {len(cells)} cells failed: {failed}")
     elsewhere = {k: c["cloud_device"] for k, c in cells.items() if not str(c["cloud_device"]).startswith(ctx.device.type)}
@@ -483,8 +483,8 @@ def check_grid(ctx: Context, fig: dict) -> None:
     audit = run_dir / "audit.csv"
     fig["audit_rows"] = max(len(audit.read_text().splitlines()) - 1, 0) if audit.is_file() else None
     fig["html"] = sorted(p.name for p in run_dir.glob("*.html"))
-    require(audit.is_file(), f"the audit did not run: no {audit}; log tail:\n{runinfo.log_tail(log, lines=15)}")
-    require(rc == 0, f"specnb grid exited {rc}; log tail:\n{runinfo.log_tail(log, lines=15)}")
+    require(audit.is_file(), f"the audit did not run: no {audit}; log tail:\n{provenance.log_tail(log, lines=15)}")
+    require(rc == 0, f"specnb grid exited {rc}; log tail:\n{provenance.log_tail(log, lines=15)}")
     fig["summary"] = f"{len(cells)} cells ok, audit {fig['audit_rows']} rows, {', '.join(fig['html'])}"
 
 
@@ -500,8 +500,8 @@ def check_bench(ctx: Context, fig: dict) -> None:
     fig.update(command=" ".join(cmd[2:]), log=str(log), record=str(record_path))
     rc = run_command(cmd, log, BUDGET_S["bench"] - 10)
     fig["returncode"] = rc
-    require(rc == 0 and record_path.is_file(), f"specnb bench exited {rc} without its record; log tail:\n{runinfo.log_tail(log, lines=15)}")
-    rec = runinfo.read_json(record_path)
+    require(rc == 0 and record_path.is_file(), f"specnb bench exited {rc} without its record; log tail:\n{provenance.log_tail(log, lines=15)}")
+    rec = provenance.read_json(record_path)
     ratios = rec["ratios"]
     fig.update(devices=rec["devices"], graphs_compiled_while_timing=rec["graphs_compiled_while_timing"],
                clock=rec["clock"]["verdict"],
@@ -592,11 +592,11 @@ def run_all(ctx: Context, skip: tuple[str, ...] = (), fail: tuple[str, ...] = ()
     """Every check in order, the record rewritten after each; returns the record."""
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     path = ctx.out_dir / "gpu_check.json"
-    started, t0 = runinfo.now(), time.monotonic()
+    started, t0 = provenance.now(), time.monotonic()
     record: dict[str, Any] = {
         "kind": "gpu_check", "schema": 1, "dry_run": not ctx.cuda, "device": str(ctx.device),
         "settings": settings or {}, "started_at": started, "status": "running", "checks": [],
-        "versions": runinfo.versions(), "machine": runinfo.machine(), "git": runinfo.git_state(),
+        "versions": provenance.versions(), "machine": provenance.machine(), "git": provenance.git_state(),
     }
     for name, fn in CHECKS.items():
         left = deadline_s - (time.monotonic() - t0)
@@ -609,10 +609,10 @@ def run_all(ctx: Context, skip: tuple[str, ...] = (), fail: tuple[str, ...] = ()
             result = run_check(name, fn, ctx, min(BUDGET_S[name], left), inject=name in fail)
         record["checks"].append(result)
         record["counts"] = _counts(record["checks"])
-        runinfo.write_json_atomic(path, record)
-    record.update(status="fail" if record["counts"]["fail"] else "pass", finished_at=runinfo.now(),
+        provenance.write_json_atomic(path, record)
+    record.update(status="fail" if record["counts"]["fail"] else "pass", finished_at=provenance.now(),
                   wall_s=round(time.monotonic() - t0, 1), record=str(path))
-    runinfo.write_json_atomic(path, record)
+    provenance.write_json_atomic(path, record)
     return record
 
 

@@ -8,9 +8,9 @@ one's speed-up over its own single-model decoding, measured in the same run:
 
 * llama.cpp: ``llama-speculative-simple -m CLOUD.gguf -md EDGE.gguf`` (fixed draft length: ``--spec-draft-n-max
   gamma``, ``--spec-draft-n-min 0``, ``--spec-draft-p-min 0``; greedy) over ``llama-completion -m CLOUD.gguf``
-  (greedy), each timed by its own decode clock (``decoded N tokens in S seconds``; the completion's
-  ``eval time`` plus its first token's share of the prompt evaluation is not counted: both exclude
-  loading and the prompt's prefill);
+  (greedy), each timed by its own decode clock: the speculative program's ``decoded N tokens in S
+  seconds``, the completion's ``eval time`` (its steps after the first token); both leave out loading
+  and the prompt's prefill;
 * specnb: :func:`specnb.decode.loops.speculative` over :func:`~specnb.decode.loops.autoregressive` on the
   dense copies, timed as the grid times them (the prompt's prefill included).
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decode.schedule import expected_tokens, speedup_limit
+from ..decode.schedule import speedup_bound
 from ..measure.metrics import estimate_alpha
 from ..measure.stats import ratio_interval
 from .variants import ADAPTIVE, Variant
@@ -94,10 +94,10 @@ def ratios(ms: list[Variant], edge_step_s: float, cloud_step_s: float) -> dict[s
     fastest, top, best_opt = _fastest(spec), _fastest(fixed), _fastest(opt)
     alpha = estimate_alpha(best.accepted, best.rejected_rounds)
     c = edge_step_s / cloud_step_s
-    limit = speedup_limit(alpha, best.gamma, c)
+    limit = speedup_bound(alpha, best.gamma, c)
     measured = ratio("speedup_vs_cloud", best.label, "cloud")
     verify_cost = best.verify_s / best.rounds / cloud_step_s if best.rounds else float("nan")
-    limit_v = expected_tokens(alpha, best.gamma) / (best.gamma * c + verify_cost)
+    limit_v = speedup_bound(alpha, best.gamma, c, v=verify_cost)
     lookup = [m for m in ms if m.method == "prompt_lookup"]
     best_pl = _fastest(lookup) if lookup else None
     gammas = sorted({m.gamma for m in fixed})

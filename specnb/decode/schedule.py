@@ -22,7 +22,7 @@ from ..measure.metrics import estimate_alpha
 from .adaptive import STOPPING, Controller, can_stop, stop_rule
 
 SCHEDULES = ("constant", "heuristic", "cost") + STOPPING
-MAX_GAMMA = 16
+MAX_GAMMA = 16  # the longest draft a schedule proposes, and the range the bound's best draft length is sought in
 
 
 def expected_tokens(alpha: float, g: int) -> float:
@@ -33,13 +33,13 @@ def expected_tokens(alpha: float, g: int) -> float:
 
 
 
-def speedup_limit(alpha: float, gamma: int, c: float) -> float:
-    """S(alpha, gamma, c) = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)): Leviathan et al. 2023, Thm 3.8.
+def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0) -> float:
+    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over the cloud's autoregressive decoding.
 
-    The expected wall-time speed-up over autoregressive decoding of the cloud, with c the cost
-    of one edge step relative to one cloud step.
+    ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
+    time per round / cloud step. ``v = 1, r = 0`` is Leviathan et al. 2023, Thm 3.8.
     """
-    return expected_tokens(alpha, gamma) / (gamma * c + 1.0)
+    return expected_tokens(alpha, gamma) / (gamma * c + v + r)
 
 
 @dataclass
@@ -111,4 +111,4 @@ class Schedule:
         alpha = estimate_alpha(self.accepted + 1, self.rejected_rounds + 1)  # +1 each: never exactly 0 or 1
         t_draft = self.draft_s / self.drafted
         t_verify = self.verify_s / self.rounds
-        return max(range(1, self.gamma + 1), key=lambda g: expected_tokens(alpha, g) / (g * t_draft + t_verify))
+        return max(range(1, self.gamma + 1), key=lambda g: speedup_bound(alpha, g, t_draft, t_verify))  # in seconds: same argmax

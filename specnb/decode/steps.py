@@ -43,7 +43,7 @@ def as_ids(tokens: list[int], device: torch.device) -> torch.Tensor:
 
 
 # torch.compile of decode steps, per device type: on CPU a compiled step decodes faster than eager
-# for a one-off compile cost (figures: README, "What optimized means"); on CUDA it removes the
+# for a one-off compile cost (figures: docs/numbers.md, "The optimized set-up"); on CUDA it removes the
 # per-kernel launch overhead that dominates batch-1 decoding.
 COMPILE_BY_DEVICE = {"cuda": True, "cpu": True}
 CACHE_BUCKET = 256  # static caches are sized in multiples of this, so compiled graphs are reused

@@ -1,4 +1,4 @@
-"""Drafting with another tokenizer than the cloud's: a :class:`~specnb.roles.Drafter` that proposes in
+"""Drafting with another tokenizer than the cloud's: a :class:`~specnb.decode.roles.Drafter` that proposes in
 the cloud's token ids (universal assisted generation).
 
 An edge of another family (a Llama-style 1B on a phone, a Qwen or a Gemma in the data centre) splits

@@ -98,7 +98,7 @@ class Direction:
 
 
 def sleep_until(deadline: float) -> None:
-    """Sleep until ``time.perf_counter() >= deadline`` (overshoots by the scheduler's ~0.1 ms)."""
+    """Sleep until ``time.perf_counter() >= deadline`` (overshoots by the scheduler's wake-up latency)."""
     while True:
         left = deadline - time.perf_counter()
         if left <= 0:

@@ -29,7 +29,7 @@ from ..decode.schedule import SCHEDULES
 from .wire import Message, decode
 
 KINDS_UP = ("V", "G")  # what a client may send on a session
-METHODS = ("autoregressive", "speculative")
+GENERATIONS = ("autoregressive", "speculative")  # what a G message may ask the server to run
 LIMIT_FLAGS = {"max_prompt_tokens": "--max-prompt-tokens", "max_draft": "--max-draft",
                "max_new_tokens": "--max-new-tokens", "max_session_tokens": "--max-session-tokens"}
 
@@ -245,8 +245,8 @@ def check_generate(msg: Message, limits: Limits, vocab: int, *, has_draft: bool)
     if extra:
         raise BadMessage("meta", f"{', '.join(sorted(extra))} is not a field of a generate message")
     method = msg.meta.get("method", "autoregressive")
-    if method not in METHODS:
-        raise BadMessage("method", f"{method!r} is not one of {', '.join(METHODS)}")
+    if method not in GENERATIONS:
+        raise BadMessage("method", f"{method!r} is not one of {', '.join(GENERATIONS)}")
     if method == "speculative" and not has_draft:
         raise BadMessage("method", "this server has no draft model: start it with 'specnb serve --draft MODEL'")
     kw = _allowed(SpeculativeIn if method == "speculative" else AutoregressiveIn, msg.meta.get("kw", {}), "kw")

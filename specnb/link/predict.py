@@ -6,7 +6,7 @@ time and the round trip's remaining time (``round_link_s``: the transport plus w
 wall time (drafting, the loop, the server) does not depend on the link, so for a profile L::
 
     wall(L) = wall - sum(link_i) + sum(transport_i + L.round_time(up_i, down_i)),
-    transport_i = link_i - emulated_i      (the real socket's own cost, ~0.15 ms on loopback)
+    transport_i = link_i - emulated_i      (the real socket's own cost: docs/link.md, "Transport")
 
 **Bound.** Leviathan et al. (2023, Thm 3.8) give the expected speed-up of speculation over the
 cloud's autoregressive decoding as E(a, g) / (g c + 1), E(a, g) = (1 - a^(g+1)) / (1 - a) tokens
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..decode.schedule import expected_tokens
+from ..decode.schedule import MAX_GAMMA, expected_tokens, speedup_bound
 from .emulate import Link
-
-MAX_GAMMA = 32
 
 
 def predict(generation: Any, link: Link) -> float:
@@ -42,15 +40,6 @@ def predict(generation: Any, link: Link) -> float:
         per_msg = m["bytes_down"] / max(1, m["new_tokens"] + 1)
         return m["wall_s"] - m["emulated_s"] + link.expected_one_way_s(m["bytes_up"]) + link.expected_one_way_s(int(per_msg))
     return m["wall_s"] + link.expected_round_s(0, 0)  # in-process run: no link at all
-
-
-def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0) -> float:
-    """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over cloud-only decoding.
-
-    ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
-    time per round / cloud step. ``v = 1, r = 0`` is Leviathan et al.'s S(a, g, c).
-    """
-    return expected_tokens(alpha, gamma) / (gamma * c + v + r)
 
 
 def best_gamma(alpha: float, c: float, v: float = 1.0, r: float = 0.0, max_gamma: int = MAX_GAMMA) -> int:

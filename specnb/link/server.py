@@ -71,14 +71,6 @@ def settings_to_dict(s: RoundSettings) -> dict[str, Any]:
     return d
 
 
-def settings_from_dict(d: dict[str, Any]) -> RoundSettings:
-    """Trusted input only (the server reads a client's settings through :func:`specnb.link.limits.settings_in`)."""
-    d = dict(d)
-    d["widths"] = tuple(d.get("widths", ()))
-    d["levers_off"] = frozenset(d.get("levers_off", ()))
-    return RoundSettings(**d)
-
-
 def _us(t0: float) -> int:
     return int((time.perf_counter() - t0) * 1e6)
 

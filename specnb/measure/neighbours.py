@@ -1,6 +1,6 @@
 """Who else used the CPU while a section was timed: the machine's busy time minus ours, and CPU pressure.
 
-The clock probe (a matrix product, :func:`specnb.timing.probe`) runs before and after the
+The clock probe (a matrix product, :func:`specnb.measure.timing.probe`) runs before and after the
 repetitions, in optimized native code; it does not feel what slows a Python-heavy decode loop on a
 shared core (a held-out grid beside a one-core busy loop: speculative -36%, its probes within 4%).
 So each timed section also records, from the kernel's own accounting:
@@ -14,7 +14,7 @@ So each timed section also records, from the kernel's own accounting:
   waited for a CPU (``/proc/pressure/cpu``, ``some total``, Linux 4.20+): waiting, not just sharing.
 
 A section is flagged when others used more than :data:`OTHERS_CORES` cores on average, and (by
-:mod:`specnb.clock`) when its repetitions disagree by more than :data:`SPREAD`. Off Linux these
+:mod:`specnb.measure.clock`) when its repetitions disagree by more than :data:`SPREAD`. Off Linux these
 figures are missing (None) and nothing is flagged on them. Jiffies are 10 ms: a section of a
 second is resolved to about 1% of a core.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,6 @@ class Neighbours:
     pressure: float | None
     cores: int | None
     worst_rep_cores: float | None  # the busiest repetition's others_cores
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def read(timing: dict[str, Any]) -> Neighbours:

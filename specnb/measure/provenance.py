@@ -34,7 +34,7 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     # the package is always imported before its modules: read its version without an import
-    # (``from . import __version__`` would make runinfo and the package import each other)
+    # (``from . import __version__`` would make provenance and the package import each other)
     out["specnb"] = getattr(sys.modules.get(__package__ or ""), "__version__", None)
     return out
 

@@ -82,10 +82,28 @@ def ratio_interval(a, b, *, paired_reps: bool = False, n_boot: int = N_BOOT, lev
     p_idx = rng.integers(0, prompts, size=(n_boot, prompts))
     ra = rng.integers(0, a.shape[0], size=(n_boot, a.shape[0]))
     rb = ra if paired_reps else rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
-    ratios = _speeds(a, ra, p_idx) / _speeds(b, rb, p_idx)
+    low, high = _percentiles(_speeds(a, ra, p_idx) / _speeds(b, rb, p_idx), level)
+    return Interval(speed(a) / speed(b), low, high)
+
+
+def mean_interval(values, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the percentile-bootstrap interval of the mean of ``values`` (resampled with
+    replacement, ``n_boot`` times, a fixed seed); one value gives a zero-width interval."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        raise ValueError("no values to average")
+    if x.size == 1:
+        return float(x[0]), float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    low, high = _percentiles(x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1), level)
+    return float(x.mean()), low, high
+
+
+def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of the resampled statistic (percentile bootstrap)."""
     tail = (1.0 - level) / 2
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
-    return Interval(speed(a) / speed(b), float(low), float(high))
+    low, high = np.quantile(samples, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def _speeds(t: np.ndarray, reps: np.ndarray, prompts: np.ndarray) -> np.ndarray:

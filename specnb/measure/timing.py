@@ -35,7 +35,7 @@ from . import neighbours
 
 PROBE_SIZE = 256  # matrix side
 PROBE_ROUNDS = 5  # a probe is the median of this many timings
-PROBE_PRODUCTS = 24  # matrix products per timing (~10 ms on one core of a current x86 CPU)
+PROBE_PRODUCTS = 24  # matrix products per timing (sized for about 10 ms on one core)
 
 
 def lock_path() -> Path | None:
@@ -114,7 +114,7 @@ def setup_section(lock: bool = True) -> Iterator[float]:
 
     Set-ups run side by side, but never while anyone is in a :func:`timed_section` (which holds
     the lock exclusively): a busy neighbour core slows a timed core measurably too, not only a
-    busy same core (figures: README, "Numbers you can quote"). Yields the seconds spent waiting.
+    busy same core (figures: docs/numbers.md, "Earlier default-grid runs"). Yields the seconds spent waiting.
     """
     with exclusive(lock_path() if lock else None, fcntl.LOCK_SH) as waited:
         yield waited

@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..study.capacity import Result, with_schedule
+from ..measure import provenance
+from ..study.capacity import SERVED, Result, with_schedule
+from ..study.methods import LINK_METHODS
 from .findings import Text
 
-NAMES = {"edge_cloud": "edge-cloud speculation", "cloud_only": "cloud-only streaming",
-         "server_spec": "server-side speculation"}
-NAMES_ZH = {"edge_cloud": "边缘–云端推测解码", "cloud_only": "仅云端流式生成", "server_spec": "服务器端推测解码"}
+NAMES = {name: m.label for name, m in LINK_METHODS.items()}
+NAMES_ZH = {name: m.label_zh for name, m in LINK_METHODS.items()}
 
 
 def _n(x: float) -> str:
@@ -151,7 +152,7 @@ def table_markdown(summ: pd.DataFrame) -> str:
     ``adaptive g8:`` for a schedule other than ``constant``, gamma its cap)."""
     best = with_schedule(summ).sort_values(["p90_edge_rate", "goodput"], ascending=False).groupby(
         ["method", "policy", "rtt_ms", "n"]).head(1)
-    cols = [(m, p) for m in NAMES for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
+    cols = [(m, p) for m in SERVED for p in sorted(summ.policy.unique(), key=lambda p: (p != "none", p))
             if ((best.method == m) & (best.policy == p)).any()]
     out = []
     for rtt in sorted(best.rtt_ms.unique()):
@@ -174,8 +175,8 @@ def table_markdown(summ: pd.DataFrame) -> str:
 
 
 def save(result: Result, folder: str | Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
-    """The study's records: ``rows.csv`` (one row per user generation), ``times.csv``, ``config.json`` and
-    each of ``tables`` as CSV; returns the paths written."""
+    """The study's records: ``rows.csv`` (one row per user generation), ``times.csv``, ``config.json``,
+    ``provenance.json`` (machine, commit, versions, when) and each of ``tables`` as CSV; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -185,4 +186,7 @@ def save(result: Result, folder: str | Path, tables: dict[str, pd.DataFrame]) ->
         out.append(path)
     path = folder / "config.json"
     path.write_text(json.dumps(result.config, indent=1, sort_keys=True))
-    return out + [path]
+    where = folder / "provenance.json"
+    where.write_text(json.dumps({"machine": provenance.machine(), "git": provenance.git_state(),
+                                 "versions": provenance.versions(), "written_at": provenance.now()}, indent=1, sort_keys=True))
+    return out + [path, where]

@@ -29,7 +29,7 @@ def verdict(note: str) -> str:
 
 
 def headline(sp: pd.DataFrame) -> pd.DataFrame:
-    """One row per quoted speed-up of ``sp`` (:func:`specnb.report.frame.speedups`): the runs that
+    """One row per quoted speed-up of ``sp`` (:func:`specnb.report.fairness.speedups`): the runs that
     write the cloud's own text first, each group best first."""
     quoted = sp[sp["fair"].astype(bool) & sp["speedup"].notna()]
     quoted = quoted.assign(_lossy=~quoted["same_output"].astype(bool)).sort_values(["_lossy", "speedup"],

@@ -201,7 +201,8 @@ def link_speedups(sp: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 4))
     for (method, gamma), part in sp.groupby(["method", sp["gamma"].fillna(0)], sort=True):
         part = part.sort_values("rtt_ms")
-        name = f"{method} g={int(gamma)}" if gamma else method
+        base, _, schedule = method.partition(":")  # edge_cloud:adaptive: a draft-length schedule
+        name = _methods.LINK_METHODS[base].label + (f" ({schedule})" if schedule else "") + (f" g={int(gamma)}" if gamma else "")
         ax.errorbar(part["rtt_ms"], part["speedup"], yerr=[part["speedup"] - part["low"], part["high"] - part["speedup"]],
                     marker="o", capsize=3, label=name)
     ax.axhline(1.0, color="black", lw=1, ls="--")

@@ -1,4 +1,4 @@
-"""Issue 24's table: fixed gammas beside the draft-length schedules, per link, as a ratio to the best fixed.
+"""The adaptive-gamma table (docs/adaptive-gamma.md): fixed gammas beside the draft-length schedules, per link, as a ratio to the best fixed.
 
 :func:`gamma_table` runs, interleaved (per repetition and prompt: the links in a shuffled order, on each
 the variants in a shuffled order), edge-cloud speculation at every fixed gamma and every schedule of
@@ -10,7 +10,7 @@ over the best fixed gamma of that link (chosen after the fact) with the paired b
 (:func:`specnb.study.rtt.against_best_fixed`), and :func:`markdown` the table of docs/adaptive-gamma.md.
 
 :func:`changing_link` is the link whose RTT changes during a generation: 5 ms, then 50 ms, then 20 ms
-(the issue's example), with stage starts placed so that each stage carries about a third of a 64-token
+(the example of docs/adaptive-gamma.md), with stage starts placed so that each stage carries about a third of a 64-token
 generation at the best fixed gamma (measured: ~200 tokens/s at 5 ms, ~75 at 50 ms). :func:`handover_link`
 changes from 1 ms to 300 ms: stages whose best fixed gammas differ (12 and 24).
 """
@@ -29,7 +29,7 @@ from ..link.emulate import Link
 from ..link.profile import LinkProfile
 from .rtt import _row, against_best_fixed
 
-# (schedule, gamma: its cap, or the heuristic's start): cost, heuristic and confidence as in the issue's table;
+# (schedule, gamma: its cap, or the heuristic's start): cost, heuristic and confidence as in docs/adaptive-gamma.md's table;
 # adaptive may draft up to 32 on easy text (the controller sets the length below the cap), so the fixed
 # gammas include 24 to show that a fixed long draft does not pay
 SCHEDULES = (("cost", 16), ("heuristic", 4), ("confidence", 16), ("adaptive", 32))
@@ -48,7 +48,7 @@ def handover_link(bandwidth_mbps: float | None = 100) -> LinkProfile:
 
     Measured on the embedded pair (2026-12-05, 4 prompts x 96 tokens, fixed links): the best fixed gamma is
     12 at 1 ms, where 24 runs at 0.78x of it, and 24 at 300 ms, where 12 runs at 0.88x; g16 is 0.89-0.90x at
-    both. On the issue's 5->50->20 ms link, by contrast, one gamma (12) is within 1% of the best at every
+    both. On the 5->50->20 ms link (:func:`changing_link`), by contrast, one gamma (12) is within 1% of the best at every
     stage, so no schedule can gain much there. 0.15 s at 1 ms carries about half of a 64-token generation."""
     return LinkProfile.steps([(0, Link(1, bandwidth_mbps)), (0.15, Link(300, bandwidth_mbps))],
                              by="s", label="1->300 ms at 0.15 s")
@@ -98,7 +98,7 @@ def _label(method: str, gamma: int) -> str:
 
 
 def markdown(s: pd.DataFrame) -> str:
-    """The issue's table: per link, tokens/s of the best fixed gamma, then each variant's ratio to it [95% interval],
+    """The table of docs/adaptive-gamma.md: per link, tokens/s of the best fixed gamma, then each variant's ratio to it [95% interval],
     and the adaptive schedule's drafted length per round (mean, p10-p90)."""
     cols = list(dict.fromkeys(_label(m, g) for m, g in zip(s.method, s.gamma)))
     fixed = sorted((c for c in cols if c.startswith("g")), key=lambda c: int(c[1:]))

@@ -9,9 +9,9 @@ case is *capacity*: the edges draft, so one verifier serves more users at the sa
   drafting times, sleeping), so 32 edges cost the machine sleeps, not 32 edge models; for the N in
   ``real_ns`` the same runs are also made with real edges (the edge model drafting in threads of this
   process) and both goodputs are kept (:func:`replay_check`);
-* ``cloud_only``: cloud-only streaming, batched autoregressive decoding on the server (each token a
+* ``cloud``: cloud-only streaming, batched autoregressive decoding on the server (each token a
   round with an empty draft);
-* ``server_spec``: server-side speculation (``serve --draft``): the server drafts and verifies; on a
+* ``server_speculative``: server-side speculation (``serve --draft``): the server drafts and verifies; on a
   batching server its verify rounds join the cloud's batches and its draft steps the draft model's
   (:mod:`specnb.link.server_speculation`).
 
@@ -31,7 +31,7 @@ Summaries (pure functions of the rows, unit-tested):
 
 * goodput = all users' new tokens / (last end - first start) of a run; per-edge rate = an edge's new
   tokens / its own wall time; 95% percentile-bootstrap intervals: goodput over repetitions, the
-  mean per-edge rate over (repetition x edge) entries (:func:`bootstrap_mean`);
+  mean per-edge rate over (repetition x edge) entries (:func:`specnb.measure.stats.mean_interval`);
 * the p90 edge's rate: the rate 90% of edges reach (the 10th percentile of per-edge rates, pooled
   over repetitions) (:func:`p90_edge_rate`);
 * Jain's fairness index over a run's edges, J = (sum x)^2 / (n sum x^2), 1 = all equal, 1/n = one edge
@@ -41,10 +41,10 @@ Summaries (pure functions of the rows, unit-tested):
 * the bound of a saturated, unbatched verifier (:func:`bound`): each edge-cloud user's cycle is
   gamma t_draft + t_verify (+ the link's r), of which the verifier is busy t_verify, so it sustains
   B = 1 + (gamma t_draft + r) / t_verify users at the solo per-user rate, where a cloud-only user
-  keeps it busy all the time (B = 1); the issue's bound has r = 0, the bound "with the link" r = RTT +
+  keeps it busy all the time (B = 1); the bound without the link has r = 0, the bound "with the link" r = RTT +
   the measured transport time per round. Measured beside it (:func:`sustained`): S = goodput at the
   largest N / the per-edge rate at N = 1, the users at the solo rate the saturated server delivers,
-  and S(edge_cloud) / S(cloud_only), the measured capacity gain, over B.
+  and S(edge_cloud) / S(cloud), the measured capacity gain, over B.
 """
 
 from __future__ import annotations
@@ -64,13 +64,14 @@ import pandas as pd
 from ..decode.adaptive import Controller
 from ..decode.loops import speculative
 from ..decode.schedule import SCHEDULES
+from ..measure.stats import mean_interval
 from ..models import ModelSpec, load
 from ..link.client import connect
 from ..link.emulate import Link
 from ..link.loopback import local_server
 from .replay import RecordingDrafter, ReplayedEdge
 
-METHODS = ("edge_cloud", "cloud_only", "server_spec")
+SERVED = ("edge_cloud", "cloud", "server_speculative")  # the LINK_METHODS this study runs against a server (specnb.study.methods)
 POLICIES = ("none", "dynamic", "wait")
 # one configuration; rows add rep, edge. gamma 0: no drafts (cloud-only); schedule: edge-cloud's draft-length
 # rule (the other methods: constant)
@@ -98,21 +99,6 @@ def p90_edge_rate(rates) -> float:
     if x.size == 0:
         raise ValueError("no per-edge rates")
     return float(np.quantile(x, 0.10))
-
-
-def bootstrap_mean(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the percentile-bootstrap interval of the mean of ``values`` (resampled with
-    replacement, ``n_boot`` times, a fixed seed); one value gives a zero-width interval."""
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        raise ValueError("no values to average")
-    if x.size == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(x.mean()), float(low), float(high)
 
 
 def capacity(p90_by_n: dict[int, float], slo: float) -> int:
@@ -150,7 +136,7 @@ def bound(gamma: int, t_draft: float, t_verify: float, link_s: float = 0.0) -> f
     """B = 1 + (gamma * t_draft + link_s) / t_verify: users at their solo rate one saturated, unbatched
     verifier sustains with edge-cloud speculation, relative to cloud-only users (each keeps it busy).
     ``t_draft``: seconds to draft one token at the edge; ``t_verify``: the server's seconds per verify
-    round; ``link_s``: the link's seconds per round (the issue's bound is ``link_s = 0``)."""
+    round; ``link_s``: the link's seconds per round (``link_s = 0``: the bound without the link)."""
     if gamma < 0 or t_draft < 0 or link_s < 0 or not t_verify > 0:
         raise ValueError(f"need gamma, t_draft, link_s >= 0 and t_verify > 0, got {gamma}, {t_draft}, {link_s}, {t_verify}")
     return 1.0 + (gamma * t_draft + link_s) / t_verify
@@ -196,8 +182,8 @@ def summary(rows: pd.DataFrame, *, real: bool = False) -> pd.DataFrame:
     out = []
     for key, part in rows.groupby(KEYS, sort=True):
         ok, rr = part[part.ok], runs[key]
-        g, g_lo, g_hi = bootstrap_mean(rr.goodput.dropna()) if rr.goodput.notna().any() else (np.nan,) * 3
-        r, r_lo, r_hi = bootstrap_mean(ok.rate) if len(ok) else (np.nan,) * 3
+        g, g_lo, g_hi = mean_interval(rr.goodput.dropna()) if rr.goodput.notna().any() else (np.nan,) * 3
+        r, r_lo, r_hi = mean_interval(ok.rate) if len(ok) else (np.nan,) * 3
         out.append(dict(zip(KEYS, key)) | {
             "goodput": g, "goodput_low": g_lo, "goodput_high": g_hi, "edge_rate": r, "edge_rate_low": r_lo,
             "edge_rate_high": r_hi, "p90_edge_rate": p90_edge_rate(ok.rate) if len(ok) else np.nan,
@@ -234,7 +220,7 @@ def best_per_n(summ: pd.DataFrame) -> pd.DataFrame:
 
 
 def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
-    """Per (policy, RTT, gamma): S(edge_cloud), S(cloud_only) (:func:`sustained`), their ratio (the
+    """Per (policy, RTT, gamma): S(edge_cloud), S(cloud) (:func:`sustained`), their ratio (the
     measured capacity gain at the solo rate), the bound B from the measured t_draft and t_verify
     (without and with the link: the emulated RTT plus the measured transport time per round), and
     measured / B. The bound is for an unbatched
@@ -242,7 +228,7 @@ def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
     ``constant`` schedule's rows only."""
     out = []
     summ, times = with_schedule(summ), with_schedule(times)
-    co = summ[summ.method == "cloud_only"]
+    co = summ[summ.method == "cloud"]
     for _, t in times[times.schedule == "constant"].iterrows():
         fixed = summ[(summ.method == "edge_cloud") & (summ.schedule == "constant") & (summ.gamma == t.gamma)]
         for (policy, rtt), part in fixed.groupby(["policy", "rtt_ms"]):
@@ -263,7 +249,7 @@ def bound_table(summ: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def goodput_gain(summ: pd.DataFrame, over: str = "cloud_only") -> pd.DataFrame:
+def goodput_gain(summ: pd.DataFrame, over: str = "cloud") -> pd.DataFrame:
     """Goodput of each method over ``over``'s at the same policy, RTT and N (edge methods at their best
     schedule and gamma)."""
     best = summ.groupby(["method", "policy", "rtt_ms", "n"]).goodput.max().reset_index()
@@ -300,7 +286,7 @@ class Config:
     prompts: list[str] = field(default_factory=lambda: ["def parse(text):", "class Stack:"])
     ns: list[int] = field(default_factory=lambda: [1, 2, 4])
     rtts_ms: list[float] = field(default_factory=lambda: [0.0, 20.0])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(SERVED))
     policies: list[str] = field(default_factory=lambda: ["none", "dynamic"])
     gammas: list[int] = field(default_factory=lambda: [3])
     schedules: list[str] = field(default_factory=lambda: ["constant"])  # edge-cloud's draft-length rules; gamma: the cap
@@ -311,9 +297,9 @@ class Config:
     seed: int = 0
 
     def check(self) -> "Config":
-        bad = [m for m in self.methods if m not in METHODS] + [p for p in self.policies if p not in POLICIES]
+        bad = [m for m in self.methods if m not in SERVED] + [p for p in self.policies if p not in POLICIES]
         if bad:
-            raise ValueError(f"unknown methods / policies {bad}: choose from {METHODS} and {POLICIES}")
+            raise ValueError(f"unknown methods / policies {bad}: choose from {SERVED} and {POLICIES}")
         if not self.ns or min(self.ns) < 1 or not self.prompts or self.reps < 1 or self.max_new_tokens < 1:
             raise ValueError("need ns >= 1, at least one prompt, reps >= 1 and max_new_tokens >= 1")
         if not self.gammas or min(self.gammas) < 1 or min(self.rtts_ms) < 0:
@@ -344,7 +330,7 @@ def servers(cfg: Config) -> Iterator[dict[str, str]]:
         for policy in cfg.policies:
             extra = ["--batch", policy, "--max-batch", str(top), "--max-sessions", str(top + 4),
                      "--batch-wait-ms", str(cfg.batch_wait_ms)]
-            draft = cfg.edge_model if "server_spec" in cfg.methods else None
+            draft = cfg.edge_model if "server_speculative" in cfg.methods else None
             out[policy] = stack.enter_context(local_server(cfg.cloud_model, dtype=cfg.dtype, threads=cfg.threads,
                                                            draft=draft, draft_threads=cfg.threads, extra=extra))
         yield out
@@ -409,9 +395,9 @@ def one_run(remote: Any, method: str, rtt_ms: float, schedule: str, gamma: int, 
         start.wait(HANG_S)
         t0 = time.perf_counter()
         try:
-            if method == "cloud_only":
+            if method == "cloud":
                 g = cloud.autoregressive(prompt, cfg.max_new_tokens)
-            elif method == "server_spec":
+            elif method == "server_speculative":
                 g = cloud.server_speculative(prompt, cfg.max_new_tokens, gamma=gamma)
             elif edge is not None:
                 ctl = copy.deepcopy(controllers[gamma, rtt_ms]) if schedule == "adaptive" else None
@@ -452,7 +438,7 @@ def cases(cfg: Config) -> list[tuple[str, str, float, str, int]]:
         for policy in cfg.policies:
             for rtt in cfg.rtts_ms:
                 for schedule in cfg.schedules if method == "edge_cloud" else ["constant"]:
-                    for gamma in ([0] if method == "cloud_only" else cfg.gammas):
+                    for gamma in ([0] if method == "cloud" else cfg.gammas):
                         out.append((method, policy, float(rtt), schedule, gamma))
     return out
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..decode.loops import VERIFY_RULES
+
 COMMON_FIELDS = frozenset({"dtype", "prompts", "num_prompts", "chat_template", "max_new_tokens", "temperature", "seed",
                            "warmup", "reps"})
 ROLE_FIELDS = {role: frozenset({f"{role}_model", f"{role}_device", f"{role}_threads", f"{role}_dtype"})
@@ -145,7 +147,6 @@ def _prompt_lookup(m: dict[str, Any], p: Any) -> Decode:
 
 
 PAIR = frozenset({"gamma", "verify", "rank_k", "schedule", "optimized", "compile_steps"})
-ALL_RULES = ("greedy", "sample", "rank")  # the verification rules of the loop (specnb.decode.loops.VERIFY_RULES)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("edge", "edge_baseline.ipynb", ("edge",), frozenset(), "Edge baseline", "边缘基线", _edge,
@@ -155,13 +156,32 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cloud_optimized", "cloud_optimized_baseline.ipynb", ("cloud",), frozenset({"compile_steps"}),
            "Cloud optimized", "云端优化基线", _cloud(True), reference_of="optimized", fixed_setup="optimized"),
     Method("speculative", "speculative.ipynb", ("edge", "cloud"), PAIR, "Speculative", "推测解码", _speculative,
-           drafter="edge model", verify_rules=ALL_RULES),
+           drafter="edge model", verify_rules=VERIFY_RULES),
     Method("hf_assisted", "hf_assisted.ipynb", ("edge", "cloud"), frozenset({"gamma", "optimized"}),
            "HF assisted", "HF 辅助生成", _hf_assisted, warm_all_prompts=lambda p: bool(p.optimized),
            drafter="edge model"),
     Method("prompt_lookup", "prompt_lookup.ipynb", ("cloud",), PAIR, "Prompt lookup",
            "提示词查找解码", _prompt_lookup, drafter="prompt lookup", verify_rules=("greedy", "rank"),
            rules_why="its n-gram drafts carry no probabilities to sample against"),
+)}
+
+
+@dataclass(frozen=True)
+class LinkMethod:
+    """One way to answer a prompt when the edge and the cloud are apart: the methods of the studies across
+    the link (:mod:`specnb.study.rtt`, :mod:`specnb.study.adaptive_gamma`, :mod:`specnb.study.capacity`)."""
+
+    name: str
+    label: str
+    label_zh: str
+    round_trips: str  # how often it pays the link's round trip: "none", "once" (per generation), "every round"
+
+
+LINK_METHODS: dict[str, LinkMethod] = {m.name: m for m in (
+    LinkMethod("edge", "edge alone", "仅边缘", "none"),
+    LinkMethod("cloud", "cloud-only streaming", "仅云端流式生成", "once"),
+    LinkMethod("server_speculative", "server-side speculation", "服务器端推测解码", "once"),
+    LinkMethod("edge_cloud", "edge-cloud speculation", "边缘–云端推测解码", "every round"),
 )}
 
 

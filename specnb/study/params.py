@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..decode.loops import VERIFY_RULES
+from ..decode.schedule import SCHEDULES
 from . import methods as _methods
 from ..dtypes import parse_dtype
 
@@ -60,9 +62,9 @@ class MethodParams(BaseModel):
     chat_template: Literal["auto", "none"] = "auto"
     max_new_tokens: int = Field(24, ge=1)
     gamma: int = Field(4, ge=1)
-    verify: Literal["greedy", "sample", "rank"] = "greedy"
+    verify: Literal[VERIFY_RULES] = "greedy"  # type: ignore[valid-type]
     rank_k: int = Field(5, ge=1)
-    schedule: Literal["constant", "heuristic", "cost", "confidence", "adaptive"] = "constant"
+    schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]
     optimized: bool = False
     compile_steps: bool | None = None
     temperature: float = Field(0.0, ge=0.0)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..measure import provenance as runinfo
+from ..measure import provenance
 from . import ZOO_ROOT
 from .corpus import Corpus, load_corpus
 from .train import Shape, TrainSettings, eval_loss, new_model, train
@@ -204,7 +204,7 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
     from ..prompts import load_prompts
 
     started = time.perf_counter()
-    git = runinfo.git_state()
+    git = provenance.git_state()
     torch.set_num_threads(settings.threads)
     keys = settings.stage_keys()
     work.mkdir(parents=True, exist_ok=True)
@@ -240,13 +240,13 @@ def build(settings: BuildSettings, out: Path, work: Path) -> dict:
         "quality_builtin_code": quality,
         "speed_builtin_code": speed,
         "build_seconds": round(time.perf_counter() - started, 1),
-        "machine": runinfo.machine() | {"torch_threads": settings.threads},
-        "versions": runinfo.versions(),
+        "machine": provenance.machine() | {"torch_threads": settings.threads},
+        "versions": provenance.versions(),
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "files": file_hashes(models_dir),
     }
-    runinfo.write_json_atomic(out / "manifest.json", manifest)
+    provenance.write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 

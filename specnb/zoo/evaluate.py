@@ -118,7 +118,8 @@ def speed_ratio(edge_dir: str, cloud_dir: str, prompts: list[str], new_tokens: i
     back to back, so a machine that slows down slows all of them alike. Ratios are of total
     tokens over total wall time; the first prompt is run once beforehand as a warm-up.
     """
-    from .. import ModelSpec, autoregressive, load, speculative
+    from ..decode.loops import autoregressive, speculative
+    from ..models import ModelSpec, load
 
     edge = load(ModelSpec(edge_dir, dtype="float32", device="cpu", threads=threads))
     cloud = load(ModelSpec(cloud_dir, dtype="float32", device="cpu", threads=threads))
