@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -40,10 +41,25 @@ def test_the_bound_gamma_grows_with_the_rtt_and_the_acceptance():
     assert by_alpha == sorted(by_alpha) and by_alpha[0] < by_alpha[-1]
 
 
-def test_without_costs_the_prior_drafts_the_cap_as_before():
-    """RTT and acceptance alone cannot price a draft: the first round drafts the cap, as a controller without prior."""
-    assert _first_stop(Controller(prior=Prior(alpha=0.8, rtt_s=0.05)), 0.5, cap=16) == 16
-    assert _first_stop(Controller(), 0.5, cap=16) == 16
+def _ticking(step_s: float):
+    """A clock that advances ``step_s`` per reading: begin_round reads it once, each stop(k) once (k steps)."""
+    calls = itertools.count()
+    return lambda: next(calls) * step_s
+
+
+@pytest.mark.parametrize("alpha", [None, 0.9])
+@pytest.mark.parametrize("t_draft,rtt_s", [(0.001, 0.005), (0.001, 0.05), (0.15, 0.005)])
+def test_a_prior_without_costs_prices_its_first_round_with_the_draft_step_it_measures(alpha, t_draft, rtt_s):
+    """A pair with no record: the draft step as the round shows it, a verify round of at least the RTT plus one
+    such step: the bound's length at those costs (short), never the cap drafted blind. No prior: the cap."""
+    prior = Prior(alpha=alpha, rtt_s=rtt_s)
+    k = _first_stop(Controller(prior=prior, clock=_ticking(t_draft)), 0.5)
+    if alpha is not None:  # steady acceptance: exactly the bound's length at those costs
+        assert k == bound_length(alpha, t_draft, rtt_s + t_draft, 0.0, 32)
+    assert k < 32
+    assert _first_stop(Controller(clock=_ticking(t_draft)), 0.5) == 32
+    if t_draft == 0.15:  # a slow edge (Qwen 0.5B on one thread) over a fast link: one or two drafts
+        assert k <= 2
 
 
 def _simulate(controller: Controller, alpha: float, rounds: int, seed: int = 0, k: int = 8) -> None:
@@ -194,3 +210,23 @@ def test_the_cold_start_study_pairs_each_generation_with_the_fixed_gammas(pair):
     assert len(s) == 2 * 3 and s.identical.all()
     assert ((s.low <= s.vs_best_fixed) & (s.vs_best_fixed <= s.high)).all()
     assert "generations 2-3" in cold_markdown(s)
+
+
+def test_a_session_defaults_to_the_adaptive_schedule_only_when_nothing_is_given(pair):
+    """Over a connect() session a bare call drafts by the session's controller up to 32; a gamma or a schedule
+    given, sampling, or an in-process cloud keep the constant schedule (gamma 4 when not given)."""
+    from specnb import autoregressive, connect, speculative
+    from specnb.decode.loops import _defaults
+
+    cloud = connect(pair["address"])
+    edge, local = pair["edge"], pair["cloud"]
+    g = speculative(edge, cloud, "def parse(text):", 16)
+    assert g.tokens == autoregressive(local, "def parse(text):", 16).tokens
+    assert len(cloud.controllers) == 1 and sum(next(iter(cloud.controllers.values())).calibration.tries) > 0
+    assert _defaults(edge, cloud, None, None, "greedy") == ("adaptive", 32)
+    assert _defaults(edge, cloud, None, 4, "greedy") == ("constant", 4)
+    assert _defaults(edge, cloud, "cost", None, "greedy") == ("cost", 4)
+    assert _defaults(edge, cloud, None, None, "sample") == ("constant", 4)
+    assert _defaults(edge, local, None, None, "greedy") == ("constant", 4)
+    fixed = speculative(edge, cloud, "def parse(text):", 16, gamma=4)
+    assert fixed.drafted_trace[0] == max(fixed.drafted_trace) == 4

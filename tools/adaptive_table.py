@@ -28,7 +28,8 @@ prompts (rotated by process), on each the fixed gammas and the adaptive variants
 ``rows.csv``, ``summary.csv`` (ratio to the best fixed gamma per window of generations), ``table.md``,
 ``run.json`` (conditions, machine, git commit, load before and after) under
 ``docs/measurements/adaptive-cold-<date>/``, and the controllers each process ended with under ``controllers/``
-(when the library can save them). About 15 minutes on 2 quiet cores with the default links and 3 processes.
+(when the library can save them). About 22 minutes on 2 quiet cores with the default links and 3 processes
+(1308 s and 1288 s, 2-core AMD EPYC, 2026-12-06).
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ the others); both draft up to ``gamma`` tokens and may stop a round's draft afte
   acceptance (counted as 16 judged drafts, so its weight fades within the first generation), the draft
   and verify step costs, and the link's round trip (a ``connect()`` session measures it at the
   handshake). With costs it drafts, in its first round, the length that maximizes the expected-speed-up
-  bound with the verify cost and the link time; without them it drafts the cap (the ``cost`` schedule's
-  first round; a long first draft also shows the calibration many tokens). It saves to and loads from
-  a JSON file (:meth:`Controller.save`, :meth:`Controller.load`).
+  bound with the verify cost and the link time; with a prior but no costs it stops that round short,
+  pricing it with the draft step it measures and at least one such step plus the RTT per verify; with no
+  prior it drafts the cap (the ``cost`` schedule's first round). It saves to and loads from a JSON file
+  (:meth:`Controller.save`, :meth:`Controller.load`).
 
 The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
 it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
@@ -100,6 +101,7 @@ is within 1% of the best at every stage (docs/adaptive-gamma.md).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -109,6 +111,7 @@ import torch
 CONFIDENCE_THRESHOLD = 0.4  # Hugging Face's default assistant_confidence_threshold
 STOPPING = ("confidence", "adaptive")  # the schedules that stop a draft per token
 STATE_FORMAT = "specnb-controller/1"  # Controller.save's file
+SESSION_CAP = 32  # the cap of speculative()'s default over a connect() session (adaptive; issue 32's measurement)
 
 
 def top_probability(logits: torch.Tensor, probs: torch.Tensor | None) -> float:
@@ -316,7 +319,9 @@ class Prior:
     With ``t_draft_s`` and ``cloud_s`` the verify line starts at ``a = cloud_s + rtt_s``, ``b = per_token_s``,
     and the first round drafts the length that maximizes the expected-speed-up bound
     ``E(alpha, g) / (g t_draft + a + b g)`` (:func:`bound_length`; docs/adaptive-gamma.md). Without them
-    the first round drafts the cap, as a controller with no prior.
+    the first round prices its drafts with the draft step it measures as it drafts and a verify round of at
+    least ``rtt_s`` plus one such step: it stops short rather than drafting the cap (a controller without
+    any prior drafts the cap).
     """
 
     alpha: float | None = None
@@ -371,12 +376,14 @@ class Controller:
     is the calibration (hits and tries per confidence bin, for good), the draft step's cost (weighted
     towards recent rounds) and the verify line's filter (``a``, ``b`` and their covariance, which the
     filter lets drift), with the :class:`Prior` it started from. :meth:`save` / :meth:`load` keep it in a
-    JSON file between processes; :meth:`reset` returns to the prior. With no prior (or no costs in it),
-    it drafts to the cap before it has seen a round, as the ``cost`` schedule's first round.
+    JSON file between processes; :meth:`reset` returns to the prior. With no prior it drafts to the cap
+    before it has seen a round, as the ``cost`` schedule's first round; with a prior, see :class:`Prior`.
+    ``clock``: seconds, for the draft step an unpriced prior's first round measures (tests inject one).
     """
 
-    def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None, prior: Prior | None = None):
-        self.prior = prior
+    def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None, prior: Prior | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.prior, self.clock = prior, clock
         self.calibration = calibration or Calibration()
         self.costs = costs or Costs()
         if prior is not None and calibration is None and costs is None:
@@ -400,18 +407,29 @@ class Controller:
 
     def begin_round(self, cap: int = 16) -> None:
         self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
+        self._t0 = self.clock()
         if self.costs.known:
             self._t_draft = self.costs.t_draft
             self._a, self._b = self.costs.line()
 
     def stop(self, k: int, confidence: float) -> bool:
         if not self.costs.known:
-            return False
+            if self.prior is None:
+                return False  # nothing to price a draft with: the cap
+            self._price_from_this_round(k)
         p = self.calibration.p(confidence)
         self._prefix *= p
         self._emitted += self._prefix
         return not continuation_pays(self._prefix, self._emitted, k, self.calibration.mean(), self._cap - k,
                                      self._t_draft, self._a, self._b)
+
+    def _price_from_this_round(self, k: int) -> None:
+        """A prior without step costs (a pair with no record): the draft step as this round shows it so far, and
+        a verify round of at least the link's round trip plus one such step (the cloud is the larger model).
+        The real round costs more, so the first round stops short rather than drafting the cap blind (at one
+        draft step of 150 ms, the Qwen 0.5B edge on one CPU thread, a cap of 32 costs 4.8 s)."""
+        self._t_draft = (self.clock() - self._t0) / k
+        self._a, self._b = self.prior.rtt_s + self._t_draft, 0.0
 
     def observe(self, confidences: list[float], drafted: int, accepted: int, draft_s: float, verify_s: float,
                 first: bool = False) -> None:
