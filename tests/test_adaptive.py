@@ -256,8 +256,9 @@ def test_a_grid_cell_runs_adaptive_with_one_controller_over_its_prompts(models, 
     from specnb.study.params import MethodParams
 
     made = []
-    monkeypatch.setattr(adaptive, "Controller", lambda: made.append(Controller()) or made[-1])
+    monkeypatch.setattr(adaptive, "Controller", lambda **kw: made.append(Controller(**kw)) or made[-1])
     decode = METHODS["speculative"].build(models, MethodParams(gamma=8, schedule="adaptive"))
+    assert decode.controller is made[0]  # what experiment.run saves beside the result
     decode(PROMPTS[0], N)
     seen = sum(made[0].calibration.tries)
     assert decode(PROMPTS[1], N).tokens == autoregressive(models["cloud"], PROMPTS[1], N).tokens

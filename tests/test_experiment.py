@@ -52,6 +52,10 @@ def test_optimized_speculative_and_schedule_match_cloud(tiny_pair, tmp_path):
         assert [r["tokens"] for r in spec["prompts"]] == [r["tokens"] for r in cloud["prompts"]], extra
         assert spec["settings"] | extra == spec["settings"]
     assert {"warmup_s", "warmup_compile_s"} <= set(spec["aggregate"]) and spec["warmup"]["generations"] == 1
+    from specnb.decode.adaptive import Controller  # the adaptive run (the last) saved its controller beside the result
+    saved = Controller.load(spec["controller_path"])
+    assert spec["controller_path"] == str(tmp_path / "r.controller.json") and sum(saved.calibration.tries) > 0
+    assert json.loads((tmp_path / "r.controller.json").read_text())["about"]["method"] == "speculative"
 
 
 def test_dtype_override_and_default_path(tiny_pair, tmp_path):

@@ -18,11 +18,18 @@ the others); both draft up to ``gamma`` tokens and may stop a round's draft afte
   and stops drafting at the length that maximizes the expected tokens per second of the round.
 
   One controller serves many generations of the same edge and cloud (``speculative(...,
-  controller=c)``; the link study keeps one per link): a 64-token generation has only 10-15 rounds,
-  too few to calibrate and fit costs from nothing (measured: a fresh controller per generation drafted
-  8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma). Before its first round it knows
-  no cost and drafts the cap (the ``cost`` schedule's first round; a long first draft also shows the
-  calibration many tokens).
+  controller=c)``; a ``connect()`` session keeps one per edge, the link study one per link): a 64-token
+  generation has only 10-15 rounds, too few to calibrate and fit costs from nothing (measured: a fresh
+  controller per generation drafted 8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma).
+
+  From a cold start it uses what is known before the first round, a :class:`Prior`: the pair's recorded
+  acceptance (counted as 16 judged drafts, so its weight fades within the first generation), the draft
+  and verify step costs, and the link's round trip (a ``connect()`` session measures it at the
+  handshake). With costs it drafts, in its first round, the length that maximizes the expected-speed-up
+  bound with the verify cost and the link time; with a prior but no costs it stops that round short,
+  pricing it with the draft step it measures and at least one such step plus the RTT per verify; with no
+  prior it drafts the cap (the ``cost`` schedule's first round). It saves to and loads from a JSON file
+  (:meth:`Controller.save`, :meth:`Controller.load`).
 
 The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
 it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
@@ -93,13 +100,19 @@ is within 1% of the best at every stage (docs/adaptive-gamma.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 CONFIDENCE_THRESHOLD = 0.4  # Hugging Face's default assistant_confidence_threshold
 STOPPING = ("confidence", "adaptive")  # the schedules that stop a draft per token
+STATE_FORMAT = "specnb-controller/1"  # Controller.save's file
+# the cap of speculative()'s default over a connect() session (adaptive; the cold-start table in docs/adaptive-gamma.md)
+SESSION_CAP = 32
 
 
 def top_probability(logits: torch.Tensor, probs: torch.Tensor | None) -> float:
@@ -166,12 +179,20 @@ class Calibration:
 
     A round that kept ``n`` of its drafts shows drafts 1..n accepted and draft n+1 rejected; the
     drafts after the first rejection were never judged (censored) and teach nothing.
+
+    ``alpha0``: the pair's acceptance when known before the run (:class:`Prior`), counted as ``weight``
+    judged drafts: the mean acceptance is then ``(hits + weight alpha0) / (tries + weight)`` (the prior's
+    share fades as judged drafts arrive), and every bin shrinks towards that mean from the first round,
+    not towards its centre (the edge models here are under-confident: a bin centre of 0.3 for drafts
+    accepted 55-65% of the time).
     """
 
     bins: int = 10
     prior: float = 2.0
     hits: list[float] = field(default_factory=list)
     tries: list[float] = field(default_factory=list)
+    alpha0: float | None = None
+    weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.hits = self.hits or [0.0] * self.bins
@@ -183,13 +204,16 @@ class Calibration:
     def p(self, c: float) -> float:
         b = self._bin(c)
         centre = (b + 0.5) / self.bins
-        if sum(self.tries) >= self.bins:  # enough judged drafts: shrink towards the run's mean, not the confidence
+        if self.alpha0 is not None or sum(self.tries) >= self.bins:  # shrink towards the mean, not the confidence
             centre = self.mean()
         return (self.hits[b] + self.prior * centre) / (self.tries[b] + self.prior)
 
     def mean(self) -> float:
-        """The run's acceptance of a judged draft, whatever its confidence (the i.i.d. alpha, +1/+2 prior)."""
-        return (sum(self.hits) + 1.0) / (sum(self.tries) + 2.0)
+        """The acceptance of a judged draft, whatever its confidence (the i.i.d. alpha): the run's hits over
+        its tries with ``weight`` pseudo-drafts at ``alpha0`` (without one, +1/+2: a uniform prior)."""
+        if self.alpha0 is None:
+            return (sum(self.hits) + 1.0) / (sum(self.tries) + 2.0)
+        return (sum(self.hits) + self.weight * self.alpha0) / (sum(self.tries) + self.weight)
 
     def observe(self, confidences: list[float], accepted: int) -> None:
         for j, c in enumerate(confidences[: accepted + 1]):
@@ -225,6 +249,14 @@ class Costs:
     @property
     def known(self) -> bool:
         return self.ab is not None and self._d[1] > 0
+
+    def prime(self, t_draft: float, a: float, b: float, a_sd: float, b_sd: float, tokens: float = 4.0) -> None:
+        """Start from costs known before the run: ``t_draft`` as if seen over ``tokens`` drafted tokens (its
+        weight fades by ``draft_decay`` a round), the verify line at ``(a, b)`` with standard deviations
+        ``a_sd`` and ``b_sd`` (a round far off the line is a jump: ``a`` restarts there, as for a new link)."""
+        self._d = [t_draft * tokens, tokens]
+        self.ab = [a, b]
+        self.cov = [[a_sd ** 2, 0.0], [0.0, b_sd ** 2]]
 
     def observe(self, k: int, draft_s: float, verify_s: float) -> None:
         self._d = [x * self.draft_decay for x in self._d]
@@ -273,43 +305,180 @@ def kalman_step(ab: list[float], cov: list[list[float]], k: int, y: float, q_a: 
     return new_ab, new_cov
 
 
+@dataclass(frozen=True)
+class Prior:
+    """What a controller knows before its first round; each part None when unknown, ``source`` says whence.
+
+    * ``alpha``: the pair's acceptance of a judged draft (recorded: :func:`recorded_prior`, or a previous
+      run's saved controller), counted as ``weight`` judged drafts: after ``n`` of the run's own the
+      estimate is ``(hits + weight alpha) / (n + weight)``, so the prior's share fades within the first
+      generation (a 64-token generation judges 60-70 drafts).
+    * ``t_draft_s``: one draft step; ``cloud_s``: a verify round's fixed cost on the cloud (one forward,
+      without the link); ``per_token_s``: its cost per verified draft (``b``; 0 when unknown);
+      ``rtt_s``: the link's round trip (connect's handshake plus the emulated profile).
+
+    With ``t_draft_s`` and ``cloud_s`` the verify line starts at ``a = cloud_s + rtt_s``, ``b = per_token_s``,
+    and the first round drafts the length that maximizes the expected-speed-up bound
+    ``E(alpha, g) / (g t_draft + a + b g)`` (:func:`bound_length`; docs/adaptive-gamma.md). Without them
+    the first round prices its drafts with the draft step it measures as it drafts and a verify round of at
+    least ``rtt_s`` plus one such step: it stops short rather than drafting the cap (a controller without
+    any prior drafts the cap).
+    """
+
+    alpha: float | None = None
+    weight: float = 16.0
+    t_draft_s: float | None = None
+    cloud_s: float | None = None
+    per_token_s: float | None = None
+    rtt_s: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"a prior acceptance must lie in (0, 1), got {self.alpha!r}")
+        if self.weight < 0 or self.rtt_s < 0:
+            raise ValueError(f"weight and rtt_s must be >= 0, got {self.weight!r} / {self.rtt_s!r}")
+
+    @property
+    def priced(self) -> bool:
+        """Whether it knows the costs a first round is priced with."""
+        return self.t_draft_s is not None and self.cloud_s is not None
+
+
+def bound_length(alpha: float, t_draft: float, a: float, b: float, cap: int) -> int:
+    """The draft length (1..cap) maximizing E(alpha, g) / (g t_draft + a + b g): the bound's best gamma, with the
+    verify round's cost and the link in ``a`` (what a primed controller drafts in its first round)."""
+    return max(1, best_length([alpha] * cap, t_draft, a, b))
+
+
+def recorded_prior(edge: str, cloud: str) -> Prior | None:
+    """The pair's record, when one exists: for the embedded pair (``zoo:tiny-edge`` drafting for
+    ``zoo:tiny-cloud``) the zoo manifest's top-1 agreement on ``builtin:code`` (the acceptance of a judged
+    greedy draft) and its step costs at one thread (measured when the zoo was built, on that machine). None
+    for any other pair (a previous run's controller: :meth:`Controller.load`)."""
+    from ..zoo import PREFIX, ZOO_ROOT
+
+    manifest = ZOO_ROOT.parent / "manifest.json"
+    if (edge, cloud) != (PREFIX + "tiny-edge", PREFIX + "tiny-cloud") or not manifest.is_file():
+        return None
+    q = json.loads(manifest.read_text()).get("quality_builtin_code") or {}
+    if not {"top1_agreement", "edge_step_ms", "cloud_step_ms"} <= set(q):
+        return None
+    return Prior(alpha=q["top1_agreement"], t_draft_s=q["edge_step_ms"] / 1e3, cloud_s=q["cloud_step_ms"] / 1e3,
+                 source="zoo manifest (top-1 agreement and step costs on builtin:code, when the pair was built)")
+
+
 class Controller:
     """The ``adaptive`` schedule's per-token stop rule (the module's lookahead rule), learning as it goes.
 
     ``begin_round(cap)`` before each draft; the drafter calls ``stop(k, confidence)`` after its k-th token;
     ``observe(...)`` after the round, with the confidences of what was drafted. One controller can serve
-    many generations of the same edge and cloud (``speculative(..., controller=c)``): what it learnt
-    carries over (the calibration for good, the costs as the filter lets them drift); :meth:`reset`
-    forgets it. Before it has seen a round it drafts to the cap, as the ``cost`` schedule's first round.
+    many generations of the same edge and cloud (``speculative(..., controller=c)``); what it carries over
+    is the calibration (hits and tries per confidence bin, for good), the draft step's cost (weighted
+    towards recent rounds) and the verify line's filter (``a``, ``b`` and their covariance, which the
+    filter lets drift), with the :class:`Prior` it started from. :meth:`save` / :meth:`load` keep it in a
+    JSON file between processes; :meth:`reset` returns to the prior. With no prior it drafts to the cap
+    before it has seen a round, as the ``cost`` schedule's first round; with a prior, see :class:`Prior`.
+    ``clock``: seconds, for the draft step an unpriced prior's first round measures (tests inject one).
     """
 
-    def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None):
+    def __init__(self, calibration: Calibration | None = None, costs: Costs | None = None, prior: Prior | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.prior, self.clock = prior, clock
         self.calibration = calibration or Calibration()
         self.costs = costs or Costs()
+        if prior is not None and calibration is None and costs is None:
+            self._start_from(prior)
         self.begin_round()
 
+    def _start_from(self, prior: Prior) -> None:
+        if prior.alpha is not None:
+            self.calibration.alpha0, self.calibration.weight = prior.alpha, prior.weight
+        if prior.priced:
+            a, b = prior.cloud_s + prior.rtt_s, prior.per_token_s or 0.0
+            # recorded costs may come from another machine: a round far off the line restarts a (a jump)
+            self.costs.prime(prior.t_draft_s, a, b, a_sd=0.5 * a, b_sd=max(b, prior.cloud_s / 16))
+
     def reset(self) -> None:
+        """Forget what the rounds taught; keep the prior."""
         self.calibration = Calibration(self.calibration.bins, self.calibration.prior)
         self.costs.reset()
+        if self.prior is not None:
+            self._start_from(self.prior)
 
     def begin_round(self, cap: int = 16) -> None:
         self._prefix, self._emitted, self._cap = 1.0, 1.0, cap
+        self._t0 = self.clock()
         if self.costs.known:
             self._t_draft = self.costs.t_draft
             self._a, self._b = self.costs.line()
 
     def stop(self, k: int, confidence: float) -> bool:
         if not self.costs.known:
-            return False
+            if self.prior is None:
+                return False  # nothing to price a draft with: the cap
+            self._price_from_this_round(k)
         p = self.calibration.p(confidence)
         self._prefix *= p
         self._emitted += self._prefix
         return not continuation_pays(self._prefix, self._emitted, k, self.calibration.mean(), self._cap - k,
                                      self._t_draft, self._a, self._b)
 
-    def observe(self, confidences: list[float], drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+    def _price_from_this_round(self, k: int) -> None:
+        """A prior without step costs (a pair with no record): the draft step as this round shows it so far, and
+        a verify round of at least the link's round trip plus one such step (the cloud is the larger model).
+        The real round costs more, so the first round stops short rather than drafting the cap blind (at one
+        draft step of 150 ms, the Qwen 0.5B edge on one CPU thread, a cap of 32 costs 4.8 s)."""
+        self._t_draft = (self.clock() - self._t0) / k
+        self._a, self._b = self.prior.rtt_s + self._t_draft, 0.0
+
+    def observe(self, confidences: list[float], drafted: int, accepted: int, draft_s: float, verify_s: float,
+                first: bool = False) -> None:
+        """Learn from a round. ``first``: a generation's first round, whose verify time holds the cloud's prefill
+        of the prompt when the cloud is remote (the prompt travels with it): it teaches the costs only while they
+        are unknown (measured: 42-46 ms against 20-22 ms for the rounds after it, at 5 ms RTT)."""
         self.calibration.observe(confidences[:drafted], accepted)
-        self.costs.observe(drafted, draft_s, verify_s)
+        if not (first and self.costs.known):
+            self.costs.observe(drafted, draft_s, verify_s)
+
+    # ---- between processes
+
+    def state(self) -> dict[str, Any]:
+        """Everything it carries, as plain JSON values (:meth:`from_state` rebuilds it)."""
+        cal, costs = self.calibration, self.costs
+        return {"format": STATE_FORMAT,
+                "prior": None if self.prior is None else asdict(self.prior),
+                "calibration": {"bins": cal.bins, "prior": cal.prior, "hits": list(cal.hits), "tries": list(cal.tries),
+                                "alpha0": cal.alpha0, "weight": cal.weight},
+                "costs": {"drift": costs.drift, "noise": costs.noise, "creep": costs.creep,
+                          "draft_decay": costs.draft_decay, "ab": costs.ab, "cov": costs.cov, "draft_sums": costs._d}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Controller":
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a controller state of format {STATE_FORMAT!r} (got {state.get('format')!r})")
+        c, k = state["calibration"], state["costs"]
+        costs = Costs(k["drift"], k["noise"], k["creep"], k["draft_decay"])
+        costs.ab, costs.cov, costs._d = k["ab"], k["cov"], k["draft_sums"]
+        calibration = Calibration(c["bins"], c["prior"], list(c["hits"]), list(c["tries"]), c["alpha0"], c["weight"])
+        out = cls(calibration, costs)
+        out.prior = Prior(**state["prior"]) if state["prior"] is not None else None
+        return out
+
+    def save(self, path: str | Path, **about: Any) -> Path:
+        """Write :meth:`state` as JSON to ``path`` (``about``: anything to record beside it, e.g. the pair and the
+        link), atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state() | ({"about": about} if about else {}), indent=1) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Controller":
+        """A controller as :meth:`save` wrote it: it goes on from where it stopped."""
+        return cls.from_state(json.loads(Path(path).read_text()))
 
 
 def threshold_stop(k: int, confidence: float) -> bool:

@@ -34,7 +34,7 @@ from . import ahead as ahead_mod
 from .drafting import EdgeDrafter
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
-from .adaptive import STOPPING, Controller
+from .adaptive import SESSION_CAP, STOPPING, Controller
 from .schedule import Schedule
 from .steps import Steps, no_compiling
 from .translate import translating
@@ -183,20 +183,35 @@ def _merge_stats(*parts: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, verify: str,
+              ahead: bool | int = False) -> tuple[str, int]:
+    """``schedule`` and ``gamma`` of :func:`speculative` when not given: over a ``connect()`` session (a cloud with
+    ``controller_for``), with neither given, an edge model of the cloud's tokenizer and a greedy or rank rule,
+    ``adaptive`` up to :data:`~specnb.decode.adaptive.SESSION_CAP` (or the server's ``max_draft``; from a fresh
+    process's first generations within the best fixed gamma's interval: docs/adaptive-gamma.md); else ``constant``, gamma 4. Sampling
+    keeps ``constant``: adaptive lengths follow measured times, and a seeded sample would not repeat. Drafting
+    ahead keeps it too (the adaptive stop rule reads one draft at a time)."""
+    if (schedule is None and gamma is None and verify != "sample" and not ahead
+            and hasattr(cloud, "controller_for")
+            and isinstance(edge, LoadedModel) and not _translates(edge, cloud)):
+        return "adaptive", min(SESSION_CAP, getattr(getattr(cloud, "limits", None), "max_draft", SESSION_CAP))
+    return schedule or "constant", 4 if gamma is None else gamma
+
+
 def speculative(
     edge: LoadedModel | Drafter,
     cloud: LoadedModel | Verifier,
     prompt: str | list[int],
     max_new_tokens: int,
     *,
-    gamma: int = 4,
+    gamma: int | None = None,
     verify: str = "greedy",
     rank_k: int = 5,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    schedule: str = "constant",
+    schedule: str | None = None,
     optimized: bool | str = False,
     compile: bool | None = None,
     levers_off: tuple[str, ...] = (),
@@ -214,7 +229,10 @@ def speculative(
     (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
     ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive`` stop a draft of up to ``gamma``
     after an unsure token, :mod:`specnb.decode.adaptive`; ``controller``: the ``adaptive`` schedule's learnt
-    state, passed again to carry it over generations of the same edge and cloud). ``optimized=True`` gives both models the set-up of the
+    state, passed again to carry it over generations of the same edge and cloud; a ``connect()`` session keeps
+    one per edge itself, ``cloud.controller_for(edge)``). Defaults: ``constant`` with gamma 4; over a
+    ``connect()`` session, with neither ``gamma`` nor ``schedule`` given and greedy verification,
+    ``adaptive`` up to 32 (:func:`_defaults`). ``optimized=True`` gives both models the set-up of the
     ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
     the cloud's verification input is then padded to one of a few fixed widths
     (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
@@ -239,12 +257,15 @@ def speculative(
     prompt is tokenized by the cloud, or by the edge when the cloud is not loaded here.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
+    schedule, gamma = _defaults(edge, cloud, schedule, gamma, verify, ahead)
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
     depth = ahead_mod.depth_of(ahead)
     if depth and schedule in STOPPING:
         raise ValueError(f"ahead does not combine with schedule={schedule!r} yet (its stop rule reads the confidences "
                          "of one draft at a time); use schedule='constant', 'heuristic' or 'cost' with ahead")
+    if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
+        controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)
     text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
     if text is None:

@@ -110,7 +110,7 @@ class Schedule:
         self.verify_s += verify_s
         self.rounds += 1
         if self.controller is not None and self.drafter is not None:
-            self.controller.observe(self.drafter.confidences, drafted, accepted, draft_s, verify_s)
+            self.controller.observe(self.drafter.confidences, drafted, accepted, draft_s, verify_s, first=self.rounds == 1)
         if self.rule == "heuristic" and drafted:
             step = 2 if accepted == drafted else -1
             self.current = max(1, min(MAX_GAMMA, self.current + step))

@@ -33,12 +33,14 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
 
+from ..decode.adaptive import Controller, Prior, recorded_prior
 from ..decode.loops import _check_common
 from ..measure.metrics import Generation, summarize
 from ..models import TextIds
@@ -129,6 +131,37 @@ class RemoteCloud(TextIds):
         self.limits = Limits(**info.get("limits", {}))  # a server from before the limits: the defaults
         self.up = Direction(link, link.seed)
         self.down = Direction(link, link.seed + 1)
+        self.rtt_s = self._handshake_rtt()
+        self.controllers: dict[str, Controller] = {}  # the adaptive schedule's, per edge: controller_for
+
+    def _handshake_rtt(self, tries: int = 3) -> float:
+        """The real connection's round trip: the fastest of ``tries`` Status calls (the server does nearly
+        nothing for one). The emulated profile comes on top (:meth:`round_trip_s`)."""
+        best = float("inf")
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            self.status()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def round_trip_s(self) -> float:
+        """What a round is expected to spend on the link, known at connect: the handshake's round trip plus
+        the emulated profile's (its first stage, for a draft of ~16 ids up and a verdict down)."""
+        return self.rtt_s + self.link.at(0.0, 0).expected_round_s(64, 32)
+
+    def controller_for(self, edge: Any) -> Controller:
+        """This session's controller of the ``adaptive`` schedule for ``edge`` (one per edge model, made at its
+        first use): ``speculative(edge, cloud, ..., schedule="adaptive")`` without ``controller=`` uses it, so it
+        learns over the session's generations. It starts from a prior: the link's round trip
+        (:meth:`round_trip_s`) and, when the pair has a record (:func:`specnb.decode.adaptive.recorded_prior`), its
+        acceptance and step costs. Save it with ``.save(path)``; to start from a saved one, put
+        ``Controller.load(path)`` in ``cloud.controllers[name]`` (name: the edge's model name) or pass it as
+        ``controller=``."""
+        name = _model_name(edge)
+        if name not in self.controllers:
+            prior = recorded_prior(name, self.info["model"]) or Prior(source="none recorded for the pair")
+            self.controllers[name] = Controller(prior=replace(prior, rtt_s=self.round_trip_s()))
+        return self.controllers[name]
 
     def _check(self, model: str | None, dtype: str | None) -> None:
         info = self.info
@@ -152,6 +185,7 @@ class RemoteCloud(TextIds):
         """The same connection across another link profile (fresh jitter and wire state)."""
         other = copy.copy(self)
         other.link, other.up, other.down = link, Direction(link, link.seed), Direction(link, link.seed + 1)
+        other.controllers = {}  # another link: the adaptive schedule's controllers start again from their prior
         return other
 
     # ---- roles
@@ -215,6 +249,12 @@ class RemoteCloud(TextIds):
                                       "emulated_s": up + waited}
         return Generation(tokens=out, text=self.decode(out), metrics=metrics,
                           trace=msg.meta.get("trace", []), drafted_trace=msg.meta.get("drafted_trace", []))
+
+
+def _model_name(edge: Any) -> str:
+    """The name a session keys an edge's controller by: its model's name (a loaded model), else its class."""
+    spec = getattr(edge, "spec", None)
+    return getattr(spec, "name_or_path", None) or type(edge).__name__
 
 
 class RemoteVerifier:

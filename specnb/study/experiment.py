@@ -332,6 +332,10 @@ def run(method: str, p: MethodParams, *, log: Callable[[str], None] | None = Non
         record["prompts"], record["timing"] = timed_reps(fn, prompts, p, log, prompting=prompting)
         record.update(status="ok", aggregate=aggregate(record["prompts"]) | rep_figures(record["timing"]) | {
             "warmup_s": record["warmup"]["wall_s"], "warmup_compile_s": record["warmup"]["compile_s"]})
+        controller = getattr(fn, "controller", None)  # the adaptive schedule's, as the run left it: reload it with
+        if controller is not None:                   # specnb.decode.adaptive.Controller.load
+            record["controller_path"] = str(controller.save(path.with_name(path.stem + ".controller.json"),
+                                                            method=method, edge=p.edge_model, cloud=p.cloud_model))
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=8))

@@ -108,13 +108,23 @@ def _cloud(optimized: bool) -> Callable[[dict[str, Any], Any], Decode]:
 
 
 def _speculative(m: dict[str, Any], p: Any) -> Decode:
-    from ..decode.adaptive import Controller
+    from ..decode.adaptive import Controller, recorded_prior
     from ..decode.loops import speculative
 
-    ctl = Controller() if p.schedule == "adaptive" else None  # one per cell: it learns over the cell's prompts
-    return lambda prompt, n: speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify,
-                                         rank_k=p.rank_k, schedule=p.schedule, optimized=p.optimized,
-                                         compile=p.compile_steps, controller=ctl, ahead=p.ahead, **_common(p))
+    # one per cell: it learns over the cell's prompts, from the pair's record when there is one; the run saves it
+    # beside its result (experiment.run)
+    ctl = Controller(prior=recorded_prior(_name(m["edge"]), _name(m["cloud"]))) if p.schedule == "adaptive" else None
+
+    def run(prompt: str | list[int], n: int):
+        return speculative(m["edge"], m["cloud"], prompt, n, gamma=p.gamma, verify=p.verify, rank_k=p.rank_k,
+                           schedule=p.schedule, optimized=p.optimized, compile=p.compile_steps, controller=ctl,
+                           ahead=p.ahead, **_common(p))
+    run.controller = ctl
+    return run
+
+
+def _name(model: Any) -> str:
+    return str(getattr(getattr(model, "spec", None), "name_or_path", ""))
 
 
 def _unmeasured(g: Any, *keys: str) -> Any:
