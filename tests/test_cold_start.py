@@ -214,7 +214,7 @@ def test_the_cold_start_study_pairs_each_generation_with_the_fixed_gammas(pair):
 
 def test_a_session_defaults_to_the_adaptive_schedule_only_when_nothing_is_given(pair):
     """Over a connect() session a bare call drafts by the session's controller up to 32; a gamma or a schedule
-    given, sampling, or an in-process cloud keep the constant schedule (gamma 4 when not given)."""
+    given, sampling, drafting ahead or an in-process cloud keep the constant schedule (gamma 4 when not given)."""
     from specnb import autoregressive, connect, speculative
     from specnb.decode.loops import _defaults
 
@@ -228,5 +228,6 @@ def test_a_session_defaults_to_the_adaptive_schedule_only_when_nothing_is_given(
     assert _defaults(edge, cloud, "cost", None, "greedy") == ("cost", 4)
     assert _defaults(edge, cloud, None, None, "sample") == ("constant", 4)
     assert _defaults(edge, local, None, None, "greedy") == ("constant", 4)
+    assert _defaults(edge, cloud, None, None, "greedy", ahead=True) == ("constant", 4)  # its stop rule: one draft
     fixed = speculative(edge, cloud, "def parse(text):", 16, gamma=4)
     assert fixed.drafted_trace[0] == max(fixed.drafted_trace) == 4

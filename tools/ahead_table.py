@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--cloud", default="zoo:tiny-cloud")
     ap.add_argument("--edge", default="zoo:tiny-edge")
+    ap.add_argument("--dtype", default="float32", help="both models' dtype (a real pair on this CPU: bfloat16)")
+    ap.add_argument("--prompt-set", default="builtin:code", help="prompts (specnb.prompts.load_prompts)")
     ap.add_argument("--links", default="inproc,0,5,20,50", help="comma-separated: RTTs in ms, 'inproc' (no link)")
     ap.add_argument("--gammas", default="8,12,16", help="fixed gammas (the baseline)")
     ap.add_argument("--ahead-gammas", default="4,6,8", help="gammas drafted ahead")
@@ -94,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("docs/measurements") / f"ahead-{start:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    edge = load(ModelSpec(args.edge, dtype="float32", device="cpu", threads=1))
-    local = load(ModelSpec(args.cloud, dtype="float32", device="cpu", threads=1))
+    edge = load(ModelSpec(args.edge, dtype=args.dtype, device="cpu", threads=1))
+    local = load(ModelSpec(args.cloud, dtype=args.dtype, device="cpu", threads=1))
     rows = []
-    with local_server(args.cloud, dtype="float32", threads=1) as address:
+    with local_server(args.cloud, dtype=args.dtype, threads=1) as address:
         remote = connect(address)
-        texts = [Prompting(remote.tokenizer, "auto", "cloud").render(p) for p in load_prompts("builtin:code", args.prompts)]
+        texts = [Prompting(remote.tokenizer, "auto", "cloud").render(p) for p in load_prompts(args.prompt_set, args.prompts)]
         want = [autoregressive(local, t, args.tokens).tokens for t in texts]
         clouds = {link: local if link == "inproc" else remote.with_link(Link(link, args.bandwidth, seed=args.seed))
                   for link in links}
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(table + "\n")
     info = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
-            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1,
-            "prompts": f"builtin:code x {args.prompts}", "max_new_tokens": args.tokens, "reps": args.reps,
+            "cloud": args.cloud, "edge": args.edge, "dtype": args.dtype, "threads": 1,
+            "prompts": f"{args.prompt_set} x {args.prompts}", "max_new_tokens": args.tokens, "reps": args.reps,
             "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
             "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
             "default_switch_gammas": args.default_switch_gammas, "all_identical": bool(df.identical.all()),
