@@ -54,20 +54,23 @@ class Lazy:
 
     def __init__(self, inner):
         self.inner, self.vocab, self.eos_ids = inner, inner.vocab, inner.eos_ids
-        self.pending, self.chain = [], Chain()
+        from specnb.decode import ahead as ahead_mod
+
+        self.pending, self.chain, self.premises = [], ahead_mod.Chain(), []  # (looked up late: a test swaps it)
 
     def begin(self, prompt_ids, settings):
         self.inner.begin(prompt_ids, settings)
 
-    def submit(self, last, draft, q, ahead):
-        self.pending.append((last, draft, q, ahead))
+    def submit(self, last, draft, q, premise):
+        self.pending.append((last, draft, q, premise))
+        self.premises.append(premise)
 
     def collect(self, block):
         if not block:
             return None
-        last, draft, q, ahead = self.pending.pop(0)
-        verdict = self.inner.verify(last, draft, q) if self.chain.admits(last, ahead) else VOID
-        self.chain.record(len(draft), verdict)
+        last, draft, q, premise = self.pending.pop(0)
+        verdict = self.inner.verify(last, draft, q) if self.chain.admits(last, premise) else VOID
+        self.chain.record(verdict)
         return verdict
 
     def stop(self):
@@ -88,7 +91,8 @@ def slow_cloud(cloud, delay_s):
 
         def verifier(self, settings):
             self.made = Slow(cloud, settings, delay_s or 0.0)
-            return Lazy(self.made) if delay_s is None else self.made
+            self.made_pipe = Lazy(self.made) if delay_s is None else self.made
+            return self.made_pipe
     return Cloud()
 
 
@@ -218,15 +222,104 @@ def test_a_failing_verifier_raises_and_closes(pair):
     assert box["closed"]
 
 
+@pytest.mark.parametrize("delay_s", [None, 0.002, 0.0])
+def test_hedged_greedy_output_is_the_clouds(pair, delay_s):
+    """Branches on rejections (hedge): the output stays the cloud's greedy output, only rounds that count reach
+    the model, and branches are both submitted and verified (with the Lazy pipeline every branch that can be
+    drafted is)."""
+    edge, cloud = pair
+    totals = dict.fromkeys(("ahead_hedged", "hedge_hits", "ahead_void"), 0)
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        for gamma, ahead, hedge in ((1, True, 1), (2, True, 2), (4, True, 3), (4, 1, 2), (8, True, 6)):
+            remote = slow_cloud(cloud, delay_s)
+            g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=ahead, hedge=hedge)
+            assert g.tokens == want, (prompt, gamma, ahead, hedge)
+            assert remote.made.drafts == g.drafted_trace  # only rounds that count reached the model
+            m = g.metrics
+            assert m["hedge"] == hedge and 0 <= m["hedge_hits"] <= min(m["ahead_hedged"], m["ahead_rounds"])
+            assert m["rounds"] == len(g.trace) and sum(g.trace) == m["accepted"]
+            if delay_s is None:  # premises sent: one per round, in order; a branch assumes a verdict short of whole
+                premises = remote.made_pipe.premises
+                assert premises[0] is None and all(p is None or 1 <= p[0] <= i for i, p in enumerate(premises))
+            for k in totals:
+                totals[k] += m[k]
+    if delay_s is not None and delay_s == 0.0:
+        return  # a verifier as fast as the edge leaves little time to branch: no claim on the counts
+    assert totals["ahead_hedged"] > 0 and totals["hedge_hits"] > 0 and totals["ahead_void"] > 0, totals
+
+
+def test_a_chain_that_ignores_the_accepted_count_breaks_the_output(pair):
+    """The test above has teeth: a verifier that scores a branch whenever its first input is the cloud's token,
+    whatever count of drafts the branch assumed kept, gives output that is not the cloud's, or verifies a round
+    the edge knows dropped (which the loop asserts against)."""
+    edge, cloud = pair
+
+    class Careless(Chain):
+        def admits(self, last, premise):
+            return premise is None or (self.rounds - premise[0] == self.tip and self.verdict.token == last)
+
+    import specnb.decode.ahead as ahead_mod
+
+    wrong = caught = 0
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        real, ahead_mod.Chain = ahead_mod.Chain, Careless
+        try:
+            wrong += speculative(edge, slow_cloud(cloud, None), prompt, N, gamma=4, ahead=True, hedge=4).tokens != want
+        except AssertionError as err:
+            assert "premise the edge saw fail" in str(err)
+            caught += 1
+        finally:
+            ahead_mod.Chain = real
+    assert wrong + caught > 0
+
+
+def test_hedge_refusals(pair):
+    edge, cloud = pair
+    with pytest.raises(ValueError, match="hedge does not combine with verify='sample'.*use hedge=0"):
+        speculative(edge, cloud, PROMPTS[0], 4, ahead=True, hedge=2, verify="sample", temperature=1.0)
+    with pytest.raises(ValueError, match="pass ahead=True"):
+        speculative(edge, cloud, PROMPTS[0], 4, hedge=2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="hedge must be a number of branches"):
+            speculative(edge, cloud, PROMPTS[0], 4, ahead=True, hedge=bad)
+    with pytest.raises(ValueError, match="reports its runner-up tokens.*PromptLookup"):
+        speculative(PromptLookup(), cloud, PROMPTS[0], 4, ahead=True, hedge=1)
+    g = speculative(edge, cloud, PROMPTS[0], 8, ahead=True)
+    assert g.metrics["hedge"] == 0 and g.metrics["ahead_hedged"] == g.metrics["hedge_hits"] == 0
+
+
 def test_chain_admits_a_round_ahead_only_after_a_whole_acceptance_of_its_guess():
     chain = Chain()
-    assert chain.admits(5, ahead=False) and not chain.admits(5, ahead=True)
-    chain.record(3, Verdict(3, 7))
-    assert chain.admits(7, ahead=True) and not chain.admits(6, ahead=True)
-    chain.record(3, Verdict(2, 7))  # a rejection: the guess of the next round was drafted after a wrong token
-    assert not chain.admits(7, ahead=True)
-    chain.record(2, VOID)
-    assert not chain.admits(VOID.token, ahead=True)
+    assert chain.admits(5, None) and not chain.admits(5, (1, 3))
+    chain.record(Verdict(3, 7))  # round 0: 3 drafts accepted whole, bonus 7
+    assert chain.admits(7, (1, 3)) and not chain.admits(6, (1, 3)) and not chain.admits(7, (1, 2))
+    chain.record(Verdict(2, 7))  # round 1: a rejection; round 2, drafted after round 1 accepted whole, fails
+    assert not chain.admits(7, (1, 3))
+    chain.record(VOID)  # round 2 answered VOID: the tip stays round 1
+    assert not chain.admits(VOID.token, (1, 2)) and chain.admits(7, (2, 2))  # round 3, premised on round 1
+
+
+def test_chain_scores_exactly_the_branch_whose_premise_the_verdict_is():
+    """Round 0 in flight with three children: the spine (whole, guess 9) and two branches (rejected at 0 with
+    token 4, at 1 with token 5); then a child of the spine. Each verdict of round 0 admits one child at most."""
+    children = [(9, (1, 3)), (4, (2, 0)), (5, (3, 1)), (8, (3, 2))]  # (last, premise); the last: the spine's child
+    for verdict, scored in ((Verdict(3, 9), [0, 3]), (Verdict(0, 4), [1]), (Verdict(1, 5), [2]),
+                            (Verdict(1, 4), []), (Verdict(2, 6), [])):
+        chain = Chain()
+        chain.record(verdict)
+        got = []
+        for i, (last, premise) in enumerate(children):
+            ok = chain.admits(last, premise)
+            chain.record(Verdict(2, 8) if ok else VOID)  # a scored child answers "2 kept, then 8"
+            got += [i] if ok else []
+        assert got == scored, (verdict, got)
+    chain = Chain()
+    chain.record(Verdict(0, 4))
+    assert chain.admits(4, (1, 0))
+    chain.record(Verdict(1, 1))  # the branch scored: its siblings after it are not, whatever they assume
+    assert not chain.admits(4, (2, 0)) and chain.admits(1, (1, 1)) and not chain.admits(1, (2, 1))
 
 
 # ---------------------------------------------------------------- exactness of sampling, on a Markov chain
@@ -331,8 +424,8 @@ def test_threaded_verifier_answers_in_order():
     cloud = MarkovCloud(0, 0.0)
     v = ThreadedVerifier(cloud)
     v.begin([0], None)
-    v.submit(0, [1], Q[[0]], ahead=False)
-    v.submit(2, [0], Q[[2]], ahead=True)
+    v.submit(0, [1], Q[[0]], None)
+    v.submit(2, [0], Q[[2]], (1, 1))
     first = v.collect(True)
     second = v.collect(True)
     assert isinstance(first, Verdict) and first is not VOID

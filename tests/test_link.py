@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from specnb import Link, ModelSpec, autoregressive, check_pair, connect, load, speculative
+from specnb.link.server import PROTOCOL
 from serving import HANG_S, readline, start_server, stop
 from tiny_models import build_llama, build_tokenizer
 
@@ -65,20 +66,24 @@ def test_drafting_ahead_through_the_link_keeps_the_output(models, server, link):
     premise failed, without a model call; greedy output stays the cloud's; sampling runs the split rule."""
     cloud, edge = models["cloud"], models["edge"]
     remote = connect(server, link=link)
-    voids = kept = 0
+    voids = kept = hedged = hits = 0
     for prompt in PROMPTS:
         want = autoregressive(cloud, prompt, N).tokens
-        for gamma, ahead in ((1, True), (3, True), (3, 1)):
-            g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=ahead)
-            assert g.tokens == want, (prompt, gamma, ahead)
+        for gamma, ahead, hedge in ((1, True, 0), (3, True, 0), (3, 1, 0), (2, True, 2), (4, True, 4)):
+            g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=ahead, hedge=hedge)
+            assert g.tokens == want, (prompt, gamma, ahead, hedge)
             m = g.metrics
             assert m["rounds"] == len(m["round_bytes_up"]) == len(g.trace)
             assert m["cloud_calls"] == m["rounds"] + (len(cloud.encode(prompt)) > 1)  # VOID rounds: no model call
             assert m["round_trips"] >= m["rounds"] + m["ahead_void"]  # (rounds abandoned at the end: not read)
+            assert 0 <= m["hedge_hits"] <= m["ahead_hedged"] and (hedge or m["ahead_hedged"] == 0)
             voids, kept = voids + m["ahead_void"], kept + m["ahead_rounds"]
+            hedged, hits = hedged + m["ahead_hedged"], hits + m["hedge_hits"]
         g = speculative(edge, remote, prompt, N, gamma=3, ahead=True, verify="sample", temperature=1.0, seed=5)
         assert len(g.tokens) == N or g.tokens[-1] in cloud.eos_ids
-    assert voids > 0 and kept > 0
+    assert voids > 0 and kept > 0 and hedged > 0
+    if link.rtt_ms:  # branches sent while a round is in flight; some are the cloud's verdict
+        assert hits > 0
     assert remote.status()["sessions"] == 0
 
 
@@ -206,7 +211,7 @@ def test_vanished_client_frees_its_session(models, server):
 
 def test_connect_checks_model_dtype_and_tokenizer(models, server):
     remote = connect(server, model=str(models["root"] / "cloud"), dtype="fp32")
-    assert remote.info["dtype"] == "float32" and remote.info["protocol"] == 1
+    assert remote.info["dtype"] == "float32" and remote.info["protocol"] == PROTOCOL
     assert remote.encode("def parse(") == models["cloud"].encode("def parse(")
     assert check_pair(models["edge"], remote) == models["cloud"].vocab_size
     with pytest.raises(ValueError, match="tokenizers differ"):

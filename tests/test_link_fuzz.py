@@ -72,6 +72,12 @@ def hand_written() -> list[list[bytes]]:
         [ok, encode(Message("V", {}, [7] + [1] * 9))],  # a later round past --max-draft
         [ok, encode(Message("V", {}, [7, 1], np.ones(1, np.float32)))],  # probabilities on a greedy round
         [ok, encode(Message("G", {"max_new_tokens": 4}, [1]))],  # a second generation in one session
+        # rounds drafted ahead: a premise that is not [back, accepted], names no earlier round, is past
+        # --max-draft; a first round drafted ahead; then a good one (answered VOID or scored) and a bad one
+        [ok, encode(Message("V", {"ahead": True}, [7, 1]))], [ok, encode(Message("V", {"ahead": [0, 1]}, [7, 1]))],
+        [ok, encode(Message("V", {"ahead": [2, 1]}, [7, 1]))], [ok, encode(Message("V", {"ahead": [1, 9]}, [7, 1]))],
+        [ok, encode(Message("V", {"ahead": [1, None]}, [7, 1]))], [encode(first_round([1], [2], ahead=[1, 0]))],
+        [ok, encode(Message("V", {"ahead": [1, 1]}, [7, 1])), encode(Message("V", {"ahead": [3, 1]}, [7, 1]))],
         [encode(first_round([1], [2, 3], SAMPLE))],  # sampling without q(x)
         [encode(Message("V", {"begin": SAMPLE, "prompt": 1}, [1, 7, 2], np.array([0.0], np.float32)))],
         [b"V" + b"\x00" * (LIMITS.max_message_bytes() + 16)],  # oversized: gRPC refuses it

@@ -21,15 +21,16 @@ def first_round(prompt: list[int], draft: list[int], settings: dict | None = Non
     return Message("V", {"begin": settings or BEGIN, "prompt": len(prompt)} | meta, prompt + [7] + draft)
 
 
-def verify(msg: Message, length: int | None = None, rule: str | None = None):
-    return check_verify(msg, LIMITS, VOCAB, length=length, rule=rule)
+def verify(msg: Message, length: int | None = None, rule: str | None = None, rounds: int = 3):
+    return check_verify(msg, LIMITS, VOCAB, length=length, rule=rule, rounds=rounds)
 
 
 def test_a_good_first_round_passes_and_splits_prompt_last_and_draft():
-    settings, prompt, last, draft = verify(first_round([1, 2, 3], [4, 5]))
-    assert (prompt, last, draft) == ([1, 2, 3], 7, [4, 5]) and settings == RoundSettings()
-    assert verify(Message("V", ints=[9, 1]), length=10, rule="greedy")[1:] == ([], 9, [1])
-    assert verify(Message("V", {"ahead": True}, [9, 1]), length=10, rule="greedy")[1:] == ([], 9, [1])  # drafted ahead
+    settings, prompt, last, draft, premise = verify(first_round([1, 2, 3], [4, 5]), rounds=0)
+    assert (prompt, last, draft, premise) == ([1, 2, 3], 7, [4, 5], None) and settings == RoundSettings()
+    assert verify(Message("V", ints=[9, 1]), length=10, rule="greedy")[1:] == ([], 9, [1], None)
+    drafted_ahead = Message("V", {"ahead": [3, 2]}, [9, 1])  # assumes round -3 kept 2 drafts and answered 9
+    assert verify(drafted_ahead, length=10, rule="greedy")[1:] == ([], 9, [1], (3, 2))
 
 
 @pytest.mark.parametrize("msg, length, field, words", [
@@ -45,8 +46,15 @@ def test_a_good_first_round_passes_and_splits_prompt_last_and_draft():
     (Message("V", {}, [1, 2, 3]), 45, "session tokens", "--max-session-tokens"),
     (Message("V", {"exec": "rm"}, [1]), 3, "meta", "exec is not a field"),
     (Message("V", {}, []), 3, "ints", "got no token"),
-    (Message("V", {"ahead": 1}, [1, 2]), 3, "ahead", "says ahead: true"),
-    (first_round([1], [2], ahead=True), None, "ahead", "first round is not one"),
+    (Message("V", {"ahead": True}, [1, 2]), 3, "ahead", "is [back, accepted], got True"),
+    (Message("V", {"ahead": [1, 2, 3]}, [1, 2]), 3, "ahead", "is [back, accepted]"),
+    (Message("V", {"ahead": [0, 1]}, [1, 2]), 3, "ahead.back", "0 does not name one of the 3 round(s)"),
+    (Message("V", {"ahead": [4, 1]}, [1, 2]), 3, "ahead.back", "4 does not name"),
+    (Message("V", {"ahead": [True, 1]}, [1, 2]), 3, "ahead.back", "True does not name"),
+    (Message("V", {"ahead": [1, 5]}, [1, 2]), 3, "ahead.accepted", "past the server's limit of 4 (--max-draft)"),
+    (Message("V", {"ahead": [1, -1]}, [1, 2]), 3, "ahead.accepted", "below 0"),
+    (Message("V", {"ahead": [1, "2"]}, [1, 2]), 3, "ahead.accepted", "must be an integer"),
+    (first_round([1], [2], ahead=[1, 1]), None, "ahead", "first round is not drafted ahead"),
     (first_round([1], [2], BEGIN | {"exec": "x"}), None, "begin.exec", "not an allowed setting"),
     (first_round([1], [2], BEGIN | {"rule": "exec"}), None, "begin.rule", "input should be"),
     (first_round([1], [2], BEGIN | {"max_len": 10 ** 9}), None, "begin.max_len", "--max-session-tokens"),
@@ -137,6 +145,16 @@ def test_limits_must_be_positive_and_bound_the_message_size():
 def test_settings_in_gives_the_round_settings_the_client_sent():
     s = RoundSettings(rule="rank", rank_k=3, seed=5, optimized=True, widths=(1, 2, 5), levers_off=frozenset({"crop"}), max_len=40)
     assert settings_in(settings_to_dict(s), LIMITS, VOCAB) == s
+
+
+def test_a_round_ahead_is_held_to_the_length_limits_only_if_it_will_be_scored():
+    """A branch answered VOID takes no place in the cache: a sibling scored before it may have left the cache
+    longer than the branch assumed, and the session must not fail for that."""
+    msg = Message("V", {"ahead": [2, 0]}, [1, 2, 3])
+    for scored in (None, lambda last, premise: True):
+        with pytest.raises(BadMessage, match="--max-session-tokens"):
+            check_verify(msg, LIMITS, VOCAB, length=45, rule="greedy", rounds=2, scored=scored)
+    assert check_verify(msg, LIMITS, VOCAB, length=45, rule="greedy", rounds=2, scored=lambda last, premise: False)
 
 
 def test_a_later_round_past_the_sessions_own_max_len_is_refused():

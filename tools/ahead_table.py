@@ -3,8 +3,11 @@
 A local ``specnb serve`` (loopback gRPC) holds the cloud, the edge runs in this process; links RTT 0, 5, 20,
 50 ms (``Link(rtt_ms, 100 Mbit/s)``), and ``inproc`` (both models in this process, the cloud verifying on a
 second thread when drafting ahead). Variants: fixed gammas (the baseline: the best of them per link, chosen
-after the fact) and, at other gammas, ``ahead`` (``speculative(..., ahead=...)``), and ``ahead5ms``: drafting
-ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.decode.ahead.SWITCH_S``. Greedy, interleaved (per
+after the fact) and, at other gammas, ``ahead`` (``speculative(..., ahead=...)``), ``ahead5ms``: drafting
+ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.decode.ahead.SWITCH_S``, and
+``hedgeK``: drafting ahead with K branches per round in flight (``speculative(..., ahead=..., hedge=K)``;
+``--hedge-gammas``, ``--hedges``; their branches sent and verified are counted, and the model's column gives
+the unhedged S_ahead at the same parameters: the model does not cover branches). Greedy, interleaved (per
 repetition and prompt: the links in a shuffled order, on each the variants in a shuffled order), one untimed
 warm-up generation per link and variant first; every output checked against the cloud's greedy decoding.
 
@@ -22,6 +25,7 @@ before and after, wall time) under ``docs/measurements/ahead-<date>/``.
 
     PYTHONPATH=$PWD python tools/ahead_table.py [--reps 2] [--prompts 12] [--tokens 64]
         [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
+        [--hedge-gammas 6,8] [--hedges 2,4] [--default-switch-gammas 6]
     PYTHONPATH=$PWD python tools/ahead_table.py --model-only DIR   # the model's best gammas and rates, no timing
 
 ``--model-only`` writes ``model.csv`` / ``model.md``: per link, the model's best gamma and steady rate without
@@ -45,7 +49,7 @@ import pandas as pd
 
 ROW_KEYS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "rejected_rounds", "alpha",
             "draft_s", "verify_s", "edge_calls", "server_s", "link_s", "emulated_s", "round_trips", "edge_idle_share",
-            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s")
+            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s", "ahead_hedged", "hedge_hits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gammas", default="8,12,16", help="fixed gammas (the baseline)")
     ap.add_argument("--ahead-gammas", default="4,6,8", help="gammas drafted ahead")
     ap.add_argument("--ahead", type=int, default=64, help="rounds allowed ahead (64: what ahead=True allows)")
+    ap.add_argument("--hedge-gammas", default="", help="gammas drafted ahead with branches ('' for none)")
+    ap.add_argument("--hedges", default="2", help="branches per round in flight for --hedge-gammas (comma-separated)")
     ap.add_argument("--default-switch-gammas", default="6",
                     help="gammas also drafted ahead with the interpreter's default switch interval (5 ms) instead of "
                          "specnb.decode.ahead.SWITCH_S ('' for none)")
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     links = [x if x == "inproc" else float(x) for x in args.links.split(",")]
     variants = [("fixed", g) for g in gammas] + [("ahead", g) for g in ahead_gammas]
     variants += [("ahead5ms", int(g)) for g in args.default_switch_gammas.split(",") if g]
+    variants += [(f"hedge{k}", int(g)) for g in args.hedge_gammas.split(",") if g for k in args.hedges.split(",")]
     start = dt.datetime.now(dt.timezone.utc)
     out = args.out or Path("docs/measurements") / f"ahead-{start:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             switch = ahead_mod.SWITCH_S
             ahead_mod.SWITCH_S = 0.005 if kind == "ahead5ms" else switch  # the interpreter's default
             try:
-                return speculative(edge, clouds[link], text, args.tokens, gamma=gamma, ahead=0 if kind == "fixed" else args.ahead)
+                hedge = int(kind[5:]) if kind.startswith("hedge") else 0
+                return speculative(edge, clouds[link], text, args.tokens, gamma=gamma,
+                                   ahead=0 if kind == "fixed" else args.ahead, hedge=hedge)
             finally:
                 ahead_mod.SWITCH_S = switch
 
@@ -145,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             "prompts": f"{args.prompt_set} x {args.prompts}", "max_new_tokens": args.tokens, "reps": args.reps,
             "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
             "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
-            "default_switch_gammas": args.default_switch_gammas, "all_identical": bool(df.identical.all()),
+            "default_switch_gammas": args.default_switch_gammas, "hedge_gammas": args.hedge_gammas,
+            "hedges": args.hedges, "all_identical": bool(df.identical.all()),
             "generations": len(df), "machine": machine(), "git": git_state(), "versions": versions(),
             "command": "PYTHONPATH=$PWD python tools/ahead_table.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "run.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -196,6 +206,8 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                         "vs_low": ratio.low, "vs_high": ratio.high, "edge_idle_share": part.edge_idle_share.mean(),
                         "alpha": alpha, "t_draft_ms": 1e3 * t_d, "t_verify_ms": 1e3 * v, "t_link_ms": 1e3 * (rtt_s + transport),
                         "ahead_rounds": part.ahead_rounds.fillna(0).sum(), "ahead_void": part.ahead_void.fillna(0).sum(),
+                        "ahead_hedged": part.ahead_hedged.fillna(0).sum() if "ahead_hedged" in part else 0,
+                        "hedge_hits": part.hedge_hits.fillna(0).sum() if "hedge_hits" in part else 0,
                         "steady_tokens_per_s": steady, "predicted_tokens_per_s": predicted,
                         "prediction_error": predicted / steady - 1, "identical": f"{int(part.identical.sum())}/{len(part)}"})
     return pd.DataFrame(out)
@@ -244,12 +256,17 @@ def model_markdown(m: pd.DataFrame) -> str:
 def markdown(s: pd.DataFrame) -> str:
     """The table of the docs: per link, every variant's speed, ratio to the best fixed gamma, idle share and
     the model's error."""
+    hedged = "ahead_hedged" in s and s.ahead_hedged.fillna(0).gt(0).any()
     lines = ["| link | variant | tok/s [95% CI] | vs best fixed [95% CI] | edge idle | rounds ahead kept / void "
-             "| steady tok/s: measured / model (error) | identical |", "|" + "---|" * 8]
+             + ("| branches sent / verified " if hedged else "")
+             + "| steady tok/s: measured / model (error) | identical |", "|" + "---|" * (9 if hedged else 8)]
     for r in s.itertuples():
         link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
-        name = f"g{r.gamma}" + {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}[r.variant]
+        names = {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}
+        name = f"g{r.gamma}" + (names[r.variant] if r.variant in names else f" ahead, hedge {r.variant[5:]}")
         ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if r.variant != "fixed" else "–"
+        if hedged:
+            ahead += " | " + (f"{int(r.ahead_hedged)} / {int(r.hedge_hits)}" if r.variant.startswith("hedge") else "–")
         lines.append(f"| {link} | {name} | {r.tokens_per_s:.0f} [{r.low:.0f}, {r.high:.0f}] | {r.vs_best_fixed:.2f} "
                      f"[{r.vs_low:.2f}, {r.vs_high:.2f}] | {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
                      f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%}) | {r.identical} |")

@@ -10,6 +10,18 @@ call. The edge, reading the same verdict, drops everything it drafted past it, r
 after any rejection, and drafts again from the cloud's token. Up to ``depth`` rounds may be in flight
 ahead of the one being verified (across a link, each hides another share of the round trip).
 
+Hedging (``hedge=K``): the premise "accepted whole, bonus = the guess" holds for a round of g drafts with
+probability about alpha^(g+1), so most rounds sent ahead are dropped. While a round is in flight the edge
+may also draft *branches* on it: rounds premised on "rejected at position j, the cloud's token there = the
+edge's runner-up at j" (or "accepted whole, the bonus = the runner-up of the guess"), up to K per round,
+likeliest first by the edge's own probabilities (:func:`_branches`), whichever of a branch and the spine's
+next round the edge finds the likelier to be verified. Each round carries its premise (:class:`Chain`: the
+earlier round it assumes and the count of drafts kept; the token is its own first input), and the verifier
+scores exactly the round whose premise is the verdict that came: at most one per verdict. The edge forks its
+cache per branch by rolling back to what two branches share (``DynamicCache.crop``) and feeding the
+branch's own tokens. Greedy and rank rules only: while sampling, a rejection's token is sampled where q lives
+(the edge's side of a link), so no verifier could check a branch's premise (:func:`check_hedge` refuses it).
+
 Lossless by construction: every emitted token is a draft the cloud's rule accepted or the cloud's own
 token, each round judged on exactly the context the cloud holds, as in the plain loop. Greedy output is
 the cloud's greedy output. With ``verify="sample"`` the drafts of a round submitted ahead are drawn from
@@ -32,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -62,19 +74,29 @@ def depth_of(ahead: bool | int) -> int:
 
 
 class Chain:
-    """Which rounds submitted ahead a verifier scores: one counts only if the round before it was
-    accepted whole and the cloud's token after it equals the round's first input (the edge's guess).
-    Used where the rounds are verified, in order: :class:`ThreadedVerifier`, the link's server."""
+    """Which rounds submitted ahead a verifier scores, in the order they come. A round carries its *premise*:
+    None (it starts from the sequence the verifier holds: always scored), or ``(back, accepted)``: it assumes
+    that the round ``back`` places before it was scored and answered ``accepted`` drafts kept and, as the
+    cloud's token, the round's own first input (``last``). It is scored only if that round is the last one
+    scored and its verdict is exactly that; at most one round premised on a given verdict can match it, and
+    the one that does starts from exactly the context the verifier holds. Used where the rounds are verified,
+    in order: :class:`ThreadedVerifier`, the link's server."""
 
     def __init__(self) -> None:
-        self.whole, self.token = False, None
+        self.rounds = 0  # rounds seen (the next one's index)
+        self.tip, self.verdict = -1, VOID  # the last round scored and its verdict
 
-    def admits(self, last: int, ahead: bool) -> bool:
-        return not ahead or (self.whole and self.token == last)
+    def admits(self, last: int, premise: tuple[int, int] | None) -> bool:
+        if premise is None:
+            return True
+        back, accepted = premise
+        return (self.rounds - back == self.tip and self.verdict.accepted == accepted
+                and self.verdict.token == last and last >= 0)
 
-    def record(self, drafted: int, verdict: Verdict) -> None:
-        self.whole = verdict is not VOID and verdict.accepted == drafted
-        self.token = verdict.token
+    def record(self, verdict: Verdict) -> None:
+        if verdict is not VOID:
+            self.tip, self.verdict = self.rounds, verdict
+        self.rounds += 1
 
 
 @runtime_checkable
@@ -86,7 +108,8 @@ class Pipeline(Protocol):
 
     def begin(self, prompt_ids: list[int], settings: Any) -> None: ...
 
-    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, ahead: bool) -> None: ...
+    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, premise: tuple[int, int] | None) -> None:
+        """Send a round; ``premise``: None, or what it assumes of an earlier round's verdict (:class:`Chain`)."""
 
     def collect(self, block: bool) -> Verdict | None:
         """The next answer (a verdict, or :data:`VOID`), or None when ``block`` is False and none is ready."""
@@ -120,8 +143,8 @@ class ThreadedVerifier:
         self._worker = threading.Thread(target=self._work, name="specnb-verifier", daemon=True)
         self._worker.start()
 
-    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, ahead: bool) -> None:
-        self._in.put((last, draft, q, ahead))
+    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, premise: tuple[int, int] | None) -> None:
+        self._in.put((last, draft, q, premise))
 
     def collect(self, block: bool) -> Verdict | None:
         try:
@@ -141,9 +164,9 @@ class ThreadedVerifier:
                 item = self._in.get()
                 if item is None or self._closed.is_set():
                     return
-                last, draft, q, ahead = item
+                last, draft, q, premise = item
                 try:
-                    if chain.admits(last, ahead):
+                    if chain.admits(last, premise):
                         with self.clock:
                             verdict = self.inner.verify(last, draft, q)
                     else:
@@ -151,7 +174,7 @@ class ThreadedVerifier:
                 except BaseException as err:  # handed to the loop, which raises it
                     self._out.put(err)
                     return
-                chain.record(len(draft), verdict)
+                chain.record(verdict)
                 self._out.put(verdict)
 
     def stop(self) -> None:
@@ -179,12 +202,43 @@ def pipelined(verifier: Any, threads: int | None = None, devices: tuple[torch.de
 
 @dataclass
 class _Round:
-    last: int
-    draft: list[int]
-    ahead: bool
-    sent: float  # perf_counter at submission
-    draft_s: float  # edge time spent drafting it
-    early: int  # of its tokens (its first input included when that was a guess), those drafted ahead
+    """A round being drafted (``index`` -1) or submitted: ``tokens[0]`` its first input (the cloud's token it
+    assumes), ``tokens[1:]`` its draft, ``base`` the sequence before them if its premise holds. Premise:
+    ``parent`` (None: the committed sequence) answered ``accepted`` drafts kept and the token ``tokens[0]``."""
+
+    parent: _Round | None
+    accepted: int
+    base: list[int]
+    tokens: list[int]
+    goal: int  # drafts it aims for
+    hedge: bool = False  # a branch premised on a rejection (or on another bonus token), not on "accepted whole"
+    prior: float = 1.0  # the edge's probability of its premise, given its parent's
+    qs: list = field(default_factory=list)  # probability rows of ``tokens`` (sampling; None for a token not drafted)
+    alts: list = field(default_factory=list)  # (runner-up, p(drafted), p(runner-up)) per drafted token
+    bonus: tuple[int, float, float] | None = None  # the same at the position after its draft (its child's guess)
+    index: int = -1  # its place in the order of submission
+    sent: float = 0.0  # perf_counter at submission
+    draft_s: float = 0.0  # edge time spent drafting it
+    early: int = 0  # its tokens produced while a verdict was pending (drafted ahead; a guess or runner-up included)
+    children: list[_Round] = field(default_factory=list)  # submitted rounds premised on its verdict
+    spine: _Round | None = None  # the child premised on "accepted whole, bonus = the guess"
+    hedged: set[int] = field(default_factory=set)  # rejection points it has branches for
+    dead: bool = False  # a premise on its path failed: it is answered VOID
+    done: bool = False  # its verdict is in
+
+    @property
+    def draft(self) -> list[int]:
+        return self.tokens[1:]
+
+    def full(self) -> bool:
+        return len(self.tokens) == self.goal + 1
+
+    def holds(self, verdict: Verdict) -> bool:
+        return verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
+
+    def path(self, start: int) -> list[int]:
+        """Its tokens from position ``start`` on: what the sequence becomes if it is accepted whole."""
+        return (self.base + self.tokens)[start:]
 
 
 @dataclass
@@ -196,119 +250,250 @@ class Ahead:
     ahead_kept: int = 0  # tokens drafted ahead (guesses included) that went into verified rounds
     ahead_dropped: int = 0  # tokens drafted ahead and thrown away
     edge_wait_s: float = 0.0  # time the edge had nothing to do but wait for a verdict
+    ahead_hedged: int = 0  # branches submitted (rounds premised on a rejection, see ``hedge``)
+    hedge_hits: int = 0  # of them, those the cloud verified
+
+
+def check_hedge(hedge: int, depth: int, rule: str) -> int:
+    """``hedge`` (branches per round in flight) when it can run: an int >= 0, with drafting ahead, not sampling."""
+    if isinstance(hedge, bool) or not isinstance(hedge, int) or hedge < 0:
+        raise ValueError(f"hedge must be a number of branches >= 0, got {hedge!r}")
+    if hedge and not depth:
+        raise ValueError("hedge branches rounds drafted ahead: pass ahead=True (or a number of rounds) with it")
+    if hedge and rule == "sample":
+        raise ValueError("hedge does not combine with verify='sample': after a rejection the cloud's token is sampled "
+                         "where q lives (the edge's side of a link), so a verifier cannot check a branch's premise; "
+                         "use hedge=0 (ahead alone is exact with sampling) or verify='greedy'")
+    return hedge
 
 
 def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, plan: Any, depth: int,
-         clock: Stopwatch, draft_clock: Stopwatch) -> tuple[list[int], list[int], list[int], float, Ahead]:
+         clock: Stopwatch, draft_clock: Stopwatch, hedge: int = 0) -> tuple[list[int], list[int], list[int], float, Ahead]:
     """Rounds until EOS or ``max_new_tokens`` with up to ``depth`` rounds in flight ahead of the one being
-    verified: (new tokens, accepted per round, drafted per round, ttft, :class:`Ahead`). Rounds answered
-    VOID are not rounds: they appear in neither trace."""
+    verified, and up to ``hedge`` branches on each (rounds premised on a rejection: :func:`_branches`):
+    (new tokens, accepted per round, drafted per round, ttft, :class:`Ahead`). Rounds answered VOID are not
+    rounds: they appear in neither trace.
+
+    The rounds submitted form a tree: each assumes one verdict of its parent. The spine assumes every round
+    accepted whole with the edge's guess as the bonus; a branch assumes its parent rejected at ``j`` with the
+    edge's runner-up there as the cloud's token. A verdict keeps the one child whose premise it is (if any)
+    and kills the others with everything drafted on them; the verifier answers those VOID, in order."""
+    if hedge and getattr(drafter, "alternatives", False) is False:
+        raise ValueError(f"hedge needs a drafter that reports its runner-up tokens (an edge model in this process); "
+                         f"{type(drafter).__name__} does not: use hedge=0 with it")
+    if hedge:
+        drafter.alternatives = []  # the drafter reports (runner-up, p(drafted), p(runner-up)) per token
     eos = pipe.eos_ids
     seq, out = list(ids), []
     trace: list[int] = []
     drafted_trace: list[int] = []
-    flight: deque[_Round] = deque()  # submitted, verdict pending, in order
-    work: list[int] = []  # drafted after the last round in flight: [guess] + next draft (or the head's draft)
-    work_q: list[torch.Tensor] = []  # their probability rows (sampling)
-    work_s = 0.0  # edge time spent on ``work``
-    work_early = 0  # of ``work``, the tokens drafted while a verdict was pending
-    work_g = -1  # the draft length the next round aims for (-1: not chosen yet)
+    flight: deque[_Round] = deque()  # submitted, answer pending, in order (dead ones are answered VOID)
+    work: _Round | None = None  # being drafted, not submitted
+    view: list[int] = []  # the sequence the drafter's state was last built on (it holds a prefix of it)
+    sent = 0
     stalled = False  # the drafter proposed nothing ahead: wait for the next verdict
-    voids = 0  # answers still due for rounds dropped (each VOID)
     stats = Ahead()
     ttft = None
 
-    def draft_more(n: int) -> None:
-        nonlocal work_s, work_early, stalled
+    def draft_into(r: _Round, n: int) -> None:
+        nonlocal view, stalled
+        ctx = r.base + r.tokens
+        same = _common(view, ctx)
         t0 = draft_clock.total
         with draft_clock:
-            more, q = drafter.draft(seq + _tail(flight) + work, n)
-        work.extend(more)
-        if q is not None:
-            work_q.extend(q.unbind(0))
-        work_s += draft_clock.total - t0
-        work_early += len(more) if flight else 0
+            if same < len(view):
+                drafter.rollback(same)  # another branch: back to what the two share
+                if hedge and len(ctx) - same > 2:
+                    drafter.catch_up(ctx)  # the branch's own tokens in one call (compiled steps take 1 or 2)
+            more, q = drafter.draft(ctx, n)
+        view = ctx + more
+        r.draft_s += draft_clock.total - t0
+        if hedge:
+            alts = list(drafter.alternatives)
+            if not r.tokens and more and r.parent is not None:  # the guess: the parent's bonus position
+                r.parent.bonus = alts[0]
+                r.prior *= alts[0][1]
+            r.alts.extend(alts[1:] if not r.tokens and more else alts)
+        rows = list(q.unbind(0)) if q is not None else [None] * len(more)
+        r.tokens.extend(more), r.qs.extend(rows)
+        r.early += len(more) if any(not x.dead for x in flight) else 0
         stalled = not more
 
-    def submit(last: int, draft: list[int], ahead: bool) -> None:
-        nonlocal work_s, work_early, work_g
-        q = work_q[1:] if ahead else work_q
-        pipe.submit(last, draft, torch.stack(q) if q else None, ahead)
-        flight.append(_Round(last, draft, ahead, time.perf_counter(), work_s, work_early))
-        work.clear(), work_q.clear()
-        work_s, work_early, work_g = 0.0, 0, -1
+    def submit(r: _Round) -> None:
+        nonlocal sent, work
+        premise = None if r.parent is None else (sent - r.parent.index, r.accepted)
+        qs = [q for q in r.qs[1:] if q is not None]
+        pipe.submit(r.tokens[0], r.draft, torch.stack(qs) if qs else None, premise)
+        r.index, r.sent, sent = sent, time.perf_counter(), sent + 1
+        if r.parent is not None:
+            r.parent.children.append(r)
+            if r.hedge:
+                r.parent.hedged.add(r.accepted)
+                stats.ahead_hedged += 1
+            else:
+                r.parent.spine = r
+        flight.append(r)
+        work = None
+
+    def kill(r: _Round) -> None:
+        r.dead = True
+        stats.ahead_dropped += r.early
+        for c in r.children:
+            kill(c)
+
+    def spine() -> list[_Round]:
+        """The live rounds from the one verified next along the spine."""
+        r = next((x for x in flight if not x.dead), None)
+        path = []
+        while r is not None:
+            path.append(r)
+            r = r.spine
+        return path
+
+    def left(r: _Round, drafts: int) -> int:
+        """Tokens left to emit if all premises hold up to ``r`` and it keeps ``drafts`` drafts and adds a token."""
+        return max_new_tokens - len(out) - (len(r.base) + 1 - len(seq) + drafts + 1)
+
+    def choose(path: list[_Round]) -> _Round | None:
+        """What to draft next: the spine's next round, or a branch on a round of the spine, whichever the
+        edge's own probabilities make the likelier to be verified (without ``hedge``: the spine). The spine
+        comes first while only the round being verified is on it: its next round is what keeps the verifier
+        busy, and it must be in flight before that verdict lands (the 2026-12-07 measurement: branches drafted
+        before it displaced it at 0 and 5 ms RTT, docs/drafting-ahead.md)."""
+        tail = path[-1]
+        best, value = None, -1.0
+        room = left(tail, len(tail.draft))  # tokens left if all are kept
+        if room > 0 and not any(t in eos for t in tail.path(len(seq))):
+            g = min(plan.next(), room - 1)
+            best = _Round(tail, len(tail.draft), tail.base + tail.tokens, [], g, prior=_whole(tail))
+            value = _reach(tail) * best.prior if hedge else 0.0
+            if len(path) == 1:
+                return best
+        for x in path if hedge else ():
+            if len(x.hedged) >= hedge:
+                continue
+            for j, runner, p in _branches(x):
+                room = left(x, j) - 1  # the runner-up is the next round's first input
+                v = _reach(x) * p
+                if v > value and room > 0 and not any(t in eos for t in (x.base + x.tokens[:j + 1])[len(seq):] + [runner]):
+                    best, value = _Round(x, j, x.base + x.tokens[:j + 1], [runner], min(plan.next(), room),
+                                         hedge=True, prior=p, qs=[None], early=1), v
+                    break  # _branches gives them likeliest first
+        return best
 
     start, prefill_s = time.perf_counter(), clock.total
     with clock, _switching(SWITCH_S):
         while len(out) < max_new_tokens and not (out and out[-1] in eos):
-            if not flight:  # nothing in flight: the next round starts from the committed sequence
+            path = spine()
+            if not path:  # nothing live in flight: the next round starts from the committed sequence
                 g = min(plan.next(), max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
-                if len(work) > g:  # drafted ahead for a longer round than the schedule now wants
-                    stats.ahead_dropped += len(work) - g
-                    work_early -= len(work) - g
-                    del work[g:], work_q[g:]
-                    drafter.rollback(len(seq) + g)
-                if len(work) < g:
-                    draft_more(g - len(work))
-                submit(seq[-1], list(work), False)
+                if work is None or work.parent is not None:
+                    work = _Round(None, 0, seq[:-1], [seq[-1]], g, qs=[None])
+                if len(work.tokens) > g + 1:  # drafted ahead for a longer round than the schedule now wants
+                    cut = len(work.tokens) - g - 1
+                    stats.ahead_dropped += min(cut, work.early)
+                    work.early -= min(cut, work.early)
+                    del work.tokens[g + 1:], work.qs[g + 1:], work.alts[g:]
+                work.goal = g
+                if not work.full():
+                    draft_into(work, g + 1 - len(work.tokens))
+                    work.goal = len(work.tokens) - 1  # a drafter may propose fewer
+                submit(work)
                 continue
             verdict = pipe.collect(False)
             if verdict is None:
-                room = max_new_tokens - len(out) - sum(len(r.draft) + 1 for r in flight)  # tokens left if all kept
-                if work_g < 0 and room > 0:
-                    work_g = min(plan.next(), room - 1)
-                ends = any(t in eos for t in flight[-1].draft + work)
-                if not stalled and not ends and room > 0 and len(work) < work_g + 1:
-                    draft_more(1)  # one token at a time: a verdict is read as soon as it lands
+                if work is None and not stalled:
+                    work = choose(path)
+                if work is not None and not stalled and not work.full():
+                    draft_into(work, 1)  # one token at a time: a verdict is read as soon as it lands
                     continue
-                if not stalled and room > 0 and len(work) == work_g + 1 and len(flight) <= depth:
-                    submit(work[0], work[1:], True)
+                if work is not None and work.full() and (work.hedge or len(path) <= depth):
+                    submit(work)
                     continue
                 t0 = time.perf_counter()
                 verdict = pipe.collect(True)
                 stats.edge_wait_s += time.perf_counter() - t0
-            if voids:  # an answer to a round dropped earlier
-                assert verdict is VOID, "a round submitted ahead of a rejected one was verified"
-                voids -= 1
+            head = flight.popleft()
+            if head.dead:  # an answer to a round dropped earlier
+                assert verdict is VOID, "a round whose premise the edge saw fail was verified"
                 stats.ahead_void += 1
                 continue
-            head = flight.popleft()
             if verdict is VOID:
                 raise RuntimeError("the verifier answered VOID to a round the edge kept: a specnb bug, please report it")
+            head.done = True
             n, token = verdict.accepted, verdict.token
-            before = len(seq)
-            emitted = head.draft[:n] + [token]
-            for i, t in enumerate(emitted):  # stop at EOS (drafts accepted past it still count as accepted)
+            emitted_now = head.draft[:n] + [token]
+            for i, t in enumerate(emitted_now):  # stop at EOS (drafts accepted past it still count as accepted)
                 if t in eos:
-                    emitted = emitted[: i + 1]
+                    emitted_now = emitted_now[: i + 1]
                     break
-            seq.extend(emitted)
-            out.extend(emitted)
+            seq.extend(emitted_now)
+            out.extend(emitted_now)
             trace.append(n)
             drafted_trace.append(len(head.draft))
             plan.update(len(head.draft), n, head.draft_s, time.perf_counter() - head.sent)
             if ttft is None:
                 ttft = prefill_s + time.perf_counter() - start
-            stats.ahead_rounds += head.ahead
+            stats.ahead_rounds += head.parent is not None
+            stats.hedge_hits += head.hedge
             stats.ahead_kept += head.early
             stalled = False
-            guess = flight[0].last if flight else (work[0] if work else None)
-            if n == len(head.draft) and token == guess:  # the edge's continuation stands
-                if not flight:  # the guess drafted after it is now the committed last token
-                    work.pop(0)
-                    del work_q[:1]
-                    stats.ahead_kept += 1
-                    work_early -= 1
-                    work_g = -1
-                continue
-            # the edge's continuation is wrong past ``before + n``: drop it
-            stats.ahead_dropped += sum(r.early for r in flight) + work_early
-            voids += len(flight)
-            flight.clear()
-            work.clear(), work_q.clear()
-            work_s, work_early, work_g = 0.0, 0, -1
-            drafter.rollback(before + n)
+            for c in head.children:  # at most one holds: the others, and all drafted on them, are dropped
+                if not c.holds(verdict):
+                    kill(c)
+            if work is not None and (work.parent is head and not work.holds(verdict) or _dead(work)):
+                stats.ahead_dropped += work.early
+                work = None
+            if work is not None and work.parent is head:  # its premise held: it now starts from the committed sequence
+                work.parent, work.hedge = None, False
     return out, trace, drafted_trace, ttft or 0.0, stats
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
+
+
+def _whole(r: _Round) -> float:
+    """The edge's probability that ``r``'s draft is accepted whole (its guess of the bonus not included)."""
+    p = 1.0
+    for _, top, _ in r.alts:
+        p *= top
+    return p
+
+
+def _reach(r: _Round) -> float:
+    """The edge's probability that ``r`` is verified: the premises on its path that are not settled yet."""
+    p = 1.0
+    while r.parent is not None and not r.parent.done:
+        p *= r.prior
+        r = r.parent
+    return p
+
+
+def _dead(r: _Round) -> bool:
+    """A premise on ``r``'s path has failed."""
+    while r.parent is not None and not r.parent.done:
+        if r.parent.dead:
+            return True
+        r = r.parent
+    return False
+
+
+def _branches(r: _Round) -> list[tuple[int, int, float]]:
+    """The branches of ``r`` not tried yet, likeliest first: (j, the runner-up at j, the edge's probability
+    that the cloud accepts the draft up to j and answers the runner-up there). ``j == len(draft)``: the
+    draft accepted whole and the bonus the runner-up of the guess (once the guess is drafted)."""
+    out, p = [], 1.0
+    for j, alt in enumerate(r.alts + ([r.bonus] if r.bonus is not None else [])):
+        runner, top, second = alt
+        if j not in r.hedged:
+            out.append((j, runner, p * second))
+        p *= top
+    return sorted(out, key=lambda b: -b[2])
 
 
 @contextlib.contextmanager

@@ -17,6 +17,16 @@ def _all_at_once(tokens: list[torch.Tensor]) -> list[int]:
     return torch.cat(tokens).tolist()  # one host sync per round
 
 
+def _runner_up(logits: torch.Tensor | None, probs: torch.Tensor | None, tok: torch.Tensor) -> torch.Tensor:
+    """[runner-up id, p(tok), p(runner-up)] (float) under ``probs``, or the softmax of ``logits``: the runner-up
+    is the likeliest token other than ``tok``."""
+    p = logits.float().softmax(-1) if probs is None else probs
+    top, idx = p.topk(2)
+    first = idx[0] != tok.view(())
+    runner = torch.where(first, idx[0], idx[1])
+    return torch.stack((runner.float(), p[tok.view(())], torch.where(first, top[0], top[1])))
+
+
 class EdgeDrafter:
     """Drafts ``g`` tokens one forward call each, under the edge's thread cap, greedily or (for
     ``settings.rule == "sample"``) by sampling, returning the [g, V] probabilities drawn from.
@@ -50,6 +60,9 @@ class EdgeDrafter:
         # draft; None: draft all g (no per-token host sync). confidences: those of the last draft.
         self.stop: Callable[[int, float], bool] | None = None
         self.confidences: list[float] = []
+        # drafting ahead with branches (specnb.decode.ahead, ``hedge``) sets this to a list: each draft then
+        # reports, per drafted token, (the runner-up id, p(drafted token), p(runner-up)) under the edge's softmax
+        self.alternatives: list[tuple[int, float, float]] | None = None
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         start_generation(self, prompt_ids, settings, lambda r: r._keep_logits, lambda: thread_count(self.threads))
@@ -57,7 +70,7 @@ class EdgeDrafter:
     def draft(self, seq: list[int], g: int) -> tuple[list[int], torch.Tensor | None]:
         if g == 0:
             return [], None
-        tokens, qs = [], []
+        tokens, qs, alts = [], [], []
         with thread_count(self.threads):
             inp = as_ids(seq[self.length:], self.model.device)
             self.confidences = []
@@ -68,12 +81,16 @@ class EdgeDrafter:
                 tok, q = pick(logits, self.temperature, self.settings.top_k, self.settings.top_p, self.generator)
                 tokens.append(self._on_draft(tok))
                 qs.append(q)
+                if self.alternatives is not None:
+                    alts.append(_runner_up(logits if q is None else None, q, tok))
                 inp = tok.view(1, 1)
                 if self.stop is not None:
                     self.confidences.append(top_probability(logits, q))
                     if k < g and self.stop(k, self.confidences[-1]):
                         break
             draft = self._to_host(tokens)
+            if self.alternatives is not None:
+                self.alternatives = [(int(r), p, s) for r, p, s in torch.stack(alts).tolist()]
         self.length = len(seq) + len(draft) - 1  # it fed seq + draft[:-1]
         self.calls += len(draft)
         return draft, torch.stack(qs) if self.sampling else None

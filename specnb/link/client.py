@@ -274,7 +274,7 @@ class RemoteVerifier:
         self._prompt_len = 0
         self._length: int | None = None  # tokens in the server's cache, as the server counts them
         self._prompt_pending = False
-        self._assumed: int | None = None  # the server's cache length after the rounds sent, if all are kept whole
+        self._starts: list[int | None] = []  # per round sent: the server's cache length it assumes (None: the first)
         self._flight: deque = deque()  # rounds sent and not yet answered (drafting ahead)
         self.voids, self.void_bytes = 0, (0, 0)
 
@@ -284,20 +284,21 @@ class RemoteVerifier:
         self.rounds = []
         self._prompt = list(prompt_ids)
         self._prompt_len = len(self._prompt)
-        self._length = self._assumed = None
+        self._length = None
+        self._starts = []
         self._flight.clear()
         self.voids, self.void_bytes = 0, (0, 0)
         self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
         self._prompt_pending = True  # the session (a stream) opens with the first round, once it passed the checks
 
     def _request(self, last: int, draft: list[int], q: torch.Tensor | None, length: int | None,
-                 ahead: bool = False) -> tuple[Message, list[int]]:
+                 premise: tuple[int, int] | None = None) -> tuple[Message, list[int]]:
         """The round's message (with the prompt and settings on the session's first), checked here as the
         server will check it with ``length`` tokens in its cache (None: the first round); and the prompt ids
         it carries."""
         if self.stream is None and not self._prompt_pending:
             raise RuntimeError("verify() before begin()")
-        meta, ints = ({"ahead": True} if ahead else {}), []
+        meta, ints = ({"ahead": list(premise)} if premise else {}), []
         if self._prompt is not None:
             meta = {"begin": settings_to_dict(self.settings), "prompt": len(self._prompt)}
             ints, self._prompt = self._prompt, None
@@ -306,7 +307,7 @@ class RemoteVerifier:
             qx = q[torch.arange(len(draft), device=q.device), torch.tensor(draft, device=q.device)].float().cpu().numpy()
         request = Message("V", meta, ints + [last] + list(draft), qx)
         check_verify(request, self.cloud.limits, self.cloud.vocab_size, length=length, rule=self.settings.rule,
-                     max_len=self.settings.max_len if length is not None else 0)
+                     max_len=self.settings.max_len if length is not None else 0, rounds=len(self._starts))
         if self.stream is None:
             self.stream, self._prompt_pending = Stream(self.cloud), False
         return request, ints
@@ -335,14 +336,19 @@ class RemoteVerifier:
 
     # ---- drafting ahead (specnb.decode.ahead): rounds sent before the ones before them are answered
 
-    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, ahead: bool) -> None:
-        """Send a round now; its verdict comes from :meth:`collect`, in order. A round ``ahead`` is checked
-        at the length the server's cache will have if the rounds before it are accepted whole."""
-        if not ahead:
-            self._assumed = self._length
-        request, ints = self._request(last, draft, q, self._assumed, ahead)
-        first = self._assumed is None
-        self._assumed = (len(ints) - 1 if first else self._assumed) + 1 + len(draft)
+    def submit(self, last: int, draft: list[int], q: torch.Tensor | None, premise: tuple[int, int] | None) -> None:
+        """Send a round now; its verdict comes from :meth:`collect`, in order. A round with a ``premise``
+        (drafted ahead, :class:`specnb.decode.ahead.Chain`) is checked at the length the server's cache has
+        if that premise holds: the length its parent started from, plus its first input and the drafts kept."""
+        start = self._length
+        if premise is not None:
+            back, accepted = premise
+            if not 1 <= back <= len(self._starts):
+                raise ValueError(f"a round drafted ahead assumes the round {back} place(s) before it, of {len(self._starts)}")
+            start = self._starts[-back] + 1 + accepted
+        request, ints = self._request(last, draft, q, start, premise)
+        first = start is None
+        self._starts.append(len(ints) - 1 if first else start)
         t0 = time.perf_counter()
         up_s = self.stream.send(request)
         self._flight.append((t0, self.stream.last_up, up_s, len(ints), q))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -184,20 +184,26 @@ def _count(field: str, value: Any, low: int, limit: int, flag: str) -> int:
 
 
 def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None, rule: str | None,
-                 max_len: int = 0) -> tuple[RoundSettings | None, list[int], int, list[int]]:
+                 max_len: int = 0, rounds: int = 0, scored: Callable[[int, tuple[int, int]], bool] | None = None
+                 ) -> tuple[RoundSettings | None, list[int], int, list[int], tuple[int, int] | None]:
     """A ``V`` message against the limits and the session so far.
 
     ``length``: tokens already in the session's cache (None: no round yet, so this one must carry
     the prompt and settings); ``rule``: the session's verification rule; ``max_len``: the session's
-    own cache size (its settings' ``max_len``, 0: none). Returns (settings or None, prompt, last
-    token, draft). A round drafted ahead (``meta["ahead"]``, :mod:`specnb.decode.ahead`) is checked
-    at ``length`` as it stands: the edge assumed at least that much, so no round the edge may send is refused.
+    own cache size (its settings' ``max_len``, 0: none); ``rounds``: rounds of the session before this one.
+    Returns (settings or None, prompt, last token, draft, premise or None).
+
+    A round drafted ahead (:mod:`specnb.decode.ahead`) carries its premise, ``meta["ahead"] = [back,
+    accepted]``: it assumes that the round ``back`` places before it (1 <= back <= rounds) kept ``accepted``
+    drafts (0..max_draft) and answered its ``last`` token. It is scored only if that holds, and then at
+    exactly the length the edge assumed; so the lengths are checked at ``length`` for a round that will be
+    scored (``scored(last, premise)``; None: every round, as the edge checks its own at the length it assumed),
+    and not for one answered VOID, which takes no place in the cache.
     """
     extra = set(msg.meta) - {"begin", "prompt", "ahead"}
     if extra:
         raise BadMessage("meta", f"{', '.join(sorted(extra))} is not a field of a verify message")
-    if "ahead" in msg.meta and (msg.meta["ahead"] is not True or "begin" in msg.meta):
-        raise BadMessage("ahead", "a round drafted ahead says ahead: true, and a session's first round is not one")
+    premise = _premise(msg.meta, rounds, limits) if "ahead" in msg.meta else None
     ints, settings, prompt = msg.ints, None, []
     if "begin" in msg.meta:
         if length is not None:
@@ -219,14 +225,29 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     _count("draft", len(draft), 0, limits.max_draft, limits.flag("max_draft"))
     check_ids("last", [last], vocab)
     check_ids("draft", draft, vocab)
-    after = length + 2 + len(draft)  # cache + last + draft, and the cloud's own token
-    if after > limits.max_session_tokens:
-        raise _too_many("session tokens", after, limits.max_session_tokens, limits.flag("max_session_tokens"))
-    cap = settings.max_len if settings is not None else max_len
-    if cap and after - 1 > cap:  # the cache holds the last token and the draft; a static one has cap places
-        raise BadMessage("session tokens", f"{after - 1} is past the session's own max_len {cap}")
     _check_q(msg, draft, rule)
-    return settings, prompt, last, draft
+    if premise is None or scored is None or scored(last, premise):
+        after = length + 2 + len(draft)  # cache + last + draft, and the cloud's own token
+        if after > limits.max_session_tokens:
+            raise _too_many("session tokens", after, limits.max_session_tokens, limits.flag("max_session_tokens"))
+        cap = settings.max_len if settings is not None else max_len
+        if cap and after - 1 > cap:  # the cache holds the last token and the draft; a static one has cap places
+            raise BadMessage("session tokens", f"{after - 1} is past the session's own max_len {cap}")
+    return settings, prompt, last, draft, premise
+
+
+def _premise(meta: dict, rounds: int, limits: Limits) -> tuple[int, int]:
+    """A round ahead's ``[back, accepted]`` (see :func:`check_verify`)."""
+    value = meta["ahead"]
+    if "begin" in meta:
+        raise BadMessage("ahead", "a session's first round is not drafted ahead")
+    if not isinstance(value, list) or len(value) != 2:
+        raise BadMessage("ahead", f"the premise of a round drafted ahead is [back, accepted], got {value!r:.40}")
+    back = value[0]
+    if isinstance(back, bool) or not isinstance(back, int) or not 1 <= back <= rounds:
+        raise BadMessage("ahead.back", f"{back!r:.20} does not name one of the {rounds} round(s) this session sent "
+                                       f"before (1 = the round just before)")
+    return back, _count("ahead.accepted", value[1], 0, limits.max_draft, limits.flag("max_draft"))
 
 
 def _check_q(msg: Message, draft: list[int], rule: str | None) -> None:

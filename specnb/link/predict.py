@@ -39,8 +39,9 @@ geometric, so per round on average the time is (1 - b)(g c + v + r) + b D, and::
 saves g c + v + r - D. When the edge's drafts are rarely accepted whole (small a, long g) it changes
 nothing, and the best g with it is shorter than without. Not modelled: the part of a draft step the
 edge is in when a verdict drops its work (at most one step, c), the pipeline's refill after each
-rejection, and any slowdown of the two sides sharing a process (Python's GIL: docs/drafting-ahead.md).
-A run that drafted ahead is predicted from the model (:func:`ahead_loop_s`), its rounds overlapping.
+rejection, any slowdown of the two sides sharing a process (Python's GIL: docs/drafting-ahead.md), and
+branches (``hedge``: rounds premised on a rejection, which keep more rounds going; the model is the
+unhedged design's, so a hedged run's prediction is the unhedged one's). A run that drafted ahead is predicted from the model (:func:`ahead_loop_s`), its rounds overlapping.
 """
 
 from __future__ import annotations

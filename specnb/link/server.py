@@ -7,9 +7,10 @@ One gRPC service ``specnb.Cloud`` with three methods, all carrying :mod:`specnb.
 * ``Status`` (unary): open sessions and sessions served (how a test sees a vanished client freed);
 * ``Session`` (stream both ways): one generation. ``V`` messages are rounds of edge-cloud
   speculation on the session's verifier (its KV cache lives as long as the stream and is cropped
-  after each rejection), answered in order; a round the edge drafted ahead (``ahead: true``) is
-  answered ``[-1, -1]`` without a model call when the round before it was not accepted whole or ended
-  with another token than its first (:mod:`specnb.decode.ahead`); a ``G`` message generates on the server (cloud-only, streamed back token
+  after each rejection), answered in order; a round the edge drafted ahead carries its premise
+  (``ahead: [back, accepted]``: the verdict it assumes of the round ``back`` places before it, whose token is
+  its own first) and is answered ``[-1, -1]`` without a model call unless that round was the last one scored
+  and answered exactly that (:mod:`specnb.decode.ahead`); a ``G`` message generates on the server (cloud-only, streamed back token
   by token, or server-side speculation with ``--draft``). The session ends, and its cache is freed,
   when the stream ends for any reason: the client closes it, cancels it, or vanishes (the
   connection drops; keepalive pings find a silent peer, in up to a minute as measured), or the
@@ -54,7 +55,7 @@ from .server_speculation import ServerCloud, ServerDraft
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
-PROTOCOL = 1
+PROTOCOL = 2  # 2: a round drafted ahead carries its premise ([back, accepted], specnb.decode.ahead)
 # Keepalive: both ends ping an idle connection every 5 s and give up 10 s after an unanswered ping.
 KEEPALIVE = [("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 10000),
              ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
@@ -95,11 +96,12 @@ class Session:
         self.used = "V"
         t0 = time.perf_counter()
         begun = self.verifier is not None
-        settings, prompt, last, draft = check_verify(
+        settings, prompt, last, draft, premise = check_verify(
             msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
-            rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0)  # before any model call
-        if not self.chain.admits(last, bool(msg.meta.get("ahead"))):  # drafted ahead of a round not accepted whole
-            self.chain.record(len(draft), VOID)
+            rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0,
+            rounds=self.chain.rounds, scored=self.chain.admits)  # before any model call
+        if not self.chain.admits(last, premise):  # drafted ahead on a verdict that did not come
+            self.chain.record(VOID)
             return Message("v", ints=[VOID.accepted, VOID.token, _us(t0)])
         batcher = self.cloud.batcher
         with self.cloud.lock, torch.inference_mode():
@@ -114,7 +116,7 @@ class Session:
             n, tok, row = batcher.submit(verifier, [last] + draft,
                                          lambda logits: self._settle(verifier, start, draft, msg, logits))
         self.length += 1 + n
-        self.chain.record(len(draft), Verdict(n, tok))
+        self.chain.record(Verdict(n, tok))
         return Message("v", ints=[n, tok, _us(t0)], floats=row)
 
     def _settle(self, verifier, start: int, draft: list[int], msg: Message, logits, last: int = -1):
