@@ -184,7 +184,8 @@ def _depth(ahead: bool | int, schedule: str) -> int:
 
 @dataclass
 class Clocks:
-    """A speculative run's clocks: the whole run (``wall``), the edge drafting, the cloud verifying."""
+    """A speculative run's clocks: the whole run (``wall``), the edge drafting, the cloud verifying; peak
+    memory counts from their start."""
 
     edge_devices: tuple[torch.device, ...]
     cloud_devices: tuple[torch.device, ...]
