@@ -4,7 +4,8 @@ run and repetition, prompts resampled), and what else used the CPU during each t
 import json, sys
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, "/work/wt-house2")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 from specnb.measure.stats import ratio_interval
 
 src = Path(sys.argv[1])
