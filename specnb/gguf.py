@@ -15,7 +15,7 @@ A model read from GGUF the plain way carries transformers' quantizer (``hf_quant
 5.25 loads without the quantizer, and :func:`_drop_quantizer` drops the flags before saving anyway
 (versions that attach them; a test checks that dropping them unblocks the save).
 
-The copy is keyed by the file's sha256, computed at every load (about 0.3 s for 93 MB): a file
+The copy is keyed by the file's sha256, computed at every load (about 0.3 s for 98 MB): a file
 replaced under the same name gets a copy of its own, and the record names the exact bytes.
 """
 

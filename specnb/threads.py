@@ -10,7 +10,7 @@ run on (its affinity mask) minus one left for everything else, at least one.
 
 Switching the count rebuilds OpenMP's pool (several ms on a small CPU), so a speculative run
 whose two models share the CPU uses one count for the whole run when their caps agree, and
-switches around each draft phase only when they differ (:func:`specnb.models.thread_plan`).
+switches around each draft phase only when they differ (:func:`specnb.decode.pair.thread_plan`).
 
 Importing specnb before torch also sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: OpenMP
 threads waiting for work then sleep instead of spinning on a core another process needs.

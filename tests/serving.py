@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from specnb import ModelSpec, load
+from specnb.link.loopback import _first_line
 from tiny_models import build_llama, build_tokenizer
 
 HANG_S = 60  # "no hang": generous, the machine is shared
@@ -49,16 +50,13 @@ def start_server(model: str, *extra: str, host: str = "127.0.0.1", env: dict | N
 
 
 def readline(proc: subprocess.Popen) -> str:
-    """The next line ``proc`` prints ('' if it exits first), or the test fails after HANG_S (never a hang)."""
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(HANG_S)
-    if not box:
-        proc.kill()
+    """The next line ``proc`` prints ('' if it exits first), or the test fails after HANG_S (never a hang):
+    the package's own reader (:mod:`specnb.link.loopback`), which kills a silent server."""
+    try:
+        return _first_line(proc, HANG_S)
+    except RuntimeError:
         proc.wait()
         pytest.fail(f"{proc.args[:4]} printed no line within {HANG_S} s")
-    return box[0]
 
 
 def stop(proc: subprocess.Popen) -> tuple[str, str]:

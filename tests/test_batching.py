@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from specnb import ModelSpec, autoregressive, connect, load, speculative
-from specnb.decode.loops import as_verifier
+from specnb.decode.pair import as_verifier
 from specnb.decode.roles import RoundSettings
 from specnb.link import server_batching as batching
 from specnb.link.server_batching import Batcher, attention_mask, batchable, score_rows

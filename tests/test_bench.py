@@ -252,3 +252,29 @@ def test_probe_summary_flags_a_straying_probe_in_both_languages():
     bad = probe_summary(busy)
     assert bad["disturbed"] and bad["worst"] == "rep 2"
     assert bad["verdict"].startswith("TIMING DISTURBED") and bad["verdict_zh"].startswith("计时受干扰")
+
+
+def test_variants_run_what_the_registry_builds_and_keep_their_labels(related_pair):
+    """The variants a grid cell can run come from the method registry: the same rows as before, and the
+    same tokens as the direct calls they replaced (greedy)."""
+    from specnb import ModelSpec, PromptLookup, autoregressive, load, speculative
+    from specnb.decode.hf_reference import hf_assisted
+
+    edge, cloud = (load(ModelSpec(str(related_pair / r), device="cpu", threads=1)) for r in ("edge", "cloud"))
+    ms = {m.label: m for m in variants.variants(edge, cloud, 8, [2], lever_gamma=2)}
+    assert list(ms) == [
+        "cloud", "cloud_optimized", "edge", "speculative g=2", "spec+opt g=2", "hf_assisted g=2", "hf+static g=2",
+        "prompt_lookup g=2", "hf_prompt_lookup g=2", "speculative heuristic", "speculative cost", "speculative adaptive",
+        *(f"speculative g=2 {name}" for name in variants.LEVER_VARIANTS)]
+    prompt = cloud.encode("def add(a, b):")
+    direct = {
+        "cloud": autoregressive(cloud, prompt, 8), "edge": autoregressive(edge, prompt, 8),
+        "speculative g=2": speculative(edge, cloud, prompt, 8, gamma=2),
+        "hf_assisted g=2": hf_assisted(edge, cloud, prompt, 8, gamma=2),
+        "prompt_lookup g=2": speculative(PromptLookup(), cloud, prompt, 8, gamma=2),
+        "speculative cost": speculative(edge, cloud, prompt, 8, gamma=8, schedule="cost"),
+    }
+    for label, g in direct.items():
+        ran = ms[label].run(prompt)
+        assert ran.tokens == g.tokens, label
+        assert (ran.metrics.get("drafted"), ran.metrics.get("accepted")) == (g.metrics.get("drafted"), g.metrics.get("accepted")), label

@@ -7,7 +7,7 @@ import torch
 
 from specnb import ModelSpec, autoregressive, load, speculative
 from specnb.decode.verifying import accept_greedy
-from specnb.decode.loops import as_drafter, as_verifier
+from specnb.decode.pair import as_drafter, as_verifier
 from specnb.decode.roles import Drafter, RoundSettings, Verdict, Verifier
 from specnb.decode.verifying import CloudVerifier
 

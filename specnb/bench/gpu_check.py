@@ -534,7 +534,7 @@ def check_real_model(ctx: Context, fig: dict) -> None:
     gguf_path = registry.path(REAL)
     if not gguf_path.is_file():
         raise CheckSkipped(f"{REAL} is not in the model cache ({gguf_path.parent.parent}); fetch it first "
-                           f"(specnb models fetch {registry.short_name(REAL)}, 93 MB) and run the check again")
+                           f"(specnb models fetch {registry.short_name(REAL)}, 98 MB) and run the check again")
     loads: dict[str, float] = {}
 
     def model(dtype: str, device: Any) -> LoadedModel:

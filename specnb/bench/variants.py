@@ -9,12 +9,13 @@ from typing import Callable
 import numpy as np
 
 from ..decode.adaptive import Controller
-from ..decode.loops import autoregressive, speculative
+from ..decode.loops import speculative
 from ..measure.metrics import Generation
 from ..models import LoadedModel
-from ..decode.lookup import MAX_NGRAM, PromptLookup
-from ..decode.hf_reference import hf_assisted, hf_prompt_lookup
+from ..decode.lookup import MAX_NGRAM
+from ..decode.hf_reference import hf_prompt_lookup
 from ..study.methods import METHODS
+from ..study.params import MethodParams
 
 ADAPTIVE = ("heuristic", "cost", "adaptive")  # the schedules bench times beside the fixed gammas
 
@@ -71,34 +72,49 @@ LEVER_VARIANTS = {
 }
 
 
+def _registry(method: str, edge: LoadedModel, cloud: LoadedModel, n: int, **params) -> Callable[[str], Generation]:
+    """What a grid cell of the registry ``method`` runs (:data:`specnb.study.methods.METHODS`), greedy, for
+    ``n`` new tokens; ``params``: its :class:`~specnb.study.params.MethodParams` (gamma, schedule, optimized)."""
+    decode = METHODS[method].build({"edge": edge, "cloud": cloud}, MethodParams(**params))
+    return lambda p: decode(p, n)
+
+
 def variants(edge: LoadedModel, cloud: LoadedModel, n: int, gammas: list[int], lever_gamma: int | None = None) -> list[Variant]:
-    """Every variant the benchmark compares, as closures over one prompt; each names its registry method."""
+    """Every variant the benchmark compares, as closures over one prompt; each names its registry method and,
+    where a grid cell can run it, runs what the registry builds. By hand: Hugging Face's prompt lookup (a
+    peer, no registry method), the adaptive schedule (a cell primes its controller with the pair's record,
+    the bench's learns from nothing over its runs) and the lever variants (settings no cell takes)."""
+    def cell(method: str, **params) -> Callable[[str], Generation]:
+        return _registry(method, edge, cloud, n, **params)
+
     out = [
-        Variant("cloud", "cloud", lambda p: autoregressive(cloud, p, n)),
-        Variant("cloud_optimized", "cloud_optimized", lambda p: autoregressive(cloud, p, n, optimized=True)),
-        Variant("edge", "edge", lambda p: autoregressive(edge, p, n)),
+        Variant("cloud", "cloud", cell("cloud")),
+        Variant("cloud_optimized", "cloud_optimized", cell("cloud_optimized")),
+        Variant("edge", "edge", cell("edge")),
     ]
     for g in gammas:
-        out.append(Variant(f"speculative g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
-        out.append(Variant(f"spec+opt g={g}", "speculative", lambda p, g=g: speculative(edge, cloud, p, n, gamma=g, optimized=True), g, "constant", optimized=True))
-        out.append(Variant(f"hf_assisted g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g), g))
-        out.append(Variant(f"hf+static g={g}", "hf_assisted", lambda p, g=g: hf_assisted(edge, cloud, p, n, gamma=g, optimized=True),
+        out.append(Variant(f"speculative g={g}", "speculative", cell("speculative", gamma=g), g, "constant"))
+        out.append(Variant(f"spec+opt g={g}", "speculative", cell("speculative", gamma=g, optimized=True), g, "constant", optimized=True))
+        out.append(Variant(f"hf_assisted g={g}", "hf_assisted", cell("hf_assisted", gamma=g), g))
+        out.append(Variant(f"hf+static g={g}", "hf_assisted", cell("hf_assisted", gamma=g, optimized=True),
                           g, optimized=True, warm_all=True))
         # no edge model: prompt lookup drafts from the prompt and the output so far; both plain (eager, dynamic cache)
-        out.append(Variant(f"prompt_lookup g={g}", "prompt_lookup",
-                          lambda p, g=g: speculative(PromptLookup(max_ngram=MAX_NGRAM), cloud, p, n, gamma=g), g, "constant"))
+        out.append(Variant(f"prompt_lookup g={g}", "prompt_lookup", cell("prompt_lookup", gamma=g), g, "constant"))
         out.append(Variant(f"hf_prompt_lookup g={g}", "hf_prompt_lookup",
                           lambda p, g=g: hf_prompt_lookup(cloud, p, n, gamma=g, max_ngram=MAX_NGRAM), g))
     top = max(gammas)
     for rule in ADAPTIVE:
         start = 4 if rule == "heuristic" else max(top, 8)
-        ctl = Controller() if rule == "adaptive" else None  # one for the variant's runs: it learns across them
-        run = lambda p, r=rule, s=start, c=ctl: speculative(edge, cloud, p, n, gamma=s, schedule=r, controller=c)  # noqa: E731
+        if rule == "adaptive":
+            ctl = Controller()  # one for the variant's runs: it learns across them
+            run = lambda p, s=start, c=ctl: speculative(edge, cloud, p, n, gamma=s, schedule="adaptive", controller=c)  # noqa: E731
+        else:
+            run = cell("speculative", gamma=start, schedule=rule)
         out.append(Variant(f"speculative {rule}", "speculative", run, start, rule))
     if lever_gamma is not None:
         g = lever_gamma
         if g not in gammas:
-            out.append(Variant(f"speculative g={g}", "speculative", lambda p: speculative(edge, cloud, p, n, gamma=g), g, "constant"))
+            out.append(Variant(f"speculative g={g}", "speculative", cell("speculative", gamma=g), g, "constant"))
         for name, kw in LEVER_VARIANTS.items():
             out.append(Variant(f"speculative g={g} {name}", "speculative", lambda p, kw=kw: speculative(edge, cloud, p, n, gamma=g, **kw),
                               g, "constant", optimized="optimized" in kw, lever=name))

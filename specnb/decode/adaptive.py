@@ -1,101 +1,15 @@
 """Draft lengths that adapt per round: a per-token stop rule, and a controller that prices each draft.
 
-Two ``schedule`` values of :func:`specnb.speculative` live here (:mod:`specnb.decode.schedule` holds
-the others); both draft up to ``gamma`` tokens and may stop a round's draft after any token:
+Two ``schedule`` values of :func:`specnb.speculative` live here (:mod:`specnb.decode.schedule` holds the
+others); both draft up to ``gamma`` tokens and may stop a round's draft after any token:
 
-* ``confidence``: stop after a drafted token whose confidence (the drafter's own top probability)
-  is below :data:`CONFIDENCE_THRESHOLD` (0.4, the default of Hugging Face's
-  ``assistant_confidence_threshold``). Long drafts on easy text, short on hard text; blind to costs.
-* ``adaptive``: a cost-aware controller (:class:`Controller`). It learns, from the run itself,
+* ``confidence``: stop after a drafted token whose confidence (the drafter's own top probability) is below
+  :data:`CONFIDENCE_THRESHOLD`. Blind to costs.
+* ``adaptive``: a :class:`Controller` learns P(accept | confidence) (:class:`Calibration`), the draft step's
+  cost and the verify line ``a + b k`` with the link (:class:`Costs`, a Kalman filter), starts from a
+  :class:`Prior`, and keeps drafting while some longer draft has a higher expected rate than stopping now.
 
-  - ``P(accept | confidence)``: binned calibration (:class:`Calibration`), from the confidences of
-    the drafted tokens and how many of each round's draft the verifier kept;
-  - ``t_d``, the cost of one draft step (exponentially weighted mean of draft time / drafted);
-  - ``v(k) = a + b k``, the cost of verifying ``k`` drafts, *link included* (the loop's verify clock
-    spans the round trip to a remote cloud), by a Kalman filter on two time scales (below), so a
-    change of RTT or bandwidth moves ``a`` within a round or two and leaves ``b`` alone;
-
-  and stops drafting at the length that maximizes the expected tokens per second of the round.
-
-  One controller serves many generations of the same edge and cloud (``speculative(...,
-  controller=c)``; a ``connect()`` session keeps one per edge, the link study one per link): a 64-token
-  generation has only 10-15 rounds, too few to calibrate and fit costs from nothing (measured: a fresh
-  controller per generation drafted 8 a round at 50 ms where 12-16 pay, 0.92x of the best fixed gamma).
-
-  From a cold start it uses what is known before the first round, a :class:`Prior`: the pair's recorded
-  acceptance (counted as 16 judged drafts, so its weight fades within the first generation), the draft
-  and verify step costs, and the link's round trip (a ``connect()`` session measures it at the
-  handshake). With costs it drafts, in its first round, the length that maximizes the expected-speed-up
-  bound with the verify cost and the link time; with a prior but no costs it stops that round short,
-  pricing it with the draft step it measures and at least one such step plus the RTT per verify; with no
-  prior it drafts the cap (the ``cost`` schedule's first round). It saves to and loads from a JSON file
-  (:meth:`Controller.save`, :meth:`Controller.load`).
-
-The model. Let ``p_i`` be the calibrated acceptance of the i-th drafted token (given the ones before
-it were accepted). Verification keeps the longest accepted prefix and adds one token of the cloud's
-own, so a round that stops after ``k`` drafts emits on average::
-
-    E(k) = 1 + sum_{j=1..k} P_j,    P_j = prod_{i=1..j} p_i     (P_j: the first j drafts all survive)
-
-and costs ``T(k) = k t_d + a + b k`` (draft, then verify with the link). The controller wants the
-``k`` maximizing the rate ``R(k) = E(k) / T(k)``. Drafting one more token changes E by
-``P_k p_{k+1}`` and T by ``t_d + b``, and ``R(k+1) > R(k)`` exactly when
-
-    P_k p_{k+1} / (t_d + b)  >  E(k) / T(k)                                   (marginal rule)
-
-i.e. while the expected gain of one more token per its cost beats the round's current rate. The
-next token's ``p_{k+1}`` is unknown before it is drafted, and the marginal rule is myopic: a
-single unsure token among sure ones makes "one more" look bad although the tokens after it would pay
-(measured on the embedded pair through the link, a controller on the marginal rule with
-``p_{k+1} = p_k`` drafted 3-6 tokens a round where a fixed 12-16 was best, and ran at 0.80-0.87x
-of the best fixed gamma: docs/adaptive-gamma.md). So the controller looks ahead: after the k-th
-draft, with P_k and E(k) from the calibrated ``p_1..p_k`` of this round, it keeps drafting while
-*some* continuation of ``m`` more tokens (``m <= gamma - k``), each accepted with the run's mean
-acceptance ``alpha`` (the i.i.d. estimate over all judged drafts), beats stopping now::
-
-    keep drafting while  max_{1<=m<=gamma-k} E(k+m) / T(k+m)  >  E(k) / T(k),
-    E(k+m) = E(k) + P_k (alpha + alpha^2 + ... + alpha^m)
-
-With a steady acceptance this stops exactly where the marginal rule does (the rate is unimodal in
-``k``); with ``P_k`` it still reads this round's confidences: unsure tokens shrink what every later
-token can add, so hard spans stop early and easy ones run to the cap.
-
-The verify line. The round's verify time is ``y = a + b k + e``: ``a`` is the link's round trip plus
-the cloud's fixed cost, and it changes whenever the link does; ``b`` is the cloud's (and the wire's)
-cost per verified token, a property of the models and the bandwidth. Under this controller the draft
-length moves with the link (slow link, long drafts), so a least-squares line over the recent rounds
-confounds the two: 40 ms more RTT arriving with 8 more drafts reads as ``b`` = 5 ms a token, and every
-later draft is cut short. A Kalman filter on the state ``(a, b)`` keeps them apart: ``a`` is a random
-walk, its step variance ``q = (drift a)^2`` (drift 0.3), ``b`` creeps by 5% of itself a round (a
-change of bandwidth is learnt, slowly), the noise variance is
-``(0.1 y)^2``. A link jumps rather than drifts, so a surprise ``e = y - (a + b k)`` beyond three
-standard deviations of what the filter expects, ``e^2 > 9 S`` with ``S = h P h' + r`` (h = (1, k)), is
-taken for a new link: ``a`` restarts at ``y - b k``, ``b`` keeps its value and variance. So a jump
-lands on ``a`` at once and never leaks into ``b`` through their correlation; ``b`` learns only from how
-the time varies with ``k`` at a steady link. The objective is then the rate *at the current
-link stage*: ``T(k)`` uses today's ``a``, and what was learnt at another RTT enters only through ``b``,
-``t_d`` and the calibration, which the link does not change.
-
-A high RTT makes ``a``, hence ``T(k)``, large: a lower P_k still pays, drafts run long. A cheap link
-makes drafts stop after the first unsure tokens.
-
-Why it should beat a fixed gamma: a fixed gamma is tuned for the *average* acceptance and one
-link. Here the length follows the text token by token (the confidence sees a hard span coming, a
-fixed gamma pays for drafts that the verifier will throw away, and stops short on easy spans) and
-the link round by round (the intercept ``a`` tracks the RTT). With i.i.d. acceptance ``p`` and
-fixed costs the rule reduces to the best fixed gamma of Leviathan et al. (2023) (the rate is
-unimodal in ``k``), so on stationary text and link it loses only its estimation noise; the gains come
-from variance in confidence and in the link. SpecDec++ (2024) stops on a learned acceptance head
-with the same comparison of a stop threshold against costs; here the head is the draft's own
-probability, calibrated online.
-
-How much it can gain is bounded by the two sources. From the link: the rate ``E(k)/T(k)`` is flat near
-its best ``k`` (the best gamma grows only about logarithmically with ``a``), so one fixed gamma that
-is good at every stage of a link loses little. From the text: stopping before a rejected draft saves
-that draft's ``t_d + b`` only, small beside ``a`` when the link is slow. Measured on the embedded pair
-(draft step ~0.9 ms, ``b`` ~0.35 ms, ``a`` 14-65 ms; a run that shared the machine with another timed
-run): 0.99-1.02x of the best fixed gamma at 5, 20 and 50 ms, 0.98x on a 5->50->20 ms link, where g12
-is within 1% of the best at every stage (docs/adaptive-gamma.md).
+The model, its reasons and its measurements: docs/adaptive-gamma.md ("The model", "From a cold start").
 """
 
 from __future__ import annotations
@@ -226,8 +140,8 @@ class Costs:
     """Step costs learnt from the rounds: the draft step's, and the verify line ``v(k) = a + b k``.
 
     ``t_draft``: draft seconds per drafted token, weighted ``draft_decay`` times less per older round (the
-    edge's own speed, which no link changes). The verify line on two time scales (the module's
-    docstring gives the filter): the intercept ``a`` holds the link's round trip and may jump any round,
+    edge's own speed, which no link changes). The verify line on two time scales (docs/adaptive-gamma.md
+    gives the filter): the intercept ``a`` holds the link's round trip and may jump any round,
     the slope ``b`` (the cloud's cost per verified token, the bytes per token) hardly moves. A Kalman filter
     on the state ``(a, b)`` lets ``a`` wander by ``drift`` of itself each round and ``b`` by ``creep``, so a
     round that is slower than the line predicts moves ``a``, and ``b`` learns only from how the time varies

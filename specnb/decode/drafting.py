@@ -39,22 +39,6 @@ class EdgeDrafter:
     def __init__(self, model: Model, settings: RoundSettings):
         self.model = model
         self.threads = model.spec.threads
-        with thread_count(self.threads):
-            self.steps = Steps(model, settings.max_len, settings.optimized, settings.compile, shapes=((1, 1), (2, 1)))
-        self.calls = 0
-        self.length = 0  # tokens in the cache
-        # sampling settings and levers resolved here, once: a round checks no flags
-        self.settings = settings
-        self.vocab = settings.vocab or model.vocab_size
-        self.sampling = settings.rule == "sample"
-        self.temperature = settings.temperature if self.sampling else 0.0
-        self.generator = make_generator(settings.seed, model.device)
-        off = settings.levers_off
-        self._keep_logits = 0 if "logits_to_keep" in off else 1  # 0: every position
-        # one_sync off: each token goes to the host as it is drafted
-        self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
-        self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
-        self._cut = cut_for(off)
         self.suppress: torch.Tensor | None = None  # [vocab] bool: tokens it may not draft (a translating drafter's)
         # per-token stop rule (specnb.decode.adaptive), called as stop(k, confidence) after the k-th
         # draft; None: draft all g (no per-token host sync). confidences: those of the last draft.
@@ -63,6 +47,26 @@ class EdgeDrafter:
         # drafting ahead with branches (specnb.decode.ahead, ``hedge``) sets this to a list: each draft then
         # reports, per drafted token, (the runner-up id, p(drafted token), p(runner-up)) under the edge's softmax
         self.alternatives: list[tuple[int, float, float]] | None = None
+        self.set_up(settings)
+
+    def set_up(self, settings: RoundSettings) -> None:
+        """A new cache and compiled steps for ``settings``, its sampling settings and levers resolved here,
+        once: a round checks no flags. (The stop rule and the suppressed tokens stay: others set them.)"""
+        with thread_count(self.threads):
+            self.steps = Steps(self.model, settings.max_len, settings.optimized, settings.compile, shapes=((1, 1), (2, 1)))
+        self.calls = 0
+        self.length = 0  # tokens in the cache
+        self.settings = settings
+        self.vocab = settings.vocab or self.model.vocab_size
+        self.sampling = settings.rule == "sample"
+        self.temperature = settings.temperature if self.sampling else 0.0
+        self.generator = make_generator(settings.seed, self.model.device)
+        off = settings.levers_off
+        self._keep_logits = 0 if "logits_to_keep" in off else 1  # 0: every position
+        # one_sync off: each token goes to the host as it is drafted
+        self._on_draft: Callable[[torch.Tensor], Any] = int if "one_sync" in off else (lambda t: t)
+        self._to_host: Callable[[list], list[int]] = list if "one_sync" in off else _all_at_once
+        self._cut = cut_for(off)
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         start_generation(self, prompt_ids, settings, lambda r: r._keep_logits, lambda: thread_count(self.threads))

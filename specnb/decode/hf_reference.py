@@ -11,7 +11,8 @@ from transformers import CompileConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from ..models import LoadedModel, same_tokenizer, thread_cap, thread_plan
+from ..models import LoadedModel, same_tokenizer, thread_cap
+from .pair import thread_plan
 from .lookup import MAX_NGRAM
 from .steps import cache_size
 
@@ -76,7 +77,7 @@ def hf_assisted(
     counts: each cloud call verifies one round (``rounds = cloud_calls``), each edge call
     drafts one token (``drafted = edge_calls``), and every round emits its accepted drafts plus
     one cloud token (``accepted = new_tokens - rounds``). HF interleaves both models in one
-    loop, so thread caps follow the run-level half of :func:`specnb.models.thread_plan`: the
+    loop, so thread caps follow the run-level half of :func:`specnb.decode.pair.thread_plan`: the
     edge's cap when the cloud is on an accelerator, the cloud's when both share the CPU. Batch size 1; ``ttft_s`` is None
     (``generate`` does not expose it).
 

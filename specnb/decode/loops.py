@@ -23,22 +23,20 @@ last token of ``seq`` is the first input of the next round.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_peak_memory, summarize
-from ..models import LoadedModel, check_pair, same_tokenizer, thread_cap, thread_plan
+from ..models import LoadedModel, thread_cap
 from . import ahead as ahead_mod
-from .drafting import EdgeDrafter
+from .adaptive import SESSION_CAP, STOPPING, Controller
+from .pair import Roles, as_drafter, as_verifier, pair, translates  # noqa: F401 (as_drafter, as_verifier: link imports them from here)
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
-from .adaptive import SESSION_CAP, STOPPING, Controller
 from .schedule import Schedule
 from .steps import Steps, no_compiling
-from .translate import translating
-from .verifying import CloudVerifier
 
 VERIFY_RULES = ("greedy", "sample", "rank")
 OPTIMIZED = (False, True, "edge", "cloud")  # which models of a speculative run get the optimized set-up
@@ -160,29 +158,6 @@ def speculative_round(drafter: Drafter, verifier: Verifier, seq: list[int], g: i
     return draft[: verdict.accepted] + [verdict.token], len(draft), verdict.accepted
 
 
-def _has_tokenizer(side: Any) -> bool:
-    return hasattr(side, "tokenizer") and hasattr(side, "vocab_size")
-
-
-def _translates(edge: Any, cloud: Any) -> bool:
-    """The edge is a model with another tokenizer than the cloud's: it drafts through a translation
-    (:mod:`specnb.decode.translate`); a drafter passed as is (already a :class:`Drafter`) is never wrapped."""
-    return isinstance(edge, LoadedModel) and _has_tokenizer(cloud) and not same_tokenizer(edge, cloud)
-
-
-def _devices(*sides: Any) -> list[torch.device]:
-    return [d for d in (getattr(s, "device", None) for s in sides) if isinstance(d, torch.device)]
-
-
-def _merge_stats(*parts: dict[str, Any]) -> dict[str, Any]:
-    """The roles' own metrics in one dict; a figure both report (e.g. ``compile_s``) is summed."""
-    merged: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            merged[key] = merged[key] + value if key in merged else value
-    return merged
-
-
 def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, verify: str,
               ahead: bool | int = False) -> tuple[str, int]:
     """``schedule`` and ``gamma`` of :func:`speculative` when not given: over a ``connect()`` session (a cloud with
@@ -193,9 +168,43 @@ def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, ve
     ahead keeps it too (the adaptive stop rule reads one draft at a time)."""
     if (schedule is None and gamma is None and verify != "sample" and not ahead
             and hasattr(cloud, "controller_for")
-            and isinstance(edge, LoadedModel) and not _translates(edge, cloud)):
+            and isinstance(edge, LoadedModel) and not translates(edge, cloud)):
         return "adaptive", min(SESSION_CAP, getattr(getattr(cloud, "limits", None), "max_draft", SESSION_CAP))
     return schedule or "constant", 4 if gamma is None else gamma
+
+
+def _depth(ahead: bool | int, schedule: str) -> int:
+    """Rounds the edge may draft ahead (0: none); refused with a schedule that stops a draft early."""
+    depth = ahead_mod.depth_of(ahead)
+    if depth and schedule in STOPPING:
+        raise ValueError(f"ahead does not combine with schedule={schedule!r} yet (its stop rule reads the confidences "
+                         "of one draft at a time); use schedule='constant', 'heuristic' or 'cost' with ahead")
+    return depth
+
+
+@dataclass
+class Clocks:
+    """A speculative run's clocks: the whole run (``wall``), the edge drafting, the cloud verifying; peak
+    memory counts from their start."""
+
+    edge_devices: tuple[torch.device, ...]
+    cloud_devices: tuple[torch.device, ...]
+
+    def __post_init__(self) -> None:
+        devices = self.edge_devices + self.cloud_devices
+        self.wall, self.draft, self.verify = Stopwatch(*devices), Stopwatch(*self.edge_devices), Stopwatch(*self.cloud_devices)
+        reset_peak_memory(*devices)
+
+    def peak_memory(self) -> int:
+        return peak_memory_bytes(*self.edge_devices, *self.cloud_devices)
+
+
+@dataclass
+class Rounds:
+    """What each round of one generation did, in order (rounds a drafting-ahead loop dropped are not rounds)."""
+
+    accepted: list[int]  # drafts the cloud kept, per round
+    drafted: list[int]  # drafts proposed, per round
 
 
 def speculative(
@@ -221,128 +230,128 @@ def speculative(
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
-    ``verify``: ``greedy`` (output token-identical to the cloud's greedy decoding),
-    ``sample`` (output distributed exactly as the cloud's sampling at ``temperature`` /
-    ``top_k`` / ``top_p``) or ``rank`` (accept a draft within the cloud's top-``rank_k``;
-    lossy). The two models may sit on different devices: only token ids, and for ``sample``
-    the edge's draft probabilities, move between them. The edge's forward calls run under its
-    thread cap (see :func:`thread_plan`). ``schedule`` sets the draft length per round
-    (:mod:`specnb.decode.schedule`: ``constant`` = ``gamma``; ``heuristic`` starts at ``gamma``;
-    ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive`` stop a draft of up to ``gamma``
-    after an unsure token, :mod:`specnb.decode.adaptive`; ``controller``: the ``adaptive`` schedule's learnt
-    state, passed again to carry it over generations of the same edge and cloud; a ``connect()`` session keeps
-    one per edge itself, ``cloud.controller_for(edge)``). Defaults: ``constant`` with gamma 4; over a
-    ``connect()`` session, with neither ``gamma`` nor ``schedule`` given and greedy verification,
-    ``adaptive`` up to 32 (:func:`_defaults`). ``optimized=True`` gives both models the set-up of the
-    ``cloud_optimized`` baseline (:class:`Steps`: static caches, compiled steps where they pay);
-    the cloud's verification input is then padded to one of a few fixed widths
-    (:meth:`~specnb.decode.schedule.Schedule.widths`) so that a few compiled graphs serve every round
-    (the padded positions are cropped with the rejected ones); ``"edge"`` or ``"cloud"`` gives
-    that set-up to one model only. ``levers_off`` switches levers of the plain loop off for
-    ablation studies (:data:`LEVERS`). Stops after an EOS token (kept in ``tokens``) or exactly
-    ``max_new_tokens``. Metric definitions: :class:`specnb.measure.metrics.Generation`.
+    ``edge``: a loaded model (of the cloud's tokenizer, or of another: it drafts through a translation,
+    docs/tokenizers.md), :class:`specnb.PromptLookup` or any :class:`~specnb.decode.roles.Drafter`;
+    ``cloud``: a loaded model, a ``connect()`` session or any :class:`~specnb.decode.roles.Verifier`
+    (:mod:`specnb.decode.pair`). The prompt is tokenized by the cloud, or by the edge when the cloud is
+    not loaded here. Only token ids (and, to sample, the edge's draft probabilities) move between the
+    sides, so they may sit on different devices; the edge's calls keep its thread cap.
 
-    ``ahead``: the edge drafts ahead while the cloud verifies (:mod:`specnb.decode.ahead`): it keeps
-    drafting the continuation that assumes the round in flight is accepted whole, and submits it as the
-    next round before the verdict; a round whose premise fails is answered void and dropped. ``True``:
-    as many rounds ahead as the verdicts allow; an int: at most that many. In this process the cloud then
-    verifies on a worker thread (give each model one thread, and the two run on two cores); across a link
-    the rounds ahead are in flight together. Not with the ``confidence`` / ``adaptive`` schedules.
-    ``hedge``: with ``ahead``, up to that many branches per round in flight, each premised on a rejection at a
-    position of its draft with the edge's runner-up there as the cloud's token (greedy and rank rules; adds
-    ``ahead_hedged`` / ``hedge_hits``: branches submitted / verified).
-    Adds ``ahead`` (rounds allowed ahead), ``ahead_rounds`` / ``ahead_void`` (rounds submitted ahead,
-    verified / dropped), ``ahead_kept`` / ``ahead_dropped`` (tokens drafted ahead), ``edge_wait_s`` to the
-    metrics; every speculative run reports ``edge_idle_share`` = 1 - draft_s / wall_s.
+    - ``verify``: ``greedy`` (output token-identical to the cloud's greedy decoding), ``sample``
+      (distributed exactly as the cloud's sampling at ``temperature`` / ``top_k`` / ``top_p``, ``seed``)
+      or ``rank`` (a draft within the cloud's top-``rank_k`` is kept; lossy).
+    - ``schedule``: the draft length per round (:mod:`specnb.decode.schedule`): ``constant`` = ``gamma``;
+      ``heuristic`` starts at ``gamma``; ``cost`` chooses up to ``gamma``; ``confidence`` and ``adaptive``
+      stop a draft of up to ``gamma`` after an unsure token (:mod:`specnb.decode.adaptive`; ``controller``
+      is the ``adaptive`` schedule's learnt state, passed again to carry it over generations; a
+      ``connect()`` session keeps one per edge, ``cloud.controller_for(edge)``). Default ``constant``,
+      gamma 4; over a ``connect()`` session with neither given and no sampling, ``adaptive`` up to 32
+      (:func:`_defaults`).
+    - ``optimized``: ``True`` gives both models the ``cloud_optimized`` baseline's set-up (static caches,
+      compiled steps where they pay, :class:`Steps`; the cloud's input padded to a few fixed widths,
+      :meth:`~specnb.decode.schedule.Schedule.widths`), ``"edge"`` or ``"cloud"`` one model only;
+      ``compile`` overrides the per-device choice. ``levers_off``: levers of the plain loop switched off
+      for ablations (:data:`LEVERS`).
+    - ``ahead``: the edge keeps drafting while the cloud verifies, on the premise that the round in
+      flight is accepted whole; a round whose premise fails is answered void and dropped
+      (:mod:`specnb.decode.ahead`). ``True``: as many rounds ahead as the verdicts allow; an int: at most
+      that many. In this process the cloud then verifies on a worker thread; across a link the rounds
+      ahead are in flight together. Not with ``confidence`` / ``adaptive``. Adds ``ahead``,
+      ``ahead_rounds`` / ``ahead_void``, ``ahead_kept`` / ``ahead_dropped``, ``edge_wait_s``.
+    - ``hedge``: with ``ahead``, up to that many branches per round in flight, each premised on a rejection
+      at a position of its draft with the edge's runner-up there as the cloud's token (greedy and rank
+      rules). Adds ``hedge``, ``ahead_hedged`` / ``hedge_hits`` (branches submitted / verified).
 
-    ``edge`` may be any drafter (:class:`specnb.PromptLookup`, or an object with the methods of
-    :class:`specnb.decode.roles.Drafter`) and ``cloud`` any verifier (:class:`specnb.decode.roles.Verifier`); a loaded
-    model becomes one (:func:`specnb.decode.roles.as_drafter`, :func:`~specnb.decode.roles.as_verifier`). The
-    prompt is tokenized by the cloud, or by the edge when the cloud is not loaded here.
+    Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``. Metrics:
+    :class:`specnb.measure.metrics.Generation`, and ``edge_idle_share`` = 1 - draft_s / wall_s.
     """
     _check_common(max_new_tokens, temperature, top_k, top_p)
     schedule, gamma = _defaults(edge, cloud, schedule, gamma, verify, ahead)
     _check_speculative(gamma, verify, rank_k, temperature)
     off = _check_levers(optimized, levers_off)
-    depth = ahead_mod.depth_of(ahead)
+    depth = _depth(ahead, schedule)
     hedge = ahead_mod.check_hedge(hedge, depth, verify)
-    if depth and schedule in STOPPING:
-        raise ValueError(f"ahead does not combine with schedule={schedule!r} yet (its stop rule reads the confidences "
-                         "of one draft at a time); use schedule='constant', 'heuristic' or 'cost' with ahead")
     if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
         controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)
-    text = next((s for s in (cloud, edge) if hasattr(s, "encode") and hasattr(s, "decode")), None)  # the tokenizer
-    if text is None:
-        raise TypeError("speculative needs a tokenizer on one side: pass a loaded model (specnb.load) as edge or cloud")
-    ids = text.encode(prompt)
-    translate = _translates(edge, cloud)  # another tokenizer: the edge drafts through specnb.decode.translate
-    c_opt = optimized in (True, "cloud")
-    settings = RoundSettings(
-        rule=verify, rank_k=rank_k, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, compile=compile,
-        levers_off=off, max_len=len(ids) + max_new_tokens + plan.longest() + 1,
-        # both sides hold a tokenizer (a loaded model, a remote cloud): share the vocabulary, or translate
-        vocab=check_pair(edge, cloud) if _has_tokenizer(edge) and _has_tokenizer(cloud) and not translate else 0,
-    )
-    e_settings = replace(settings, optimized=optimized in (True, "edge"))
-    c_settings = replace(settings, optimized=c_opt, widths=plan.widths() if c_opt else ())  # padded widths
-    e_devs, c_devs = _devices(edge), _devices(cloud)
-
-    run_threads = thread_plan(edge, cloud)[0]
-    with torch.inference_mode(), thread_cap(run_threads):
-        drafter = translating(edge, cloud, e_settings) if translate else as_drafter(edge, e_settings)
-        verifier = as_verifier(cloud, c_settings)
+    sides = pair(edge, cloud)  # who tokenizes, a shared vocabulary or a translation, the threads
+    ids = sides.text.encode(prompt)
+    settings = RoundSettings(rule=verify, rank_k=rank_k, temperature=temperature, top_k=top_k, top_p=top_p,
+                             seed=seed, compile=compile, levers_off=off, vocab=sides.vocab,
+                             max_len=len(ids) + max_new_tokens + plan.longest() + 1)
+    with torch.inference_mode(), thread_cap(sides.run_threads):
+        roles = sides.roles(settings, optimized, plan.widths())
         if depth:  # the cloud's rounds run on a worker thread (or pipelined across the link)
-            verifier = ahead_mod.pipelined(verifier, run_threads if isinstance(cloud, LoadedModel) and
-                                           cloud.device.type == "cpu" else None, tuple(c_devs))
-        plan.attach(drafter)  # a per-token stop rule, for the schedules that have one
+            roles.verifier = ahead_mod.pipelined(roles.verifier, sides.cloud_threads, sides.cloud_devices)
+        plan.attach(roles.drafter)  # a per-token stop rule, for the schedules that have one
         try:
-            reset_peak_memory(*e_devs, *c_devs)
-            clock, draft_clock, verify_clock = Stopwatch(*e_devs, *c_devs), Stopwatch(*e_devs), Stopwatch(*c_devs)
-            with clock:  # prefill: each side takes the prompt
-                with draft_clock:
-                    drafter.begin(ids, e_settings)
-                with verify_clock:
-                    verifier.begin(ids, c_settings)
-            steps = [s for s in (getattr(drafter, "steps", None), getattr(verifier, "steps", None)) if isinstance(s, Steps)]
-            extra: dict[str, Any] = {}
-            with no_compiling(*steps):
-                if depth:
-                    out, trace, drafted_trace, ttft, done = ahead_mod.loop(
-                        drafter, verifier, ids, max_new_tokens, plan, depth, clock, draft_clock, hedge)
-                    extra = {"ahead": depth, "hedge": hedge} | vars(done)
-                    verifier.stop()  # rounds still in flight are not waited for; the stats hold still
-                else:
-                    out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan,
-                                                            clock, draft_clock, verify_clock)
-            stats = _merge_stats(drafter.stats(), verifier.stats())
-            if depth:
-                verify_clock.total += stats.pop("verify_busy_s", 0.0)  # the cloud's time on its thread
+            clocks = Clocks(sides.edge_devices, sides.cloud_devices)
+            out, rounds, ttft, stats = _run(roles, ids, max_new_tokens, plan, depth, clocks, hedge)
         finally:
-            verifier.close()
+            roles.verifier.close()
+    metrics = _metrics(out, rounds, ttft, clocks, stats)
+    return Generation(tokens=out, text=sides.text.decode(out), metrics=metrics,
+                      trace=rounds.accepted, drafted_trace=rounds.drafted)
 
-    accepted = sum(trace)
-    rejected = sum(n < g for n, g in zip(trace, drafted_trace))
-    metrics = summarize(
-        new_tokens=len(out), wall_s=clock.total, ttft_s=ttft, rounds=len(trace), drafted=sum(drafted_trace),
-        accepted=accepted, rejected_rounds=rejected, cloud_calls=stats.pop("cloud_calls", 0),
-        edge_calls=stats.pop("edge_calls", 0), draft_s=draft_clock.total, verify_s=verify_clock.total,
-        peak_mem_bytes=peak_memory_bytes(*e_devs, *c_devs), compile_s=stats.pop("compile_s", 0.0),
-    ) | {"edge_idle_share": 1 - draft_clock.total / clock.total if clock.total > 0 else None} | extra | stats
-    return Generation(tokens=out, text=text.decode(out), metrics=metrics, trace=trace, drafted_trace=drafted_trace)
+
+def _run(roles: Roles, ids: list[int], max_new_tokens: int, plan: Schedule, depth: int,
+         clocks: Clocks, hedge: int = 0) -> tuple[list[int], Rounds, float, dict[str, Any]]:
+    """The timed part: both sides take the prompt, then the rounds. Returns (new tokens, the rounds, time to
+    the first token, the roles' own metrics)."""
+    drafter, verifier = roles.drafter, roles.verifier
+    with clocks.wall:  # prefill: each side takes the prompt
+        with clocks.draft:
+            drafter.begin(ids, roles.drafter_settings)
+        with clocks.verify:
+            verifier.begin(ids, roles.verifier_settings)
+    extra: dict[str, Any] = {}
+    with no_compiling(*roles.steps()):
+        if depth:
+            out, trace, drafted_trace, ttft, done = ahead_mod.loop(
+                drafter, verifier, ids, max_new_tokens, plan, depth, clocks.wall, clocks.draft, hedge)
+            extra = {"ahead": depth, "hedge": hedge} | vars(done)
+            verifier.stop()  # rounds still in flight are not waited for; the stats hold still
+        else:
+            out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan, clocks)
+    stats = _merge_stats(drafter.stats(), verifier.stats())
+    if depth:
+        clocks.verify.total += stats.pop("verify_busy_s", 0.0)  # the cloud's time on its thread
+    return out, Rounds(trace, drafted_trace), ttft, extra | stats
+
+
+def _merge_stats(*parts: dict[str, Any]) -> dict[str, Any]:
+    """The roles' own metrics in one dict; a figure both report (e.g. ``compile_s``) is summed."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            merged[key] = merged[key] + value if key in merged else value
+    return merged
+
+
+def _metrics(out: list[int], rounds: Rounds, ttft: float, clocks: Clocks, stats: dict[str, Any]) -> dict[str, Any]:
+    """A speculative generation's metrics: :func:`summarize`'s, ``edge_idle_share``, then the roles' own."""
+    wall, draft = clocks.wall.total, clocks.draft.total
+    rejected = sum(n < g for n, g in zip(rounds.accepted, rounds.drafted))
+    return summarize(
+        new_tokens=len(out), wall_s=wall, ttft_s=ttft, rounds=len(rounds.accepted), drafted=sum(rounds.drafted),
+        accepted=sum(rounds.accepted), rejected_rounds=rejected, cloud_calls=stats.pop("cloud_calls", 0),
+        edge_calls=stats.pop("edge_calls", 0), draft_s=draft, verify_s=clocks.verify.total,
+        peak_mem_bytes=clocks.peak_memory(), compile_s=stats.pop("compile_s", 0.0),
+    ) | {"edge_idle_share": 1 - draft / wall if wall > 0 else None} | stats
 
 
 def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: int, plan: Schedule,
-          clock: Stopwatch, draft_clock: Stopwatch, verify_clock: Stopwatch) -> tuple[list[int], list[int], list[int], float]:
+          clocks: Clocks) -> tuple[list[int], list[int], list[int], float]:
     """Rounds until EOS or ``max_new_tokens``: (new tokens, accepted per round, drafted per round, ttft)."""
     eos = verifier.eos_ids
     seq = list(ids)
     out: list[int] = []
-    trace: list[int] = []
-    drafted_trace: list[int] = []
+    accepted_per_round: list[int] = []
+    drafted_per_round: list[int] = []
     ttft = None
+    draft_clock, verify_clock = clocks.draft, clocks.verify
     while len(out) < max_new_tokens and not (out and out[-1] in eos):
-        with clock:
+        with clocks.wall:
             g = min(plan.next(), max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
             d0, v0 = draft_clock.total, verify_clock.total
             emitted, g, n = speculative_round(drafter, verifier, seq, g, draft_clock, verify_clock)
@@ -354,35 +363,9 @@ def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: 
                     break
             seq.extend(emitted)
             out.extend(emitted)
-            trace.append(n)
-            drafted_trace.append(g)
+            accepted_per_round.append(n)
+            drafted_per_round.append(g)
             plan.update(g, n, draft_clock.total - d0, verify_clock.total - v0)
         if ttft is None:
-            ttft = clock.total
-    return out, trace, drafted_trace, ttft or 0.0
-
-
-def _as_role(obj: Any, settings: RoundSettings, role: type, in_process: Any, factory: str, verb: str, hint: str) -> Any:
-    """``obj`` as a ``role``: itself if it is one, the in-process role for a loaded model, else built by
-    its ``factory(settings)`` method (a remote cloud's)."""
-    if isinstance(obj, role):
-        return obj
-    if isinstance(obj, LoadedModel):
-        return in_process(obj, settings)
-    build = getattr(obj, factory, None)
-    if build is None:
-        raise TypeError(f"cannot {verb} with {type(obj).__name__}: pass a loaded model (specnb.load), {hint}")
-    return build(settings)
-
-
-def as_drafter(edge: Any, settings: RoundSettings) -> Drafter:
-    """``edge`` as a drafter (:class:`~specnb.decode.drafting.EdgeDrafter` for a loaded model)."""
-    return _as_role(edge, settings, Drafter, EdgeDrafter, "drafter", "draft",
-                    "specnb.PromptLookup(...) or another Drafter")
-
-
-def as_verifier(cloud: Any, settings: RoundSettings) -> Verifier:
-    """``cloud`` as a verifier (:class:`~specnb.decode.verifying.CloudVerifier` for a loaded model, a
-    remote cloud's own, :func:`specnb.connect`)."""
-    return _as_role(cloud, settings, Verifier, CloudVerifier, "verifier", "verify",
-                    "a remote cloud (specnb.connect) or another Verifier")
+            ttft = clocks.wall.total
+    return out, accepted_per_round, drafted_per_round, ttft or 0.0

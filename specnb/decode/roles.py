@@ -16,10 +16,9 @@ Implementations:
 * verifiers: the cloud model in this process (a ``LoadedModel`` passed as ``cloud`` becomes one),
   a cloud across a link (:func:`specnb.connect`).
 
-``speculative(edge, cloud, ...)`` turns its arguments into these roles with
-:func:`specnb.decode.loops.as_drafter` and :func:`specnb.decode.loops.as_verifier`: an object
-that already is one is used as is; a loaded model becomes the in-process role; an object with a
-``drafter(settings)`` / ``verifier(settings)`` factory (a remote cloud) builds one for this generation.
+``speculative(edge, cloud, ...)`` turns its arguments into these roles in :mod:`specnb.decode.pair`
+(an object that already is one is used as is, a loaded model becomes the in-process role, a remote
+cloud builds one for this generation), after checking the pair there.
 """
 
 from __future__ import annotations

@@ -226,13 +226,14 @@ def start_generation(role: Any, prompt_ids: list[int], settings: Any, keep_logit
                      around: Callable[[], Any] = contextlib.nullcontext) -> None:
     """The start-up both in-process roles share (the edge drafter, the cloud verifier).
 
-    Built for another set-up: the role is rebuilt for ``settings``; else a used cache is reset. Then
-    every prompt token but the last goes into the cache in one call (the last is the first round's
-    input), inside ``around()`` (the edge's thread cap), keeping the logits ``keep_logits(role)`` says
-    (read after a rebuild: its levers), and ``role.length`` counts the cached tokens.
+    Built for other settings: the role sets itself up for ``settings`` (``role.set_up``: a new cache, its
+    levers); else a used cache is reset. Then every prompt token but the last goes into the cache in one
+    call (the last is the first round's input), inside ``around()`` (the edge's thread cap), keeping the
+    logits ``keep_logits(role)`` says (read after a set-up: its levers), and ``role.length`` counts the
+    cached tokens.
     """
     if settings != role.settings:
-        role.__init__(role.model, settings)
+        role.set_up(settings)
     elif role.length:
         role.steps.reset()
         role.calls = 0

@@ -114,14 +114,18 @@ class CloudVerifier:
 
     def __init__(self, model: Model, settings: RoundSettings):
         self.model = model
-        self.vocab = settings.vocab or model.vocab_size
         self.eos_ids = model.eos_ids
-        self.steps = Steps(model, settings.max_len, settings.optimized, settings.compile,
+        self.set_up(settings)
+
+    def set_up(self, settings: RoundSettings) -> None:
+        """A new cache and compiled steps for ``settings``; the rule, the padding and the levers resolved
+        here, once: a round checks no flags."""
+        self.vocab = settings.vocab or self.model.vocab_size
+        self.steps = Steps(self.model, settings.max_len, settings.optimized, settings.compile,
                            shapes=tuple((w, w) for w in settings.widths))
         self.compile_s = self.steps.compile_s
         self.calls = 0
         self.length = 0  # tokens in the cache
-        # the rule, the padding and the levers are resolved here, once: a round checks no flags
         self.settings = settings
         widths = sorted(settings.widths)
         self._pad_to = {n: next(w for w in widths if w >= n) for n in range(1, widths[-1] + 1)} if widths else {}

@@ -2,7 +2,9 @@
 
 ``connect`` checks the link protocol, reads the server's model, dtype and versions, and loads the
 server's tokenizer locally (its files travel in the hello), so prompts are encoded and outputs
-decoded at the edge, and ``check_pair(edge, cloud)`` refuses a mismatched edge as in-process.
+decoded at the edge. As in-process, an edge of the cloud's tokenizer shares its vocabulary
+(``check_pair(edge, cloud)``), and ``speculative`` lets an edge of another tokenizer draft through a
+translation (:mod:`specnb.decode.translate`, docs/tokenizers.md).
 
 ``speculative(edge, cloud, ...)`` gets one :class:`RemoteVerifier` per generation from
 ``cloud.verifier(settings)``: one gRPC stream (one server session), one round trip per round. Its

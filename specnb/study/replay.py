@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..decode.adaptive import can_stop
-from ..decode.loops import as_drafter
+from ..decode.pair import as_drafter
 from ..decode.roles import RoundSettings
 from ..models import LoadedModel
 
