@@ -218,6 +218,7 @@ def speculative(
     controller: Controller | None = None,
     ahead: bool | int = False,
     hedge: int = 0,
+    hedge_len: int | None = None,
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -250,7 +251,8 @@ def speculative(
     the rounds ahead are in flight together. Not with the ``confidence`` / ``adaptive`` schedules.
     ``hedge``: with ``ahead``, up to that many branches per round in flight, each premised on a rejection at a
     position of its draft with the edge's runner-up there as the cloud's token (greedy and rank rules; adds
-    ``ahead_hedged`` / ``hedge_hits``: branches submitted / verified).
+    ``ahead_hedged`` / ``hedge_hits``: branches submitted / verified, ``hedge_drafted``: drafts sent in them).
+    ``hedge_len``: with ``hedge``, the most drafts a branch has (None: as many as the spine's round; reported as 0).
     Adds ``ahead`` (rounds allowed ahead), ``ahead_rounds`` / ``ahead_void`` (rounds submitted ahead,
     verified / dropped), ``ahead_kept`` / ``ahead_dropped`` (tokens drafted ahead), ``edge_wait_s`` to the
     metrics; every speculative run reports ``edge_idle_share`` = 1 - draft_s / wall_s.
@@ -266,6 +268,7 @@ def speculative(
     off = _check_levers(optimized, levers_off)
     depth = ahead_mod.depth_of(ahead)
     hedge = ahead_mod.check_hedge(hedge, depth, verify)
+    hedge_len = ahead_mod.check_hedge_len(hedge_len, hedge)
     if depth and schedule in STOPPING:
         raise ValueError(f"ahead does not combine with schedule={schedule!r} yet (its stop rule reads the confidences "
                          "of one draft at a time); use schedule='constant', 'heuristic' or 'cost' with ahead")
@@ -309,8 +312,8 @@ def speculative(
             with no_compiling(*steps):
                 if depth:
                     out, trace, drafted_trace, ttft, done = ahead_mod.loop(
-                        drafter, verifier, ids, max_new_tokens, plan, depth, clock, draft_clock, hedge)
-                    extra = {"ahead": depth, "hedge": hedge} | vars(done)
+                        drafter, verifier, ids, max_new_tokens, plan, depth, clock, draft_clock, hedge, hedge_len)
+                    extra = {"ahead": depth, "hedge": hedge, "hedge_len": hedge_len or 0} | vars(done)
                     verifier.stop()  # rounds still in flight are not waited for; the stats hold still
                 else:
                     out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan,
