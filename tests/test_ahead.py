@@ -57,6 +57,7 @@ class Lazy:
         from specnb.decode import ahead as ahead_mod
 
         self.pending, self.chain, self.premises = [], ahead_mod.Chain(), []  # (looked up late: a test swaps it)
+        self.lengths, self.answers = [], []  # drafts per round submitted; the verdict each got, in order
 
     def begin(self, prompt_ids, settings):
         self.inner.begin(prompt_ids, settings)
@@ -64,6 +65,7 @@ class Lazy:
     def submit(self, last, draft, q, premise):
         self.pending.append((last, draft, q, premise))
         self.premises.append(premise)
+        self.lengths.append(len(draft))
 
     def collect(self, block):
         if not block:
@@ -71,6 +73,7 @@ class Lazy:
         last, draft, q, premise = self.pending.pop(0)
         verdict = self.inner.verify(last, draft, q) if self.chain.admits(last, premise) else VOID
         self.chain.record(verdict)
+        self.answers.append(verdict)
         return verdict
 
     def stop(self):
@@ -275,6 +278,60 @@ def test_a_chain_that_ignores_the_accepted_count_breaks_the_output(pair):
     assert wrong + caught > 0
 
 
+@pytest.mark.parametrize("delay_s", [None, 0.002])
+def test_shorter_branches_keep_the_output_and_their_length(pair, delay_s):
+    """``hedge_len``: branches of at most that many drafts. The output stays the cloud's greedy output (Lazy and
+    a slow threaded verifier), every branch sent is that short, and with Lazy some branches that short are
+    verified: a branch is a round with a premise, of any length."""
+    edge, cloud = pair
+    sent = verified_short = 0
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        for gamma, hedge, hedge_len in ((4, 3, 1), (8, 6, 2), (6, 4, 3), (4, 2, 8)):
+            remote = slow_cloud(cloud, delay_s)
+            g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=True, hedge=hedge, hedge_len=hedge_len)
+            assert g.tokens == want, (prompt, gamma, hedge, hedge_len)
+            assert remote.made.drafts == g.drafted_trace
+            m = g.metrics
+            assert m["hedge_len"] == hedge_len
+            assert m["hedge_drafted"] <= min(hedge_len, gamma) * m["ahead_hedged"], m
+            sent += m["ahead_hedged"]
+            if delay_s is None:  # a round premised on fewer drafts kept than its parent sent is a branch
+                pipe = remote.made_pipe
+                for i, (p, n) in enumerate(zip(pipe.premises, pipe.lengths)):
+                    if p is not None and p[1] < pipe.lengths[i - p[0]]:
+                        assert n <= hedge_len, (i, p, n, hedge_len)
+                        if i < len(pipe.answers) and pipe.answers[i] is not VOID and n < gamma:
+                            verified_short += 1
+    assert sent > 0
+    if delay_s is None:
+        assert verified_short > 0
+
+
+def test_shorter_branches_across_the_link(pair, related_pair):
+    """The same across a loopback link (protocol unchanged: a branch is a round of any length up to the most
+    drafts the server takes), at 0 and 6 ms RTT."""
+    from specnb import Link, connect
+    from specnb.link import local_server
+
+    edge, cloud = pair
+    hedged = 0
+    with local_server(str(related_pair / "cloud")) as address:
+        for link in (Link(), Link(rtt_ms=6)):
+            remote = connect(address, link=link)
+            for prompt in PROMPTS:
+                want = autoregressive(cloud, prompt, N).tokens
+                for gamma, hedge, hedge_len in ((4, 4, 1), (6, 3, 2)):
+                    g = speculative(edge, remote, prompt, N, gamma=gamma, ahead=True, hedge=hedge, hedge_len=hedge_len)
+                    assert g.tokens == want, (link, prompt, gamma, hedge, hedge_len)
+                    m = g.metrics
+                    assert m["hedge_len"] == hedge_len and m["hedge_drafted"] <= hedge_len * m["ahead_hedged"]
+                    assert 0 <= m["hedge_hits"] <= m["ahead_hedged"]
+                    hedged += m["ahead_hedged"]
+            remote.close()
+    assert hedged > 0
+
+
 def test_hedge_refusals(pair):
     edge, cloud = pair
     with pytest.raises(ValueError, match="hedge does not combine with verify='sample'.*use hedge=0"):
@@ -284,6 +341,11 @@ def test_hedge_refusals(pair):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="hedge must be a number of branches"):
             speculative(edge, cloud, PROMPTS[0], 4, ahead=True, hedge=bad)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="hedge_len must be a number of drafts per branch >= 1"):
+            speculative(edge, cloud, PROMPTS[0], 4, ahead=True, hedge=2, hedge_len=bad)
+    with pytest.raises(ValueError, match="pass hedge=K.*or leave hedge_len=None"):
+        speculative(edge, cloud, PROMPTS[0], 4, ahead=True, hedge_len=2)
     with pytest.raises(ValueError, match="reports its runner-up tokens.*PromptLookup"):
         speculative(PromptLookup(), cloud, PROMPTS[0], 4, ahead=True, hedge=1)
     g = speculative(edge, cloud, PROMPTS[0], 8, ahead=True)

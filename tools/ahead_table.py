@@ -7,7 +7,8 @@ after the fact) and, at other gammas, ``ahead`` (``speculative(..., ahead=...)``
 ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.decode.ahead.SWITCH_S``, and
 ``hedgeK``: drafting ahead with K branches per round in flight (``speculative(..., ahead=..., hedge=K)``;
 ``--hedge-gammas``, ``--hedges``; their branches sent and verified are counted, and the model's column gives
-the unhedged S_ahead at the same parameters: the model does not cover branches). Greedy, interleaved (per
+the unhedged S_ahead at the same parameters: the model does not cover branches), and ``hedgeKlenL``: the same
+with branches of at most L drafts (``speculative(..., hedge=K, hedge_len=L)``; ``--hedge-lens``). Greedy, interleaved (per
 repetition and prompt: the links in a shuffled order, on each the variants in a shuffled order), one untimed
 warm-up generation per link and variant first; every output checked against the cloud's greedy decoding.
 
@@ -25,7 +26,7 @@ before and after, wall time) under ``docs/measurements/ahead-<date>/``.
 
     PYTHONPATH=$PWD python tools/ahead_table.py [--reps 2] [--prompts 12] [--tokens 64]
         [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
-        [--hedge-gammas 6,8] [--hedges 2,4] [--default-switch-gammas 6]
+        [--hedge-gammas 6,8] [--hedges 2,4] [--hedge-lens 2,4] [--default-switch-gammas 6]
     PYTHONPATH=$PWD python tools/ahead_table.py --model-only DIR   # the model's best gammas and rates, no timing
 
 ``--model-only`` writes ``model.csv`` / ``model.md``: per link, the model's best gamma and steady rate without
@@ -49,7 +50,7 @@ import pandas as pd
 
 ROW_KEYS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "rejected_rounds", "alpha",
             "draft_s", "verify_s", "edge_calls", "server_s", "link_s", "emulated_s", "round_trips", "edge_idle_share",
-            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s", "ahead_hedged", "hedge_hits")
+            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s", "ahead_hedged", "hedge_hits", "hedge_drafted")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ahead", type=int, default=64, help="rounds allowed ahead (64: what ahead=True allows)")
     ap.add_argument("--hedge-gammas", default="", help="gammas drafted ahead with branches ('' for none)")
     ap.add_argument("--hedges", default="2", help="branches per round in flight for --hedge-gammas (comma-separated)")
+    ap.add_argument("--hedge-lens", default="",
+                    help="also, per --hedge-gammas and --hedges, branches of at most this many drafts (comma-separated; "
+                         "'' for none: only branches as long as the spine's rounds)")
     ap.add_argument("--default-switch-gammas", default="6",
                     help="gammas also drafted ahead with the interpreter's default switch interval (5 ms) instead of "
                          "specnb.decode.ahead.SWITCH_S ('' for none)")
@@ -99,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("fixed", g) for g in gammas] + [("ahead", g) for g in ahead_gammas]
     variants += [("ahead5ms", int(g)) for g in args.default_switch_gammas.split(",") if g]
     variants += [(f"hedge{k}", int(g)) for g in args.hedge_gammas.split(",") if g for k in args.hedges.split(",")]
+    variants += [(f"hedge{k}len{n}", int(g)) for g in args.hedge_gammas.split(",") if g for k in args.hedges.split(",")
+                 for n in args.hedge_lens.split(",") if n]
     start = dt.datetime.now(dt.timezone.utc)
     out = args.out or Path("docs/measurements") / f"ahead-{start:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -119,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             switch = ahead_mod.SWITCH_S
             ahead_mod.SWITCH_S = 0.005 if kind == "ahead5ms" else switch  # the interpreter's default
             try:
-                hedge = int(kind[5:]) if kind.startswith("hedge") else 0
+                hedge, length = _hedge_of(kind)
                 return speculative(edge, clouds[link], text, args.tokens, gamma=gamma,
-                                   ahead=0 if kind == "fixed" else args.ahead, hedge=hedge)
+                                   ahead=0 if kind == "fixed" else args.ahead, hedge=hedge, hedge_len=length)
             finally:
                 ahead_mod.SWITCH_S = switch
 
@@ -155,13 +161,21 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
             "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
             "default_switch_gammas": args.default_switch_gammas, "hedge_gammas": args.hedge_gammas,
-            "hedges": args.hedges, "all_identical": bool(df.identical.all()),
+            "hedges": args.hedges, "hedge_lens": args.hedge_lens, "all_identical": bool(df.identical.all()),
             "generations": len(df), "machine": machine(), "git": git_state(), "versions": versions(),
             "command": "PYTHONPATH=$PWD python tools/ahead_table.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "run.json").write_text(json.dumps(info, indent=1) + "\n")
     print(table)
     print(json.dumps({k: v for k, v in info.items() if k not in ("machine", "versions")}))
     return 0 if info["all_identical"] else 1
+
+
+def _hedge_of(kind: str) -> tuple[int, int | None]:
+    """A variant's branches per round and their most drafts: ``hedge4`` -> (4, None), ``hedge4len2`` -> (4, 2)."""
+    if not kind.startswith("hedge"):
+        return 0, None
+    k, _, n = kind[5:].partition("len")
+    return int(k), int(n) if n else None
 
 
 def _transport(m: dict) -> float:
@@ -208,6 +222,7 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                         "ahead_rounds": part.ahead_rounds.fillna(0).sum(), "ahead_void": part.ahead_void.fillna(0).sum(),
                         "ahead_hedged": part.ahead_hedged.fillna(0).sum() if "ahead_hedged" in part else 0,
                         "hedge_hits": part.hedge_hits.fillna(0).sum() if "hedge_hits" in part else 0,
+                        "hedge_drafted": part.hedge_drafted.fillna(0).sum() if "hedge_drafted" in part else 0,
                         "steady_tokens_per_s": steady, "predicted_tokens_per_s": predicted,
                         "prediction_error": predicted / steady - 1, "identical": f"{int(part.identical.sum())}/{len(part)}"})
     return pd.DataFrame(out)
@@ -263,7 +278,9 @@ def markdown(s: pd.DataFrame) -> str:
     for r in s.itertuples():
         link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
         names = {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}
-        name = f"g{r.gamma}" + (names[r.variant] if r.variant in names else f" ahead, hedge {r.variant[5:]}")
+        k, n = _hedge_of(r.variant)
+        name = f"g{r.gamma}" + (names[r.variant] if r.variant in names else
+                                f" ahead, hedge {k}" + (f", branches <= {n}" if n else ""))
         ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if r.variant != "fixed" else "–"
         if hedged:
             ahead += " | " + (f"{int(r.ahead_hedged)} / {int(r.hedge_hits)}" if r.variant.startswith("hedge") else "–")

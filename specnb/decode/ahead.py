@@ -15,7 +15,8 @@ probability about alpha^(g+1), so most rounds sent ahead are dropped. While a ro
 may also draft *branches* on it: rounds premised on "rejected at position j, the cloud's token there = the
 edge's runner-up at j" (or "accepted whole, the bonus = the runner-up of the guess"), up to K per round,
 likeliest first by the edge's own probabilities (:func:`_branches`), whichever of a branch and the spine's
-next round the edge finds the likelier to be verified. Each round carries its premise (:class:`Chain`: the
+next round the edge finds the likelier to be verified; a branch drafts at most ``hedge_len`` tokens (default:
+as many as the spine's round), so that the edge spends less on rounds that are rarely scored. Each round carries its premise (:class:`Chain`: the
 earlier round it assumes and the count of drafts kept; the token is its own first input), and the verifier
 scores exactly the round whose premise is the verdict that came: at most one per verdict. The edge forks its
 cache per branch by rolling back to what two branches share (``DynamicCache.crop``) and feeding the
@@ -252,6 +253,7 @@ class Ahead:
     edge_wait_s: float = 0.0  # time the edge had nothing to do but wait for a verdict
     ahead_hedged: int = 0  # branches submitted (rounds premised on a rejection, see ``hedge``)
     hedge_hits: int = 0  # of them, those the cloud verified
+    hedge_drafted: int = 0  # drafts sent in branches (over ahead_hedged: a branch's mean length)
 
 
 def check_hedge(hedge: int, depth: int, rule: str) -> int:
@@ -267,10 +269,25 @@ def check_hedge(hedge: int, depth: int, rule: str) -> int:
     return hedge
 
 
+def check_hedge_len(hedge_len: int | None, hedge: int) -> int | None:
+    """``hedge_len`` (drafts per branch at most; None: the spine's round length) when it can run."""
+    if hedge_len is None:
+        return None
+    if isinstance(hedge_len, bool) or not isinstance(hedge_len, int) or hedge_len < 1:
+        raise ValueError(f"hedge_len must be a number of drafts per branch >= 1 (or None: as long as the spine's "
+                         f"rounds), got {hedge_len!r}")
+    if not hedge:
+        raise ValueError("hedge_len sets the length of branches: pass hedge=K (branches per round) with it, "
+                         "or leave hedge_len=None")
+    return hedge_len
+
+
 def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, plan: Any, depth: int,
-         clock: Stopwatch, draft_clock: Stopwatch, hedge: int = 0) -> tuple[list[int], list[int], list[int], float, Ahead]:
+         clock: Stopwatch, draft_clock: Stopwatch, hedge: int = 0,
+         hedge_len: int | None = None) -> tuple[list[int], list[int], list[int], float, Ahead]:
     """Rounds until EOS or ``max_new_tokens`` with up to ``depth`` rounds in flight ahead of the one being
-    verified, and up to ``hedge`` branches on each (rounds premised on a rejection: :func:`_branches`):
+    verified, and up to ``hedge`` branches on each (rounds premised on a rejection: :func:`_branches`) of at
+    most ``hedge_len`` drafts each (None: as many as the schedule gives the spine's round):
     (new tokens, accepted per round, drafted per round, ttft, :class:`Ahead`). Rounds answered VOID are not
     rounds: they appear in neither trace.
 
@@ -330,6 +347,7 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
             if r.hedge:
                 r.parent.hedged.add(r.accepted)
                 stats.ahead_hedged += 1
+                stats.hedge_drafted += len(r.draft)
             else:
                 r.parent.spine = r
         flight.append(r)
@@ -376,7 +394,8 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
                 room = left(x, j) - 1  # the runner-up is the next round's first input
                 v = _reach(x) * p
                 if v > value and room > 0 and not any(t in eos for t in (x.base + x.tokens[:j + 1])[len(seq):] + [runner]):
-                    best, value = _Round(x, j, x.base + x.tokens[:j + 1], [runner], min(plan.next(), room),
+                    g = plan.next() if hedge_len is None else min(hedge_len, plan.next())
+                    best, value = _Round(x, j, x.base + x.tokens[:j + 1], [runner], min(g, room),
                                          hedge=True, prior=p, qs=[None], early=1), v
                     break  # _branches gives them likeliest first
         return best

@@ -227,6 +227,7 @@ def speculative(
     controller: Controller | None = None,
     ahead: bool | int = False,
     hedge: int = 0,
+    hedge_len: int | None = None,
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -260,7 +261,9 @@ def speculative(
       ``ahead_rounds`` / ``ahead_void``, ``ahead_kept`` / ``ahead_dropped``, ``edge_wait_s``.
     - ``hedge``: with ``ahead``, up to that many branches per round in flight, each premised on a rejection
       at a position of its draft with the edge's runner-up there as the cloud's token (greedy and rank
-      rules). Adds ``hedge``, ``ahead_hedged`` / ``hedge_hits`` (branches submitted / verified).
+      rules). Adds ``hedge``, ``ahead_hedged`` / ``hedge_hits`` (branches submitted / verified),
+      ``hedge_drafted`` (drafts sent in them). ``hedge_len``: the most drafts a branch has (None: as many as
+      the spine's round; reported as 0).
 
     Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``. Metrics:
     :class:`specnb.measure.metrics.Generation`, and ``edge_idle_share`` = 1 - draft_s / wall_s.
@@ -271,6 +274,7 @@ def speculative(
     off = _check_levers(optimized, levers_off)
     depth = _depth(ahead, schedule)
     hedge = ahead_mod.check_hedge(hedge, depth, verify)
+    hedge_len = ahead_mod.check_hedge_len(hedge_len, hedge)
     if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
         controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)
@@ -286,7 +290,7 @@ def speculative(
         plan.attach(roles.drafter)  # a per-token stop rule, for the schedules that have one
         try:
             clocks = Clocks(sides.edge_devices, sides.cloud_devices)
-            out, rounds, ttft, stats = _run(roles, ids, max_new_tokens, plan, depth, clocks, hedge)
+            out, rounds, ttft, stats = _run(roles, ids, max_new_tokens, plan, depth, clocks, hedge, hedge_len)
         finally:
             roles.verifier.close()
     metrics = _metrics(out, rounds, ttft, clocks, stats)
@@ -295,7 +299,8 @@ def speculative(
 
 
 def _run(roles: Roles, ids: list[int], max_new_tokens: int, plan: Schedule, depth: int,
-         clocks: Clocks, hedge: int = 0) -> tuple[list[int], Rounds, float, dict[str, Any]]:
+         clocks: Clocks, hedge: int = 0,
+         hedge_len: int | None = None) -> tuple[list[int], Rounds, float, dict[str, Any]]:
     """The timed part: both sides take the prompt, then the rounds. Returns (new tokens, the rounds, time to
     the first token, the roles' own metrics)."""
     drafter, verifier = roles.drafter, roles.verifier
@@ -308,8 +313,8 @@ def _run(roles: Roles, ids: list[int], max_new_tokens: int, plan: Schedule, dept
     with no_compiling(*roles.steps()):
         if depth:
             out, trace, drafted_trace, ttft, done = ahead_mod.loop(
-                drafter, verifier, ids, max_new_tokens, plan, depth, clocks.wall, clocks.draft, hedge)
-            extra = {"ahead": depth, "hedge": hedge} | vars(done)
+                drafter, verifier, ids, max_new_tokens, plan, depth, clocks.wall, clocks.draft, hedge, hedge_len)
+            extra = {"ahead": depth, "hedge": hedge, "hedge_len": hedge_len or 0} | vars(done)
             verifier.stop()  # rounds still in flight are not waited for; the stats hold still
         else:
             out, trace, drafted_trace, ttft = _loop(drafter, verifier, ids, max_new_tokens, plan, clocks)
