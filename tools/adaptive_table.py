@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from specnb import ModelSpec, connect, experiment, load
     from specnb.chat import Prompting
     from specnb.link import local_server
+    from specnb.measure.provenance import git_state, machine, versions
     from specnb.study.adaptive_gamma import (GAMMAS, SCHEDULES, changing_link, gamma_table, handover_link, markdown,
                                             stage_shares, summary)
     from specnb.prompts import load_prompts
@@ -125,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
            "changing_link_rounds_by_delay_ms": stage_shares(df, profile.label),
            "handover_link_rounds_by_delay_ms": stage_shares(df, handover.label),
            "all_identical": bool(df.identical.all()), "generations": len(df)}
+    run |= {"machine": machine(), "git": git_state(), "versions": versions()}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(table)
-    print(json.dumps(run))
+    print(json.dumps({k: v for k, v in run.items() if k not in ("machine", "versions")}))
     return 0 if run["all_identical"] else 1
 
 
