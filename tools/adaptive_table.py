@@ -41,6 +41,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     wall, load_after = time.perf_counter() - t0, os.getloadavg()
     s = summary(df)
     table = markdown(s)
-    df.assign(tokens=df.tokens.map(list), drafted=df.drafted.map(list)).to_csv(out / "rows.csv", index=False)
-    s.to_csv(out / "summary.csv", index=False)
-    (out / "table.md").write_text(table + "\n")
+    _write_tables(out, df, s, table)
     run = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "cloud": args.cloud, "edge": args.edge, "dtype": "float32", "threads": 1, "prompts": f"builtin:code x {args.prompts}",
@@ -178,9 +180,7 @@ def cold(args: argparse.Namespace) -> int:
     df = pd.concat([_read_rows(p) for p in sorted((out / "parts").glob("*.csv"))], ignore_index=True)
     s = cold_summary(df)
     table = cold_markdown(s)
-    df.assign(tokens=df.tokens.map(list), drafted=df.drafted.map(list)).to_csv(out / "rows.csv", index=False)
-    s.to_csv(out / "summary.csv", index=False)
-    (out / "table.md").write_text(table + "\n")
+    _write_tables(out, df, s, table)
     run = {"started_utc": start.isoformat(timespec="seconds"), "wall_s": round(wall, 1),
            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
            "machine": machine(), "git": git_state(), "versions": versions(),
@@ -210,6 +210,13 @@ def cold_resummarize(run: Path) -> int:
     (run / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(cold_markdown(s))
     return 0
+
+
+def _write_tables(out: Path, df: pd.DataFrame, s: pd.DataFrame, table: str) -> None:
+    """A run's ``rows.csv`` (token lists as lists), ``summary.csv`` and ``table.md``."""
+    df.assign(tokens=df.tokens.map(list), drafted=df.drafted.map(list)).to_csv(out / "rows.csv", index=False)
+    s.to_csv(out / "summary.csv", index=False)
+    (out / "table.md").write_text(table + "\n")
 
 
 def _read_rows(path: Path):

@@ -440,12 +440,8 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
             if verdict is VOID:
                 raise RuntimeError("the verifier answered VOID to a round the edge kept: a specnb bug, please report it")
             head.done = True
-            n, token = verdict.accepted, verdict.token
-            emitted_now = head.draft[:n] + [token]
-            for i, t in enumerate(emitted_now):  # stop at EOS (drafts accepted past it still count as accepted)
-                if t in eos:
-                    emitted_now = emitted_now[: i + 1]
-                    break
+            n = verdict.accepted
+            emitted_now = verdict.emitted(head.draft, eos)
             seq.extend(emitted_now)
             out.extend(emitted_now)
             trace.append(n)

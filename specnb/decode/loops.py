@@ -148,14 +148,15 @@ def speculative_round(drafter: Drafter, verifier: Verifier, seq: list[int], g: i
                       draft_clock: Stopwatch, verify_clock: Stopwatch) -> tuple[list[int], int, int]:
     """One round after ``seq`` (prompt + output so far): up to ``g`` drafts, verified in one cloud call.
 
-    Returns (new tokens: the accepted drafts + the cloud's own token, drafted, accepted).
+    Returns (new tokens: the accepted drafts + the cloud's own token, cut after an EOS
+    (:meth:`~specnb.decode.roles.Verdict.emitted`), drafted, accepted).
     """
     with draft_clock:
         draft, q = drafter.draft(seq, g)  # q: [len(draft), V] probabilities they were drawn from, or None
     with verify_clock:
         verdict = verifier.verify(seq[-1], draft, q)  # its cache now holds seq + draft[:accepted]
     drafter.rollback(len(seq) + verdict.accepted)
-    return draft[: verdict.accepted] + [verdict.token], len(draft), verdict.accepted
+    return verdict.emitted(draft, verifier.eos_ids), len(draft), verdict.accepted
 
 
 def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, verify: str,
@@ -360,12 +361,6 @@ def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: 
             g = min(plan.next(), max_new_tokens - len(out) - 1)  # never emit past max_new_tokens
             d0, v0 = draft_clock.total, verify_clock.total
             emitted, g, n = speculative_round(drafter, verifier, seq, g, draft_clock, verify_clock)
-            # stop at EOS (drafts the cloud accepted past an EOS still count as accepted: the
-            # acceptance rate measures agreement, not output length)
-            for i, t in enumerate(emitted):
-                if t in eos:
-                    emitted = emitted[: i + 1]
-                    break
             seq.extend(emitted)
             out.extend(emitted)
             accepted_per_round.append(n)

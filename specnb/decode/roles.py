@@ -36,6 +36,15 @@ class Verdict:
     accepted: int  # drafted tokens kept, a prefix of the draft (0..len(draft))
     token: int  # the cloud's own next token: the correction at the first rejection, or the bonus token
 
+    def emitted(self, draft: list[int], eos: frozenset[int]) -> list[int]:
+        """The round's new tokens: the accepted drafts and the cloud's token, cut after the first EOS (drafts
+        accepted past an EOS still count in ``accepted``: the acceptance rate measures agreement, not length)."""
+        tokens = draft[:self.accepted] + [self.token]
+        for i, t in enumerate(tokens):
+            if t in eos:
+                return tokens[: i + 1]
+        return tokens
+
 
 @dataclass(frozen=True)
 class RoundSettings:

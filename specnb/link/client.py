@@ -514,6 +514,11 @@ class Stream:
         raw, now = item
         nbytes = wire_bytes(raw)
         due = self.cloud.down.arrival(nbytes, now)
+        return self._arrived(raw, nbytes, due), nbytes, due - now
+
+    def _arrived(self, raw: bytes, nbytes: int, due: float) -> Message:
+        """A reply whose emulated delay ends at ``due``: waits until then, counts it and decodes it; the
+        server's error reply raised here (ValueError for a message it refused, else RemoteError)."""
         sleep_until(due)
         self.bytes_down += nbytes
         msg = decode(raw)
@@ -521,7 +526,7 @@ class Stream:
             kind = ValueError if msg.meta.get("type") in ("ValueError", "BadMessage") else RemoteError
             self._failed = kind(f"the specnb cloud at {self.cloud.address}: {msg.meta.get('error')}")
             raise self._failed
-        return msg, nbytes, due - now
+        return msg
 
     def expect(self, what: str, setup: bool = False, extra_s: float = 0.0) -> None:
         """One more reply is due (a round sent ahead): a thread takes replies off the socket as they come,
@@ -561,15 +566,8 @@ class Stream:
         raw, nbytes, now, due = self._held
         if not block and time.perf_counter() < due:
             return None
-        sleep_until(due)
         self._held = None
-        self.bytes_down += nbytes
-        msg = decode(raw)
-        if msg.kind == "e":
-            kind = ValueError if msg.meta.get("type") in ("ValueError", "BadMessage") else RemoteError
-            self._failed = kind(f"the specnb cloud at {self.cloud.address}: {msg.meta.get('error')}")
-            raise self._failed
-        return msg, nbytes, due - now, due
+        return self._arrived(raw, nbytes, due), nbytes, due - now, due
 
     def totals(self) -> dict[str, int]:
         return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
