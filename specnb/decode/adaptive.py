@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..measure.provenance import write_json_atomic
+
 CONFIDENCE_THRESHOLD = 0.4  # Hugging Face's default assistant_confidence_threshold
 STOPPING = ("confidence", "adaptive")  # the schedules that stop a draft per token
 STATE_FORMAT = "specnb-controller/1"  # Controller.save's file
@@ -382,12 +384,7 @@ class Controller:
     def save(self, path: str | Path, **about: Any) -> Path:
         """Write :meth:`state` as JSON to ``path`` (``about``: anything to record beside it, e.g. the pair and the
         link), atomically; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state() | ({"about": about} if about else {}), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.state() | ({"about": about} if about else {}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Controller":
