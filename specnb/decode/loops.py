@@ -32,7 +32,7 @@ from ..measure.metrics import Generation, Stopwatch, peak_memory_bytes, reset_pe
 from ..models import LoadedModel, thread_cap
 from . import ahead as ahead_mod
 from .adaptive import SESSION_CAP, STOPPING, Controller
-from .pair import Roles, as_drafter, as_verifier, pair, translates  # noqa: F401 (as_drafter, as_verifier: link imports them from here)
+from .pair import Roles, pair, translates
 from .roles import Drafter, RoundSettings, Verifier
 from .sampling import make_generator, pick
 from .schedule import Schedule

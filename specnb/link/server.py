@@ -46,7 +46,8 @@ import torch
 
 from .._version import __version__
 from ..decode.ahead import VOID, Chain
-from ..decode.loops import as_verifier, speculative
+from ..decode.loops import speculative
+from ..decode.pair import as_verifier
 from ..models import LoadedModel
 from ..decode.roles import RoundSettings, Verdict
 from .server_batching import Batcher, batchable

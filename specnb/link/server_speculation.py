@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..decode.loops import as_drafter, as_verifier
+from ..decode.pair import as_drafter, as_verifier
 from ..decode.roles import RoundSettings, Verdict
 from ..decode.sampling import pick
 from ..decode.steps import as_ids

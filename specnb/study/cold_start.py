@@ -1,4 +1,4 @@
-"""Issue 32's table: the adaptive schedule from a cold start, a user's first generations in a fresh process.
+"""The cold-start table: the adaptive schedule from a cold start, a user's first generations in a fresh process.
 
 :func:`cold_start` runs in a process that has just loaded the edge and connected: one warm-up generation at a
 fixed gamma (the process's first-call costs, shared by every variant; it teaches no controller), then
