@@ -1,15 +1,17 @@
 #!/bin/bash
 # the first series again, pairs 4 and 5 (A = c04eca3, B = 0036592), after the second series
+# PYTHON: the python of a venv with specnb's dependencies; CLONES: the folder holding one clone per
+# commit, house2-bench-<letter> (absolute paths of the machine replaced by these variables after the run)
 while kill -0 32582 2>/dev/null; do sleep 5; done
-OUT=/tmp/house2-bench-out
+OUT=${OUT:-.}  # where the runs write (a folder under /tmp when they ran)
 ARGS="'bench','--gammas','4','--limit','4','--max-new-tokens','32','--reps','2'"
 for i in 4 5; do
   for c in A B; do
     now=$(date -u +%H%M)
     if [[ "$now" > "0139" && "$now" < "1200" ]]; then echo "stop: $(date -u)" >> $OUT/log; exit 0; fi
     echo "run $i $c start $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" >> $OUT/log
-    cd /tmp/house2-bench-$c
-    flock /tmp/specnb-quiet.lock /work/main/.venv/bin/python -c "import sys, specnb; print('specnb from', specnb.__file__); from specnb.cli import main; sys.exit(main([$ARGS,'--json','$OUT/run$i-$c.json']))" > $OUT/run$i-$c.txt 2>&1
+    cd "$CLONES/house2-bench-$c"
+    flock /tmp/specnb-quiet.lock "$PYTHON" -c "import sys, specnb; print('specnb from', specnb.__file__); from specnb.cli import main; sys.exit(main([$ARGS,'--json','$OUT/run$i-$c.json']))" > $OUT/run$i-$c.txt 2>&1
     echo "run $i $c end $(date -u +%FT%TZ) rc $? load $(cut -d' ' -f1-3 /proc/loadavg)" >> $OUT/log
   done
 done
