@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,12 @@ def run_concurrently(fns) -> list:
     assert not errors, errors
     assert not any(t.is_alive() for t in threads), "a session hung"
     return out
+
+
+def sessions_freed(remote, timeout_s: float = 10.0) -> dict:
+    """The server's status once its open sessions are back to 0, or at ``timeout_s``: a session is freed when
+    the server's handler ends, which may be just after the client has read its last reply."""
+    deadline = time.monotonic() + timeout_s
+    while (status := remote.status())["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return status

@@ -18,7 +18,7 @@ import torch
 
 from specnb import Link, ModelSpec, autoregressive, check_pair, connect, load, speculative
 from specnb.link.server import PROTOCOL
-from serving import HANG_S, readline, start_server, stop
+from serving import HANG_S, readline, sessions_freed, start_server, stop
 from tiny_models import build_llama, build_tokenizer
 
 PROMPTS = ["def parse(text):", "class Stack:\n    def push(self, item):", "import os", "x"]
@@ -57,7 +57,7 @@ def test_greedy_through_the_link_equals_local(models, server):
             assert m["bytes_up"] == sum(m["round_bytes_up"]) and m["bytes_down"] == sum(m["round_bytes_down"])
             assert m["link_s"] >= 0 and m["emulated_s"] == 0
         assert remote.server_speculative(prompt, N, gamma=3).tokens == want  # both models on the server
-    assert remote.status()["sessions"] == 0
+    assert sessions_freed(remote)["sessions"] == 0
 
 
 @pytest.mark.parametrize("link", [Link(), Link(rtt_ms=6, jitter_ms=2)])
@@ -84,7 +84,7 @@ def test_drafting_ahead_through_the_link_keeps_the_output(models, server, link):
     assert voids > 0 and kept > 0 and hedged > 0
     if link.rtt_ms:  # branches sent while a round is in flight; some are the cloud's verdict
         assert hits > 0
-    assert remote.status()["sessions"] == 0
+    assert sessions_freed(remote)["sessions"] == 0
 
 
 def test_emulated_link_keeps_output_and_adds_its_delay(models, server):
