@@ -8,7 +8,9 @@ ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.
 ``hedgeK``: drafting ahead with K branches per round in flight (``speculative(..., ahead=..., hedge=K)``;
 ``--hedge-gammas``, ``--hedges``; their branches sent and verified are counted, and the model's column gives
 the unhedged S_ahead at the same parameters: the model does not cover branches), and ``hedgeKlenL``: the same
-with branches of at most L drafts (``speculative(..., hedge=K, hedge_len=L)``; ``--hedge-lens``). Greedy, interleaved (per
+with branches of at most L drafts (``speculative(..., hedge=K, hedge_len=L)``; ``--hedge-lens``); ``--lead`` repeats
+variants with the cloud leading (``speculative(..., lead=True)``: it decodes its own tokens while it waits, named
+``<variant>+lead``; the model's column ignores the lead). Greedy, interleaved (per
 repetition and prompt: the links in a shuffled order, on each the variants in a shuffled order), one untimed
 warm-up generation per link and variant first; every output checked against the cloud's greedy decoding.
 
@@ -26,7 +28,7 @@ before and after, wall time) under ``docs/measurements/ahead-<date>/``.
 
     PYTHONPATH=$PWD python tools/ahead_table.py [--reps 2] [--prompts 12] [--tokens 64]
         [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
-        [--hedge-gammas 6,8] [--hedges 2,4] [--hedge-lens 2,4] [--default-switch-gammas 6]
+        [--hedge-gammas 6,8] [--hedges 2,4] [--hedge-lens 2,4] [--default-switch-gammas 6] [--lead fixed@12,hedge4]
     PYTHONPATH=$PWD python tools/ahead_table.py --model-only DIR   # the model's best gammas and rates, no timing
 
 ``--model-only`` writes ``model.csv`` / ``model.md``: per link, the model's best gamma and steady rate without
@@ -50,7 +52,8 @@ import pandas as pd
 
 ROW_KEYS = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "drafted", "accepted", "rejected_rounds", "alpha",
             "draft_s", "verify_s", "edge_calls", "server_s", "link_s", "emulated_s", "round_trips", "edge_idle_share",
-            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s", "ahead_hedged", "hedge_hits", "hedge_drafted")
+            "ahead_rounds", "ahead_void", "ahead_kept", "ahead_dropped", "edge_wait_s", "ahead_hedged", "hedge_hits", "hedge_drafted",
+            "lead_tokens")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--default-switch-gammas", default="6",
                     help="gammas also drafted ahead with the interpreter's default switch interval (5 ms) instead of "
                          "specnb.decode.ahead.SWITCH_S ('' for none)")
+    ap.add_argument("--lead", default="",
+                    help="variants to repeat with the cloud leading (lead=True), comma-separated: a kind (fixed, ahead, "
+                         "hedge4, hedge4len2: all its gammas) or kind@gamma (fixed@12); not in process")
     ap.add_argument("--bandwidth", type=float, default=100.0, help="Mbit/s of the emulated links")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/ahead-<UTC date>/")
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     variants += [(f"hedge{k}", int(g)) for g in args.hedge_gammas.split(",") if g for k in args.hedges.split(",")]
     variants += [(f"hedge{k}len{n}", int(g)) for g in args.hedge_gammas.split(",") if g for k in args.hedges.split(",")
                  for n in args.hedge_lens.split(",") if n]
+    variants += _leading(variants, args.lead)
     start = dt.datetime.now(dt.timezone.utc)
     out = args.out or Path("docs/measurements") / f"ahead-{start:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -122,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         from specnb.decode import ahead as ahead_mod
 
         def run(link, kind, gamma, text):
+            lead, kind = kind.endswith("+lead"), kind.removesuffix("+lead")
+            if lead and link == "inproc":
+                return None
             switch = ahead_mod.SWITCH_S
             ahead_mod.SWITCH_S = 0.005 if kind == "ahead5ms" else switch  # the interpreter's default
             try:
                 hedge, length = _hedge_of(kind)
                 return speculative(edge, clouds[link], text, args.tokens, gamma=gamma,
-                                   ahead=0 if kind == "fixed" else args.ahead, hedge=hedge, hedge_len=length)
+                                   ahead=0 if kind == "fixed" else args.ahead, hedge=hedge, hedge_len=length, lead=lead)
             finally:
                 ahead_mod.SWITCH_S = switch
 
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 for link in order.sample(links, len(links)):
                     for kind, gamma in order.sample(variants, len(variants)):
                         g = run(link, kind, gamma, text)
+                        if g is None:  # the cloud leads across a link only
+                            continue
                         m = g.metrics
                         rows.append({"link": str(link), "variant": kind, "gamma": gamma, "rep": rep, "prompt": pi,
                                      **{k: m.get(k) for k in ROW_KEYS}, "first_round_tokens": g.trace[0] + 1,
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
             "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
             "default_switch_gammas": args.default_switch_gammas, "hedge_gammas": args.hedge_gammas,
-            "hedges": args.hedges, "hedge_lens": args.hedge_lens, "all_identical": bool(df.identical.all()),
+            "hedges": args.hedges, "hedge_lens": args.hedge_lens, "lead": args.lead, "all_identical": bool(df.identical.all()),
             "generations": len(df), "machine": machine(), "git": git_state(), "versions": versions(),
             "command": "PYTHONPATH=$PWD python tools/ahead_table.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "run.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -170,8 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if info["all_identical"] else 1
 
 
+def _leading(variants: list[tuple[str, int]], spec: str) -> list[tuple[str, int]]:
+    """The variants ``--lead`` names (``kind`` or ``kind@gamma``), as ``kind+lead``; an unknown one is an error."""
+    out = []
+    for item in (x for x in spec.split(",") if x):
+        kind, _, gamma = item.partition("@")
+        chosen = [(k + "+lead", g) for k, g in variants if k == kind and (not gamma or g == int(gamma))]
+        if not chosen:
+            raise SystemExit(f"--lead {item}: no such variant among {sorted({f'{k}@{g}' for k, g in variants})}")
+        out += chosen
+    return out
+
+
 def _hedge_of(kind: str) -> tuple[int, int | None]:
     """A variant's branches per round and their most drafts: ``hedge4`` -> (4, None), ``hedge4len2`` -> (4, 2)."""
+    kind = kind.removesuffix("+lead")
     if not kind.startswith("hedge"):
         return 0, None
     k, _, n = kind[5:].partition("len")
@@ -212,7 +237,7 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                 v = same.verify_s.sum() / same.rounds.sum()
             else:
                 v = part.server_after_first_s.sum() / later
-            depth = 0 if kind == "fixed" else ahead
+            depth = 0 if kind.removesuffix("+lead") == "fixed" else ahead
             predicted = speedup_bound(alpha, gamma, t_d, v, rtt_s + transport, depth)
             steady = (part.new_tokens - part.first_round_tokens).sum() / (part.wall_s - part.ttft_s).sum()
             out.append({"link": link, "variant": kind, "gamma": gamma, "tokens_per_s": speed.value, "low": speed.low,
@@ -223,6 +248,7 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                         "ahead_hedged": part.ahead_hedged.fillna(0).sum() if "ahead_hedged" in part else 0,
                         "hedge_hits": part.hedge_hits.fillna(0).sum() if "hedge_hits" in part else 0,
                         "hedge_drafted": part.hedge_drafted.fillna(0).sum() if "hedge_drafted" in part else 0,
+                        "lead_tokens": part.lead_tokens.fillna(0).sum() if "lead_tokens" in part else 0,
                         "steady_tokens_per_s": steady, "predicted_tokens_per_s": predicted,
                         "prediction_error": predicted / steady - 1, "identical": f"{int(part.identical.sum())}/{len(part)}"})
     return pd.DataFrame(out)
@@ -278,12 +304,15 @@ def markdown(s: pd.DataFrame) -> str:
     for r in s.itertuples():
         link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
         names = {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}
-        k, n = _hedge_of(r.variant)
-        name = f"g{r.gamma}" + (names[r.variant] if r.variant in names else
+        kind = r.variant.removesuffix("+lead")
+        k, n = _hedge_of(kind)
+        name = f"g{r.gamma}" + (names[kind] if kind in names else
                                 f" ahead, hedge {k}" + (f", branches <= {n}" if n else ""))
-        ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if r.variant != "fixed" else "–"
+        if kind != r.variant:
+            name += f", cloud leads ({int(r.lead_tokens)} of its tokens)"
+        ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if kind != "fixed" else "–"
         if hedged:
-            ahead += " | " + (f"{int(r.ahead_hedged)} / {int(r.hedge_hits)}" if r.variant.startswith("hedge") else "–")
+            ahead += " | " + (f"{int(r.ahead_hedged)} / {int(r.hedge_hits)}" if kind.startswith("hedge") else "–")
         lines.append(f"| {link} | {name} | {r.tokens_per_s:.0f} [{r.low:.0f}, {r.high:.0f}] | {r.vs_best_fixed:.2f} "
                      f"[{r.vs_low:.2f}, {r.vs_high:.2f}] | {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
                      f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%}) | {r.identical} |")

@@ -87,12 +87,21 @@ class Chain:
         self.rounds = 0  # rounds seen (the next one's index)
         self.tip, self.verdict = -1, VOID  # the last round scored and its verdict
 
-    def admits(self, last: int, premise: tuple[int, int] | None) -> bool:
+    def admits(self, last: int, premise: tuple[int, int] | None, draft: list[int] = ()) -> bool:
+        """Whether the round ``[last] + draft`` with ``premise`` is scored. A verdict with extra tokens (the cloud's
+        own, :mod:`specnb.decode.lead`) committed them too: a round premised on it counts only if its draft
+        begins with them (:meth:`skip` of its drafts are then already committed)."""
         if premise is None:
             return True
         back, accepted = premise
+        extra = self.verdict.extra
         return (self.rounds - back == self.tip and self.verdict.accepted == accepted
-                and self.verdict.token == last and last >= 0)
+                and self.verdict.token == last and last >= 0
+                and len(draft) >= len(extra) and tuple(draft[:len(extra)]) == extra)
+
+    def skip(self, premise: tuple[int, int] | None) -> int:
+        """Drafts of an admitted round that its premise's verdict already committed (its extra tokens)."""
+        return 0 if premise is None else len(self.verdict.extra)
 
     def record(self, verdict: Verdict) -> None:
         if verdict is not VOID:
@@ -167,7 +176,7 @@ class ThreadedVerifier:
                     return
                 last, draft, q, premise = item
                 try:
-                    if chain.admits(last, premise):
+                    if chain.admits(last, premise, draft):
                         with self.clock:
                             verdict = self.inner.verify(last, draft, q)
                     else:
@@ -217,6 +226,7 @@ class _Round:
     qs: list = field(default_factory=list)  # probability rows of ``tokens`` (sampling; None for a token not drafted)
     alts: list = field(default_factory=list)  # (runner-up, p(drafted), p(runner-up)) per drafted token
     bonus: tuple[int, float, float] | None = None  # the same at the position after its draft (its child's guess)
+    skip: int = 0  # drafts its parent's verdict already committed (the cloud's extra tokens: specnb.decode.lead)
     index: int = -1  # its place in the order of submission
     sent: float = 0.0  # perf_counter at submission
     draft_s: float = 0.0  # edge time spent drafting it
@@ -235,7 +245,10 @@ class _Round:
         return len(self.tokens) == self.goal + 1
 
     def holds(self, verdict: Verdict) -> bool:
-        return verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
+        """Whether ``verdict`` (of its parent) is its premise: as :meth:`Chain.admits` decides on the other side."""
+        x = verdict.extra
+        return (verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
+                and len(self.tokens) > len(x) and tuple(self.tokens[1:len(x) + 1]) == x)
 
     def path(self, start: int) -> list[int]:
         """Its tokens from position ``start`` on: what the sequence becomes if it is accepted whole."""
@@ -320,8 +333,8 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
         with draft_clock:
             if same < len(view):
                 drafter.rollback(same)  # another branch: back to what the two share
-                if hedge and len(ctx) - same > 2:
-                    drafter.catch_up(ctx)  # the branch's own tokens in one call (compiled steps take 1 or 2)
+            if len(ctx) - same > 2 and hasattr(drafter, "catch_up"):
+                drafter.catch_up(ctx)  # a branch's own tokens, or a verdict's extra ones, in one call (compiled steps take 1 or 2)
             more, q = drafter.draft(ctx, n)
         view = ctx + more
         r.draft_s += draft_clock.total - t0
@@ -441,7 +454,7 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
                 raise RuntimeError("the verifier answered VOID to a round the edge kept: a specnb bug, please report it")
             head.done = True
             n = verdict.accepted
-            emitted_now = verdict.emitted(head.draft, eos)
+            emitted_now = Verdict(n - head.skip, verdict.token, verdict.extra).emitted(head.draft[head.skip:], eos)
             seq.extend(emitted_now)
             out.extend(emitted_now)
             trace.append(n)
@@ -456,12 +469,26 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
             for c in head.children:  # at most one holds: the others, and all drafted on them, are dropped
                 if not c.holds(verdict):
                     kill(c)
+                else:
+                    c.skip = len(verdict.extra)
             if work is not None and (work.parent is head and not work.holds(verdict) or _dead(work)):
                 stats.ahead_dropped += work.early
                 work = None
             if work is not None and work.parent is head:  # its premise held: it now starts from the committed sequence
-                work.parent, work.hedge = None, False
-    return out, trace, drafted_trace, ttft or 0.0, stats
+                _rebase(work, seq, len(verdict.extra))
+    return out[:max_new_tokens], trace, drafted_trace, ttft or 0.0, stats
+
+
+def _rebase(r: _Round, seq: list[int], x: int) -> None:
+    """``r``, drafted on a verdict that came and held, now starts from the committed sequence ``seq``; the first
+    ``x`` of its drafts were the verdict's extra tokens (committed with it): they leave its draft."""
+    r.parent, r.hedge, r.accepted = None, False, 0
+    if x:
+        del r.tokens[:x], r.qs[:x], r.alts[:x]
+        r.qs[0] = None
+        r.goal -= x
+        r.early = max(0, r.early - x)
+    r.base = seq[:-1]
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -505,7 +532,7 @@ def _branches(r: _Round) -> list[tuple[int, int, float]]:
     out, p = [], 1.0
     for j, alt in enumerate(r.alts + ([r.bonus] if r.bonus is not None else [])):
         runner, top, second = alt
-        if j not in r.hedged:
+        if j not in r.hedged and j >= r.skip:  # a rejection among the drafts already committed cannot come
             out.append((j, runner, p * second))
         p *= top
     return sorted(out, key=lambda b: -b[2])
@@ -520,15 +547,3 @@ def _switching(seconds: float):
         yield
     finally:
         sys.setswitchinterval(before)
-
-
-def _tail(flight: deque[_Round]) -> list[int]:
-    """The tokens the rounds in flight add to the committed sequence if all are accepted whole:
-    each draft, then the next round's first input (the guess of the cloud's token)."""
-    tail: list[int] = []
-    for i, r in enumerate(flight):
-        if i:
-            tail.append(r.last)
-        tail.extend(r.draft)
-    return tail
-

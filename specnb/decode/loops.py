@@ -156,7 +156,11 @@ def speculative_round(drafter: Drafter, verifier: Verifier, seq: list[int], g: i
     with verify_clock:
         verdict = verifier.verify(seq[-1], draft, q)  # its cache now holds seq + draft[:accepted]
     drafter.rollback(len(seq) + verdict.accepted)
-    return verdict.emitted(draft, verifier.eos_ids), len(draft), verdict.accepted
+    emitted = verdict.emitted(draft, verifier.eos_ids)
+    if len(emitted) > 2 and hasattr(drafter, "catch_up"):  # the cloud's extra tokens (lead): fed in one call
+        with draft_clock:
+            drafter.catch_up(seq + emitted)
+    return emitted, len(draft), verdict.accepted
 
 
 def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, verify: str,
@@ -172,6 +176,18 @@ def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, ve
             and isinstance(edge, LoadedModel) and not translates(edge, cloud)):
         return "adaptive", min(SESSION_CAP, getattr(getattr(cloud, "limits", None), "max_draft", SESSION_CAP))
     return schedule or "constant", 4 if gamma is None else gamma
+
+
+def _check_lead(lead: bool, cloud: Any, verify: str) -> None:
+    """``lead`` runs on a ``connect()`` session's cloud (it decodes while the link is busy), greedy only."""
+    if not isinstance(lead, bool):
+        raise ValueError(f"lead must be True or False, got {lead!r}")
+    if lead and not hasattr(cloud, "controller_for"):
+        raise ValueError("lead makes a cloud across a link decode its own tokens while it waits for the next round: "
+                         "pass a connect() session as cloud, or lead=False")
+    if lead and verify != "greedy":
+        raise ValueError(f"lead commits the cloud's own greedy tokens: it runs with verify='greedy' only, not "
+                         f"{verify!r}; use lead=False with it")
 
 
 def _depth(ahead: bool | int, schedule: str) -> int:
@@ -229,6 +245,7 @@ def speculative(
     ahead: bool | int = False,
     hedge: int = 0,
     hedge_len: int | None = None,
+    lead: bool = False,
 ) -> Generation:
     """Speculative decoding of ``prompt`` (batch size 1): ``edge`` drafts, ``cloud`` verifies.
 
@@ -265,6 +282,9 @@ def speculative(
       rules). Adds ``hedge``, ``ahead_hedged`` / ``hedge_hits`` (branches submitted / verified),
       ``hedge_drafted`` (drafts sent in them). ``hedge_len``: the most drafts a branch has (None: as many as
       the spine's round; reported as 0).
+    - ``lead``: over a ``connect()`` session, greedy: while the cloud waits for the next round it decodes its
+      own greedy tokens, and the next verdict commits those the draft did not reach (:mod:`specnb.decode.lead`;
+      output unchanged). Adds ``lead`` and ``lead_tokens`` (tokens that came as the cloud's own).
 
     Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``. Metrics:
     :class:`specnb.measure.metrics.Generation`, and ``edge_idle_share`` = 1 - draft_s / wall_s.
@@ -276,6 +296,7 @@ def speculative(
     depth = _depth(ahead, schedule)
     hedge = ahead_mod.check_hedge(hedge, depth, verify)
     hedge_len = ahead_mod.check_hedge_len(hedge_len, hedge)
+    _check_lead(lead, cloud, verify)
     if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
         controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)
@@ -283,7 +304,7 @@ def speculative(
     ids = sides.text.encode(prompt)
     settings = RoundSettings(rule=verify, rank_k=rank_k, temperature=temperature, top_k=top_k, top_p=top_p,
                              seed=seed, compile=compile, levers_off=off, vocab=sides.vocab,
-                             max_len=len(ids) + max_new_tokens + plan.longest() + 1)
+                             max_len=len(ids) + max_new_tokens + plan.longest() + 1, lead=lead)
     with torch.inference_mode(), thread_cap(sides.run_threads):
         roles = sides.roles(settings, optimized, plan.widths())
         if depth:  # the cloud's rounds run on a worker thread (or pipelined across the link)
@@ -294,7 +315,7 @@ def speculative(
             out, rounds, ttft, stats = _run(roles, ids, max_new_tokens, plan, depth, clocks, hedge, hedge_len)
         finally:
             roles.verifier.close()
-    metrics = _metrics(out, rounds, ttft, clocks, stats)
+    metrics = _metrics(out, rounds, ttft, clocks, stats | ({"lead": True} if lead else {}))
     return Generation(tokens=out, text=sides.text.decode(out), metrics=metrics,
                       trace=rounds.accepted, drafted_trace=rounds.drafted)
 
@@ -368,4 +389,4 @@ def _loop(drafter: Drafter, verifier: Verifier, ids: list[int], max_new_tokens: 
             plan.update(g, n, draft_clock.total - d0, verify_clock.total - v0)
         if ttft is None:
             ttft = clocks.wall.total
-    return out, accepted_per_round, drafted_per_round, ttft or 0.0
+    return out[:max_new_tokens], accepted_per_round, drafted_per_round, ttft or 0.0

@@ -35,11 +35,15 @@ class Verdict:
 
     accepted: int  # drafted tokens kept, a prefix of the draft (0..len(draft))
     token: int  # the cloud's own next token: the correction at the first rejection, or the bonus token
+    # the cloud's own greedy tokens after ``token``, decoded while it waited for this round (``lead``:
+    # specnb.decode.lead); committed with it
+    extra: tuple[int, ...] = ()
 
     def emitted(self, draft: list[int], eos: frozenset[int]) -> list[int]:
-        """The round's new tokens: the accepted drafts and the cloud's token, cut after the first EOS (drafts
-        accepted past an EOS still count in ``accepted``: the acceptance rate measures agreement, not length)."""
-        tokens = draft[:self.accepted] + [self.token]
+        """The round's new tokens: the accepted drafts, the cloud's token and its ``extra`` tokens, cut after the
+        first EOS (drafts accepted past an EOS still count in ``accepted``: the acceptance rate measures
+        agreement, not length)."""
+        tokens = draft[:self.accepted] + [self.token] + list(self.extra)
         for i, t in enumerate(tokens):
             if t in eos:
                 return tokens[: i + 1]
@@ -58,7 +62,8 @@ class RoundSettings:
     padding); ``levers_off``: ablations of the plain loop (:data:`specnb.decode.loops.LEVERS`);
     ``max_len``: prompt + new tokens + longest draft + 1, so static caches can be sized;
     ``vocab``: the token ids both sides may emit, when the loop knows it (0: the model's own; a pair
-    cuts its logits to the smaller of the two).
+    cuts its logits to the smaller of the two); ``lead``: a remote cloud decodes its own greedy tokens while it
+    waits for the next round and sends them with the next verdict (:mod:`specnb.decode.lead`).
     """
 
     rule: str = "greedy"
@@ -73,6 +78,7 @@ class RoundSettings:
     levers_off: frozenset[str] = frozenset()
     max_len: int = 0
     vocab: int = 0
+    lead: bool = False
 
 
 @runtime_checkable

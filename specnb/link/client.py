@@ -278,7 +278,7 @@ class RemoteVerifier:
         self._prompt_pending = False
         self._starts: list[int | None] = []  # per round sent: the server's cache length it assumes (None: the first)
         self._flight: deque = deque()  # rounds sent and not yet answered (drafting ahead)
-        self.voids, self.void_bytes = 0, (0, 0)
+        self.voids, self.void_bytes, self.lead_tokens = 0, (0, 0), 0
 
     def begin(self, prompt_ids: list[int], settings: RoundSettings) -> None:
         self.close()
@@ -289,7 +289,7 @@ class RemoteVerifier:
         self._length = None
         self._starts = []
         self._flight.clear()
-        self.voids, self.void_bytes = 0, (0, 0)
+        self.voids, self.void_bytes, self.lead_tokens = 0, (0, 0), 0
         self.gen = torch.Generator().manual_seed(settings.seed + 2) if settings.seed is not None else None
         self._prompt_pending = True  # the session (a stream) opens with the first round, once it passed the checks
 
@@ -329,12 +329,16 @@ class RemoteVerifier:
                 q: torch.Tensor | None) -> Verdict:
         """A verdict off the wire: the server's cache length and the round's figures recorded, the residual
         sampled here after a rejection while sampling (``prompt``: prompt ids the round carried)."""
-        n, tok, server_us = msg.ints
-        self._length = (prompt - 1 if prompt else self._length) + 1 + n
+        n, tok, server_us, *extra = msg.ints  # extra: the cloud's own tokens (lead), only when it leads
+        if extra and not self.settings.lead:
+            raise RemoteError(f"the specnb cloud at {self.cloud.address} sent {len(extra)} tokens of its own in a "
+                              "session that did not ask it to lead")
+        self._length = (prompt - 1 if prompt else self._length) + 1 + n + len(extra)
+        self.lead_tokens += len(extra)
         self.rounds.append((up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
         if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
             tok = residual_sample(torch.from_numpy(msg.floats.copy()), q[n].float().cpu(), self.gen)
-        return Verdict(n, tok)
+        return Verdict(n, tok, tuple(extra))
 
     # ---- drafting ahead (specnb.decode.ahead): rounds sent before the ones before them are answered
 
@@ -387,6 +391,7 @@ class RemoteVerifier:
         vu, vd = self.void_bytes  # rounds answered VOID (drafting ahead): bytes, no model call
         return {"cloud_calls": len(self.rounds) + (self._prompt_len > 1), "link_s": sum(link), "bytes_up": sum(up) + vu,
                 "bytes_down": sum(down) + vd, "round_trips": len(self.rounds) + self.voids,
+                "lead_tokens": self.lead_tokens,
                 "server_s": sum(server), "emulated_s": sum(emulated), "round_bytes_up": up, "round_bytes_down": down,
                 "round_link_s": link, "round_server_s": server, "round_emulated_s": emulated}
 

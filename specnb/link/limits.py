@@ -18,6 +18,7 @@ from ``max_len``, which the client chooses, so ``max_len`` is held to the same b
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
@@ -99,6 +100,7 @@ class RoundSettingsIn(_Decoding):
     levers_off: list[Literal[LEVERS]] = Field(default_factory=list, max_length=len(LEVERS))  # type: ignore[valid-type]
     max_len: StrictInt = Field(0, ge=0)
     vocab: StrictInt = Field(0, ge=0)
+    lead: StrictBool = False
 
 
 class AutoregressiveIn(_Decoding):
@@ -144,6 +146,9 @@ def settings_in(data: Any, limits: Limits, vocab: int) -> RoundSettings:
             raise BadMessage("begin.widths", f"width {w} is outside 1..{limits.max_draft + 1} ({limits.flag('max_draft')} + 1)")
     if s.rule == "sample" and s.temperature == 0:
         raise BadMessage("begin.temperature", "rule 'sample' needs temperature > 0")
+    if s.lead and s.rule != "greedy":
+        raise BadMessage("begin.lead", f"the cloud leads (decodes its own tokens) with rule 'greedy' only, not {s.rule!r}: "
+                                       "use lead=False with it")
     d = s.model_dump()
     return RoundSettings(**d | {"widths": tuple(d["widths"]), "levers_off": frozenset(d["levers_off"])})
 
@@ -156,7 +161,7 @@ def parse(raw: bytes) -> Message:
         raise BadMessage("message", f"{len(raw) if isinstance(raw, bytes) else 0} bytes is shorter than any message (9)")
     try:
         msg = decode(raw)
-    except (ValueError, UnicodeDecodeError, OverflowError) as err:  # struct, json and numpy all raise ValueErrors
+    except (ValueError, UnicodeDecodeError, OverflowError, struct.error) as err:  # json and numpy raise ValueErrors
         raise BadMessage("message", f"malformed ({err})") from None
     if msg.kind not in KINDS_UP:
         raise BadMessage("kind", f"{msg.kind!r} is not a message a client sends (one of {', '.join(KINDS_UP)})")
@@ -184,7 +189,8 @@ def _count(field: str, value: Any, low: int, limit: int, flag: str) -> int:
 
 
 def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None, rule: str | None,
-                 max_len: int = 0, rounds: int = 0, scored: Callable[[int, tuple[int, int]], bool] | None = None
+                 max_len: int = 0, rounds: int = 0,
+                 scored: Callable[[int, tuple[int, int], list[int]], bool] | None = None
                  ) -> tuple[RoundSettings | None, list[int], int, list[int], tuple[int, int] | None]:
     """A ``V`` message against the limits and the session so far.
 
@@ -197,7 +203,7 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     accepted]``: it assumes that the round ``back`` places before it (1 <= back <= rounds) kept ``accepted``
     drafts (0..max_draft) and answered its ``last`` token. It is scored only if that holds, and then at
     exactly the length the edge assumed; so the lengths are checked at ``length`` for a round that will be
-    scored (``scored(last, premise)``; None: every round, as the edge checks its own at the length it assumed),
+    scored (``scored(last, premise, draft)``; None: every round, as the edge checks its own at the length it assumed),
     and not for one answered VOID, which takes no place in the cache.
     """
     extra = set(msg.meta) - {"begin", "prompt", "ahead"}
@@ -226,7 +232,7 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     check_ids("last", [last], vocab)
     check_ids("draft", draft, vocab)
     _check_q(msg, draft, rule)
-    if premise is None or scored is None or scored(last, premise):
+    if premise is None or scored is None or scored(last, premise, draft):
         after = length + 2 + len(draft)  # cache + last + draft, and the cloud's own token
         if after > limits.max_session_tokens:
             raise _too_many("session tokens", after, limits.max_session_tokens, limits.flag("max_session_tokens"))

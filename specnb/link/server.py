@@ -46,6 +46,7 @@ import torch
 
 from .._version import __version__
 from ..decode.ahead import VOID, Chain
+from ..decode.lead import Lead
 from ..decode.loops import speculative
 from ..decode.pair import as_verifier
 from ..models import LoadedModel
@@ -56,7 +57,9 @@ from .server_speculation import ServerCloud, ServerDraft
 from .wire import Message, decode, encode
 
 SERVICE = "specnb.Cloud"
-PROTOCOL = 2  # 2: a round drafted ahead carries its premise ([back, accepted], specnb.decode.ahead)
+# 2: a round drafted ahead carries its premise ([back, accepted], specnb.decode.ahead); 3: a verdict may carry the
+# cloud's own tokens after its token (``lead``: specnb.decode.lead), [accepted, token, server us, *extra]
+PROTOCOL = 3
 # Keepalive: both ends ping an idle connection every 5 s and give up 10 s after an unanswered ping.
 KEEPALIVE = [("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 10000),
              ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
@@ -89,6 +92,7 @@ class Session:
         self.length = 0  # tokens in the verifier's cache: seq[:-1]
         self.used = ""  # the kind of the session's first message: one generation per session
         self.chain = Chain()  # which rounds drafted ahead count (specnb.decode.ahead)
+        self.lead: Lead | None = None  # the cloud's own tokens while it waits (settings.lead)
         self._stop = threading.Event()
 
     def verify(self, msg: Message) -> Message:
@@ -97,28 +101,47 @@ class Session:
         self.used = "V"
         t0 = time.perf_counter()
         begun = self.verifier is not None
+        skip = len(self.chain.verdict.extra) if "ahead" in msg.meta else 0  # if it is scored (Chain.skip)
         settings, prompt, last, draft, premise = check_verify(
-            msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length if begun else None,
+            msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length - skip if begun else None,
             rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0,
             rounds=self.chain.rounds, scored=self.chain.admits)  # before any model call
-        if not self.chain.admits(last, premise):  # drafted ahead on a verdict that did not come
+        if not self.chain.admits(last, premise, draft):  # drafted ahead on a verdict that did not come
             self.chain.record(VOID)
             return Message("v", ints=[VOID.accepted, VOID.token, _us(t0)])
         batcher = self.cloud.batcher
+        if settings is not None and settings.lead and batcher is not None:
+            raise BadMessage("begin.lead", "this server batches verify rounds across sessions (--batch): the cloud "
+                                           "cannot lead a session there; use lead=False, or a server with --batch none")
+        skip = self.chain.skip(premise)
+        if skip:  # its first drafts were committed with the verdict it assumes: it is verified from after them
+            last, draft = draft[skip - 1], draft[skip:]
+        extra: tuple[int, ...] = ()
         with self.cloud.lock, torch.inference_mode():
             if settings is not None:
                 self._begin(settings, prompt)
             verifier = self.verifier
             solo = batcher is None or not batchable(verifier)
-            if solo:
+            if self.lead is not None:
+                verdict = self.lead.verify(last, draft)
+                n, tok, row, extra = verdict.accepted, verdict.token, None, verdict.extra
+            elif solo:
                 n, tok, row = self._settle(verifier, verifier.length, draft, msg, None, last)
-        if not solo:  # this round joins the next batch across sessions (specnb.link.server_batching)
+        if not solo and self.lead is None:  # this round joins the next batch across sessions (specnb.link.server_batching)
             start = verifier.length
             n, tok, row = batcher.submit(verifier, [last] + draft,
                                          lambda logits: self._settle(verifier, start, draft, msg, logits))
-        self.length += 1 + n
-        self.chain.record(Verdict(n, tok))
-        return Message("v", ints=[n, tok, _us(t0)], floats=row)
+        self.length += 1 + n + len(extra)
+        self.chain.record(Verdict(skip + n, tok, extra))
+        return Message("v", ints=[skip + n, tok, _us(t0), *extra], floats=row)
+
+    def lead_step(self) -> bool:
+        """One token of the cloud's own while the session waits for its next round (``lead``); False when
+        there is nothing to do."""
+        with self.cloud.lock, torch.inference_mode():
+            if self._stop.is_set() or self.lead is None or self.verifier is None:
+                return False
+            return self.lead.step()
 
     def _settle(self, verifier, start: int, draft: list[int], msg: Message, logits, last: int = -1):
         """The session's rule on its round: (accepted, token or -1, the row p_n to resample from or None).
@@ -144,6 +167,7 @@ class Session:
         self.cloud.built += 1  # (under the model lock, as is ``freed``)
         self.verifier.begin(prompt, settings)
         self.length = len(prompt) - 1
+        self.lead = Lead(self.verifier, self.cloud.limits.max_draft, settings.max_len) if settings.lead else None
 
     def generate(self, msg: Message) -> Iterator[Message]:
         """Cloud-only decoding streamed back as it decodes, or server-side speculation (one message)."""
@@ -322,10 +346,13 @@ class CloudService:
             self.served += 1
         state = Session(self)
         context.add_callback(lambda: self._free(sid, state))  # runs however the stream ends
+        inbox: queue.SimpleQueue | None = None  # once the session leads, a thread reads the client's messages
         try:
             while True:
                 self._waiting[sid] = (time.monotonic(), context)  # the idle clock runs while we wait for the client
-                raw = next(requests, None)
+                if state.lead is not None and inbox is None:
+                    inbox = _reader(requests)
+                raw = next(requests, None) if inbox is None else _lead_until_next(inbox, state)
                 self._waiting.pop(sid, None)
                 if raw is None:
                     break
@@ -367,6 +394,32 @@ class CloudService:
         with self._table:
             self.idle_dropped += len(stale)
         return len(stale)
+
+
+def _reader(requests: Iterator[bytes]) -> queue.SimpleQueue:
+    """A thread that puts the stream's messages into a queue as they come (then None: the stream ended)."""
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for raw in requests:
+                inbox.put(raw)
+        except Exception:  # noqa: BLE001 - cancelled or broken: the session ends as when the client closes it
+            pass
+        inbox.put(None)
+
+    threading.Thread(target=read, name="specnb-session-reader", daemon=True).start()
+    return inbox
+
+
+def _lead_until_next(inbox: queue.SimpleQueue, state: Session) -> bytes | None:
+    """The client's next message; until it comes, the session's cloud decodes on its own (``lead``)."""
+    while True:
+        try:
+            return inbox.get_nowait()
+        except queue.Empty:
+            if not state.lead_step():
+                return inbox.get()
 
 
 def _tokenizer_files(model: LoadedModel) -> dict[str, str]:
