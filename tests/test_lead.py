@@ -107,6 +107,46 @@ def test_chain_admits_a_round_on_a_verdict_with_extra_tokens_only_if_its_draft_b
     assert chain.admits(9, None, [1]) and chain.skip(None) == 0
 
 
+class _Replies:
+    """A stream stand-in for the client's bookkeeping: the replies are given, nothing is sent."""
+
+    last_up = 0
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def send(self, msg):
+        return 0.0
+
+    def expect(self, what, setup=False, extra_s=0.0):
+        pass
+
+    def poll(self, block):
+        return self.replies.pop(0), 0, 0.0, 0.0
+
+
+def test_the_client_counts_the_servers_cache_after_extra_tokens():
+    """A round on a verdict that carried extra tokens starts where its premise puts it, and its accepted count
+    includes the drafts those tokens had committed: the client's count of the server's cache must not add them
+    twice (it did once; a session then ran past its max_len near the end of a long generation)."""
+    from specnb.link.client import RemoteVerifier
+    from specnb.link.limits import Limits
+    from specnb.link.wire import Message
+
+    class Cloud:
+        limits, vocab_size, eos_ids, address = Limits(), 300, frozenset(), "test"
+
+    v = RemoteVerifier(Cloud(), RoundSettings(lead=True, max_len=100))
+    v.stream, v._prompt, v._length, v._starts = _Replies([
+        Message("v", ints=[2, 7, 0, 8]),  # two drafts kept, the cloud's 7, then its own 8
+        Message("v", ints=[3, 9, 0]),  # the round on it: 8 (already committed), two more drafts kept, then 9
+    ]), None, 10, [0]
+    v.submit(5, [1, 2], None, None)  # starts at 10
+    v.submit(7, [8, 3, 4], None, (1, 2))  # on "two kept, 7": starts at 10 + 1 + 2 = 13
+    assert v.collect(True) == Verdict(2, 7, (8,)) and v._length == 10 + 1 + 2 + 1
+    assert v.collect(True) == Verdict(3, 9) and v._length == 13 + 1 + 3  # = 14 + 1 + 2: the server's count
+
+
 def test_greedy_across_the_link_with_the_cloud_leading_equals_local(pair, related_pair):
     """Plain rounds, rounds ahead and branches, at 0, 6 and 30 ms RTT: the output is the cloud's greedy
     decoding, and over the whole test the cloud's own tokens did come (the server had time to decode)."""
@@ -124,6 +164,11 @@ def test_greedy_across_the_link_with_the_cloud_leading_equals_local(pair, relate
                     key = (gamma, ahead, hedge)
                     came[key] = came.get(key, 0) + g.metrics["lead_tokens"]
             remote.close()
+        remote = connect(address, link=Link(rtt_ms=50))
+        for prompt in PROMPTS[:2]:  # to the last token: the lengths both sides count stay the same after extra tokens
+            want = autoregressive(cloud, prompt, 64).tokens
+            assert speculative(edge, remote, prompt, 64, gamma=8, ahead=True, hedge=4, lead=True).tokens == want
+        remote.close()
     assert all(came.values()), came
 
 

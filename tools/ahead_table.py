@@ -223,12 +223,15 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
                  for key, part in here.groupby(["variant", "gamma"])}
         fixed = {k: v for k, v in table.items() if k[0] == "fixed"}
         best = max(fixed, key=lambda k: speed_interval(fixed[k]).value)
+        led = {k: v for k, v in table.items() if k[0] == "fixed+lead"}  # the same with the cloud leading
+        best_led = max(led, key=lambda k: speed_interval(led[k]).value) if led else None
         plain = here[here.variant == "fixed"]
         transport = 0.0 if link == "inproc" else float(plain.transport_s.mean())
         rtt_s = 0.0 if link == "inproc" else float(link) / 1e3
         for (kind, gamma), part in here.groupby(["variant", "gamma"]):
             speed = speed_interval(table[kind, gamma])
             ratio = ratio_interval(table[kind, gamma], table[best], paired_reps=True)
+            vs_led = ratio_interval(table[kind, gamma], table[best_led], paired_reps=True) if led else None
             alpha = part.accepted.sum() / (part.accepted.sum() + part.rejected_rounds.sum())
             t_d = part.draft_s.sum() / part.edge_calls.sum()
             later = (part.rounds - 1).sum()
@@ -242,7 +245,10 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
             steady = (part.new_tokens - part.first_round_tokens).sum() / (part.wall_s - part.ttft_s).sum()
             out.append({"link": link, "variant": kind, "gamma": gamma, "tokens_per_s": speed.value, "low": speed.low,
                         "high": speed.high, "best_fixed_gamma": best[1], "vs_best_fixed": ratio.value,
-                        "vs_low": ratio.low, "vs_high": ratio.high, "edge_idle_share": part.edge_idle_share.mean(),
+                        "vs_low": ratio.low, "vs_high": ratio.high,
+                        **({"best_fixed_lead_gamma": best_led[1], "vs_best_fixed_lead": vs_led.value,
+                            "vs_lead_low": vs_led.low, "vs_lead_high": vs_led.high} if led else {}),
+                        "edge_idle_share": part.edge_idle_share.mean(),
                         "alpha": alpha, "t_draft_ms": 1e3 * t_d, "t_verify_ms": 1e3 * v, "t_link_ms": 1e3 * (rtt_s + transport),
                         "ahead_rounds": part.ahead_rounds.fillna(0).sum(), "ahead_void": part.ahead_void.fillna(0).sum(),
                         "ahead_hedged": part.ahead_hedged.fillna(0).sum() if "ahead_hedged" in part else 0,
@@ -298,9 +304,11 @@ def markdown(s: pd.DataFrame) -> str:
     """The table of the docs: per link, every variant's speed, ratio to the best fixed gamma, idle share and
     the model's error."""
     hedged = "ahead_hedged" in s and s.ahead_hedged.fillna(0).gt(0).any()
-    lines = ["| link | variant | tok/s [95% CI] | vs best fixed [95% CI] | edge idle | rounds ahead kept / void "
+    led = "vs_best_fixed_lead" in s
+    lines = ["| link | variant | tok/s [95% CI] | vs best fixed [95% CI] "
+             + ("| vs best fixed, cloud leading [95% CI] " if led else "") + "| edge idle | rounds ahead kept / void "
              + ("| branches sent / verified " if hedged else "")
-             + "| steady tok/s: measured / model (error) | identical |", "|" + "---|" * (9 if hedged else 8)]
+             + "| steady tok/s: measured / model (error) | identical |", "|" + "---|" * (8 + hedged + led)]
     for r in s.itertuples():
         link = "in process" if r.link == "inproc" else f"{float(r.link):g} ms"
         names = {"fixed": "", "ahead": " ahead", "ahead5ms": " ahead, 5 ms switch"}
@@ -313,8 +321,9 @@ def markdown(s: pd.DataFrame) -> str:
         ahead = f"{int(r.ahead_rounds)} / {int(r.ahead_void)}" if kind != "fixed" else "–"
         if hedged:
             ahead += " | " + (f"{int(r.ahead_hedged)} / {int(r.hedge_hits)}" if kind.startswith("hedge") else "–")
+        vs_led = f" {r.vs_best_fixed_lead:.2f} [{r.vs_lead_low:.2f}, {r.vs_lead_high:.2f}] |" if led else ""
         lines.append(f"| {link} | {name} | {r.tokens_per_s:.0f} [{r.low:.0f}, {r.high:.0f}] | {r.vs_best_fixed:.2f} "
-                     f"[{r.vs_low:.2f}, {r.vs_high:.2f}] | {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
+                     f"[{r.vs_low:.2f}, {r.vs_high:.2f}] |{vs_led} {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
                      f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%}) | {r.identical} |")
     return "\n".join(lines)
 

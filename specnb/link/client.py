@@ -323,17 +323,19 @@ class RemoteVerifier:
                 f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
         msg, down, down_s = self.stream.recv(what, setup=first, extra_s=up_s)  # (the emulated uplink delay is not the server's)
         rt = time.perf_counter() - t0
-        return self._settle(msg, down, down_s, rt, self.stream.last_up, up_s, len(ints), q)
+        return self._settle(msg, down, down_s, rt, self.stream.last_up, up_s, len(ints), q, self._length)
 
     def _settle(self, msg: Message, down: int, down_s: float, rt: float, up: int, up_s: float, prompt: int,
-                q: torch.Tensor | None) -> Verdict:
+                q: torch.Tensor | None, start: int | None) -> Verdict:
         """A verdict off the wire: the server's cache length and the round's figures recorded, the residual
-        sampled here after a rejection while sampling (``prompt``: prompt ids the round carried)."""
+        sampled here after a rejection while sampling (``prompt``: prompt ids the round carried; ``start``: the
+        cache length the round started from, None for the first; ``accepted`` counts from there, the drafts a
+        verdict's extra tokens committed before included)."""
         n, tok, server_us, *extra = msg.ints  # extra: the cloud's own tokens (lead), only when it leads
         if extra and not self.settings.lead:
             raise RemoteError(f"the specnb cloud at {self.cloud.address} sent {len(extra)} tokens of its own in a "
                               "session that did not ask it to lead")
-        self._length = (prompt - 1 if prompt else self._length) + 1 + n + len(extra)
+        self._length = (prompt - 1 if start is None else start) + 1 + n + len(extra)
         self.lead_tokens += len(extra)
         self.rounds.append((up, down, rt - server_us / 1e6, server_us / 1e6, up_s + down_s))
         if tok < 0:  # rejected while sampling: the residual is sampled here, where q lives
@@ -357,7 +359,7 @@ class RemoteVerifier:
         self._starts.append(len(ints) - 1 if first else start)
         t0 = time.perf_counter()
         up_s = self.stream.send(request)
-        self._flight.append((t0, self.stream.last_up, up_s, len(ints), q))
+        self._flight.append((t0, self.stream.last_up, up_s, len(ints), q, start))
         what = (f"the verdict of a round sent {len(self._flight)} round(s) ahead of this one ({len(draft)} drafted tokens"
                 f"{f', after a prefill of {len(ints)} prompt tokens' if first else ''})")
         self.stream.expect(what, setup=first, extra_s=up_s)
@@ -369,12 +371,12 @@ class RemoteVerifier:
         if got is None:
             return None
         msg, down, down_s, due = got
-        t0, up, up_s, prompt, q = self._flight.popleft()
+        t0, up, up_s, prompt, q, start = self._flight.popleft()
         if msg.ints[0] < 0:  # a round drafted ahead of one that was not accepted whole: no model call
             self.voids += 1
             self.void_bytes = (self.void_bytes[0] + up, self.void_bytes[1] + down)
             return VOID
-        return self._settle(msg, down, down_s, due - t0, up, up_s, prompt, q)
+        return self._settle(msg, down, down_s, due - t0, up, up_s, prompt, q, start)
 
     def stop(self) -> None:
         """The generation is over: verdicts still in flight are not read (closing the stream drops them)."""
