@@ -95,6 +95,32 @@ def test_the_lead_stops_at_eos_and_at_the_cache_size(pair):
         Lead(verifier, cap=0)
 
 
+@pytest.mark.parametrize("alpha, gamma, c, v, r, step", [(0.86, 8, 1.4, 19.0, 52.0, 9.8), (0.6, 4, 1.0, 18.0, 1.0, 9.8),
+                                                      (0.9, 12, 1.3, 20.0, 5.0, 30.0), (0.5, 3, 1.0, 10.0, 300.0, 2.0)])
+def test_the_model_of_the_lead_is_the_mean_of_its_rounds(alpha, gamma, c, v, r, step):
+    """lead_rate against a simulation of the rounds it describes: the cloud decodes while the link and the
+    drafts take their time, then commits max(k, n + 1) tokens, verifying only when the draft agreed with all k."""
+    import math
+
+    from specnb.decode.schedule import lead_rate, speedup_bound
+
+    rng = random.Random(1)
+    idle = gamma * c + r
+    k = min(32, math.ceil(idle / step))
+    tokens = time = 0.0
+    for _ in range(200_000):
+        n = 0
+        while n < gamma and rng.random() < alpha:
+            n += 1
+        tokens += max(k, n + 1)
+        time += max(idle, k * step) + (v if n >= k else 0.0)
+    assert lead_rate(alpha, gamma, c, v, r, step) == pytest.approx(tokens / time, rel=0.01)
+    assert speedup_bound(alpha, gamma, c, v, r, lead=step) == lead_rate(alpha, gamma, c, v, r, step)
+    assert lead_rate(alpha, gamma, c, v, r, step) > speedup_bound(alpha, gamma, c, v, r) or k == 1
+    with pytest.raises(ValueError, match="plain rounds only"):
+        speedup_bound(alpha, gamma, c, v, r, ahead=4, lead=step)
+
+
 def test_chain_admits_a_round_on_a_verdict_with_extra_tokens_only_if_its_draft_begins_with_them():
     chain = Chain()
     chain.record(Verdict(2, 7, (8, 9)))  # round 0: two drafts kept, the cloud's 7, then its own 8 and 9

@@ -277,6 +277,25 @@ def test_the_link_study_runs_drafting_ahead_and_predicts_it_with_its_bound(model
                                         plain.sort_values(["rtt_ms", "gamma", "rep", "prompt"]).tokens))
 
 
+def test_the_link_study_runs_the_clouds_lead_and_bounds_it_with_its_model(models, server):
+    """link_grid(..., lead=True): methods edge_cloud:lead (and edge_cloud:ahead+lead with ahead) at every gamma,
+    the cloud's greedy output, no prediction for them, and a bound row for edge_cloud:lead from lead_rate."""
+    from specnb.study import rtt
+
+    df = rtt.link_grid(models["edge"], connect(server), PROMPTS[:2], rtts_ms=(0, 20), gammas=(2, 4), max_new_tokens=12,
+                       reps=1, server_gamma=None, ahead=True, lead=True)
+    spec = df[df.method.str.startswith("edge_cloud")]
+    assert set(spec.method) == {"edge_cloud", "edge_cloud:ahead", "edge_cloud:lead", "edge_cloud:ahead+lead"}
+    key = ["rtt_ms", "gamma", "rep", "prompt"]
+    plain = df[df.method == "edge_cloud"].sort_values(key)
+    for method in ("edge_cloud:lead", "edge_cloud:ahead+lead"):
+        led = df[df.method == method].sort_values(key)
+        assert list(led.tokens) == list(plain.tokens) and led.lead.all() and led.predicted_wall_s.isna().all()
+    assert df[df.method.str.endswith("lead")].lead_tokens.sum() > 0
+    bounds = rtt.bound_table(df)
+    assert "edge_cloud:lead" in set(bounds.method) and bounds.bound.gt(0).all()
+
+
 def test_gamma_table_checks_outputs_carries_one_controller_per_link_and_prints_the_issue_table(models, server, monkeypatch):
     """specnb.study.adaptive_gamma (tools/adaptive_table.py): fixed gammas and schedules on every link,
     interleaved; each output set against the cloud's greedy one; one adaptive controller per link for the run."""

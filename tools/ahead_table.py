@@ -10,7 +10,9 @@ ahead with the interpreter's default switch interval (5 ms) instead of ``specnb.
 the unhedged S_ahead at the same parameters: the model does not cover branches), and ``hedgeKlenL``: the same
 with branches of at most L drafts (``speculative(..., hedge=K, hedge_len=L)``; ``--hedge-lens``); ``--lead`` repeats
 variants with the cloud leading (``speculative(..., lead=True)``: it decodes its own tokens while it waits, named
-``<variant>+lead``; the model's column ignores the lead). Greedy, interleaved (per
+``<variant>+lead``; the model's column gives :func:`specnb.decode.schedule.lead_rate` for plain rounds with the
+cloud's own step taken from this process's greedy decoding of the prompts (the reference outputs), and nothing for
+rounds drafted ahead with the lead, which it does not cover). Greedy, interleaved (per
 repetition and prompt: the links in a shuffled order, on each the variants in a shuffled order), one untimed
 warm-up generation per link and variant first; every output checked against the cloud's greedy decoding.
 
@@ -30,6 +32,7 @@ before and after, wall time) under ``docs/measurements/ahead-<date>/``.
         [--links inproc,0,5,20,50] [--gammas 8,12,16] [--ahead-gammas 4,6,8] [--ahead 64] [--seed 0] [--out DIR]
         [--hedge-gammas 6,8] [--hedges 2,4] [--hedge-lens 2,4] [--default-switch-gammas 6] [--lead fixed@12,hedge4]
     PYTHONPATH=$PWD python tools/ahead_table.py --model-only DIR   # the model's best gammas and rates, no timing
+    PYTHONPATH=$PWD python tools/ahead_table.py --resummarize DIR  # summary.csv / table.md again from rows.csv
 
 ``--model-only`` writes ``model.csv`` / ``model.md``: per link, the model's best gamma and steady rate without
 and with drafting ahead from the parameters the record measured (:func:`ceiling`), and the alpha at which,
@@ -85,7 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="default docs/measurements/ahead-<UTC date>/")
     ap.add_argument("--model-only", type=Path, default=None,
                     help="no timing: write model.csv / model.md from the summary.csv of this record folder")
+    ap.add_argument("--resummarize", type=Path, default=None,
+                    help="no timing: summary.csv / table.md again from this record folder's rows.csv and run.json")
     args = ap.parse_args(argv)
+    if args.resummarize:
+        info = json.loads((args.resummarize / "run.json").read_text())
+        s = summary(pd.read_csv(args.resummarize / "rows.csv"), info["ahead"], info.get("cloud_step_s"))
+        s.to_csv(args.resummarize / "summary.csv", index=False)
+        (args.resummarize / "table.md").write_text(markdown(s) + "\n")
+        print(markdown(s))
+        return 0
     if args.model_only:
         m = ceiling(pd.read_csv(args.model_only / "summary.csv"), args.ahead)
         m.to_csv(args.model_only / "model.csv", index=False)
@@ -122,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     with local_server(args.cloud, dtype=args.dtype, threads=1) as address:
         remote = connect(address)
         texts = [Prompting(remote.tokenizer, "auto", "cloud").render(p) for p in load_prompts(args.prompt_set, args.prompts)]
-        want = [autoregressive(local, t, args.tokens).tokens for t in texts]
+        reference = [autoregressive(local, t, args.tokens) for t in texts]
+        want = [g.tokens for g in reference]
+        # the cloud's own step (one token after the first; the model of the lead): the reference decodings
+        cloud_step_s = (sum(g.metrics["wall_s"] - g.metrics["ttft_s"] for g in reference)
+                        / sum(len(g.tokens) - 1 for g in reference))
         clouds = {link: local if link == "inproc" else remote.with_link(Link(link, args.bandwidth, seed=args.seed))
                   for link in links}
 
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         remote.close()
     wall, load_after = time.perf_counter() - t0, os.getloadavg()
     df = pd.DataFrame(rows)
-    s = summary(df, args.ahead)
+    s = summary(df, args.ahead, cloud_step_s)
     table = markdown(s)
     df.to_csv(out / "rows.csv", index=False)
     s.to_csv(out / "summary.csv", index=False)
@@ -172,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "prompts": f"{args.prompt_set} x {args.prompts}", "max_new_tokens": args.tokens, "reps": args.reps,
             "seed": args.seed, "bandwidth_mbps": args.bandwidth, "links": args.links, "gammas": gammas,
             "ahead_gammas": ahead_gammas, "ahead": args.ahead, "switch_s": ahead_mod.SWITCH_S,
+            "cloud_step_s": round(cloud_step_s, 6),
             "default_switch_gammas": args.default_switch_gammas, "hedge_gammas": args.hedge_gammas,
             "hedges": args.hedges, "hedge_lens": args.hedge_lens, "lead": args.lead, "all_identical": bool(df.identical.all()),
             "generations": len(df), "machine": machine(), "git": git_state(), "versions": versions(),
@@ -211,7 +228,7 @@ def _transport(m: dict) -> float:
     return float(np.mean([a - b for a, b in zip(link[1:], emulated[1:])]))
 
 
-def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
+def summary(df: pd.DataFrame, ahead: int, cloud_step_s: float | None = None) -> pd.DataFrame:
     """Per link and variant: speed with its interval, the ratio to the link's best fixed gamma, the idle share,
     rounds ahead, and the model's steady rate against the measured one (see the module doc)."""
     from specnb.link.predict import speedup_bound
@@ -241,7 +258,14 @@ def summary(df: pd.DataFrame, ahead: int) -> pd.DataFrame:
             else:
                 v = part.server_after_first_s.sum() / later
             depth = 0 if kind.removesuffix("+lead") == "fixed" else ahead
-            predicted = speedup_bound(alpha, gamma, t_d, v, rtt_s + transport, depth)
+            if not kind.endswith("+lead"):
+                predicted = speedup_bound(alpha, gamma, t_d, v, rtt_s + transport, depth)
+            elif depth or cloud_step_s is None:  # the model covers the lead with plain rounds only
+                predicted = float("nan")
+            else:  # a verify round's time from the plain rows (a lead row's rounds are often answered without one)
+                same = plain[plain.gamma == gamma] if (plain.gamma == gamma).any() else plain
+                v = same.server_after_first_s.sum() / (same.rounds - 1).sum()
+                predicted = speedup_bound(alpha, gamma, t_d, v, rtt_s + transport, lead=cloud_step_s)
             steady = (part.new_tokens - part.first_round_tokens).sum() / (part.wall_s - part.ttft_s).sum()
             out.append({"link": link, "variant": kind, "gamma": gamma, "tokens_per_s": speed.value, "low": speed.low,
                         "high": speed.high, "best_fixed_gamma": best[1], "vs_best_fixed": ratio.value,
@@ -268,6 +292,7 @@ def ceiling(s: pd.DataFrame, ahead: int, max_gamma: int = 32) -> pd.DataFrame:
     from specnb.link.predict import speedup_bound
 
     out = []
+    s = s[~s.variant.str.endswith("+lead")]  # without the cloud's lead (its rounds are often answered without a verify)
     for link, here in s.groupby("link", sort=False):
         plain, ahead_rows = here[here.variant == "fixed"], here[here.variant == "ahead"]
         a, v, r = here.alpha.mean(), here.t_verify_ms.mean() / 1e3, here.t_link_ms.iloc[0] / 1e3
@@ -324,7 +349,8 @@ def markdown(s: pd.DataFrame) -> str:
         vs_led = f" {r.vs_best_fixed_lead:.2f} [{r.vs_lead_low:.2f}, {r.vs_lead_high:.2f}] |" if led else ""
         lines.append(f"| {link} | {name} | {r.tokens_per_s:.0f} [{r.low:.0f}, {r.high:.0f}] | {r.vs_best_fixed:.2f} "
                      f"[{r.vs_low:.2f}, {r.vs_high:.2f}] |{vs_led} {r.edge_idle_share:.2f} | {ahead} | {r.steady_tokens_per_s:.0f} / "
-                     f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%}) | {r.identical} |")
+                     + ("– (not modelled)" if np.isnan(r.predicted_tokens_per_s) else
+                        f"{r.predicted_tokens_per_s:.0f} ({r.prediction_error:+.0%})") + f" | {r.identical} |")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..measure.metrics import estimate_alpha
@@ -33,21 +34,43 @@ def expected_tokens(alpha: float, g: int) -> float:
 
 
 
-def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0, ahead: int = 0) -> float:
+def speedup_bound(alpha: float, gamma: int, c: float, v: float = 1.0, r: float = 0.0, ahead: int = 0,
+                  lead: float | None = None, lead_cap: int = 32) -> float:
     """S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)): expected speed-up over the cloud's autoregressive decoding.
 
     ``c``: edge step / cloud step; ``v``: verification of g + 1 positions / cloud step; ``r``: link
     time per round / cloud step. ``v = 1, r = 0`` is Leviathan et al. 2023, Thm 3.8. ``ahead`` = k > 0
     rounds drafted ahead (:mod:`specnb.decode.ahead`): a round kept whole (probability b = a^(g+1)) costs
     D = max((g+1) c, v, (v + r)/(k+1)) instead, S = E / ((1 - b)(g c + v + r) + b D) (derivation:
-    :mod:`specnb.link.predict`). In seconds instead of cloud steps it is tokens per second.
+    :mod:`specnb.link.predict`). ``lead``: the cloud's own step, when it leads (:mod:`specnb.decode.lead`;
+    plain rounds only, :func:`lead_rate`). In seconds instead of cloud steps it is tokens per second.
     """
+    if lead is not None:
+        if ahead:
+            raise ValueError("the model of the cloud's lead covers plain rounds only: pass ahead=0 with lead")
+        return lead_rate(alpha, gamma, c, v, r, lead, lead_cap)
     serial = gamma * c + v + r  # one round: draft, verify, round trip
     if not ahead:
         return expected_tokens(alpha, gamma) / serial
     whole = alpha ** (gamma + 1)  # all g drafts accepted and the cloud's own token guessed
     kept = max((gamma + 1) * c, v, (v + r) / (ahead + 1))  # a round after one kept whole
     return expected_tokens(alpha, gamma) / ((1 - whole) * serial + whole * kept)
+
+
+def lead_rate(alpha: float, gamma: int, c: float, v: float, r: float, s: float, cap: int = 32) -> float:
+    """Tokens per unit of time of plain rounds with the cloud leading (:mod:`specnb.decode.lead`), ``s`` its own
+    step. Between a verdict and the next round it idles I = g c + r (the verdict's way down, the drafts, the
+    round's way up) and decodes k = min(ceil(I / s), cap) tokens, the last one ending w = max(0, k s - I) after
+    the round came. A round whose draft agrees with n of the cloud's tokens (P(n = j) = a^j (1 - a) for j < g,
+    a^g for j = g) brings k tokens and no verification when n < k, else n + 1 tokens after verifying:
+    S = E[max(k, n + 1)] / (I + w + v P(n >= k))."""
+    idle = gamma * c + r
+    k = min(cap, math.ceil(idle / s)) if s > 0 else cap
+    wait = max(0.0, k * s - idle)
+    probs = [alpha ** j * (1 - alpha) for j in range(gamma)] + [alpha ** gamma]
+    tokens = sum(p * max(k, j + 1) for j, p in enumerate(probs))
+    verified = sum(p for j, p in enumerate(probs) if j >= k)
+    return tokens / (idle + wait + v * verified)
 
 
 @dataclass

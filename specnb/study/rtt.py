@@ -31,13 +31,13 @@ from ..link.predict import predict
 KEPT = ("new_tokens", "wall_s", "tokens_per_s", "ttft_s", "rounds", "alpha", "draft_s", "link_s", "server_s",
         "emulated_s", "bytes_up", "bytes_down", "round_trips", "round_link_s", "round_emulated_s", "round_bytes_up",
         "round_bytes_down", "round_server_s", "edge_calls", "edge_idle_share", "ahead", "ahead_rounds",
-        "ahead_void", "ahead_kept", "ahead_dropped")
+        "ahead_void", "ahead_kept", "ahead_dropped", "lead", "lead_tokens")
 
 
 def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]], *, rtts_ms=(0, 5, 20, 50), gammas=(1, 2, 4, 8),
               max_new_tokens: int = 64, bandwidth_mbps: float | None = None, jitter_ms: float = 0.0, reps: int = 2,
               server_gamma: int | None = 4, seed: int = 0, progress: Callable[[str], None] | None = None,
-              schedules: tuple[str, ...] = (), ahead: bool | int = False) -> pd.DataFrame:
+              schedules: tuple[str, ...] = (), ahead: bool | int = False, lead: bool = False) -> pd.DataFrame:
     """One row per generation (greedy): method, gamma, rtt_ms, rep, prompt, the metrics of :data:`KEPT`,
     ``drafted`` (draft length per round), ``predicted_wall_s`` (from the run at ``rtts_ms[0]``).
     ``server_gamma=None`` skips server-side speculation. ``schedules``: draft-length schedules run as
@@ -45,7 +45,10 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
     controller per link over the run (:mod:`specnb.decode.adaptive`). ``ahead``: each gamma also runs as
     method ``edge_cloud:ahead``, the edge drafting ahead (``speculative(..., ahead=ahead)``,
     :mod:`specnb.decode.ahead`); its rows carry ``edge_idle_share`` and the rounds kept and dropped, as
-    every speculative row carries its idle share. An entry of ``rtts_ms``
+    every speculative row carries its idle share. ``lead``: each gamma also runs as ``edge_cloud:lead``, the cloud
+    decoding its own tokens while it waits (``speculative(..., lead=True)``, :mod:`specnb.decode.lead`), and with
+    ``ahead`` as ``edge_cloud:ahead+lead``; their rows carry ``lead_tokens`` and no prediction (the number of rounds
+    depends on the link). An entry of ``rtts_ms``
     may be a :class:`specnb.link.profile.LinkProfile` (a changing link; its rows carry its label and
     no prediction). ``prompts``: texts, or token ids already rendered (:class:`specnb.chat.Prompting`,
     as the study notebook does)."""
@@ -69,6 +72,10 @@ def link_grid(edge: Any, cloud: RemoteCloud, prompts: list[str] | list[list[int]
                 if ahead:
                     runs += [("edge_cloud:ahead", gm, lambda r=remote, p=prompt, gm=gm:
                               speculative(edge, r, p, max_new_tokens, gamma=gm, ahead=ahead)) for gm in gammas]
+                if lead:
+                    runs += [(f"edge_cloud:{'ahead+' if a else ''}lead", gm, lambda r=remote, p=prompt, gm=gm, a=a:
+                              speculative(edge, r, p, max_new_tokens, gamma=gm, ahead=a, lead=True))
+                             for a in ((False, ahead) if ahead else (False,)) for gm in gammas]
                 if str(rtt) not in controllers:
                     controllers[str(rtt)] = Controller()
                 ctl = controllers[str(rtt)]
@@ -94,7 +101,7 @@ def predicted(df: pd.DataFrame, base_rtt: float, bandwidth_mbps: float | None = 
     out = []
     for r in df.to_dict("records"):
         b = base.get(key(r))
-        out.append(None if b is None or r["method"] == "edge" or isinstance(r["rtt_ms"], str) else
+        out.append(None if b is None or r["method"] == "edge" or isinstance(r["rtt_ms"], str) or r["method"].endswith("lead") else
                    predict(_Run(b), Link(r["rtt_ms"], bandwidth_mbps, jitter_ms)))
     return pd.Series(out, index=df.index, dtype=float)
 
@@ -214,7 +221,8 @@ def _predict_row(r: Any, rtt_ms: float) -> float:
 
 def bound_table(df: pd.DataFrame) -> pd.DataFrame:
     """The latency-extended bound beside the measurement, per RTT and gamma of edge-cloud speculation
-    (and of ``edge_cloud:ahead``, with the bound of drafting ahead).
+    (and of ``edge_cloud:ahead``, with the bound of drafting ahead; of ``edge_cloud:lead``, with the model of the
+    cloud's lead, :func:`specnb.decode.schedule.lead_rate`, its own step being the cloud step).
 
     S = (1 - a^(g+1)) / ((1 - a)(g c + v + r)) (:func:`specnb.link.speedup_bound`; with ``ahead`` its
     S_ahead) with, from the same rows: a = the runs' alpha (maximum likelihood, pooled), c = edge step /
@@ -231,20 +239,26 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
     c = (edge.wall_s.sum() / edge.new_tokens.sum()) / cloud_step
     measured = speedups(df).set_index(["rtt_ms", "method", "gamma"])
     out = []
-    spec = df[df.method.isin(["edge_cloud", "edge_cloud:ahead"])]
+    spec = df[df.method.isin(["edge_cloud", "edge_cloud:ahead", "edge_cloud:lead"])]
     for (method, rtt, gamma), part in spec.groupby(["method", "rtt_ms", "gamma"]):
         rounds = part.rounds.sum()
         alpha = float(part.alpha.mean())
         v = part.server_s.sum() / rounds / cloud_step
-        ahead = 0 if method == "edge_cloud" else int(part.ahead.iloc[0])
+        ahead = 0 if method != "edge_cloud:ahead" else int(part.ahead.iloc[0])
         plain = spec[(spec.method == "edge_cloud") & (spec.rtt_ms == rtt)]
-        if not ahead:
+        same = plain[plain.gamma == gamma]
+        if method == "edge_cloud:lead":  # a lead round is often answered without a verify: v and r of plain rounds
+            if not len(same):
+                continue
+            v = same.server_s.sum() / same.rounds.sum() / cloud_step
+            r = same.link_s.sum() / same.rounds.sum() / cloud_step
+        elif not ahead:
             r = part.link_s.sum() / rounds / cloud_step
         elif len(plain):
             r = plain.link_s.sum() / plain.round_trips.sum() / cloud_step
         else:
             r = float(rtt) / 1e3 / cloud_step
-        s = speedup_bound(alpha, int(gamma), c, v, r, ahead)
+        s = speedup_bound(alpha, int(gamma), c, v, r, ahead, lead=1.0 if method == "edge_cloud:lead" else None)
         m = measured.loc[(rtt, method, int(gamma))]
         out.append({"method": method, "rtt_ms": rtt, "gamma": int(gamma), "alpha": alpha, "c": c, "v": v, "r": r,
                     "bound": s, "measured": m.speedup, "low": m.low, "high": m.high, "measured_over_bound": m.speedup / s})
