@@ -4,12 +4,13 @@ verifier itself, and across a loopback link with plain rounds, rounds drafted ah
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
 from specnb import Link, ModelSpec, autoregressive, connect, load, speculative
-from specnb.decode.ahead import Chain
+from specnb.decode.ahead import VOID, Chain
 from specnb.decode.lead import Lead
 from specnb.decode.roles import RoundSettings, Verdict
 from specnb.decode.verifying import CloudVerifier
@@ -121,16 +122,150 @@ def test_the_model_of_the_lead_is_the_mean_of_its_rounds(alpha, gamma, c, v, r, 
         speedup_bound(alpha, gamma, c, v, r, ahead=4, lead=step)
 
 
-def test_chain_admits_a_round_on_a_verdict_with_extra_tokens_only_if_its_draft_begins_with_them():
+def test_chain_judges_a_round_on_a_verdict_with_extra_tokens_against_them_first():
     chain = Chain()
     chain.record(Verdict(2, 7, (8, 9)))  # round 0: two drafts kept, the cloud's 7, then its own 8 and 9
-    assert chain.admits(7, (1, 2), [8, 9, 10]) and chain.skip((1, 2)) == 2
-    assert chain.admits(7, (1, 2), [8, 9])  # exactly the extra tokens: verified from after them, no draft
-    assert not chain.admits(7, (1, 2), [8])  # shorter than them
-    assert not chain.admits(7, (1, 2), [8, 5, 10])  # left them
-    assert not chain.admits(7, (1, 2), [])
-    assert not chain.admits(6, (1, 2), [8, 9, 10]) and not chain.admits(7, (1, 3), [8, 9, 10])
-    assert chain.admits(9, None, [1]) and chain.skip(None) == 0
+    assert chain.plan(7, [8, 9, 10], (1, 2)) == (None, 9, [10], 2)  # begins with them: verified from after them
+    assert chain.plan(7, [8, 9], (1, 2)) == (None, 9, [], 2)  # exactly them: the cloud's token after them
+    assert chain.plan(7, [8, 5, 10], (1, 2))[0] == Verdict(1, 9, ())  # leaves them at 1: decided by them
+    assert chain.plan(7, [4], (1, 2))[0] == Verdict(0, 8, (9,))
+    assert chain.plan(7, [8], (1, 2))[0] == Verdict(1, 9, ())  # ends inside them
+    assert chain.plan(7, [], (1, 2))[0] == Verdict(0, 8, (9,))
+    assert chain.plan(6, [8, 9, 10], (1, 2))[0] is VOID and chain.plan(7, [8, 9, 10], (1, 3))[0] is VOID
+    assert chain.plan(9, [1], None) == (None, 9, [1], 0)
+
+
+@pytest.fixture
+def slow_edge(monkeypatch):
+    """The edge 3 ms slower per drafting call, so that the cloud's worker has time to lead."""
+    import time
+
+    from specnb.decode.drafting import EdgeDrafter
+
+    draft = EdgeDrafter.draft
+
+    def slow(self, seq, g):
+        time.sleep(0.003)
+        return draft(self, seq, g)
+
+    monkeypatch.setattr(EdgeDrafter, "draft", slow)
+
+
+@pytest.mark.parametrize("hedge", [0, 3])
+def test_in_process_with_the_cloud_leading_the_output_is_the_clouds(pair, slow_edge, hedge):
+    edge, cloud = pair
+    steps = sent = 0
+    for prompt in PROMPTS:
+        want = autoregressive(cloud, prompt, N).tokens
+        g = speculative(edge, cloud, prompt, N, gamma=4, ahead=True, hedge=hedge, lead=True)
+        assert g.tokens == want, prompt
+        steps, sent = steps + g.metrics["lead_steps"], sent + g.metrics["lead_sent"]
+    assert steps > 0 and sent > 0  # the worker did lead, and its tokens were used
+
+
+class LazyLead:
+    """A pipeline whose verdicts come only when the edge has nothing left to do, the cloud decoding ``steps`` tokens
+    of its own before each round it takes (as a server that leads while rounds are on their way). Deterministic:
+    every round that can go ahead does, and every verdict carries what the lead left over."""
+
+    def __init__(self, cloud, settings, steps):
+        self.inner = CloudVerifier(cloud, settings)
+        self.vocab, self.eos_ids, self.steps = self.inner.vocab, self.inner.eos_ids, steps
+        self.pending, self.decided, self.scored = [], 0, 0
+
+    def begin(self, prompt_ids, settings):
+        from specnb.decode import ahead
+
+        self.inner.begin(prompt_ids, settings)
+        self.chain, self.lead = ahead.Chain(), Lead(self.inner, cap=32, max_len=settings.max_len)  # (a test swaps Chain)
+
+    def submit(self, last, draft, q, premise):
+        self.pending.append((last, draft, premise))
+
+    def collect(self, block):
+        if not block:
+            return None
+        last, draft, premise = self.pending.pop(0)
+        for _ in range(self.steps):
+            self.lead.step()
+        verdict, last, rest, skip = self.chain.plan(last, draft, premise)
+        if verdict is None:
+            v = self.lead.verify(last, rest)
+            verdict = Verdict(skip + v.accepted, v.token, v.extra)
+            self.scored += 1
+        elif verdict is not VOID:
+            self.decided += 1
+        self.chain.record(verdict)
+        return verdict
+
+    def stop(self):
+        pass
+
+    def close(self):
+        self.inner.close()
+
+    def stats(self):
+        return self.inner.stats()
+
+
+def leading(cloud, steps):
+    class Cloud:
+        encode, decode = staticmethod(cloud.encode), staticmethod(cloud.decode)
+        tokenizer, vocab_size = cloud.tokenizer, cloud.vocab_size
+
+        def verifier(self, settings):
+            self.made = LazyLead(cloud, settings, steps)
+            return self.made
+    return Cloud()
+
+
+def test_every_round_ahead_with_the_cloud_leading_keeps_the_output(pair):
+    """With every round ahead in flight and the lead's tokens (0 to 6 a round) in every verdict, rounds on them
+    are verified from after them or decided by them; the output is the cloud's greedy output."""
+    edge, cloud = pair
+    decided = scored = 0
+    for steps in (0, 1, 3, 6):
+        for prompt in PROMPTS:
+            want = autoregressive(cloud, prompt, N).tokens
+            for gamma, hedge in ((3, 0), (4, 3)):
+                c = leading(cloud, steps)
+                g = speculative(edge, c, prompt, N, gamma=gamma, ahead=True, hedge=hedge, lead=True)
+                assert g.tokens == want, (prompt, steps, gamma, hedge)
+                decided, scored = decided + c.made.decided, scored + c.made.scored
+    assert scored and decided  # both kinds of round came
+
+
+def _loosened(monkeypatch, which):
+    from specnb.decode import ahead
+
+    if which == "edge":  # the edge keeps a round on a verdict with extra tokens only if its draft begins with them
+        holds = ahead._Round.holds
+        monkeypatch.setattr(ahead._Round, "holds", lambda self, v: holds(self, v) and tuple(self.draft[:len(v.extra)]) == v.extra)
+    else:  # the verifier does not judge such a round against the extra tokens (verifies its whole draft)
+        plan = ahead.Chain.plan
+
+        def ignoring(self, last, draft, premise):
+            verdict, _, _, _ = plan(self, last, draft, premise)
+            return (verdict, last, draft, 0) if verdict is VOID else (None, last, draft, 0)
+
+        monkeypatch.setattr(ahead.Chain, "plan", ignoring)
+
+
+@pytest.mark.parametrize("which", ["edge", "verifier"])
+def test_either_side_that_ignores_the_extra_tokens_in_a_premise_is_caught(pair, monkeypatch, which):
+    """Each side's rule changed on its own: the edge's (which rounds hold) or the verifier's (judging against
+    the extra tokens first); the run then fails (an assertion, or output not the cloud's)."""
+    edge, cloud = pair
+    _loosened(monkeypatch, which)
+    failed = 0
+    for steps, prompt, (gamma, hedge) in itertools.product((1, 3), PROMPTS, ((3, 0), (4, 3))):
+        want = autoregressive(cloud, prompt, N).tokens
+        try:
+            failed += speculative(edge, leading(cloud, steps), prompt, N, gamma=gamma, ahead=True, hedge=hedge,
+                                  lead=True).tokens != want
+        except (RuntimeError, AssertionError):
+            failed += 1
+    assert failed
 
 
 class _Replies:
@@ -198,29 +333,6 @@ def test_greedy_across_the_link_with_the_cloud_leading_equals_local(pair, relate
     assert all(came.values()), came
 
 
-def test_an_edge_that_ignores_the_extra_tokens_in_a_premise_is_caught(pair, related_pair, monkeypatch):
-    """The edge's side of the premise (``_Round.holds``) loosened to ignore a verdict's extra tokens: it keeps
-    rounds the server answers VOID (or emits what the cloud did not commit), and the run fails."""
-    from specnb.decode import ahead
-
-    def loose(self, verdict):
-        return verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
-
-    edge, cloud = pair
-    monkeypatch.setattr(ahead._Round, "holds", loose)
-    failed = 0
-    with local_server(str(related_pair / "cloud")) as address:
-        remote = connect(address, link=Link(rtt_ms=30))
-        for prompt in PROMPTS:
-            want = autoregressive(cloud, prompt, N).tokens
-            try:
-                failed += speculative(edge, remote, prompt, N, gamma=4, ahead=True, hedge=3, lead=True).tokens != want
-            except (RuntimeError, AssertionError):
-                failed += 1
-        remote.close()
-    assert failed
-
-
 def test_the_server_answers_extra_tokens_only_to_a_session_that_asked(pair, related_pair):
     edge, cloud = pair
     with local_server(str(related_pair / "cloud")) as address:
@@ -233,7 +345,7 @@ def test_the_server_answers_extra_tokens_only_to_a_session_that_asked(pair, rela
 def test_refusals(pair, related_pair):
     edge, cloud = pair
     with pytest.raises(ValueError, match="connect"):
-        speculative(edge, cloud, "x", 4, gamma=2, lead=True)
+        speculative(edge, cloud, "x", 4, gamma=2, lead=True)  # in this process without ahead: nobody waits
     with pytest.raises(ValueError, match="True or False"):
         speculative(edge, cloud, "x", 4, gamma=2, lead=1)
     with local_server(str(related_pair / "cloud")) as address:

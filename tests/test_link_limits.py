@@ -151,10 +151,10 @@ def test_a_round_ahead_is_held_to_the_length_limits_only_if_it_will_be_scored():
     """A branch answered VOID takes no place in the cache: a sibling scored before it may have left the cache
     longer than the branch assumed, and the session must not fail for that."""
     msg = Message("V", {"ahead": [2, 0]}, [1, 2, 3])
-    for scored in (None, lambda last, premise, draft: True):
+    for scored in (None, lambda last, premise: True):
         with pytest.raises(BadMessage, match="--max-session-tokens"):
             check_verify(msg, LIMITS, VOCAB, length=45, rule="greedy", rounds=2, scored=scored)
-    assert check_verify(msg, LIMITS, VOCAB, length=45, rule="greedy", rounds=2, scored=lambda last, premise, draft: False)
+    assert check_verify(msg, LIMITS, VOCAB, length=45, rule="greedy", rounds=2, scored=lambda last, premise: False)
 
 
 def test_a_later_round_past_the_sessions_own_max_len_is_refused():

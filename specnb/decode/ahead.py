@@ -51,6 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..measure.metrics import Stopwatch
+from .lead import Lead
 from .roles import Drafter, Verdict, Verifier
 
 VOID = Verdict(accepted=-1, token=-1)  # the answer to a round submitted ahead whose premise failed
@@ -87,21 +88,33 @@ class Chain:
         self.rounds = 0  # rounds seen (the next one's index)
         self.tip, self.verdict = -1, VOID  # the last round scored and its verdict
 
-    def admits(self, last: int, premise: tuple[int, int] | None, draft: list[int] = ()) -> bool:
-        """Whether the round ``[last] + draft`` with ``premise`` is scored. A verdict with extra tokens (the cloud's
-        own, :mod:`specnb.decode.lead`) committed them too: a round premised on it counts only if its draft
-        begins with them (:meth:`skip` of its drafts are then already committed)."""
+    def admits(self, last: int, premise: tuple[int, int] | None) -> bool:
         if premise is None:
             return True
         back, accepted = premise
-        extra = self.verdict.extra
         return (self.rounds - back == self.tip and self.verdict.accepted == accepted
-                and self.verdict.token == last and last >= 0
-                and len(draft) >= len(extra) and tuple(draft[:len(extra)]) == extra)
+                and self.verdict.token == last and last >= 0)
 
-    def skip(self, premise: tuple[int, int] | None) -> int:
-        """Drafts of an admitted round that its premise's verdict already committed (its extra tokens)."""
-        return 0 if premise is None else len(self.verdict.extra)
+    def extra(self, premise: tuple[int, int] | None) -> tuple[int, ...]:
+        """The cloud's own tokens that an admitted round's premise committed after its first input (a verdict's
+        ``extra``, :mod:`specnb.decode.lead`): its draft is judged against them first (:func:`plan`)."""
+        return () if premise is None else self.verdict.extra
+
+    def plan(self, last: int, draft: list[int], premise: tuple[int, int] | None
+             ) -> tuple[Verdict | None, int, list[int], int]:
+        """A round before any model call: (its verdict if that needs none, else None; the input and draft left to
+        verify; the drafts already committed). VOID when its premise failed. On a verdict with extra tokens e, a
+        draft that leaves them at p < len(e) is decided by them: p kept, e[p] the cloud's token, the rest of e
+        extra (the greedy verdict on that draft, nothing new committed); one that begins with all of e is
+        verified from after them. Used where rounds are verified, in order: :class:`ThreadedVerifier`, the link's
+        server; the caller records the verdict (:meth:`record`)."""
+        if not self.admits(last, premise):
+            return VOID, last, draft, 0
+        e = self.extra(premise)
+        p = _common(draft, list(e))
+        if p < len(e):
+            return Verdict(p, e[p], tuple(e[p + 1:])), last, draft, len(e)
+        return None, (draft[len(e) - 1] if e else last), draft[len(e):], len(e)
 
     def record(self, verdict: Verdict) -> None:
         if verdict is not VOID:
@@ -139,6 +152,8 @@ class ThreadedVerifier:
     leave torch's). Its ``verify_s`` is the worker's time in verification (the cloud's busy time).
     """
 
+    lead_cap = 32  # the most tokens the worker decodes on its own between two rounds (``lead``)
+
     def __init__(self, inner: Verifier, threads: int | None = None, devices: tuple[torch.device, ...] = ()):
         self.inner, self.threads = inner, threads
         self.vocab, self.eos_ids = inner.vocab, inner.eos_ids
@@ -147,9 +162,11 @@ class ThreadedVerifier:
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._closed = threading.Event()
+        self.lead: Lead | None = None
 
     def begin(self, prompt_ids: list[int], settings: Any) -> None:
         self.inner.begin(prompt_ids, settings)
+        self.lead = Lead(self.inner, self.lead_cap, settings.max_len) if getattr(settings, "lead", False) else None
         self._worker = threading.Thread(target=self._work, name="specnb-verifier", daemon=True)
         self._worker.start()
 
@@ -171,21 +188,35 @@ class ThreadedVerifier:
         chain = Chain()
         with torch.inference_mode():
             while True:
-                item = self._in.get()
+                item = self._next()
                 if item is None or self._closed.is_set():
                     return
                 last, draft, q, premise = item
                 try:
-                    if chain.admits(last, premise, draft):
+                    verdict, last, rest, skip = chain.plan(last, draft, premise)
+                    if verdict is None:
                         with self.clock:
-                            verdict = self.inner.verify(last, draft, q)
-                    else:
-                        verdict = VOID
+                            v = (self.inner.verify(last, rest, q[skip:] if q is not None else None) if self.lead is None
+                                 else self.lead.verify(last, rest))
+                        verdict = Verdict(skip + v.accepted, v.token, v.extra)
                 except BaseException as err:  # handed to the loop, which raises it
                     self._out.put(err)
                     return
                 chain.record(verdict)
                 self._out.put(verdict)
+
+    def _next(self):
+        """The next round; until it comes, the cloud decodes on its own when it leads (``lead``)."""
+        while True:
+            try:
+                return self._in.get_nowait()
+            except queue.Empty:
+                if self.lead is None or self._closed.is_set():
+                    return self._in.get()
+                with self.clock:
+                    stepped = self.lead.step()
+                if not stepped:
+                    return self._in.get()
 
     def stop(self) -> None:
         """End the worker after the round it is on; rounds not started are dropped."""
@@ -200,7 +231,7 @@ class ThreadedVerifier:
         self.inner.close()
 
     def stats(self) -> dict[str, Any]:
-        return self.inner.stats() | {"verify_busy_s": self.clock.total}
+        return self.inner.stats() | {"verify_busy_s": self.clock.total} | (self.lead.stats() if self.lead else {})
 
 
 def pipelined(verifier: Any, threads: int | None = None, devices: tuple[torch.device, ...] = ()) -> Pipeline:
@@ -235,7 +266,8 @@ class _Round:
     spine: _Round | None = None  # the child premised on "accepted whole, bonus = the guess"
     hedged: set[int] = field(default_factory=set)  # rejection points it has branches for
     dead: bool = False  # a premise on its path failed: it is answered VOID
-    done: bool = False  # its verdict is in
+    done: bool = False  # its verdict is in (or was decided by the cloud's extra tokens before it came: ``known``)
+    known: Verdict | None = None
 
     @property
     def draft(self) -> list[int]:
@@ -245,10 +277,7 @@ class _Round:
         return len(self.tokens) == self.goal + 1
 
     def holds(self, verdict: Verdict) -> bool:
-        """Whether ``verdict`` (of its parent) is its premise: as :meth:`Chain.admits` decides on the other side."""
-        x = verdict.extra
-        return (verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
-                and len(self.tokens) > len(x) and tuple(self.tokens[1:len(x) + 1]) == x)
+        return verdict.accepted == self.accepted and bool(self.tokens) and verdict.token == self.tokens[0]
 
     def path(self, start: int) -> list[int]:
         """Its tokens from position ``start`` on: what the sequence becomes if it is accepted whole."""
@@ -374,7 +403,7 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
 
     def spine() -> list[_Round]:
         """The live rounds from the one verified next along the spine."""
-        r = next((x for x in flight if not x.dead), None)
+        r = next((x for x in flight if not x.dead and not x.done), None)
         path = []
         while r is not None:
             path.append(r)
@@ -412,6 +441,45 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
                                          hedge=True, prior=p, qs=[None], early=1), v
                     break  # _branches gives them likeliest first
         return best
+
+    def settle(head: _Round, verdict: Verdict) -> None:
+        """``head``'s verdict: its new tokens committed, its children that do not hold it dropped with all drafted
+        on them. A child on a verdict with extra tokens whose draft leaves them is decided by them at once
+        (:meth:`Chain.plan`; nothing new committed): it is settled now, and the rounds on it go on before its
+        answer comes."""
+        nonlocal work, ttft
+        while head is not None:
+            head.done, head.known = True, verdict
+            n = verdict.accepted
+            emitted_now = verdict.emitted(head.draft, eos)[head.skip:]  # less what its premise's extra tokens committed
+            seq.extend(emitted_now)
+            out.extend(emitted_now)
+            trace.append(n)
+            drafted_trace.append(len(head.draft))
+            plan.update(len(head.draft), n, head.draft_s, time.perf_counter() - head.sent)
+            if ttft is None:
+                ttft = prefill_s + time.perf_counter() - start
+            stats.ahead_rounds += head.parent is not None
+            stats.hedge_hits += head.hedge
+            stats.ahead_kept += head.early
+            e, nxt = verdict.extra, None
+            for c in head.children:  # at most one holds: the others, and all drafted on them, are dropped
+                if not c.holds(verdict):
+                    kill(c)
+                    continue
+                c.skip = len(e)
+                p = _common(c.draft, list(e))
+                if p < len(e):  # its verdict is decided: settled next, before the server's answer
+                    nxt = (c, Verdict(p, e[p], tuple(e[p + 1:])))
+            if work is not None and (work.parent is head and not work.holds(verdict) or _dead(work)):
+                stats.ahead_dropped += work.early
+                work = None
+            if work is not None and work.parent is head and tuple(work.draft[:len(e)]) != e:
+                stats.ahead_dropped += work.early  # drafted off the cloud's extra tokens (or not yet past them)
+                work = None
+            if work is not None and work.parent is head:  # its premise held: it now starts from the committed sequence
+                _rebase(work, seq, len(e))
+            head, verdict = nxt if nxt is not None else (None, None)
 
     start, prefill_s = time.perf_counter(), clock.total
     with clock, _switching(SWITCH_S):
@@ -452,30 +520,11 @@ def loop(drafter: Drafter, pipe: Pipeline, ids: list[int], max_new_tokens: int, 
                 continue
             if verdict is VOID:
                 raise RuntimeError("the verifier answered VOID to a round the edge kept: a specnb bug, please report it")
-            head.done = True
-            n = verdict.accepted
-            emitted_now = Verdict(n - head.skip, verdict.token, verdict.extra).emitted(head.draft[head.skip:], eos)
-            seq.extend(emitted_now)
-            out.extend(emitted_now)
-            trace.append(n)
-            drafted_trace.append(len(head.draft))
-            plan.update(len(head.draft), n, head.draft_s, time.perf_counter() - head.sent)
-            if ttft is None:
-                ttft = prefill_s + time.perf_counter() - start
-            stats.ahead_rounds += head.parent is not None
-            stats.hedge_hits += head.hedge
-            stats.ahead_kept += head.early
+            if head.done:  # settled when its premise came, by the cloud's extra tokens
+                assert verdict == head.known, "the verifier's answer differs from the one the cloud's tokens decided"
+                continue
+            settle(head, verdict)
             stalled = False
-            for c in head.children:  # at most one holds: the others, and all drafted on them, are dropped
-                if not c.holds(verdict):
-                    kill(c)
-                else:
-                    c.skip = len(verdict.extra)
-            if work is not None and (work.parent is head and not work.holds(verdict) or _dead(work)):
-                stats.ahead_dropped += work.early
-                work = None
-            if work is not None and work.parent is head:  # its premise held: it now starts from the committed sequence
-                _rebase(work, seq, len(verdict.extra))
     return out[:max_new_tokens], trace, drafted_trace, ttft or 0.0, stats
 
 

@@ -17,9 +17,15 @@ context: the output is the cloud's greedy output. A round that was rejected earl
 as the cloud decoded while it waited. Greedy only (a sampled token of the cloud's would have to be drawn
 against the edge's q, which stays on the edge's side of a link).
 
-A round drafted ahead (:mod:`specnb.decode.ahead`) premised on a verdict that carried extra tokens counts
-only if its draft begins with them (:meth:`specnb.decode.ahead.Chain.admits`): they are then already
-committed, and the round is verified from after them.
+A round drafted ahead (:mod:`specnb.decode.ahead`) premised on a verdict that carried extra tokens e is judged
+against them first (:meth:`specnb.decode.ahead.Chain.plan`): a draft that begins with all of e is verified from
+after them; one that leaves them at p is decided by them (p kept, e[p] the cloud's token, the rest of e extra:
+the greedy verdict on that draft, and nothing new), so the edge, which holds e too, settles it at once and goes
+on with the rounds premised on it.
+
+Across a link the server leads while its session waits for the client's next message
+(:mod:`specnb.link.server`); in this process, the worker thread of :class:`specnb.decode.ahead.ThreadedVerifier`
+leads while it waits for the next round (drafting ahead only: the plain loop waits for each verdict).
 """
 
 from __future__ import annotations

@@ -178,13 +178,15 @@ def _defaults(edge: Any, cloud: Any, schedule: str | None, gamma: int | None, ve
     return schedule or "constant", 4 if gamma is None else gamma
 
 
-def _check_lead(lead: bool, cloud: Any, verify: str) -> None:
-    """``lead`` runs on a ``connect()`` session's cloud (it decodes while the link is busy), greedy only."""
+def _check_lead(lead: bool, cloud: Any, verify: str, ahead: bool | int) -> None:
+    """``lead`` runs where the cloud waits for rounds: a ``connect()`` session's, or one verifying on a worker
+    thread (``ahead``); greedy only."""
     if not isinstance(lead, bool):
         raise ValueError(f"lead must be True or False, got {lead!r}")
-    if lead and not hasattr(cloud, "controller_for"):
-        raise ValueError("lead makes a cloud across a link decode its own tokens while it waits for the next round: "
-                         "pass a connect() session as cloud, or lead=False")
+    if lead and not hasattr(cloud, "controller_for") and not ahead:
+        raise ValueError("lead makes the cloud decode its own tokens while it waits for the next round: across a link "
+                         "(a connect() session as cloud), or in this process with ahead=True (the cloud then verifies "
+                         "on a worker thread that waits for rounds); or use lead=False")
     if lead and verify != "greedy":
         raise ValueError(f"lead commits the cloud's own greedy tokens: it runs with verify='greedy' only, not "
                          f"{verify!r}; use lead=False with it")
@@ -282,9 +284,10 @@ def speculative(
       rules). Adds ``hedge``, ``ahead_hedged`` / ``hedge_hits`` (branches submitted / verified),
       ``hedge_drafted`` (drafts sent in them). ``hedge_len``: the most drafts a branch has (None: as many as
       the spine's round; reported as 0).
-    - ``lead``: over a ``connect()`` session, greedy: while the cloud waits for the next round it decodes its
-      own greedy tokens, and the next verdict commits those the draft did not reach (:mod:`specnb.decode.lead`;
-      output unchanged). Adds ``lead`` and ``lead_tokens`` (tokens that came as the cloud's own).
+    - ``lead``: greedy, over a ``connect()`` session or with ``ahead``: while the cloud waits for the next round it
+      decodes its own greedy tokens, and the next verdict commits those the draft did not reach
+      (:mod:`specnb.decode.lead`; output unchanged). Adds ``lead``, and ``lead_tokens`` (tokens that came as the
+      cloud's own, across a link) or ``lead_steps`` / ``lead_sent`` (in this process).
 
     Stops after an EOS token (kept in ``tokens``) or exactly ``max_new_tokens``. Metrics:
     :class:`specnb.measure.metrics.Generation`, and ``edge_idle_share`` = 1 - draft_s / wall_s.
@@ -296,7 +299,7 @@ def speculative(
     depth = _depth(ahead, schedule)
     hedge = ahead_mod.check_hedge(hedge, depth, verify)
     hedge_len = ahead_mod.check_hedge_len(hedge_len, hedge)
-    _check_lead(lead, cloud, verify)
+    _check_lead(lead, cloud, verify, ahead)
     if controller is None and schedule == "adaptive" and hasattr(cloud, "controller_for"):
         controller = cloud.controller_for(edge)  # a connect() session's: it learns over the session's generations
     plan = Schedule(schedule, gamma, controller=controller)

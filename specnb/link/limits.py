@@ -190,7 +190,7 @@ def _count(field: str, value: Any, low: int, limit: int, flag: str) -> int:
 
 def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None, rule: str | None,
                  max_len: int = 0, rounds: int = 0,
-                 scored: Callable[[int, tuple[int, int], list[int]], bool] | None = None
+                 scored: Callable[[int, tuple[int, int]], bool] | None = None
                  ) -> tuple[RoundSettings | None, list[int], int, list[int], tuple[int, int] | None]:
     """A ``V`` message against the limits and the session so far.
 
@@ -203,7 +203,7 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     accepted]``: it assumes that the round ``back`` places before it (1 <= back <= rounds) kept ``accepted``
     drafts (0..max_draft) and answered its ``last`` token. It is scored only if that holds, and then at
     exactly the length the edge assumed; so the lengths are checked at ``length`` for a round that will be
-    scored (``scored(last, premise, draft)``; None: every round, as the edge checks its own at the length it assumed),
+    scored (``scored(last, premise)``; None: every round, as the edge checks its own at the length it assumed),
     and not for one answered VOID, which takes no place in the cache.
     """
     extra = set(msg.meta) - {"begin", "prompt", "ahead"}
@@ -232,7 +232,7 @@ def check_verify(msg: Message, limits: Limits, vocab: int, *, length: int | None
     check_ids("last", [last], vocab)
     check_ids("draft", draft, vocab)
     _check_q(msg, draft, rule)
-    if premise is None or scored is None or scored(last, premise, draft):
+    if premise is None or scored is None or scored(last, premise):
         after = length + 2 + len(draft)  # cache + last + draft, and the cloud's own token
         if after > limits.max_session_tokens:
             raise _too_many("session tokens", after, limits.max_session_tokens, limits.flag("max_session_tokens"))

@@ -101,21 +101,19 @@ class Session:
         self.used = "V"
         t0 = time.perf_counter()
         begun = self.verifier is not None
-        skip = len(self.chain.verdict.extra) if "ahead" in msg.meta else 0  # if it is scored (Chain.skip)
+        skip = len(self.chain.verdict.extra) if "ahead" in msg.meta else 0  # if it is scored (Chain.extra)
         settings, prompt, last, draft, premise = check_verify(
             msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length - skip if begun else None,
             rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0,
             rounds=self.chain.rounds, scored=self.chain.admits)  # before any model call
-        if not self.chain.admits(last, premise, draft):  # drafted ahead on a verdict that did not come
-            self.chain.record(VOID)
-            return Message("v", ints=[VOID.accepted, VOID.token, _us(t0)])
         batcher = self.cloud.batcher
         if settings is not None and settings.lead and batcher is not None:
             raise BadMessage("begin.lead", "this server batches verify rounds across sessions (--batch): the cloud "
                                            "cannot lead a session there; use lead=False, or a server with --batch none")
-        skip = self.chain.skip(premise)
-        if skip:  # its first drafts were committed with the verdict it assumes: it is verified from after them
-            last, draft = draft[skip - 1], draft[skip:]
+        decided, last, draft, skip = self.chain.plan(last, draft, premise)
+        if decided is not None:  # drafted ahead on a verdict that did not come (VOID), or decided by its extra tokens
+            self.chain.record(decided)
+            return Message("v", ints=[decided.accepted, decided.token, _us(t0), *decided.extra])
         extra: tuple[int, ...] = ()
         with self.cloud.lock, torch.inference_mode():
             if settings is not None:
