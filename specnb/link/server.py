@@ -10,7 +10,10 @@ One gRPC service ``specnb.Cloud`` with three methods, all carrying :mod:`specnb.
   after each rejection), answered in order; a round the edge drafted ahead carries its premise
   (``ahead: [back, accepted]``: the verdict it assumes of the round ``back`` places before it, whose token is
   its own first) and is answered ``[-1, -1]`` without a model call unless that round was the last one scored
-  and answered exactly that (:mod:`specnb.decode.ahead`); a ``G`` message generates on the server (cloud-only, streamed back token
+  and answered exactly that (:mod:`specnb.decode.ahead`). A session whose settings ask the cloud to lead
+  (``lead``, greedy) has its messages read by a thread, and decodes the cloud's own tokens until one is there;
+  a verdict then carries those its round's draft did not reach (:mod:`specnb.decode.lead`). A ``G`` message
+  generates on the server (cloud-only, streamed back token
   by token, or server-side speculation with ``--draft``). The session ends, and its cache is freed,
   when the stream ends for any reason: the client closes it, cancels it, or vanishes (the
   connection drops; keepalive pings find a silent peer, in up to a minute as measured), or the
