@@ -22,7 +22,7 @@ from specnb.link.server_batching import Batcher, attention_mask, batchable, scor
 from specnb.study.replay import RecordingDrafter, ReplayedEdge
 from specnb.link.server import CloudService, start
 from specnb.link.wire import Message
-from serving import run_concurrently
+from serving import run_concurrently, sessions_freed
 
 PROMPTS = ["def parse(text):", "class Stack:", "import os", "x"]
 N = 20
@@ -233,10 +233,7 @@ def test_session_cancelled_mid_batch_frees_its_cache_and_spares_the_others(pair,
                             for p in PROMPTS[:3]] + [cancelled])
     assert fired.is_set() and victim["batch"] > 1, victim  # the victim shared its batch
     assert got[:3] == want
-    deadline = time.monotonic() + HANG_S
-    while connect(address).status()["sessions"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    status = connect(address).status()
+    status = sessions_freed(connect(address), HANG_S)
     assert status["sessions"] == 0 and status["caches"] == 0, status
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 import grpc
 import numpy as np
 import pytest
 
-from serving import HANG_S, build_pair, start_server, stop
+from serving import HANG_S, build_pair, sessions_freed, start_server, stop
 from specnb import autoregressive, connect, speculative
 from specnb.link.limits import Limits
 from specnb.link.server import SERVICE, settings_to_dict
@@ -146,10 +145,7 @@ def play(channel: grpc.Channel, messages: list[bytes]) -> str:
 
 def settled(remote) -> dict:
     """The server's status once its last cancelled session is freed (freeing runs after the cancel returns)."""
-    deadline = time.monotonic() + HANG_S
-    while (status := remote.status())["sessions"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return status
+    return sessions_freed(remote, HANG_S)
 
 
 def rss_kb(pid: int) -> int:
