@@ -51,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..measure.metrics import Stopwatch
-from .lead import Lead
+from .lead import Lead, common as _common
 from .roles import Drafter, Verdict, Verifier
 
 VOID = Verdict(accepted=-1, token=-1)  # the answer to a round submitted ahead whose premise failed
@@ -538,14 +538,6 @@ def _rebase(r: _Round, seq: list[int], x: int) -> None:
         r.goal -= x
         r.early = max(0, r.early - x)
     r.base = seq[:-1]
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
 
 
 def _whole(r: _Round) -> float:

@@ -72,7 +72,7 @@ class Lead:
         if k and last != self.last:  # not a round on the committed sequence: forget the lead
             self.verifier.keep(self.verifier.length - k)
             ahead, k = [], 0
-        m = _common(draft, ahead)
+        m = common(draft, ahead)
         if m < k:  # the draft left the cloud's own tokens (or ended) before their end: no model call
             verdict = Verdict(m, ahead[m], tuple(ahead[m + 1:]))
         else:  # agreed with all of them: verify the rest from the last one on
@@ -86,11 +86,9 @@ class Lead:
         return {"lead_steps": self.steps, "lead_sent": self.sent}
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of ``a`` and ``b``."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def common(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (also :mod:`specnb.decode.ahead`'s)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
