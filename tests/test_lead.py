@@ -27,6 +27,15 @@ def pair(related_pair):
     return edge, cloud
 
 
+def begun(cloud, prompt, room):
+    """``prompt``'s ids, settings with ``room`` tokens past it, and the cloud's verifier with the prompt taken."""
+    ids = cloud.tokenizer(prompt)["input_ids"]
+    settings = RoundSettings(max_len=len(ids) + room)
+    verifier = CloudVerifier(cloud, settings)
+    verifier.begin(ids, settings)
+    return ids, settings, verifier
+
+
 def test_a_verdict_commits_exactly_the_clouds_greedy_tokens(pair):
     """Rounds of every kind against a lead of every length (none, shorter than the draft, as long, longer):
     drafts right for a while then wrong, or all right; the committed sequence is the cloud's greedy decoding,
@@ -35,11 +44,8 @@ def test_a_verdict_commits_exactly_the_clouds_greedy_tokens(pair):
     rng = random.Random(0)
     extra_seen = called_past = 0
     for prompt in PROMPTS:
-        ids = cloud.tokenizer(prompt)["input_ids"]
+        ids, settings, verifier = begun(cloud, prompt, 100)
         want = ids + autoregressive(cloud, prompt, 60).tokens
-        settings = RoundSettings(max_len=len(ids) + 100)
-        verifier = CloudVerifier(cloud, settings)
-        verifier.begin(ids, settings)
         lead = Lead(verifier, cap=8)
         seq = list(ids)
         while len(seq) < len(want) - 20:
@@ -62,12 +68,8 @@ def test_a_verdict_commits_exactly_the_clouds_greedy_tokens(pair):
 def test_a_round_not_on_the_committed_sequence_makes_it_forget(pair):
     """A client may send any ``last``: the lead is then dropped and the round verified as it is."""
     _, cloud = pair
-    ids = cloud.tokenizer("import os")["input_ids"]
-    settings = RoundSettings(max_len=len(ids) + 40)
-    verifier = CloudVerifier(cloud, settings)
-    verifier.begin(ids, settings)
-    plain = CloudVerifier(cloud, settings)
-    plain.begin(ids, settings)
+    ids, _, verifier = begun(cloud, "import os", 40)
+    _, _, plain = begun(cloud, "import os", 40)
     lead = Lead(verifier, cap=4)
     first = lead.verify(ids[-1], [])
     assert first == plain.verify(ids[-1], [], None)
@@ -81,10 +83,7 @@ def test_a_round_not_on_the_committed_sequence_makes_it_forget(pair):
 
 def test_the_lead_stops_at_eos_and_at_the_cache_size(pair):
     _, cloud = pair
-    ids = cloud.tokenizer("x")["input_ids"]
-    settings = RoundSettings(max_len=len(ids) + 3)
-    verifier = CloudVerifier(cloud, settings)
-    verifier.begin(ids, settings)
+    ids, settings, verifier = begun(cloud, "x", 3)
     lead = Lead(verifier, cap=32, max_len=settings.max_len)
     lead.verify(ids[-1], [])
     while lead.step():

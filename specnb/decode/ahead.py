@@ -51,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..measure.metrics import Stopwatch
-from .lead import Lead, common as _common
+from .lead import Lead, common as _common, next_leading
 from .roles import Drafter, Verdict, Verifier
 
 VOID = Verdict(accepted=-1, token=-1)  # the answer to a round submitted ahead whose premise failed
@@ -207,16 +207,15 @@ class ThreadedVerifier:
 
     def _next(self):
         """The next round; until it comes, the cloud decodes on its own when it leads (``lead``)."""
-        while True:
-            try:
-                return self._in.get_nowait()
-            except queue.Empty:
-                if self.lead is None or self._closed.is_set():
-                    return self._in.get()
-                with self.clock:
-                    stepped = self.lead.step()
-                if not stepped:
-                    return self._in.get()
+        if self.lead is None:
+            return self._in.get()
+        return next_leading(self._in, self._lead_step)
+
+    def _lead_step(self) -> bool:
+        if self._closed.is_set():
+            return False
+        with self.clock:
+            return self.lead.step()
 
     def stop(self) -> None:
         """End the worker after the round it is on; rounds not started are dropped."""

@@ -30,7 +30,8 @@ leads while it waits for the next round (drafting ahead only: the plain loop wai
 
 from __future__ import annotations
 
-from typing import Any
+import queue
+from typing import Any, Callable
 
 from .roles import Verdict
 
@@ -84,6 +85,17 @@ class Lead:
 
     def stats(self) -> dict[str, int]:
         return {"lead_steps": self.steps, "lead_sent": self.sent}
+
+
+def next_leading(inbox: queue.SimpleQueue, step: Callable[[], bool]) -> Any:
+    """The next item of ``inbox``; until one is there, ``step()`` (one token of the cloud's own), as long as it
+    has something to do (returns True). The wait of the link's server per session and of the in-process worker."""
+    while True:
+        try:
+            return inbox.get_nowait()
+        except queue.Empty:
+            if not step():
+                return inbox.get()
 
 
 def common(a: list[int], b: list[int]) -> int:

@@ -49,7 +49,7 @@ import torch
 
 from .._version import __version__
 from ..decode.ahead import VOID, Chain
-from ..decode.lead import Lead
+from ..decode.lead import Lead, next_leading
 from ..decode.loops import speculative
 from ..decode.pair import as_verifier
 from ..models import LoadedModel
@@ -104,9 +104,9 @@ class Session:
         self.used = "V"
         t0 = time.perf_counter()
         begun = self.verifier is not None
-        skip = len(self.chain.verdict.extra) if "ahead" in msg.meta else 0  # if it is scored (Chain.extra)
+        committed = len(self.chain.verdict.extra) if "ahead" in msg.meta else 0  # of its drafts, if scored (Chain.plan)
         settings, prompt, last, draft, premise = check_verify(
-            msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length - skip if begun else None,
+            msg, self.cloud.limits, self.cloud.model.vocab_size, length=self.length - committed if begun else None,
             rule=self.settings.rule if begun else None, max_len=self.settings.max_len if begun else 0,
             rounds=self.chain.rounds, scored=self.chain.admits)  # before any model call
         batcher = self.cloud.batcher
@@ -353,7 +353,7 @@ class CloudService:
                 self._waiting[sid] = (time.monotonic(), context)  # the idle clock runs while we wait for the client
                 if state.lead is not None and inbox is None:
                     inbox = _reader(requests)
-                raw = next(requests, None) if inbox is None else _lead_until_next(inbox, state)
+                raw = next(requests, None) if inbox is None else next_leading(inbox, state.lead_step)
                 self._waiting.pop(sid, None)
                 if raw is None:
                     break
@@ -411,16 +411,6 @@ def _reader(requests: Iterator[bytes]) -> queue.SimpleQueue:
 
     threading.Thread(target=read, name="specnb-session-reader", daemon=True).start()
     return inbox
-
-
-def _lead_until_next(inbox: queue.SimpleQueue, state: Session) -> bytes | None:
-    """The client's next message; until it comes, the session's cloud decodes on its own (``lead``)."""
-    while True:
-        try:
-            return inbox.get_nowait()
-        except queue.Empty:
-            if not state.lead_step():
-                return inbox.get()
 
 
 def _tokenizer_files(model: LoadedModel) -> dict[str, str]:
